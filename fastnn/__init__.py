@@ -1,0 +1,21 @@
+"""fastnn: a from-scratch neural-network training engine.
+
+    import fastnn as fnn
+    model = fnn.Sequential(fnn.layers.Dense(64, 128), fnn.layers.ReLU(),
+                           fnn.layers.Dense(128, 10), backend="cython", seed=0)
+    trainer = fnn.Trainer(model, loss="cross_entropy", optimizer=fnn.optim.SGD(lr=0.1, momentum=0.9))
+    history = trainer.fit(X, y, epochs=10, batch_size=100)
+"""
+from . import data, layers, losses, optim
+from .backend import BackendUnavailable, backends, default_backend, get_backend
+from .io import ModelFileError, load
+from .model import Parameter, Sequential
+from .trainer import Callback, History, Trainer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "backends", "get_backend", "default_backend", "BackendUnavailable",
+    "Sequential", "Parameter", "Trainer", "History", "Callback",
+    "load", "ModelFileError", "layers", "losses", "optim", "data",
+]

@@ -1,0 +1,95 @@
+"""Optimizers with PyTorch's update rules, applied by one backend kernel call
+over the flat buffer that holds every parameter of a model."""
+import numpy as np
+
+from .backend import get_backend
+
+
+def _buffers(params):
+    """(data, grad) 1-D buffer pairs: the model's flat buffers when given
+    model.parameters(), else one pair per parameter."""
+    flat = getattr(params, "flat_data", None)
+    if flat is not None:
+        return [(params.flat_data, params.flat_grad)]
+    pairs = []
+    for p in params:
+        data, grad = p.data.reshape(-1), p.grad.reshape(-1)
+        if not np.shares_memory(data, p.data):
+            raise ValueError(f"{p!r} is not contiguous: the optimizer cannot update it in place")
+        pairs.append((data, grad))
+    return pairs
+
+
+def _check(value, name, low=0.0, high=None, low_open=False):
+    value = float(value)
+    bad = value <= low if low_open else value < low
+    if bad or (high is not None and value >= high) or not np.isfinite(value):
+        raise ValueError(f"invalid {name}: {value}")
+    return value
+
+
+class Optimizer:
+    def __init__(self):
+        self._state = {}   # id(data buffer) -> (data buffer, state arrays)
+        self.iterations = 0
+
+    def _state_for(self, data, count):
+        entry = self._state.get(id(data))
+        if entry is None or entry[0] is not data:
+            entry = (data, [np.zeros_like(data) for _ in range(count)])
+            self._state[id(data)] = entry
+        return entry[1]
+
+    def step(self, params):
+        backend = getattr(params, "backend", None) or get_backend()
+        self.iterations += 1
+        for data, grad in _buffers(params):
+            self._update(backend.raw, data, grad)
+
+    def zero_grad(self, params):
+        for p in params:
+            p.grad[...] = 0
+
+
+class SGD(Optimizer):
+    """SGD with optional momentum, Nesterov momentum and L2 weight decay."""
+
+    def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0):
+        super().__init__()
+        self.lr = _check(lr, "learning rate lr", low_open=True)
+        self.momentum = _check(momentum, "momentum")
+        self.weight_decay = _check(weight_decay, "weight_decay")
+        if nesterov and self.momentum == 0:
+            raise ValueError("Nesterov momentum needs momentum > 0")
+        self.nesterov = bool(nesterov)
+
+    def _update(self, kernels, data, grad):
+        (velocity,) = self._state_for(data, 1)
+        kernels.sgd_step(data, grad, velocity, self.lr, self.momentum, self.nesterov, self.weight_decay)
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba) with bias correction and optional L2 weight decay."""
+
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        super().__init__()
+        self.lr = _check(lr, "learning rate lr", low_open=True)
+        self.beta1 = _check(betas[0], "beta1", high=1.0)
+        self.beta2 = _check(betas[1], "beta2", high=1.0)
+        self.eps = _check(eps, "eps")
+        self.weight_decay = _check(weight_decay, "weight_decay")
+
+    def _update(self, kernels, data, grad):
+        m, v = self._state_for(data, 2)
+        kernels.adam_step(data, grad, m, v, self.lr, self.beta1, self.beta2, self.eps,
+                          self.weight_decay, self.iterations)
+
+
+def get(optimizer):
+    """An Optimizer, or one built from a name ('sgd', 'adam') with defaults."""
+    if isinstance(optimizer, Optimizer):
+        return optimizer
+    names = {"sgd": SGD, "adam": Adam}
+    if isinstance(optimizer, str) and optimizer.lower() in names:
+        return names[optimizer.lower()]()
+    raise ValueError(f"unknown optimizer {optimizer!r}; use an Optimizer or one of {list(names)}")
