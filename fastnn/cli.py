@@ -1,0 +1,86 @@
+"""Command line: `fastnn digits` (the main job) and `fastnn backends`."""
+import argparse
+import sys
+import time
+
+import numpy as np
+
+
+def _digits_model(backend, dtype, seed):
+    from . import Sequential
+    from .layers import Dense, ReLU
+    return Sequential(Dense(64, 256), ReLU(), Dense(256, 128), ReLU(), Dense(128, 10),
+                      backend=backend, dtype=dtype, seed=seed)
+
+
+def train_digits(backends=None, epochs=30, batch_size=32, lr=0.05, momentum=0.9, dtype="float32",
+                 seed=0, progress=True, out=sys.stdout):
+    """Train the same MLP on the digits on each backend; return one result row each."""
+    from . import Trainer, backend as registry, data, optim
+    X_train, y_train, X_test, y_test = data.load_digits(seed=seed, dtype=dtype)
+    rows = []
+    for name in backends or registry.backends():
+        # Warm-up on a few batches so a JIT compile is not counted as training time.
+        warm = Trainer(_digits_model(name, dtype, seed), "cross_entropy", optim.SGD(lr=lr))
+        warm.fit(X_train[:2 * batch_size], y_train[:2 * batch_size], epochs=1,
+                 batch_size=batch_size, progress=False)
+        model = _digits_model(name, dtype, seed)
+        trainer = Trainer(model, "cross_entropy", optim.SGD(lr=lr, momentum=momentum), seed=seed)
+        if progress:
+            print(f"backend {name}:", file=out, flush=True)
+        start = time.perf_counter()
+        trainer.fit(X_train, y_train, epochs=epochs, batch_size=batch_size, progress=progress)
+        seconds = time.perf_counter() - start
+        result = trainer.evaluate(X_test, y_test)
+        rows.append({"backend": name, "test_accuracy": result["accuracy"], "seconds": seconds})
+    reference = next((r["seconds"] for r in rows if r["backend"] == "numpy"), None)
+    for r in rows:
+        r["speedup"] = reference / r["seconds"] if reference else float("nan")
+    return rows
+
+
+def format_table(rows, epochs, n_train):
+    lines = ["| backend | test accuracy | training time (s) | samples/s | speed vs numpy |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['backend']} | {100 * r['test_accuracy']:.2f}% | {r['seconds']:.3f} | "
+                     f"{epochs * n_train / r['seconds']:,.0f} | {r['speedup']:.2f}x |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="fastnn", description=__doc__)
+    sub = parser.add_subparsers(dest="command")
+    d = sub.add_parser("digits", help="train a 64-256-128-10 MLP on the 8x8 digits on every backend")
+    d.add_argument("--backends", nargs="*", default=None, help="default: every usable backend")
+    d.add_argument("--epochs", type=int, default=30)
+    d.add_argument("--batch-size", type=int, default=32)
+    d.add_argument("--lr", type=float, default=0.05)
+    d.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--no-progress", action="store_true")
+    sub.add_parser("backends", help="list the backends usable here")
+    args = parser.parse_args(argv)
+
+    if args.command == "backends":
+        from .backend import backends, default_backend
+        print("usable backends:", ", ".join(backends()), f"(default: {default_backend()})")
+        return 0
+    if args.command in (None, "digits"):
+        if args.command is None:
+            args = parser.parse_args(["digits"])
+        rows = train_digits(args.backends, args.epochs, args.batch_size, args.lr, dtype=args.dtype,
+                            seed=args.seed, progress=not args.no_progress)
+        from .data import load_digits
+        n_train = len(load_digits(seed=args.seed)[0])
+        print(f"\nDigits MLP 64-256-128-10, {args.epochs} epochs, batch {args.batch_size}, "
+              f"SGD lr={args.lr} momentum=0.9, {args.dtype}, {n_train} training / "
+              f"{1797 - n_train} test images")
+        print(format_table(rows, args.epochs, n_train))
+        return 0
+    parser.print_help()
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
