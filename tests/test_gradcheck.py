@@ -1,0 +1,125 @@
+"""Central-difference gradient checks in float64 for every layer and loss, on every backend."""
+import numpy as np
+import pytest
+
+import fastnn as fnn
+from fastnn.layers import Dense, LeakyReLU, ReLU, Sigmoid, Softmax, Step, Tanh
+
+EPS = 1e-6
+
+
+def numeric_grad(f, x):
+    """d f / d x by central differences; f returns a float and may read x."""
+    grad = np.zeros_like(x)
+    flat, gflat = x.reshape(-1), grad.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + EPS
+        up = f()
+        flat[i] = old - EPS
+        down = f()
+        flat[i] = old
+        gflat[i] = (up - down) / (2 * EPS)
+    return grad
+
+
+def check(analytic, numeric, tol=1e-6):
+    scale = np.maximum(1.0, np.abs(numeric))
+    assert np.all(np.abs(analytic - numeric) <= tol * scale), np.max(np.abs(analytic - numeric))
+
+
+def model_loss_and_grads(model, x, probe):
+    """loss = sum(forward(x) * probe): its gradient w.r.t. the output is probe."""
+    out = model.forward(x)
+    model.zero_grad()
+    dx = model.backward(probe)
+    return float((out * probe).sum()), dx
+
+
+LAYERS = {
+    "dense": lambda: [Dense(5, 4)],
+    "dense_nobias": lambda: [Dense(5, 4, bias=False)],
+    "sigmoid": lambda: [Dense(5, 4), Sigmoid()],
+    "tanh": lambda: [Dense(5, 4), Tanh()],
+    "relu": lambda: [Dense(5, 4), ReLU()],
+    "leaky_relu": lambda: [Dense(5, 4), LeakyReLU(0.1)],
+    "softmax": lambda: [Dense(5, 4), Softmax()],
+    "mlp": lambda: [Dense(5, 6), Tanh(), Dense(6, 3)],
+}
+
+
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_layer_gradients(backend, name):
+    rng = np.random.default_rng(3)
+    model = fnn.Sequential(*LAYERS[name](), backend=backend.name, dtype="float64", seed=1)
+    x = rng.standard_normal((3, 5))
+    probe = rng.standard_normal((3, model.output_shape((5,))[0]))
+    model_loss_and_grads(model, x, probe)
+    analytic = {p.name: p.grad.copy() for p in model.parameters()}
+    for p in model.parameters():
+        numeric = numeric_grad(lambda: float((model.forward(x) * probe).sum()), p.data)
+        check(analytic[p.name], numeric)
+
+
+@pytest.mark.parametrize("layer", [Sigmoid, Tanh, ReLU, LeakyReLU, Softmax, Step])
+def test_activation_input_gradients(backend, layer):
+    """dx through the activation alone (a Dense first, whose dx is what we check)."""
+    rng = np.random.default_rng(4)
+    model = fnn.Sequential(Dense(4, 4), layer(), backend=backend.name, dtype="float64", seed=2)
+    x = rng.standard_normal((3, 4)) * 2
+    probe = rng.standard_normal((3, 4))
+    act = model.layers[1]
+    h = model.layers[0].forward(x)
+    y = act.forward(h.copy())
+    dh = act.backward(probe)
+    numeric = numeric_grad(lambda: float((act.forward(h) * probe).sum()), h)
+    check(dh, numeric)
+    if layer is Step:
+        assert np.all(dh == 0)  # zero almost everywhere: no gradient passes
+
+
+def test_first_layer_input_gradient(backend):
+    """model.backward returns d loss / d x when the first layer is asked for it."""
+    rng = np.random.default_rng(5)
+    model = fnn.Sequential(Dense(5, 4), Tanh(), Dense(4, 2), backend=backend.name, dtype="float64")
+    x, probe = rng.standard_normal((3, 5)), rng.standard_normal((3, 2))
+    model.forward(x)
+    g = probe  # backward through every layer, the first one included
+    for layer in reversed(model.layers):
+        g = layer.backward(g, need_dx=True)
+    numeric = numeric_grad(lambda: float((model.forward(x) * probe).sum()), x)
+    check(g, numeric)
+
+
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy", "cross_entropy_soft", "binary_cross_entropy"])
+def test_loss_gradients(backend, loss):
+    rng = np.random.default_rng(6)
+    logits = rng.standard_normal((4, 3)) * 2
+    if loss == "cross_entropy":
+        target = rng.integers(0, 3, 4)
+    elif loss == "cross_entropy_soft":
+        target = rng.random((4, 3))
+        target /= target.sum(axis=1, keepdims=True)
+    elif loss == "binary_cross_entropy":
+        target = rng.random((4, 3))
+    else:
+        target = rng.standard_normal((4, 3))
+    fn = getattr(backend, "cross_entropy" if loss.startswith("cross") else loss)
+    _, grad = fn(logits, target)
+    numeric = numeric_grad(lambda: fn(logits, target)[0], logits)
+    check(grad, numeric)
+
+
+def test_whole_model_gradient_through_loss(backend):
+    """Parameters' grads of cross_entropy(model(x)) match finite differences."""
+    rng = np.random.default_rng(7)
+    model = fnn.Sequential(Dense(6, 5), ReLU(), Dense(5, 5), Sigmoid(), Dense(5, 3),
+                           backend=backend.name, dtype="float64", seed=3)
+    x, y = rng.standard_normal((8, 6)), rng.integers(0, 3, 8)
+    loss, grad = backend.cross_entropy(model.forward(x), y)
+    model.zero_grad()
+    model.backward(grad)
+    for p in model.parameters():
+        analytic = p.grad.copy()
+        numeric = numeric_grad(lambda: backend.cross_entropy(model.forward(x), y)[0], p.data)
+        check(analytic, numeric)
