@@ -110,7 +110,10 @@ class Sequential:
             raise TypeError(f"{name} must hold numbers, got booleans")
         if x.ndim < 2:
             raise ValueError(f"{name} must have a batch axis first, got shape {x.shape}")
-        self.output_shape(x.shape[1:])
+        try:
+            self.output_shape(x.shape[1:])
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
         x = np.ascontiguousarray(x, dtype=self.dtype)
         if not np.isfinite(x).all():
             raise ValueError(f"{name} contains NaN or inf")

@@ -1,0 +1,93 @@
+"""Property test: random shapes and dtypes at every public kernel entry point of
+every backend give the reference's result or a clean ValueError/TypeError."""
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fastnn as fnn
+from fastnn._kernels import reference
+
+DTYPES = ["float32", "float64", "int64", "int32", "bool", "complex128", "str", "object", "float16"]
+KERNELS = reference.KERNELS
+
+
+def _shapes(kernel, m, k, n):
+    """Argument shapes that a kernel accepts, plus its scalar arguments."""
+    act = {a: ([(m, n)], {}) for a in reference.ACTIVATIONS}
+    act.update({a + "_backward": ([(m, n)] * 3, {}) for a in reference.ACTIVATIONS})
+    table = {
+        "matmul": ([(m, k), (k, n)], {}), "bias_add": ([(m, n), (n,)], {}), "bias_grad": ([(m, n)], {}),
+        "linear": ([(m, k), (n, k), (n,)], {}), "linear_backward": ([(m, n), (m, k), (n, k)], {}),
+        "mse": ([(m, n)] * 2, {}), "binary_cross_entropy": ([(m, n)] * 2, {}),
+        "cross_entropy": ([(m, n), "labels"], {}),
+        "sgd_step": ([(k,)] * 3, {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01}),
+        "adam_step": ([(k,)] * 4, {"lr": 0.1, "beta1": 0.9, "beta2": 0.99, "eps": 1e-8,
+                                   "weight_decay": 0.0, "t": 3}),
+    }
+    table.update(act)
+    return table[kernel]
+
+
+@st.composite
+def kernel_calls(draw):
+    kernel = draw(st.sampled_from(KERNELS))
+    m, k, n = (draw(st.integers(1, 9)) for _ in range(3))
+    shapes, scalars = _shapes(kernel, m, k, n)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    args = []
+    for shape in shapes:
+        if shape == "labels":
+            args.append(rng.integers(0, n, m))
+            continue
+        if draw(st.integers(0, 4)) == 0:   # now and then, a wrong shape
+            shape = tuple(draw(st.lists(st.integers(0, 9), min_size=0, max_size=3)))
+        value = np.asarray(rng.standard_normal(shape) * 3)
+        dtype = draw(st.sampled_from(DTYPES[:2] * 4 + DTYPES[2:]))   # mostly floats
+        if kernel == "adam_step" and len(args) == 3:
+            value = np.abs(value)   # Adam's second-moment state is never negative
+        value = value.astype(dtype)
+        if value.ndim == 2 and draw(st.booleans()):
+            value = np.asfortranarray(value)    # non-contiguous / transposed layouts
+        args.append(value)
+    if kernel == "cross_entropy" and draw(st.booleans()):
+        args[1] = args[1] + draw(st.sampled_from([-1, n, 0]))   # maybe out of range
+    return kernel, args, scalars
+
+
+def _call(backend, kernel, args, scalars):
+    args = [a.copy() if isinstance(a, np.ndarray) else a for a in args]   # in-place kernels
+    try:
+        result = getattr(backend, kernel)(*args, **scalars)
+    except (ValueError, TypeError) as exc:
+        assert str(exc), "exceptions must say what is wrong"
+        return "error", type(exc)
+    return "ok", (result, args)
+
+
+def _as_list(result):
+    if result is None:
+        return []
+    if isinstance(result, tuple):
+        return [r for r in result if r is not None]
+    return [result]
+
+
+@pytest.mark.parametrize("name", fnn.backends())
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(call=kernel_calls())
+def test_kernel_entry_points(name, call):
+    kernel, args, scalars = call
+    backend, numpy_backend = fnn.get_backend(name), fnn.get_backend("numpy")
+    got, want = _call(backend, kernel, args, scalars), _call(numpy_backend, kernel, args, scalars)
+    assert got[0] == want[0], f"{name} {kernel}: {got} but the reference gave {want}"
+    if got[0] == "error":
+        assert got[1] is want[1]
+        return
+    (result, mutated), (ref_result, ref_mutated) = got[1], want[1]
+    outputs = _as_list(result) + [a for a in mutated if isinstance(a, np.ndarray)]
+    expected = _as_list(ref_result) + [a for a in ref_mutated if isinstance(a, np.ndarray)]
+    for out, exp in zip(outputs, expected):
+        out, exp = np.asarray(out, dtype=np.float64), np.asarray(exp, dtype=np.float64)
+        assert out.shape == exp.shape
+        np.testing.assert_allclose(out, exp, rtol=2e-3, atol=2e-3, err_msg=f"{name} {kernel}")
