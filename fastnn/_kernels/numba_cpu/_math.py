@@ -1,0 +1,65 @@
+"""Branch-free exp and log1p that LLVM can vectorize (Numba without Intel SVML
+calls libm one element at a time). Both work in float64; float32 kernels call
+them and round the result, which is then exact to float32 precision.
+"""
+import math
+
+from numba import njit, types
+from numba.extending import intrinsic
+
+# Elementwise kernels may reassociate sums (so row sums vectorize) and fuse
+# multiply-adds; they keep NaN and inf semantics (no 'nnan'/'ninf').
+FM = {"reassoc", "contract", "nsz", "arcp"}
+# Only for max reductions: 'nnan' lets LLVM use vector max. A NaN still ends up
+# in the result, because the caller then computes exp(x - max) of it.
+FM_MAX = {"nnan", "nsz", "reassoc"}
+
+_LOG2E = 1.4426950408889634
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+
+
+@intrinsic
+def _int64_as_float64(typingctx, i):
+    """Reinterpret the bits of an int64 as a float64."""
+    if i != types.int64:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], context.get_value_type(types.float64))
+    return types.float64(types.int64), codegen
+
+
+@njit(cache=True, fastmath={"contract"}, inline="always")
+def exp(x):
+    """e**x in float64 to ~1 ulp; saturates to exp(-708) / exp(709); NaN stays NaN."""
+    x = 709.0 if x > 709.0 else x
+    x = -708.0 if x < -708.0 else x
+    n = math.floor(x * _LOG2E + 0.5)
+    r = (x - n * _LN2_HI) - n * _LN2_LO           # |r| <= ln(2)/2
+    p = 1.0 / 479001600.0                          # Taylor series of e**r to r**12
+    p = p * r + 1.0 / 39916800.0
+    p = p * r + 1.0 / 3628800.0
+    p = p * r + 1.0 / 362880.0
+    p = p * r + 1.0 / 40320.0
+    p = p * r + 1.0 / 5040.0
+    p = p * r + 1.0 / 720.0
+    p = p * r + 1.0 / 120.0
+    p = p * r + 1.0 / 24.0
+    p = p * r + 1.0 / 6.0
+    p = p * r + 0.5
+    p = p * r + 1.0
+    p = p * r + 1.0
+    return p * _int64_as_float64((int(n) + 1023) << 52)
+
+
+@njit(cache=True, fastmath={"contract"}, inline="always")
+def log1p_unit(e):
+    """log(1 + e) for e in [0, 1]: 2 atanh(s), s = e / (2 + e) <= 1/3."""
+    s = e / (2.0 + e)
+    s2 = s * s
+    p = 1.0 / 33.0
+    for k in range(31, 1, -2):
+        p = p * s2 + 1.0 / k
+    p = p * s2 + 1.0
+    return 2.0 * s * p

@@ -1,0 +1,246 @@
+"""GEMM and the dense-layer kernels: matmul, bias_add, bias_grad, linear, linear_backward.
+
+matmul is BLIS/GotoBLAS-style: for each NC-wide panel of op(B) (jc) and each
+KC-deep slice of K (pc), the KC x NC panel is packed into NR-wide strips; for
+each MC-tall block of op(A) (ic) the MC x KC block is packed into MR-tall
+strips; then every MR x NR tile of C (jr, ir) is one call of the register-tile
+microkernel of _micro.py. Packing reads op(A) and op(B) through the transpose
+flags, so x.T @ g and g @ W.T run without copies. Edge tiles are zero-padded in
+the packed buffers and computed into a scratch tile, of which only the valid
+part reaches C. Two threads or more split C's rows (or columns, when that
+duplicates less packing) between them when the product is big enough.
+"""
+import numba
+import numpy as np
+from numba import njit, prange, types
+from numba.extending import overload
+
+from . import _micro
+
+# Explicit fast-math flags: 'contract' lets LLVM fuse a*b+c into an FMA. The
+# 'reassoc' flag of fastmath=True reorders the microkernel's accumulators and
+# ruins its vectorization, so it stays off.
+FM = {"contract"}
+
+# Cache blocking, per dtype: KC x NR strip of B in L1, MC x KC block of A in
+# L2, KC x NC panel of B in L3 (Zen 4: 32 KiB L1d, 1 MiB L2 per core).
+BLOCKS = {np.dtype(np.float32): (192, 256, 4096),   # MC, KC, NC
+          np.dtype(np.float64): (96, 256, 2048)}
+# Below this many multiply-adds (M*N*K) one thread does the whole product.
+PARALLEL_MIN_WORK = 1 << 21
+
+
+def _micro_kernel(kc, ap, ao, bp, bo, c, co, ldc, accumulate):
+    """Placeholder resolved at compile time to _micro.micro_f32 / micro_f64."""
+    raise NotImplementedError
+
+
+@overload(_micro_kernel, jit_options={"fastmath": FM})
+def _micro_kernel_impl(kc, ap, ao, bp, bo, c, co, ldc, accumulate):
+    return _micro.micro_f32 if ap.dtype == types.float32 else _micro.micro_f64
+
+
+def _tile(x):
+    """(MR, NR) of the microkernel for x's dtype."""
+    raise NotImplementedError
+
+
+@overload(_tile)
+def _tile_impl(x):
+    if x.dtype == types.float32:
+        return lambda x: (8, 32)
+    return lambda x: (8, 16)
+
+
+@njit(cache=True, fastmath=FM)
+def _pack_a(a, ta, i0, mc, p0, kc, mr, ap):
+    """ap[s*mr*kc + p*mr + i] = op(a)[i0 + s*mr + i, p0 + p]; rows past mc are 0."""
+    for s in range((mc + mr - 1) // mr):
+        base = s * mr * kc
+        r0 = i0 + s * mr
+        rows = min(mr, mc - s * mr)
+        if ta:       # op(a)[i, p] = a[p, i]: rows of a are contiguous along i
+            for p in range(kc):
+                src = a[p0 + p]
+                o = base + p * mr
+                for i in range(rows):
+                    ap[o + i] = src[r0 + i]
+                for i in range(rows, mr):
+                    ap[o + i] = 0
+        else:
+            for i in range(rows):
+                src = a[r0 + i]
+                for p in range(kc):
+                    ap[base + p * mr + i] = src[p0 + p]
+            for i in range(rows, mr):
+                for p in range(kc):
+                    ap[base + p * mr + i] = 0
+
+
+@njit(cache=True, fastmath=FM)
+def _pack_b(b, tb, p0, kc, j0, nc, nr, bp):
+    """bp[s*nr*kc + p*nr + j] = op(b)[p0 + p, j0 + s*nr + j]; columns past nc are 0."""
+    for s in range((nc + nr - 1) // nr):
+        base = s * nr * kc
+        c0 = j0 + s * nr
+        cols = min(nr, nc - s * nr)
+        if tb:       # op(b)[p, j] = b[j, p]
+            for j in range(cols):
+                src = b[c0 + j]
+                for p in range(kc):
+                    bp[base + p * nr + j] = src[p0 + p]
+            for j in range(cols, nr):
+                for p in range(kc):
+                    bp[base + p * nr + j] = 0
+        else:
+            for p in range(kc):
+                src = b[p0 + p]
+                o = base + p * nr
+                for j in range(cols):
+                    bp[o + j] = src[c0 + j]
+                for j in range(cols, nr):
+                    bp[o + j] = 0
+
+
+@njit(cache=True, fastmath=FM)
+def _gemm_block(a, b, c, ta, tb, i0, i1, j0, j1, accumulate, mc_max, kc_max, nc_max):
+    """c[i0:i1, j0:j1] (+)= op(a)[i0:i1, :] @ op(b)[:, j0:j1], blocked and packed."""
+    mr, nr = _tile(a)
+    k_total = a.shape[0] if ta else a.shape[1]
+    ldc = c.shape[1]
+    mc_max = min(mc_max, (i1 - i0 + mr - 1) // mr * mr)
+    nc_max = min(nc_max, (j1 - j0 + nr - 1) // nr * nr)
+    kc_max = min(kc_max, k_total)
+    ap = np.empty(mc_max * kc_max, dtype=a.dtype)
+    bp = np.empty(kc_max * nc_max, dtype=a.dtype)
+    tile = np.empty(mr * nr, dtype=a.dtype)
+    cf = c.reshape(-1)
+    uldc = np.uint64(ldc)
+    for jc in range(j0, j1, nc_max):
+        nc = min(nc_max, j1 - jc)
+        for pc in range(0, k_total, kc_max):
+            kc = min(kc_max, k_total - pc)
+            ukc = np.uint64(kc)
+            acc = accumulate or pc > 0
+            _pack_b(b, tb, pc, kc, jc, nc, nr, bp)
+            for ic in range(i0, i1, mc_max):
+                mc = min(mc_max, i1 - ic)
+                _pack_a(a, ta, ic, mc, pc, kc, mr, ap)
+                for jr in range(0, nc, nr):
+                    ncol = min(nr, nc - jr)
+                    bo = np.uint64(jr * kc)
+                    for ir in range(0, mc, mr):
+                        nrow = min(mr, mc - ir)
+                        ao = np.uint64(ir * kc)
+                        row, col = ic + ir, jc + jr
+                        if nrow == mr and ncol == nr:
+                            _micro_kernel(ukc, ap, ao, bp, bo, cf,
+                                          np.uint64(row * ldc + col), uldc, acc)
+                        else:
+                            _micro_kernel(ukc, ap, ao, bp, bo, tile, np.uint64(0),
+                                          np.uint64(nr), False)
+                            for i in range(nrow):
+                                for j in range(ncol):
+                                    if acc:
+                                        c[row + i, col + j] += tile[i * nr + j]
+                                    else:
+                                        c[row + i, col + j] = tile[i * nr + j]
+
+
+@njit(cache=True, parallel=True)
+def _gemm_parallel(a, b, c, ta, tb, split_rows, chunks, accumulate, mc_max, kc_max, nc_max):
+    """_gemm_block over `chunks` tile-aligned slices of C's rows (or columns)."""
+    m, n = c.shape
+    mr, nr = _tile(a)
+    unit = mr if split_rows else nr
+    extent = m if split_rows else n
+    units = (extent + unit - 1) // unit
+    for t in prange(chunks):
+        lo = units * t // chunks * unit
+        hi = min(extent, units * (t + 1) // chunks * unit)
+        if lo >= hi:
+            continue
+        if split_rows:
+            _gemm_block(a, b, c, ta, tb, lo, hi, 0, n, accumulate, mc_max, kc_max, nc_max)
+        else:
+            _gemm_block(a, b, c, ta, tb, 0, m, lo, hi, accumulate, mc_max, kc_max, nc_max)
+
+
+def _gemm_into(a, b, c, trans_a, trans_b, accumulate=False):
+    """c (+)= op(a) @ op(b), on as many threads as the size deserves."""
+    m, n = c.shape
+    k = a.shape[0] if trans_a else a.shape[1]
+    mc, kc, nc = BLOCKS[a.dtype]
+    threads = numba.get_num_threads()
+    if threads > 1 and m * n * k >= PARALLEL_MIN_WORK:
+        # Split C along the dimension whose split duplicates less packing:
+        # splitting rows makes every thread pack all of op(B) (k*n values).
+        split_rows = m >= n or n < 2 * 32
+        extent, unit = (m, 8) if split_rows else (n, 32)
+        chunks = min(threads, (extent + unit - 1) // unit)
+        if chunks > 1:
+            _gemm_parallel(a, b, c, trans_a, trans_b, split_rows, chunks, accumulate, mc, kc, nc)
+            return c
+    _gemm_block(a, b, c, trans_a, trans_b, 0, m, 0, n, accumulate, mc, kc, nc)
+    return c
+
+
+def matmul(a, b, trans_a=False, trans_b=False):
+    """op(a) @ op(b), where op transposes when the flag is set."""
+    m = a.shape[1] if trans_a else a.shape[0]
+    n = b.shape[0] if trans_b else b.shape[1]
+    return _gemm_into(a, b, np.empty((m, n), dtype=a.dtype), trans_a, trans_b)
+
+
+@njit(cache=True, fastmath=FM)
+def _bias_add(x, b):
+    out = np.empty_like(x)
+    for i in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            out[i, j] = x[i, j] + b[j]
+    return out
+
+
+@njit(cache=True, fastmath=FM)
+def _fill_rows(c, b):
+    for i in range(c.shape[0]):
+        c[i, :] = b
+
+
+@njit(cache=True, fastmath=FM)
+def _column_sums(dy):
+    out = np.zeros(dy.shape[1], dtype=dy.dtype)
+    for i in range(dy.shape[0]):
+        for j in range(dy.shape[1]):
+            out[j] += dy[i, j]
+    return out
+
+
+def bias_add(x, b):
+    """x (N, F) + b (F,) broadcast over rows."""
+    return _bias_add(x, b)
+
+
+def bias_grad(dy):
+    """Gradient of bias_add for b: the column sums of dy (N, F)."""
+    return _column_sums(dy)
+
+
+def linear(x, w, b):
+    """Dense forward: x (N, in) @ w.T, w (out, in), plus b (out,) or None.
+
+    The bias is written into the output first and the GEMM accumulates onto it.
+    """
+    c = np.empty((x.shape[0], w.shape[0]), dtype=x.dtype)
+    if b is None:
+        return _gemm_into(x, w, c, False, True)
+    _fill_rows(c, b)
+    return _gemm_into(x, w, c, False, True, accumulate=True)
+
+
+def linear_backward(dy, x, w, need_dx=True):
+    """Dense backward from dy (N, out) and the saved x: (dx or None, dw, db)."""
+    dw = matmul(dy, x, trans_a=True)
+    db = _column_sums(dy)
+    dx = matmul(dy, w) if need_dx else None
+    return dx, dw, db
