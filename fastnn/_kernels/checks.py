@@ -246,6 +246,194 @@ def adam_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, t):
             _scalar(weight_decay, "weight_decay"), int(t)), {}
 
 
+# ---------------------------------------------- convolution and pooling
+# Conv and pooling checks: ranks, channel counts, positive kernel sizes and
+# strides, non-negative padding, a kernel no larger than the padded input.
+
+
+def _positive(value, name, minimum=1):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        what = "positive" if minimum == 1 else "non-negative"
+        raise ValueError(f"{name} must be {what}, got {value}")
+    return int(value)
+
+
+def spatial(value, name, dims, minimum=1):
+    """An int, or a sequence of dims ints, as a tuple of dims ints >= minimum."""
+    if isinstance(value, (tuple, list, np.ndarray)):
+        if len(value) != dims:
+            raise ValueError(f"{name} must be an integer or {dims} integers, got {value!r}")
+        return tuple(_positive(v, name, minimum) for v in value)
+    return (_positive(value, name, minimum),) * dims
+
+
+def _geometry(kernel, dims, kernel_size, stride, padding, input_size):
+    """Validate the window geometry; output sizes per spatial axis."""
+    ks = spatial(kernel_size, f"{kernel} kernel_size", dims)
+    st = spatial(stride, f"{kernel} stride", dims)
+    pd = spatial(padding, f"{kernel} padding", dims, minimum=0)
+    for k, p, size in zip(ks, pd, input_size):
+        if k > size + 2 * p:
+            raise ValueError(
+                f"{kernel}: kernel size {k} is larger than the padded input "
+                f"({size} + 2 * {p} = {size + 2 * p})")
+    out = tuple((size + 2 * p - k) // s + 1 for size, k, s, p in zip(input_size, ks, st, pd))
+    return ks, st, pd, out
+
+
+def _unpack(dims, values):
+    """1-D kernels take plain ints, 2-D kernels (h, w) pairs."""
+    return values[0] if dims == 1 else values
+
+
+def _conv(dims):
+    kernel = f"conv{dims}d"
+    rank = dims + 2
+
+    def parts(x, w, b, stride, padding, dy=None):
+        x, w = _array(x, f"{kernel} x"), _array(w, f"{kernel} weight")
+        _rank(x, f"{kernel} x (N, C_in, {'L' if dims == 1 else 'H, W'})", rank)
+        _rank(w, f"{kernel} weight (C_out, C_in, {'k' if dims == 1 else 'kh, kw'})", rank)
+        if x.shape[1] != w.shape[1]:
+            raise ValueError(f"{kernel}: x has {x.shape[1]} channels, the weight expects {w.shape[1]}")
+        arrays = [x, w]
+        if b is not None:
+            b = _array(b, f"{kernel} bias")
+            _rank(b, f"{kernel} bias", 1)
+            if b.shape[0] != w.shape[0]:
+                raise ValueError(f"{kernel}: bias has {b.shape[0]} entries, weight has {w.shape[0]} output channels")
+            arrays.append(b)
+        _, st, pd, out = _geometry(kernel, dims, w.shape[2:], stride, padding, x.shape[2:])
+        if dy is not None:
+            dy = _array(dy, f"{kernel}_backward dy")
+            want = (x.shape[0], w.shape[0]) + out
+            if dy.shape != want:
+                raise ValueError(f"{kernel}_backward: dy has shape {dy.shape}, the output's is {want}")
+            arrays.append(dy)
+        dtype = common_dtype(*arrays)
+        cast = [_cast(a, dtype) for a in arrays]
+        return cast, _unpack(dims, st), _unpack(dims, pd)
+
+    def forward(x, w, b, stride=1, padding=0):
+        cast, st, pd = parts(x, w, b, stride, padding)
+        return (cast[0], cast[1], cast[2] if b is not None else None, st, pd), {}
+
+    def backward(dy, x, w, stride=1, padding=0, need_dx=True):
+        cast, st, pd = parts(x, w, None, stride, padding, dy)
+        x, w, dy = cast
+        return (dy, x, w, st, pd, bool(need_dx)), {}
+    return forward, backward
+
+
+def _pool(kind, dims):
+    kernel = f"{kind}pool{dims}d"
+    rank = dims + 2
+
+    def parts(x, kernel_size, stride, dy=None):
+        x = _array(x, f"{kernel} x")
+        _rank(x, f"{kernel} x (N, C, {'L' if dims == 1 else 'H, W'})", rank)
+        stride = kernel_size if stride is None else stride
+        ks, st, _, out = _geometry(kernel, dims, kernel_size, stride, 0, x.shape[2:])
+        arrays = [x]
+        if dy is not None:
+            dy = _array(dy, f"{kernel}_backward dy")
+            if dy.shape != x.shape[:2] + out:
+                raise ValueError(f"{kernel}_backward: dy has shape {dy.shape}, the output's is {x.shape[:2] + out}")
+            arrays.append(dy)
+        dtype = common_dtype(*arrays)
+        return [_cast(a, dtype) for a in arrays], _unpack(dims, ks), _unpack(dims, st)
+
+    def forward(x, kernel_size, stride=None):
+        (x,), ks, st = parts(x, kernel_size, stride)
+        return (x, ks, st), {}
+
+    def backward_avg(dy, x, kernel_size, stride=None):
+        (x, dy), ks, st = parts(x, kernel_size, stride, dy)
+        return (dy, x, ks, st), {}
+
+    def backward_max(dy, x, idx, kernel_size, stride=None):
+        (x, dy), ks, st = parts(x, kernel_size, stride, dy)
+        idx = _array(idx, f"{kernel}_backward idx")
+        if idx.dtype.kind not in "iu":
+            raise TypeError(f"{kernel}_backward: idx must hold integers, got dtype {idx.dtype}")
+        if idx.shape != dy.shape:
+            raise ValueError(f"{kernel}_backward: idx has shape {idx.shape}, dy has {dy.shape}")
+        plane = int(np.prod(x.shape[2:]))
+        if idx.min() < 0 or idx.max() >= plane:
+            raise ValueError(f"{kernel}_backward: idx must lie in [0, {plane}), the flat input positions")
+        return (dy, x, np.ascontiguousarray(idx, dtype=np.int64), ks, st), {}
+    return forward, backward_max if kind == "max" else backward_avg
+
+
+# ------------------------------------------------------------ recurrent
+# Recurrent checks: x (N, T, F) with T >= 1, weights (G*H, F) and (G*H, H),
+# biases (G*H,), and the saved states of the forward's shapes.
+
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+
+
+def _sequence(x, name):
+    """x as an (N, T, F) array with at least one step, before the general checks."""
+    if not isinstance(x, np.ndarray):
+        x = _array(x, name)
+    if x.ndim != 3:
+        raise ValueError(f"{name} must be 3-D (batch, time, features), got shape {x.shape}")
+    if x.shape[1] == 0:
+        raise ValueError(f"{name} is a zero-length sequence (shape {x.shape}): it needs at least one time step")
+    return _array(x, name)
+
+
+def _recurrent_weights(kernel, x, w_ih, w_hh, biases):
+    g = GATES[kernel]
+    w_ih, w_hh = _array(w_ih, f"{kernel} w_ih"), _array(w_hh, f"{kernel} w_hh")
+    _rank(w_ih, f"{kernel} w_ih", 2)
+    _rank(w_hh, f"{kernel} w_hh", 2)
+    hid = w_hh.shape[1]
+    if w_hh.shape[0] != g * hid or w_ih.shape[0] != g * hid:
+        raise ValueError(f"{kernel}: w_ih {w_ih.shape} and w_hh {w_hh.shape} must both have "
+                         f"{g} * hidden_size rows, hidden_size = w_hh's {hid} columns")
+    if w_ih.shape[1] != x.shape[2]:
+        raise ValueError(f"{kernel}: x has {x.shape[2]} features, w_ih expects {w_ih.shape[1]}")
+    out = [w_ih, w_hh]
+    for name, b in biases:
+        b = _array(b, f"{kernel} {name}")
+        if b.shape != (g * hid,):
+            raise ValueError(f"{kernel}: {name} has shape {b.shape}, expected ({g * hid},)")
+        out.append(b)
+    return out, hid
+
+
+def _recurrent(kernel):
+    def forward(x, w_ih, w_hh, b_ih, b_hh):
+        x = _sequence(x, f"{kernel} x")
+        arrays, _ = _recurrent_weights(kernel, x, w_ih, w_hh, [("b_ih", b_ih), ("b_hh", b_hh)])
+        dtype = common_dtype(x, *arrays)
+        return tuple(_cast(a, dtype) for a in [x] + arrays), {}
+
+    def backward(dh, x, *saved_and_weights, need_dx=True):
+        n_saved = {"rnn": 1, "lstm": 3, "gru": 3}[kernel]
+        if len(saved_and_weights) != n_saved + 2:
+            raise TypeError(f"{kernel}_backward takes dh, x, {n_saved} saved arrays, w_ih, w_hh")
+        saved, (w_ih, w_hh) = saved_and_weights[:n_saved], saved_and_weights[n_saved:]
+        x = _sequence(x, f"{kernel}_backward x")
+        arrays, hid = _recurrent_weights(kernel, x, w_ih, w_hh, [])
+        n, t = x.shape[:2]
+        widths = {"rnn": [hid], "lstm": [hid, hid, 4 * hid], "gru": [hid, 3 * hid, hid]}[kernel]
+        checked = []
+        for i, (a, width) in enumerate(zip((dh,) + saved, [hid] + widths)):
+            a = _array(a, f"{kernel}_backward argument {i}")
+            if a.shape != (n, t, width):
+                raise ValueError(f"{kernel}_backward: argument {i} has shape {a.shape}, expected {(n, t, width)}")
+            checked.append(a)
+        dtype = common_dtype(x, *arrays, *checked)
+        dh, *saved = [_cast(a, dtype) for a in checked]
+        x, w_ih, w_hh = (_cast(a, dtype) for a in [x] + arrays)
+        return (dh, x, *saved, w_ih, w_hh, bool(need_dx)), {}
+    return forward, backward
+
+
 CHECKS = {
     "matmul": matmul, "bias_add": bias_add, "bias_grad": bias_grad,
     "linear": linear, "linear_backward": linear_backward,
@@ -256,3 +444,9 @@ CHECKS = {
 for _name in ("step", "sigmoid", "tanh", "relu", "leaky_relu", "softmax"):
     CHECKS[_name] = _activation(_name)
     CHECKS[_name + "_backward"] = _activation_backward(_name)
+for _dims in (1, 2):
+    CHECKS[f"conv{_dims}d"], CHECKS[f"conv{_dims}d_backward"] = _conv(_dims)
+    for _kind in ("max", "avg"):
+        CHECKS[f"{_kind}pool{_dims}d"], CHECKS[f"{_kind}pool{_dims}d_backward"] = _pool(_kind, _dims)
+for _name in GATES:
+    CHECKS[_name], CHECKS[_name + "_backward"] = _recurrent(_name)

@@ -180,9 +180,286 @@ def adam_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, t):
     param -= (lr * m_hat / (np.sqrt(v_hat) + eps)).astype(param.dtype)
 
 
+# ---------------------------------------------- convolution and pooling
+# Whole-batch kernels, weights in PyTorch's layout: conv weight (C_out, C_in, k)
+# or (C_out, C_in, kh, kw). 1-D kernels take ints, 2-D kernels (h, w) pairs of
+# ints for kernel_size, stride and padding. Output sizes use floor mode:
+# L_out = (L + 2 * padding - k) // stride + 1.
+
+
+def _out_size(size, k, stride, padding=0):
+    return (size + 2 * padding - k) // stride + 1
+
+
+def _im2col(x, kh, kw, stride, padding):
+    """x (N, C, H, W) -> cols (N * Ho * Wo, C * kh * kw), rows ordered (n, i, j)."""
+    (sh, sw), (ph, pw) = stride, padding
+    n, c, h, w = x.shape
+    ho, wo = _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw)
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
+    cols = np.empty((n, c, kh, kw, ho, wo), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, :, i, j] = xp[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
+    return np.ascontiguousarray(cols.transpose(0, 4, 5, 1, 2, 3).reshape(n * ho * wo, -1)), ho, wo
+
+
+def _col2im(dcols, x_shape, kh, kw, stride, padding, ho, wo):
+    """The adjoint of _im2col: scatter-add cols back into an (N, C, H, W) array."""
+    (sh, sw), (ph, pw) = stride, padding
+    n, c, h, w = x_shape
+    dcols = dcols.reshape(n, ho, wo, c, kh, kw).transpose(0, 3, 4, 5, 1, 2)
+    dxp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=dcols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            dxp[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw] += dcols[:, :, i, j]
+    return np.ascontiguousarray(dxp[:, :, ph:ph + h, pw:pw + w])
+
+
+def conv2d(x, w, b, stride=(1, 1), padding=(0, 0)):
+    """Cross-correlation of x (N, C_in, H, W) with w (C_out, C_in, kh, kw), plus
+    b (C_out,) or None: (N, C_out, Ho, Wo), as torch.nn.functional.conv2d."""
+    c_out, _, kh, kw = w.shape
+    cols, ho, wo = _im2col(x, kh, kw, stride, padding)
+    y = matmul(cols, w.reshape(c_out, -1), trans_b=True)          # (N*Ho*Wo, C_out)
+    if b is not None:
+        y = bias_add(y, b)
+    return np.ascontiguousarray(y.reshape(x.shape[0], ho, wo, c_out).transpose(0, 3, 1, 2))
+
+
+def conv2d_backward(dy, x, w, stride=(1, 1), padding=(0, 0), need_dx=True):
+    """From dy (N, C_out, Ho, Wo) and the saved x, w: (dx or None, dw, db)."""
+    c_out, _, kh, kw = w.shape
+    cols, ho, wo = _im2col(x, kh, kw, stride, padding)
+    dy2 = np.ascontiguousarray(dy.transpose(0, 2, 3, 1).reshape(-1, c_out))
+    dw = matmul(dy2, cols, trans_a=True).reshape(w.shape)
+    db = bias_grad(dy2)
+    dx = None
+    if need_dx:
+        dcols = matmul(dy2, w.reshape(c_out, -1))
+        dx = _col2im(dcols, x.shape, kh, kw, stride, padding, ho, wo)
+    return dx, dw, db
+
+
+def conv1d(x, w, b, stride=1, padding=0):
+    """x (N, C_in, L) with w (C_out, C_in, k), plus b or None: (N, C_out, L_out);
+    the 2-D kernel on a height-1 image."""
+    y = conv2d(x[:, :, None, :], w[:, :, None, :], b, (1, stride), (0, padding))
+    return y[:, :, 0, :]
+
+
+def conv1d_backward(dy, x, w, stride=1, padding=0, need_dx=True):
+    """From dy (N, C_out, L_out) and the saved x, w: (dx or None, dw, db)."""
+    dx, dw, db = conv2d_backward(dy[:, :, None, :], x[:, :, None, :], w[:, :, None, :],
+                                 (1, stride), (0, padding), need_dx)
+    return (None if dx is None else dx[:, :, 0, :]), dw[:, :, 0, :], db
+
+
+def _windows(x, kernel_size, stride):
+    """x (N, C, H, W) -> a view (N, C, Ho, Wo, kh, kw) of each pooling window."""
+    kh, kw = kernel_size
+    view = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))
+    return view[:, :, ::stride[0], ::stride[1]]
+
+
+def maxpool2d(x, kernel_size, stride):
+    """Max over each window of x (N, C, H, W): (y (N, C, Ho, Wo), idx), idx the
+    int64 flat position in H * W of each maximum (the first one on ties, as
+    torch's return_indices gives)."""
+    kh, kw = kernel_size
+    win = _windows(x, kernel_size, stride)
+    n, c, ho, wo = win.shape[:4]
+    k = win.reshape(n, c, ho, wo, kh * kw).argmax(axis=-1)
+    rows = np.arange(ho)[:, None] * stride[0] + k // kw
+    cols = np.arange(wo)[None, :] * stride[1] + k % kw
+    idx = (rows * x.shape[3] + cols).astype(np.int64)
+    y = np.take_along_axis(x.reshape(n, c, -1), idx.reshape(n, c, -1), axis=2)
+    return y.reshape(n, c, ho, wo), idx
+
+
+def maxpool2d_backward(dy, x, idx, kernel_size, stride):
+    """dx: each dy routed to its window's maximum (summed where windows overlap)."""
+    n, c, h, w = x.shape
+    flat = idx.reshape(n * c, -1) + (np.arange(n * c) * (h * w))[:, None]
+    dx = np.bincount(flat.ravel(), weights=dy.ravel(), minlength=x.size)
+    return dx.astype(dy.dtype).reshape(x.shape)
+
+
+def avgpool2d(x, kernel_size, stride):
+    """Mean over each window of x (N, C, H, W): (N, C, Ho, Wo)."""
+    return np.ascontiguousarray(_windows(x, kernel_size, stride).mean(axis=(4, 5), dtype=x.dtype))
+
+
+def avgpool2d_backward(dy, x, kernel_size, stride):
+    """dx: each dy spread evenly over its window (x gives only the shape)."""
+    (kh, kw), (sh, sw) = kernel_size, stride
+    ho, wo = dy.shape[2:]
+    share = dy / dy.dtype.type(kh * kw)
+    dx = np.zeros_like(x)
+    for i in range(kh):
+        for j in range(kw):
+            dx[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw] += share
+    return dx
+
+
+def maxpool1d(x, kernel_size, stride):
+    """Max over windows of x (N, C, L): (y (N, C, L_out), idx flat in L)."""
+    y, idx = maxpool2d(x[:, :, None, :], (1, kernel_size), (1, stride))
+    return y[:, :, 0, :], idx[:, :, 0, :]
+
+
+def maxpool1d_backward(dy, x, idx, kernel_size, stride):
+    return maxpool2d_backward(dy[:, :, None, :], x[:, :, None, :], idx[:, :, None, :],
+                              (1, kernel_size), (1, stride))[:, :, 0, :]
+
+
+def avgpool1d(x, kernel_size, stride):
+    """Mean over windows of x (N, C, L): (N, C, L_out)."""
+    return avgpool2d(x[:, :, None, :], (1, kernel_size), (1, stride))[:, :, 0, :]
+
+
+def avgpool1d_backward(dy, x, kernel_size, stride):
+    return avgpool2d_backward(dy[:, :, None, :], x[:, :, None, :],
+                              (1, kernel_size), (1, stride))[:, :, 0, :]
+
+
+CONV = ("conv1d", "conv2d", "maxpool1d", "maxpool2d", "avgpool1d", "avgpool2d")
+
+# ------------------------------------------------------------ recurrent
+# Forward over a whole sequence x (N, T, F) from zero initial states; PyTorch's
+# equations, gate order and weights: w_ih (G*H, F), w_hh (G*H, H), b_ih and
+# b_hh (G*H,), G = 1 (RNN), 4 (LSTM: i, f, g, o), 3 (GRU: r, z, n). Each
+# forward returns the hidden states h (N, T, H) first, then what its backward
+# needs. Each backward (BPTT) takes dh (N, T, H), the gradient with respect to
+# every step's h (zeros where a step's output is unused), and returns
+# (dx or None, dw_ih, dw_hh, db_ih, db_hh).
+
+
+def _input_part(x, w_ih, b_ih):
+    """x_t @ w_ih.T + b_ih for every step at once: (N, T, G*H)."""
+    n, t, f = x.shape
+    return linear(x.reshape(n * t, f), w_ih, b_ih).reshape(n, t, -1)
+
+
+def _previous(h):
+    """h_{t-1} for every step t, zeros before the first: (N, T, H)."""
+    prev = np.zeros_like(h)
+    prev[:, 1:] = h[:, :-1]
+    return prev
+
+
+def _rnn_weight_grads(x, h_prev, d_in, d_hid, w_ih, need_dx):
+    """Weight and input gradients from the pre-activation gradients of every step."""
+    n, t, f = x.shape
+    d_in2, d_hid2 = d_in.reshape(n * t, -1), d_hid.reshape(n * t, -1)
+    dw_ih = matmul(d_in2, x.reshape(n * t, f), trans_a=True)
+    dw_hh = matmul(d_hid2, h_prev.reshape(n * t, -1), trans_a=True)
+    dx = matmul(d_in2, w_ih).reshape(x.shape) if need_dx else None
+    return dx, dw_ih, dw_hh, bias_grad(d_in2), bias_grad(d_hid2)
+
+
+def rnn(x, w_ih, w_hh, b_ih, b_hh):
+    """Elman RNN: h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh). Returns h."""
+    xs = _input_part(x, w_ih, b_ih)
+    h = np.empty_like(xs)
+    h_t = np.zeros_like(xs[:, 0])
+    for t in range(x.shape[1]):
+        h_t = np.tanh(xs[:, t] + linear(h_t, w_hh, b_hh))
+        h[:, t] = h_t
+    return h
+
+
+def rnn_backward(dh, x, h, w_ih, w_hh, need_dx=True):
+    da = np.empty_like(h)
+    carry = np.zeros_like(h[:, 0])                     # d loss / d h_t from step t + 1
+    for t in range(x.shape[1] - 1, -1, -1):
+        da[:, t] = (dh[:, t] + carry) * (1 - h[:, t] * h[:, t])
+        carry = matmul(np.ascontiguousarray(da[:, t]), w_hh)
+    return _rnn_weight_grads(x, _previous(h), da, da, w_ih, need_dx)
+
+
+def lstm(x, w_ih, w_hh, b_ih, b_hh):
+    """LSTM: i, f, g, o = sigmoid, sigmoid, tanh, sigmoid of W_ih x_t + b_ih +
+    W_hh h_{t-1} + b_hh; c_t = f c_{t-1} + i g; h_t = o tanh(c_t).
+    Returns (h, c, gates): c (N, T, H), gates (N, T, 4H) after activation."""
+    xs = _input_part(x, w_ih, b_ih)
+    n, t_len, g4 = xs.shape
+    hid = g4 // 4
+    h, c = np.empty((n, t_len, hid), x.dtype), np.empty((n, t_len, hid), x.dtype)
+    gates = np.empty_like(xs)
+    h_t, c_t = np.zeros((n, hid), x.dtype), np.zeros((n, hid), x.dtype)
+    for t in range(t_len):
+        a = xs[:, t] + linear(h_t, w_hh, b_hh)
+        i, f, o = (sigmoid(np.ascontiguousarray(a[:, k * hid:(k + 1) * hid])) for k in (0, 1, 3))
+        g = np.tanh(a[:, 2 * hid:3 * hid])
+        c_t = f * c_t + i * g
+        h_t = o * np.tanh(c_t)
+        gates[:, t] = np.concatenate([i, f, g, o], axis=1)
+        h[:, t], c[:, t] = h_t, c_t
+    return h, c, gates
+
+
+def lstm_backward(dh, x, h, c, gates, w_ih, w_hh, need_dx=True):
+    hid = h.shape[2]
+    da = np.empty_like(gates)
+    c_prev = _previous(c)
+    dh_next, dc_next = np.zeros_like(h[:, 0]), np.zeros_like(h[:, 0])
+    for t in range(x.shape[1] - 1, -1, -1):
+        i, f, g, o = (gates[:, t, k * hid:(k + 1) * hid] for k in range(4))
+        tc = np.tanh(c[:, t])
+        dh_t = dh[:, t] + dh_next
+        dc = dc_next + dh_t * o * (1 - tc * tc)
+        da[:, t] = np.concatenate([dc * g * i * (1 - i), dc * c_prev[:, t] * f * (1 - f),
+                                   dc * i * (1 - g * g), dh_t * tc * o * (1 - o)], axis=1)
+        dc_next = dc * f
+        dh_next = matmul(np.ascontiguousarray(da[:, t]), w_hh)
+    return _rnn_weight_grads(x, _previous(h), da, da, w_ih, need_dx)
+
+
+def gru(x, w_ih, w_hh, b_ih, b_hh):
+    """GRU: r, z = sigmoid(W_i{r,z} x_t + b_i{r,z} + W_h{r,z} h_{t-1} + b_h{r,z});
+    n = tanh(W_in x_t + b_in + r (W_hn h_{t-1} + b_hn)); h_t = (1 - z) n + z h_{t-1}.
+    Returns (h, gates, hn): gates (N, T, 3H) = r, z, n; hn (N, T, H) = W_hn h_{t-1} + b_hn."""
+    xs = _input_part(x, w_ih, b_ih)
+    n, t_len, g3 = xs.shape
+    hid = g3 // 3
+    h, hn = np.empty((n, t_len, hid), x.dtype), np.empty((n, t_len, hid), x.dtype)
+    gates = np.empty_like(xs)
+    h_t = np.zeros((n, hid), x.dtype)
+    for t in range(t_len):
+        a_h = linear(h_t, w_hh, b_hh)
+        rz = sigmoid(np.ascontiguousarray(xs[:, t, :2 * hid] + a_h[:, :2 * hid]))
+        r, z = rz[:, :hid], rz[:, hid:]
+        new = np.tanh(xs[:, t, 2 * hid:] + r * a_h[:, 2 * hid:])
+        h_t = (1 - z) * new + z * h_t
+        gates[:, t] = np.concatenate([rz, new], axis=1)
+        h[:, t], hn[:, t] = h_t, a_h[:, 2 * hid:]
+    return h, gates, hn
+
+
+def gru_backward(dh, x, h, gates, hn, w_ih, w_hh, need_dx=True):
+    hid = h.shape[2]
+    d_in, d_hid = np.empty_like(gates), np.empty_like(gates)
+    h_prev = _previous(h)
+    dh_next = np.zeros_like(h[:, 0])
+    for t in range(x.shape[1] - 1, -1, -1):
+        r, z, new = (gates[:, t, k * hid:(k + 1) * hid] for k in range(3))
+        dh_t = dh[:, t] + dh_next
+        d_new = dh_t * (1 - z) * (1 - new * new)            # through n's tanh
+        d_r = d_new * hn[:, t] * r * (1 - r)
+        d_z = dh_t * (h_prev[:, t] - new) * z * (1 - z)
+        d_in[:, t] = np.concatenate([d_r, d_z, d_new], axis=1)
+        d_hid[:, t] = np.concatenate([d_r, d_z, d_new * r], axis=1)
+        dh_next = dh_t * z + matmul(np.ascontiguousarray(d_hid[:, t]), w_hh)
+    return _rnn_weight_grads(x, h_prev, d_in, d_hid, w_ih, need_dx)
+
+
+RECURRENT = ("rnn", "lstm", "gru")
+
 KERNELS = (
     ("matmul", "bias_add", "bias_grad", "linear", "linear_backward")
     + tuple(n for a in ACTIVATIONS for n in (a, a + "_backward"))
     + LOSSES
     + ("sgd_step", "adam_step")
+    + tuple(n for k in CONV + RECURRENT for n in (k, k + "_backward"))
 )
