@@ -1,0 +1,127 @@
+# Shared declarations for every kernel file: the C header (microkernels, vector exp/log, OpenMP shims), NumPy's C-API and small helpers; no reference counterpart.
+cimport cython
+cimport numpy as cnp
+from cython cimport floating
+from cython.parallel cimport parallel, prange
+from libc.math cimport log, sqrt
+
+cnp.import_array()
+
+cdef extern from "fnn_simd.h" nogil:
+    enum:
+        FNN_MR_S
+        FNN_NR_S
+        FNN_MR_D
+        FNN_NR_D
+    const char *fnn_isa_name()
+    int fnn_have_openmp()
+    int fnn_team_size()
+    int fnn_team_rank()
+    void fnn_barrier()
+    void *fnn_aligned_alloc(size_t nbytes)
+    void fnn_aligned_free(void *p)
+    void fnn_ukr_s(long k, const float *a, const float *b, float *c, long ldc, int m, int n, int acc)
+    void fnn_ukr_d(long k, const double *a, const double *b, double *c, long ldc, int m, int n, int acc)
+    float fnn_expf(float x)
+    double fnn_exp(double x)
+    float fnn_tanhf(float x)
+    double fnn_tanh(double x)
+    float fnn_log1p01f(float e)
+    double fnn_log1p01(double e)
+
+# Threads the parallel kernels may use (set from fastnn._kernels.cython.set_num_threads).
+cdef int _num_threads = 1
+
+
+def _set_num_threads(int n):
+    global _num_threads
+    _num_threads = n if n > 0 else 1
+
+
+def isa():
+    """The instruction set this module was compiled for: avx512, avx2 or generic."""
+    return fnn_isa_name().decode()
+
+
+def has_openmp():
+    """Whether this module was built with OpenMP (else it runs on one thread)."""
+    return bool(fnn_have_openmp())
+
+
+cdef inline bint _is_f32(cnp.ndarray x) noexcept:
+    return cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32
+
+
+cdef inline cnp.ndarray _empty_like(cnp.ndarray x):
+    return cnp.PyArray_EMPTY(cnp.PyArray_NDIM(x), cnp.PyArray_DIMS(x), cnp.PyArray_TYPE(x), 0)
+
+
+cdef inline cnp.ndarray _empty2(Py_ssize_t rows, Py_ssize_t cols, int typenum):
+    cdef cnp.npy_intp dims[2]
+    dims[0] = rows
+    dims[1] = cols
+    return cnp.PyArray_EMPTY(2, dims, typenum, 0)
+
+
+cdef inline cnp.ndarray _empty1(Py_ssize_t n, int typenum):
+    cdef cnp.npy_intp dims[1]
+    dims[0] = n
+    return cnp.PyArray_EMPTY(1, dims, typenum, 0)
+
+
+cdef inline floating _exp(floating x) noexcept nogil:
+    if floating is float:
+        return fnn_expf(x)
+    else:
+        return fnn_exp(x)
+
+
+cdef inline floating _vsum(const floating *x, Py_ssize_t n) noexcept nogil:
+    """Sum of x[0:n] in 16 independent lanes (so the compiler vectorizes it)."""
+    cdef floating acc[16]
+    cdef floating s = 0
+    cdef Py_ssize_t i, j, n16 = n - n % 16
+    for j in range(16):
+        acc[j] = 0
+    for i in range(0, n16, 16):
+        for j in range(16):
+            acc[j] += x[i + j]
+    for j in range(16):
+        s += acc[j]
+    for i in range(n16, n):
+        s += x[i]
+    return s
+
+
+cdef inline double _vsum_d(const double *x, Py_ssize_t n) noexcept nogil:
+    cdef double acc[16]
+    cdef double s = 0
+    cdef Py_ssize_t i, j, n16 = n - n % 16
+    for j in range(16):
+        acc[j] = 0
+    for i in range(0, n16, 16):
+        for j in range(16):
+            acc[j] += x[i + j]
+    for j in range(16):
+        s += acc[j]
+    for i in range(n16, n):
+        s += x[i]
+    return s
+
+
+cdef inline floating _vmax(const floating *x, Py_ssize_t n) noexcept nogil:
+    """Largest of x[0:n] (n >= 1), in 16 lanes."""
+    cdef floating acc[16]
+    cdef floating m = x[0]
+    cdef Py_ssize_t i, j, n16 = n - n % 16
+    if n16:
+        for j in range(16):
+            acc[j] = x[j]
+        for i in range(16, n16, 16):
+            for j in range(16):
+                acc[j] = x[i + j] if x[i + j] > acc[j] else acc[j]
+        for j in range(16):
+            m = acc[j] if acc[j] > m else m
+    for i in range(n16, n):
+        m = x[i] if x[i] > m else m
+    return m

@@ -1,0 +1,360 @@
+# Cache-blocked GEMM (BLIS loops jc->pc->ic->jr->ir over packed panels) plus the Dense kernels built on it: reference.matmul, bias_add, bias_grad, linear, linear_backward.
+
+# Block sizes (elements): KC x NC panel of op(B), MC x KC block of op(A).
+cdef Py_ssize_t _MC_S = 128, _KC_S = 384, _NC_S = 3072
+cdef Py_ssize_t _MC_D = 96, _KC_D = 256, _NC_D = 2048
+# Below this many multiply-adds (M*N*K) the GEMM stays on one thread.
+cdef Py_ssize_t _PAR_MIN_WORK = 1 << 20
+
+
+def _set_blocking(str dtype, Py_ssize_t mc, Py_ssize_t kc, Py_ssize_t nc):
+    """Tuning hook: the (MC, KC, NC) block sizes for 'float32' or 'float64'."""
+    global _MC_S, _KC_S, _NC_S, _MC_D, _KC_D, _NC_D
+    if mc < 1 or kc < 1 or nc < 1:
+        raise ValueError("block sizes must be positive")
+    if dtype == "float32":
+        _MC_S, _KC_S, _NC_S = mc, kc, nc
+    else:
+        _MC_D, _KC_D, _NC_D = mc, kc, nc
+
+
+def _get_blocking():
+    return {"float32": (_MC_S, _KC_S, _NC_S), "float64": (_MC_D, _KC_D, _NC_D),
+            "tile_float32": (FNN_MR_S, FNN_NR_S), "tile_float64": (FNN_MR_D, FNN_NR_D),
+            "parallel_min_work": _PAR_MIN_WORK}
+
+
+def _set_parallel_min_work(Py_ssize_t w):
+    global _PAR_MIN_WORK
+    _PAR_MIN_WORK = w
+
+
+cdef inline Py_ssize_t _imin(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return a if a < b else b
+
+
+cdef void _pack_a(const floating *A, Py_ssize_t lda, bint ta, Py_ssize_t ic, Py_ssize_t mc,
+                  Py_ssize_t pc, Py_ssize_t kc, floating *Ap,
+                  Py_ssize_t q0, Py_ssize_t q1) noexcept nogil:
+    """Micro-panels q0..q1 of op(A)[ic:ic+mc, pc:pc+kc], each MR rows interleaved
+    along k (Ap[q*MR*kc + p*MR + r]), zero-padded past mc."""
+    cdef Py_ssize_t MR
+    if floating is float:
+        MR = FNN_MR_S
+    else:
+        MR = FNN_MR_D
+    cdef Py_ssize_t q, p, r, i0, mr
+    cdef floating *dst
+    cdef const floating *src
+    for q in range(q0, q1):
+        i0 = q * MR
+        mr = _imin(MR, mc - i0)
+        dst = Ap + q * MR * kc
+        if ta:
+            # op(A)[i, p] = A[p, i]: MR contiguous values per k
+            for p in range(kc):
+                src = A + (pc + p) * lda + ic + i0
+                if mr == MR:
+                    for r in range(MR):
+                        dst[p * MR + r] = src[r]
+                else:
+                    for r in range(mr):
+                        dst[p * MR + r] = src[r]
+                    for r in range(mr, MR):
+                        dst[p * MR + r] = 0
+        else:
+            if mr == MR:
+                src = A + (ic + i0) * lda + pc
+                for p in range(kc):
+                    for r in range(MR):
+                        dst[p * MR + r] = src[r * lda + p]
+            else:
+                for r in range(mr):
+                    src = A + (ic + i0 + r) * lda + pc
+                    for p in range(kc):
+                        dst[p * MR + r] = src[p]
+                for r in range(mr, MR):
+                    for p in range(kc):
+                        dst[p * MR + r] = 0
+
+
+cdef void _pack_b(const floating *B, Py_ssize_t ldb, bint tb, Py_ssize_t jc, Py_ssize_t nc,
+                  Py_ssize_t pc, Py_ssize_t kc, floating *Bp,
+                  Py_ssize_t q0, Py_ssize_t q1) noexcept nogil:
+    """Micro-panels q0..q1 of op(B)[pc:pc+kc, jc:jc+nc], each NR columns wide
+    (Bp[q*NR*kc + p*NR + j]), zero-padded past nc."""
+    cdef Py_ssize_t NR
+    if floating is float:
+        NR = FNN_NR_S
+    else:
+        NR = FNN_NR_D
+    cdef Py_ssize_t q, p, j, j0, nr, p0, pe
+    cdef floating *dst
+    cdef const floating *src
+    for q in range(q0, q1):
+        j0 = q * NR
+        nr = _imin(NR, nc - j0)
+        dst = Bp + q * NR * kc
+        if not tb:
+            # op(B)[p, j] = B[p, j]: rows of B are contiguous in j
+            for p in range(kc):
+                src = B + (pc + p) * ldb + jc + j0
+                if nr == NR:
+                    for j in range(NR):
+                        dst[p * NR + j] = src[j]
+                else:
+                    for j in range(nr):
+                        dst[p * NR + j] = src[j]
+                    for j in range(nr, NR):
+                        dst[p * NR + j] = 0
+        else:
+            # op(B)[p, j] = B[j, p]: transpose in strips of 8 k-values
+            src = B + (jc + j0) * ldb + pc
+            if nr == NR:
+                p0 = 0
+                while p0 + 8 <= kc:
+                    for j in range(NR):
+                        for p in range(8):
+                            dst[(p0 + p) * NR + j] = src[j * ldb + p0 + p]
+                    p0 += 8
+                for p in range(p0, kc):
+                    for j in range(NR):
+                        dst[p * NR + j] = src[j * ldb + p]
+            else:
+                for p in range(kc):
+                    for j in range(nr):
+                        dst[p * NR + j] = src[j * ldb + p]
+                    for j in range(nr, NR):
+                        dst[p * NR + j] = 0
+
+
+cdef void _gemm_team(const floating *A, const floating *B, floating *C,
+                     Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, bint ta, bint tb, bint acc,
+                     floating *Ap, floating *Bp,
+                     Py_ssize_t MC, Py_ssize_t KC, Py_ssize_t NC) noexcept nogil:
+    """One thread's share of C (+)= op(A) @ op(B); every thread of the team
+    calls it. Threads pack the shared B panel and A block together (split by
+    micro-panel), meet at a barrier, then split the block's micro-tiles."""
+    cdef Py_ssize_t MR, NR
+    if floating is float:
+        MR = FNN_MR_S
+        NR = FNN_NR_S
+    else:
+        MR = FNN_MR_D
+        NR = FNN_NR_D
+    cdef Py_ssize_t nth = fnn_team_size(), tid = fnn_team_rank()
+    cdef Py_ssize_t lda = M if ta else K
+    cdef Py_ssize_t ldb = K if tb else N
+    cdef Py_ssize_t ldc = N
+    cdef Py_ssize_t jc, pc, ic, nc, kc, mc, n_jr, n_ir, jr, ir, j0, j1, i0, i1
+    cdef bint first, split_n, beta
+    cdef floating *cblk
+    jc = 0
+    while jc < N:
+        nc = _imin(NC, N - jc)
+        n_jr = (nc + NR - 1) // NR
+        pc = 0
+        while pc < K:
+            kc = _imin(KC, K - pc)
+            beta = acc or pc > 0
+            fnn_barrier()      # everyone is done with the previous panels
+            _pack_b(B, ldb, tb, jc, nc, pc, kc, Bp, n_jr * tid // nth, n_jr * (tid + 1) // nth)
+            first = True
+            ic = 0
+            while ic < M:
+                mc = _imin(MC, M - ic)
+                n_ir = (mc + MR - 1) // MR
+                if not first:
+                    fnn_barrier()   # everyone is done with the previous A block
+                first = False
+                _pack_a(A, lda, ta, ic, mc, pc, kc, Ap, n_ir * tid // nth, n_ir * (tid + 1) // nth)
+                fnn_barrier()
+                split_n = n_jr >= n_ir or n_jr >= 4 * nth
+                if split_n:
+                    j0 = n_jr * tid // nth
+                    j1 = n_jr * (tid + 1) // nth
+                    i0 = 0
+                    i1 = n_ir
+                else:
+                    j0 = 0
+                    j1 = n_jr
+                    i0 = n_ir * tid // nth
+                    i1 = n_ir * (tid + 1) // nth
+                for jr in range(j0, j1):
+                    for ir in range(i0, i1):
+                        cblk = C + (ic + ir * MR) * ldc + jc + jr * NR
+                        if floating is float:
+                            fnn_ukr_s(kc, Ap + ir * MR * kc, Bp + jr * NR * kc, cblk, ldc,
+                                      _imin(MR, mc - ir * MR), _imin(NR, nc - jr * NR), beta)
+                        else:
+                            fnn_ukr_d(kc, Ap + ir * MR * kc, Bp + jr * NR * kc, cblk, ldc,
+                                      _imin(MR, mc - ir * MR), _imin(NR, nc - jr * NR), beta)
+                ic += MC
+            pc += KC
+        jc += NC
+
+
+cdef int _gemm(const floating *A, const floating *B, floating *C,
+               Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, bint ta, bint tb, bint acc,
+               int nthreads) noexcept nogil:
+    """C (M x N, row-major) (+)= op(A) @ op(B); returns -1 if out of memory."""
+    cdef Py_ssize_t MR, NR, MC, KC, NC, mc, kc, nc, tiles
+    if floating is float:
+        MR = FNN_MR_S
+        NR = FNN_NR_S
+        MC = _MC_S
+        KC = _KC_S
+        NC = _NC_S
+    else:
+        MR = FNN_MR_D
+        NR = FNN_NR_D
+        MC = _MC_D
+        KC = _KC_D
+        NC = _NC_D
+    MC = ((MC + MR - 1) // MR) * MR
+    NC = ((NC + NR - 1) // NR) * NR
+    mc = _imin(MC, ((M + MR - 1) // MR) * MR)
+    nc = _imin(NC, ((N + NR - 1) // NR) * NR)
+    kc = _imin(KC, K)
+    cdef floating *Ap = <floating *> fnn_aligned_alloc(mc * kc * sizeof(floating))
+    cdef floating *Bp = <floating *> fnn_aligned_alloc(nc * kc * sizeof(floating))
+    if Ap == NULL or Bp == NULL:
+        fnn_aligned_free(Ap)
+        fnn_aligned_free(Bp)
+        return -1
+    if M * N * K < _PAR_MIN_WORK:
+        nthreads = 1
+    tiles = ((M + MR - 1) // MR) * ((N + NR - 1) // NR)
+    if nthreads > tiles:
+        nthreads = <int> tiles if tiles > 0 else 1
+    if nthreads > 1:
+        with parallel(num_threads=nthreads):
+            _gemm_team(A, B, C, M, N, K, ta, tb, acc, Ap, Bp, MC, KC, NC)
+    else:
+        _gemm_team(A, B, C, M, N, K, ta, tb, acc, Ap, Bp, MC, KC, NC)
+    fnn_aligned_free(Ap)
+    fnn_aligned_free(Bp)
+    return 0
+
+
+cdef int _gemm_arrays(cnp.ndarray a, cnp.ndarray b, cnp.ndarray c, bint ta, bint tb,
+                      bint acc, int nthreads) except -1:
+    """c (+)= op(a) @ op(b) for C-contiguous arrays of one float dtype."""
+    cdef Py_ssize_t M = c.shape[0], N = c.shape[1]
+    cdef Py_ssize_t K = a.shape[0] if ta else a.shape[1]
+    cdef int rc
+    if _is_f32(c):
+        with nogil:
+            rc = _gemm(<const float *> cnp.PyArray_DATA(a), <const float *> cnp.PyArray_DATA(b),
+                       <float *> cnp.PyArray_DATA(c), M, N, K, ta, tb, acc, nthreads)
+    else:
+        with nogil:
+            rc = _gemm(<const double *> cnp.PyArray_DATA(a), <const double *> cnp.PyArray_DATA(b),
+                       <double *> cnp.PyArray_DATA(c), M, N, K, ta, tb, acc, nthreads)
+    if rc != 0:
+        raise MemoryError("matmul: cannot allocate packing buffers")
+    return 0
+
+
+def matmul(a, b, trans_a=False, trans_b=False):
+    """op(a) @ op(b) (reference.matmul); a, b C-contiguous, one float dtype."""
+    cdef cnp.ndarray A = a, B = b
+    cdef bint ta = trans_a, tb = trans_b
+    cdef Py_ssize_t M = A.shape[1] if ta else A.shape[0]
+    cdef Py_ssize_t N = B.shape[0] if tb else B.shape[1]
+    cdef cnp.ndarray C = _empty2(M, N, cnp.PyArray_TYPE(A))
+    _gemm_arrays(A, B, C, ta, tb, False, _num_threads)
+    return C
+
+
+def _matmul_threads(a, b, trans_a=False, trans_b=False, int nthreads=1):
+    """matmul on exactly nthreads threads (or fewer when too small): for tests and benchmarks."""
+    cdef cnp.ndarray A = a, B = b
+    cdef bint ta = trans_a, tb = trans_b
+    cdef Py_ssize_t M = A.shape[1] if ta else A.shape[0]
+    cdef Py_ssize_t N = B.shape[0] if tb else B.shape[1]
+    cdef cnp.ndarray C = _empty2(M, N, cnp.PyArray_TYPE(A))
+    _gemm_arrays(A, B, C, ta, tb, False, nthreads)
+    return C
+
+
+cdef void _bias_fill(const floating *b, floating *y, Py_ssize_t n, Py_ssize_t f) noexcept nogil:
+    cdef Py_ssize_t i, j
+    for i in range(n):
+        for j in range(f):
+            y[i * f + j] = b[j]
+
+
+cdef void _bias_add_k(const floating *x, const floating *b, floating *y,
+                      Py_ssize_t n, Py_ssize_t f) noexcept nogil:
+    cdef Py_ssize_t i, j
+    for i in range(n):
+        for j in range(f):
+            y[i * f + j] = x[i * f + j] + b[j]
+
+
+cdef void _colsum_k(const floating *dy, floating *db, Py_ssize_t n, Py_ssize_t f) noexcept nogil:
+    cdef Py_ssize_t i, j
+    for j in range(f):
+        db[j] = 0
+    for i in range(n):
+        for j in range(f):
+            db[j] += dy[i * f + j]
+
+
+def bias_add(x, b):
+    """x (N, F) + b (F,) broadcast over rows (reference.bias_add)."""
+    cdef cnp.ndarray X = x, Bv = b
+    cdef cnp.ndarray Y = _empty_like(X)
+    cdef Py_ssize_t n = X.shape[0], f = X.shape[1]
+    if _is_f32(X):
+        _bias_add_k(<const float *> cnp.PyArray_DATA(X), <const float *> cnp.PyArray_DATA(Bv),
+                    <float *> cnp.PyArray_DATA(Y), n, f)
+    else:
+        _bias_add_k(<const double *> cnp.PyArray_DATA(X), <const double *> cnp.PyArray_DATA(Bv),
+                    <double *> cnp.PyArray_DATA(Y), n, f)
+    return Y
+
+
+def bias_grad(dy):
+    """Column sums of dy (N, F) (reference.bias_grad)."""
+    cdef cnp.ndarray D = dy
+    cdef Py_ssize_t n = D.shape[0], f = D.shape[1]
+    cdef cnp.ndarray G = _empty1(f, cnp.PyArray_TYPE(D))
+    if _is_f32(D):
+        _colsum_k(<const float *> cnp.PyArray_DATA(D), <float *> cnp.PyArray_DATA(G), n, f)
+    else:
+        _colsum_k(<const double *> cnp.PyArray_DATA(D), <double *> cnp.PyArray_DATA(G), n, f)
+    return G
+
+
+def linear(x, w, b):
+    """x (N, in) @ w.T + b (reference.linear): the bias seeds C, the GEMM adds into it."""
+    cdef cnp.ndarray X = x, W = w, Bv
+    cdef Py_ssize_t n = X.shape[0], out = W.shape[0]
+    cdef cnp.ndarray Y = _empty2(n, out, cnp.PyArray_TYPE(X))
+    if b is None:
+        _gemm_arrays(X, W, Y, False, True, False, _num_threads)
+        return Y
+    Bv = b
+    if _is_f32(X):
+        _bias_fill(<const float *> cnp.PyArray_DATA(Bv), <float *> cnp.PyArray_DATA(Y), n, out)
+    else:
+        _bias_fill(<const double *> cnp.PyArray_DATA(Bv), <double *> cnp.PyArray_DATA(Y), n, out)
+    _gemm_arrays(X, W, Y, False, True, True, _num_threads)
+    return Y
+
+
+def linear_backward(dy, x, w, need_dx=True):
+    """(dx or None, dw, db) from dy (N, out), x (N, in), w (out, in) (reference.linear_backward)."""
+    cdef cnp.ndarray DY = dy, X = x, W = w
+    cdef int t = cnp.PyArray_TYPE(DY)
+    cdef cnp.ndarray DW = _empty2(W.shape[0], W.shape[1], t)
+    _gemm_arrays(DY, X, DW, True, False, False, _num_threads)      # dy.T @ x
+    db = bias_grad(DY)
+    cdef cnp.ndarray DX
+    if need_dx:
+        DX = _empty2(X.shape[0], X.shape[1], t)
+        _gemm_arrays(DY, W, DX, False, False, False, _num_threads)  # dy @ w
+        return DX, DW, db
+    return None, DW, db

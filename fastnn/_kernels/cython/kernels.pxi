@@ -1,0 +1,6 @@
+# Every fastnn kernel of fastnn/_kernels/reference.py, one topic a file; each per-ISA module (_avx512, _avx2, _generic) includes this.
+include "common.pxi"
+include "gemm.pxi"
+include "activations.pxi"
+include "losses.pxi"
+include "optim.pxi"
