@@ -18,6 +18,7 @@ cdef extern from "fnn_simd.h" nogil:
     int fnn_team_size()
     int fnn_team_rank()
     void fnn_barrier()
+    long fnn_atomic_next(long *counter)
     void *fnn_aligned_alloc(size_t nbytes)
     void fnn_aligned_free(void *p)
     void fnn_ukr_s(long k, const float *a, const float *b, float *c, long ldc, int m, int n, int acc)

@@ -14,6 +14,9 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#if defined(_MSC_VER)
+#include <intrin.h>
+#endif
 
 #if defined(_MSC_VER)
 #define FNN_RESTRICT __restrict
@@ -52,6 +55,15 @@ static int fnn_team_size(void) { return 1; }
 static int fnn_team_rank(void) { return 0; }
 static void fnn_barrier(void) {}
 #endif
+
+/* Hand out the next work item: a relaxed atomic fetch-and-add on a shared counter. */
+static long fnn_atomic_next(long *counter) {
+#if defined(_MSC_VER)
+    return (long)_InterlockedExchangeAdd((volatile long *)counter, 1);
+#else
+    return __atomic_fetch_add(counter, 1, __ATOMIC_RELAXED);
+#endif
+}
 
 static void *fnn_aligned_alloc(size_t bytes) {
     void *p = NULL;

@@ -128,13 +128,13 @@ cdef void _pack_b(const floating *B, Py_ssize_t ldb, bint tb, Py_ssize_t jc, Py_
                         dst[p * NR + j] = 0
 
 
-cdef void _gemm_team(const floating *A, const floating *B, floating *C,
-                     Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, bint ta, bint tb, bint acc,
-                     floating *Ap, floating *Bp,
-                     Py_ssize_t MC, Py_ssize_t KC, Py_ssize_t NC) noexcept nogil:
-    """One thread's share of C (+)= op(A) @ op(B); every thread of the team
-    calls it. Threads pack the shared B panel and A block together (split by
-    micro-panel), meet at a barrier, then split the block's micro-tiles."""
+cdef void _gemm_serial(const floating *A, Py_ssize_t lda, const floating *B, Py_ssize_t ldb,
+                       floating *C, Py_ssize_t ldc, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
+                       bint ta, bint tb, bint acc, floating *Ap, floating *Bp,
+                       Py_ssize_t MC, Py_ssize_t KC, Py_ssize_t NC) noexcept nogil:
+    """C[:M, :N] (+)= op(A) @ op(B) on one thread: loops jc -> pc -> ic -> jr -> ir,
+    the KC x NC panel of op(B) packed into Bp, each MC x KC block of op(A) into Ap,
+    and an MR x NR register tile (fnn_ukr_*) per (jr, ir)."""
     cdef Py_ssize_t MR, NR
     if floating is float:
         MR = FNN_MR_S
@@ -142,12 +142,8 @@ cdef void _gemm_team(const floating *A, const floating *B, floating *C,
     else:
         MR = FNN_MR_D
         NR = FNN_NR_D
-    cdef Py_ssize_t nth = fnn_team_size(), tid = fnn_team_rank()
-    cdef Py_ssize_t lda = M if ta else K
-    cdef Py_ssize_t ldb = K if tb else N
-    cdef Py_ssize_t ldc = N
-    cdef Py_ssize_t jc, pc, ic, nc, kc, mc, n_jr, n_ir, jr, ir, j0, j1, i0, i1
-    cdef bint first, split_n, beta
+    cdef Py_ssize_t jc, pc, ic, nc, kc, mc, n_jr, n_ir, jr, ir
+    cdef bint beta
     cdef floating *cblk
     jc = 0
     while jc < N:
@@ -157,31 +153,14 @@ cdef void _gemm_team(const floating *A, const floating *B, floating *C,
         while pc < K:
             kc = _imin(KC, K - pc)
             beta = acc or pc > 0
-            fnn_barrier()      # everyone is done with the previous panels
-            _pack_b(B, ldb, tb, jc, nc, pc, kc, Bp, n_jr * tid // nth, n_jr * (tid + 1) // nth)
-            first = True
+            _pack_b(B, ldb, tb, jc, nc, pc, kc, Bp, 0, n_jr)
             ic = 0
             while ic < M:
                 mc = _imin(MC, M - ic)
                 n_ir = (mc + MR - 1) // MR
-                if not first:
-                    fnn_barrier()   # everyone is done with the previous A block
-                first = False
-                _pack_a(A, lda, ta, ic, mc, pc, kc, Ap, n_ir * tid // nth, n_ir * (tid + 1) // nth)
-                fnn_barrier()
-                split_n = n_jr >= n_ir or n_jr >= 4 * nth
-                if split_n:
-                    j0 = n_jr * tid // nth
-                    j1 = n_jr * (tid + 1) // nth
-                    i0 = 0
-                    i1 = n_ir
-                else:
-                    j0 = 0
-                    j1 = n_jr
-                    i0 = n_ir * tid // nth
-                    i1 = n_ir * (tid + 1) // nth
-                for jr in range(j0, j1):
-                    for ir in range(i0, i1):
+                _pack_a(A, lda, ta, ic, mc, pc, kc, Ap, 0, n_ir)
+                for jr in range(n_jr):
+                    for ir in range(n_ir):
                         cblk = C + (ic + ir * MR) * ldc + jc + jr * NR
                         if floating is float:
                             fnn_ukr_s(kc, Ap + ir * MR * kc, Bp + jr * NR * kc, cblk, ldc,
@@ -194,11 +173,43 @@ cdef void _gemm_team(const floating *A, const floating *B, floating *C,
         jc += NC
 
 
+cdef void _gemm_worker(const floating *A, const floating *B, floating *C,
+                       Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, bint ta, bint tb, bint acc,
+                       floating *Ap, floating *Bp, Py_ssize_t MC, Py_ssize_t KC, Py_ssize_t NC,
+                       bint split_m, Py_ssize_t chunk, Py_ssize_t nchunks,
+                       long *next_chunk) noexcept nogil:
+    """A thread of the team: takes C chunks (row or column strips) from a shared
+    counter until none are left and runs the serial blocked GEMM on each with
+    its own packing buffers. No barriers, so a thread the OS delays (two cores
+    shared with other processes) only costs the chunks it is holding."""
+    cdef Py_ssize_t lda = M if ta else K
+    cdef Py_ssize_t ldb = K if tb else N
+    cdef Py_ssize_t q, r0, c0, ms, ns
+    while True:
+        q = fnn_atomic_next(next_chunk)
+        if q >= nchunks:
+            break
+        if split_m:
+            r0 = q * chunk
+            ms = _imin(chunk, M - r0)
+            _gemm_serial((A + r0) if ta else (A + r0 * lda), lda, B, ldb, C + r0 * N, N,
+                         ms, N, K, ta, tb, acc, Ap, Bp, MC, KC, NC)
+        else:
+            c0 = q * chunk
+            ns = _imin(chunk, N - c0)
+            _gemm_serial(A, lda, (B + c0 * ldb) if tb else (B + c0), ldb, C + c0, N,
+                         M, ns, K, ta, tb, acc, Ap, Bp, MC, KC, NC)
+
+
 cdef int _gemm(const floating *A, const floating *B, floating *C,
                Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, bint ta, bint tb, bint acc,
                int nthreads) noexcept nogil:
-    """C (M x N, row-major) (+)= op(A) @ op(B); returns -1 if out of memory."""
-    cdef Py_ssize_t MR, NR, MC, KC, NC, mc, kc, nc, tiles
+    """C (M x N, row-major) (+)= op(A) @ op(B); returns -1 if out of memory.
+    Threads (when the work pays for them) share C as strips of rows (M large)
+    or of columns (N large), several strips per thread, handed out dynamically."""
+    cdef Py_ssize_t MR, NR, MC, KC, NC, mc, kc, nc, chunk, nchunks, a_sz, b_sz, t
+    cdef bint split_m
+    cdef long next_chunk = 0
     if floating is float:
         MR = FNN_MR_S
         NR = FNN_NR_S
@@ -213,27 +224,45 @@ cdef int _gemm(const floating *A, const floating *B, floating *C,
         NC = _NC_D
     MC = ((MC + MR - 1) // MR) * MR
     NC = ((NC + NR - 1) // NR) * NR
-    mc = _imin(MC, ((M + MR - 1) // MR) * MR)
-    nc = _imin(NC, ((N + NR - 1) // NR) * NR)
-    kc = _imin(KC, K)
-    cdef floating *Ap = <floating *> fnn_aligned_alloc(mc * kc * sizeof(floating))
-    cdef floating *Bp = <floating *> fnn_aligned_alloc(nc * kc * sizeof(floating))
-    if Ap == NULL or Bp == NULL:
-        fnn_aligned_free(Ap)
-        fnn_aligned_free(Bp)
-        return -1
-    if M * N * K < _PAR_MIN_WORK:
+    if M * N * K < _PAR_MIN_WORK or nthreads < 1:
         nthreads = 1
-    tiles = ((M + MR - 1) // MR) * ((N + NR - 1) // NR)
-    if nthreads > tiles:
-        nthreads = <int> tiles if tiles > 0 else 1
+    # strips: along the longer side (in tiles), about 4 per thread
+    split_m = (M + MR - 1) // MR >= (N + NR - 1) // NR
+    if nthreads == 1:
+        chunk = M if split_m else N
+        nchunks = 1
+    elif split_m:
+        chunk = (M + 4 * nthreads - 1) // (4 * nthreads)
+        chunk = ((chunk + MR - 1) // MR) * MR
+        if chunk > MC:
+            chunk = (chunk // MC) * MC
+        nchunks = (M + chunk - 1) // chunk
+    else:
+        chunk = (N + 4 * nthreads - 1) // (4 * nthreads)
+        chunk = ((chunk + NR - 1) // NR) * NR
+        if chunk < 4 * NR and N >= 8 * NR:
+            chunk = 4 * NR
+        nchunks = (N + chunk - 1) // chunk
+    if nthreads > nchunks:
+        nthreads = <int> nchunks
+    mc = _imin(MC, (((M if not split_m else _imin(chunk, M)) + MR - 1) // MR) * MR)
+    nc = _imin(NC, (((N if split_m else _imin(chunk, N)) + NR - 1) // NR) * NR)
+    kc = _imin(KC, K)
+    a_sz = ((mc * kc + 15) // 16) * 16
+    b_sz = ((nc * kc + 15) // 16) * 16
+    cdef floating *buf = <floating *> fnn_aligned_alloc(nthreads * (a_sz + b_sz) * sizeof(floating))
+    if buf == NULL:
+        return -1
     if nthreads > 1:
         with parallel(num_threads=nthreads):
-            _gemm_team(A, B, C, M, N, K, ta, tb, acc, Ap, Bp, MC, KC, NC)
+            t = fnn_team_rank()
+            _gemm_worker(A, B, C, M, N, K, ta, tb, acc, buf + t * (a_sz + b_sz),
+                         buf + t * (a_sz + b_sz) + a_sz, MC, KC, NC, split_m, chunk, nchunks,
+                         &next_chunk)
     else:
-        _gemm_team(A, B, C, M, N, K, ta, tb, acc, Ap, Bp, MC, KC, NC)
-    fnn_aligned_free(Ap)
-    fnn_aligned_free(Bp)
+        _gemm_worker(A, B, C, M, N, K, ta, tb, acc, buf, buf + a_sz, MC, KC, NC,
+                     split_m, chunk, nchunks, &next_chunk)
+    fnn_aligned_free(buf)
     return 0
 
 
