@@ -1,10 +1,16 @@
-"""Branch-free exp and log1p that LLVM can vectorize (Numba without Intel SVML
-calls libm one element at a time). Both work in float64; float32 kernels call
-them and round the result, which is then exact to float32 precision.
+"""Branch-free exp, log1p and sqrt that LLVM can vectorize (Numba without Intel
+SVML calls libm one element at a time). exp and log1p work in float64; float32
+kernels call them and round the result, exact to float32 precision.
+
+Writing vectorizable loops here: a conditional expression whose branches hold a
+division (`(1 if x >= 0 else e) / d`) stays a branch and blocks vectorization;
+divide first, then choose between cheap results (`r if x >= 0 else e * r`).
 """
 import math
 
+from llvmlite import ir
 from numba import njit, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 # Elementwise kernels may reassociate sums (so row sums vectorize) and fuse
@@ -30,7 +36,21 @@ def _int64_as_float64(typingctx, i):
     return types.float64(types.int64), codegen
 
 
-@njit(cache=True, fastmath={"contract"}, inline="always")
+@intrinsic
+def sqrt(typingctx, x):
+    """llvm.sqrt: Numba's math.sqrt / np.sqrt call libm's sqrt, which does not vectorize."""
+    if x not in (types.float32, types.float64):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ty = context.get_value_type(x)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ty, [ty]),
+                                            "llvm.sqrt.f32" if x == types.float32 else "llvm.sqrt.f64")
+        return builder.call(fn, args)
+    return x(x), codegen
+
+
+@njit(cache=True, fastmath={"contract"}, error_model="numpy", inline="always")
 def exp(x):
     """e**x in float64 to ~1 ulp; saturates to exp(-708) / exp(709); NaN stays NaN."""
     x = 709.0 if x > 709.0 else x
@@ -53,7 +73,7 @@ def exp(x):
     return p * _int64_as_float64((int(n) + 1023) << 52)
 
 
-@njit(cache=True, fastmath={"contract"}, inline="always")
+@njit(cache=True, fastmath={"contract"}, error_model="numpy", inline="always")
 def log1p_unit(e):
     """log(1 + e) for e in [0, 1]: 2 atanh(s), s = e / (2 + e) <= 1/3."""
     s = e / (2.0 + e)

@@ -9,7 +9,7 @@ from numba import njit
 from ._math import FM, FM_MAX, exp
 
 
-@njit(cache=True, fastmath=FM)
+@njit(cache=True, fastmath=FM, error_model="numpy")
 def _step(x):
     out = np.empty_like(x)
     xf, of = x.reshape(-1), out.reshape(-1)
@@ -18,18 +18,19 @@ def _step(x):
     return out
 
 
-@njit(cache=True, fastmath=FM)
+@njit(cache=True, fastmath=FM, error_model="numpy")
 def _sigmoid(x):
     out = np.empty_like(x)
     xf, of = x.reshape(-1), out.reshape(-1)
     for i in range(xf.size):
         v = np.float64(xf[i])
         e = exp(-abs(v))                    # never overflows
-        of[i] = (1.0 if v >= 0 else e) / (1.0 + e)
+        r = 1.0 / (1.0 + e)
+        of[i] = r if v >= 0 else e * r
     return out
 
 
-@njit(cache=True, fastmath=FM)
+@njit(cache=True, fastmath=FM, error_model="numpy")
 def _sigmoid_backward(dy, y):
     out = np.empty_like(dy)
     df, yf, of = dy.reshape(-1), y.reshape(-1), out.reshape(-1)
@@ -38,7 +39,7 @@ def _sigmoid_backward(dy, y):
     return out
 
 
-@njit(cache=True, fastmath=FM)
+@njit(cache=True, fastmath=FM, error_model="numpy")
 def _tanh(x):
     out = np.empty_like(x)
     xf, of = x.reshape(-1), out.reshape(-1)
@@ -50,7 +51,7 @@ def _tanh(x):
     return out
 
 
-@njit(cache=True, fastmath=FM)
+@njit(cache=True, fastmath=FM, error_model="numpy")
 def _tanh_backward(dy, y):
     out = np.empty_like(dy)
     df, yf, of = dy.reshape(-1), y.reshape(-1), out.reshape(-1)
@@ -59,7 +60,7 @@ def _tanh_backward(dy, y):
     return out
 
 
-@njit(cache=True, fastmath=FM)
+@njit(cache=True, fastmath=FM, error_model="numpy")
 def _relu(x):
     out = np.empty_like(x)
     xf, of = x.reshape(-1), out.reshape(-1)
@@ -69,7 +70,7 @@ def _relu(x):
     return out
 
 
-@njit(cache=True, fastmath=FM)
+@njit(cache=True, fastmath=FM, error_model="numpy")
 def _leaky_relu(x, alpha):
     out = np.empty_like(x)
     xf, of = x.reshape(-1), out.reshape(-1)
@@ -79,7 +80,7 @@ def _leaky_relu(x, alpha):
     return out
 
 
-@njit(cache=True, fastmath=FM)
+@njit(cache=True, fastmath=FM, error_model="numpy")
 def _gate_backward(dy, x, alpha):
     """dy where x > 0, else alpha * dy (relu: alpha = 0); alpha in dy's dtype."""
     out = np.empty_like(dy)
@@ -89,7 +90,7 @@ def _gate_backward(dy, x, alpha):
     return out
 
 
-@njit(cache=True, fastmath=FM_MAX)
+@njit(cache=True, fastmath=FM_MAX, error_model="numpy")
 def row_max(row):
     m = row[0]
     for j in range(1, row.size):
@@ -98,7 +99,7 @@ def row_max(row):
     return m
 
 
-@njit(cache=True, fastmath=FM)
+@njit(cache=True, fastmath=FM, error_model="numpy")
 def _softmax(x):
     out = np.empty_like(x)
     for i in range(x.shape[0]):
@@ -115,7 +116,7 @@ def _softmax(x):
     return out
 
 
-@njit(cache=True, fastmath=FM)
+@njit(cache=True, fastmath=FM, error_model="numpy")
 def _softmax_backward(dy, y):
     out = np.empty_like(dy)
     for i in range(dy.shape[0]):

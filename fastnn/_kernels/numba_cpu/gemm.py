@@ -52,7 +52,7 @@ def _tile_impl(x):
     return lambda x: (8, 16)
 
 
-@njit(cache=True, fastmath=FM)
+@njit(cache=True, fastmath=FM, error_model="numpy")
 def _pack_a(a, ta, i0, mc, p0, kc, mr, ap):
     """ap[s*mr*kc + p*mr + i] = op(a)[i0 + s*mr + i, p0 + p]; rows past mc are 0.
 
@@ -84,7 +84,7 @@ def _pack_a(a, ta, i0, mc, p0, kc, mr, ap):
                     ap[base + p * mr + i] = z
 
 
-@njit(cache=True, fastmath=FM)
+@njit(cache=True, fastmath=FM, error_model="numpy")
 def _pack_b(b, tb, p0, kc, j0, nc, nr, bp):
     """bp[s*nr*kc + p*nr + j] = op(b)[p0 + p, j0 + s*nr + j]; columns past nc are 0."""
     u = np.uint64
@@ -111,7 +111,7 @@ def _pack_b(b, tb, p0, kc, j0, nc, nr, bp):
                     bp[o + j] = z
 
 
-@njit(cache=True, fastmath=FM)
+@njit(cache=True, fastmath=FM, error_model="numpy")
 def _gemm_block(a, b, c, ta, tb, i0, i1, j0, j1, accumulate, mc_max, kc_max, nc_max):
     """c[i0:i1, j0:j1] (+)= op(a)[i0:i1, :] @ op(b)[:, j0:j1], blocked and packed."""
     mr, nr = _tile(a)
@@ -201,7 +201,7 @@ def matmul(a, b, trans_a=False, trans_b=False):
     return _gemm_into(a, b, np.empty((m, n), dtype=a.dtype), trans_a, trans_b)
 
 
-@njit(cache=True, fastmath=FM)
+@njit(cache=True, fastmath=FM, error_model="numpy")
 def _bias_add(x, b):
     out = np.empty_like(x)
     for i in range(x.shape[0]):
@@ -210,13 +210,13 @@ def _bias_add(x, b):
     return out
 
 
-@njit(cache=True, fastmath=FM)
+@njit(cache=True, fastmath=FM, error_model="numpy")
 def _fill_rows(c, b):
     for i in range(c.shape[0]):
         c[i, :] = b
 
 
-@njit(cache=True, fastmath=FM)
+@njit(cache=True, fastmath=FM, error_model="numpy")
 def _column_sums(dy):
     out = np.zeros(dy.shape[1], dtype=dy.dtype)
     for i in range(dy.shape[0]):

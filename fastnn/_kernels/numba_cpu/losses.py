@@ -14,7 +14,7 @@ from ._math import FM, exp, log1p_unit
 from .activations import row_max
 
 
-@njit(cache=True, fastmath=FM)
+@njit(cache=True, fastmath=FM, error_model="numpy")
 def _mse(pred, target):
     grad = np.empty_like(pred)
     pf, tf, gf = pred.reshape(-1), target.reshape(-1), grad.reshape(-1)
@@ -27,7 +27,7 @@ def _mse(pred, target):
     return s / pf.size, grad
 
 
-@njit(cache=True, fastmath=FM)
+@njit(cache=True, fastmath=FM, error_model="numpy")
 def _log_softmax_row(row, g):
     """g <- exp(row - max); returns (max, sum of g)."""
     m = np.float64(row_max(row))
@@ -39,7 +39,7 @@ def _log_softmax_row(row, g):
     return m, s
 
 
-@njit(cache=True, fastmath=FM)
+@njit(cache=True, fastmath=FM, error_model="numpy")
 def _cross_entropy_index(logits, labels):
     n = logits.shape[0]
     grad = np.empty_like(logits)
@@ -57,7 +57,7 @@ def _cross_entropy_index(logits, labels):
     return total / n, grad
 
 
-@njit(cache=True, fastmath=FM)
+@njit(cache=True, fastmath=FM, error_model="numpy")
 def _cross_entropy_soft(logits, labels):
     n = logits.shape[0]
     grad = np.empty_like(logits)
@@ -73,7 +73,7 @@ def _cross_entropy_soft(logits, labels):
     return total / n, grad
 
 
-@njit(cache=True, fastmath=FM)
+@njit(cache=True, fastmath=FM, error_model="numpy")
 def _binary_cross_entropy(logits, target):
     grad = np.empty_like(logits)
     zf, tf, gf = logits.reshape(-1), target.reshape(-1), grad.reshape(-1)
@@ -83,8 +83,9 @@ def _binary_cross_entropy(logits, target):
         z = np.float64(zf[i])
         t = tf[i]
         e = exp(-abs(z))
+        r = 1.0 / (1.0 + e)
+        sig = r if z >= 0 else e * r
         total += (z if z > 0 else 0.0) - z * t + log1p_unit(e)
-        sig = (1.0 if z >= 0 else e) / (1.0 + e)
         gf[i] = (sig - t) * inv
     return total * inv, grad
 
