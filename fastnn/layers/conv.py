@@ -1,0 +1,83 @@
+"""Convolution layers: cross-correlation with PyTorch's weight layout (C_out, C_in, *kernel)."""
+import numpy as np
+
+from .._kernels.checks import spatial
+from .base import Layer
+from .dense import _positive_int
+
+
+def _config_value(values):
+    """A tuple of equal sizes saves as one int, as it was most likely given."""
+    return values[0] if len(set(values)) == 1 else list(values)
+
+
+class _Conv(Layer):
+    dims = None
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0):
+        super().__init__()
+        name = type(self).__name__
+        self.in_channels = _positive_int(in_channels, f"{name} in_channels")
+        self.out_channels = _positive_int(out_channels, f"{name} out_channels")
+        try:
+            self.kernel_size = spatial(kernel_size, f"{name} kernel_size", self.dims)
+            self.stride = spatial(stride, f"{name} stride", self.dims)
+            self.padding = spatial(padding, f"{name} padding", self.dims, minimum=0)
+        except TypeError as exc:
+            raise ValueError(str(exc)) from None
+        self._kernel = f"conv{self.dims}d"
+        # 1-D kernels take ints, 2-D kernels (h, w) pairs.
+        unpack = (lambda v: v[0]) if self.dims == 1 else (lambda v: v)
+        self._geometry = (unpack(self.stride), unpack(self.padding))
+
+    def param_shapes(self):
+        return {"weight": (self.out_channels, self.in_channels) + self.kernel_size,
+                "bias": (self.out_channels,)}
+
+    def init_params(self, rng):
+        # PyTorch's default (kaiming_uniform with a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+        bound = 1.0 / np.sqrt(self.in_channels * np.prod(self.kernel_size))
+        return {name: rng.uniform(-bound, bound, size=shape)
+                for name, shape in self.param_shapes().items()}
+
+    def output_shape(self, shape):
+        name = f"{type(self).__name__}({self.in_channels}, {self.out_channels}, ...)"
+        axes = "L" if self.dims == 1 else "H, W"
+        if len(shape) != self.dims + 1 or shape[0] != self.in_channels:
+            raise ValueError(f"{name} expects inputs of shape (batch, {self.in_channels}, {axes}), "
+                             f"got (batch, {', '.join(map(str, shape))})")
+        out = []
+        for size, k, s, p in zip(shape[1:], self.kernel_size, self.stride, self.padding):
+            if k > size + 2 * p:
+                raise ValueError(f"{name}: kernel size {k} is larger than the padded input "
+                                 f"({size} + 2 * {p} = {size + 2 * p})")
+            out.append((size + 2 * p - k) // s + 1)
+        return (self.out_channels,) + tuple(out)
+
+    def config(self):
+        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
+                "kernel_size": _config_value(self.kernel_size),
+                "stride": _config_value(self.stride), "padding": _config_value(self.padding)}
+
+    def forward(self, x):
+        self._x = x
+        return getattr(self.kernels, self._kernel)(x, self.params["weight"], self.params["bias"],
+                                                   *self._geometry)
+
+    def backward(self, dy, need_dx=True):
+        backward = getattr(self.kernels, self._kernel + "_backward")
+        dx, dw, db = backward(dy, self._x, self.params["weight"], *self._geometry, need_dx)
+        self.grads["weight"] += dw
+        self.grads["bias"] += db
+        return dx
+
+
+class Conv1D(_Conv):
+    """(N, C_in, L) -> (N, C_out, L_out), L_out = (L + 2 * padding - kernel_size) // stride + 1."""
+    dims = 1
+
+
+class Conv2D(_Conv):
+    """(N, C_in, H, W) -> (N, C_out, H_out, W_out); kernel_size, stride and padding
+    are ints or (h, w) pairs."""
+    dims = 2

@@ -1,0 +1,68 @@
+"""Pooling layers: max or mean over windows, PyTorch's semantics (no padding, floor mode)."""
+from .._kernels.checks import spatial
+from .base import Layer
+from .conv import _config_value
+
+
+class _Pool(Layer):
+    dims = None
+    kind = None
+
+    def __init__(self, kernel_size, stride=None):
+        super().__init__()
+        name = type(self).__name__
+        try:
+            self.kernel_size = spatial(kernel_size, f"{name} kernel_size", self.dims)
+            self.stride = self.kernel_size if stride is None else spatial(stride, f"{name} stride", self.dims)
+        except TypeError as exc:
+            raise ValueError(str(exc)) from None
+        self._kernel = f"{self.kind}pool{self.dims}d"
+        unpack = (lambda v: v[0]) if self.dims == 1 else (lambda v: v)
+        self._geometry = (unpack(self.kernel_size), unpack(self.stride))
+
+    def output_shape(self, shape):
+        name = type(self).__name__
+        if len(shape) != self.dims + 1:
+            axes = "L" if self.dims == 1 else "H, W"
+            raise ValueError(f"{name} expects inputs of shape (batch, C, {axes}), "
+                             f"got (batch, {', '.join(map(str, shape))})")
+        out = []
+        for size, k, s in zip(shape[1:], self.kernel_size, self.stride):
+            if k > size:
+                raise ValueError(f"{name}: kernel size {k} is larger than the input ({size})")
+            out.append((size - k) // s + 1)
+        return (shape[0],) + tuple(out)
+
+    def config(self):
+        return {"kernel_size": _config_value(self.kernel_size), "stride": _config_value(self.stride)}
+
+    def forward(self, x):
+        self._x = x
+        out = getattr(self.kernels, self._kernel)(x, *self._geometry)
+        if self.kind == "max":
+            out, self._idx = out
+        return out
+
+    def backward(self, dy, need_dx=True):
+        backward = getattr(self.kernels, self._kernel + "_backward")
+        if self.kind == "max":
+            return backward(dy, self._x, self._idx, *self._geometry)
+        return backward(dy, self._x, *self._geometry)
+
+
+class MaxPool1D(_Pool):
+    """(N, C, L) -> (N, C, (L - kernel_size) // stride + 1); stride defaults to kernel_size."""
+    dims, kind = 1, "max"
+
+
+class MaxPool2D(_Pool):
+    """(N, C, H, W) -> (N, C, H_out, W_out); kernel_size and stride are ints or (h, w) pairs."""
+    dims, kind = 2, "max"
+
+
+class AvgPool1D(_Pool):
+    dims, kind = 1, "avg"
+
+
+class AvgPool2D(_Pool):
+    dims, kind = 2, "avg"
