@@ -499,23 +499,29 @@ FNN_INLINE double fnn_log1p01(double e)
     return d == 0.0 ? e : l * (e / d);
 }
 
-/* tanh: odd Taylor series near 0, (1 - e)/(1 + e) with e = exp(-2|x|) beyond. */
+/* tanh, float: Eigen's odd rational minimax approximation x P(x^2) / Q(x^2)
+ * on [-7.9053, 7.9053] (tanh rounds to +-1 in float beyond); no exp needed. */
 FNN_INLINE float fnn_tanhf(float x)
 {
+    const float clamp = 7.90531110763549805f;
+    float xc = x > clamp ? clamp : x;
+    xc = xc < -clamp ? -clamp : xc;
+    float z = xc * xc;
+    float p = -2.76076847742355e-16f;
+    p = p * z + 2.00018790482477e-13f;
+    p = p * z + -8.60467152213735e-11f;
+    p = p * z + 5.12229709037114e-08f;
+    p = p * z + 1.48572235717979e-05f;
+    p = p * z + 6.37261928875436e-04f;
+    p = p * z + 4.89352455891786e-03f;
+    p = p * xc;
+    float q = 1.19825839466702e-06f;
+    q = q * z + 1.18534705686654e-04f;
+    q = q * z + 2.26843463243900e-03f;
+    q = q * z + 4.89352518554385e-03f;
+    float r = p / q;
     float ax = x < 0.0f ? -x : x;
-    float e = fnn_expf(-2.0f * ax);
-    float big = (1.0f - e) / (1.0f + e);
-    float z = x * x;
-    float pp = -929569.0f / 638512875.0f;
-    pp = pp * z + 21844.0f / 6081075.0f;
-    pp = pp * z + -1382.0f / 155925.0f;
-    pp = pp * z + 62.0f / 2835.0f;
-    pp = pp * z + -17.0f / 315.0f;
-    pp = pp * z + 2.0f / 15.0f;
-    pp = pp * z + -1.0f / 3.0f;
-    float small = ax + ax * z * pp;
-    float r = ax < 0.55f ? small : big;
-    return x < 0.0f ? -r : r;
+    return ax < 0.0004f ? x : r;
 }
 
 FNN_INLINE double fnn_tanh(double x)
