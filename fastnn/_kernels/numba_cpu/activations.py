@@ -6,7 +6,7 @@ in reference.py. exp comes from _math.exp, which vectorizes.
 import numpy as np
 from numba import njit
 
-from ._math import FM, FM_MAX, exp
+from ._math import FM, FM_MAX, exp, exp32
 
 
 @njit(cache=True, fastmath=FM, error_model="numpy")
@@ -52,6 +52,39 @@ def _tanh(x):
 
 
 @njit(cache=True, fastmath=FM, error_model="numpy")
+def _tanh32(x):
+    """tanh in float32 arithmetic; an odd Taylor polynomial below |x| = 1/16
+    avoids the cancellation of 1 - exp(-2|x|) there."""
+    out = np.empty_like(x)
+    xf, of = x.reshape(-1), out.reshape(-1)
+    one, two = np.float32(1), np.float32(2)
+    c3, c5, c7 = np.float32(-1 / 3), np.float32(2 / 15), np.float32(-17 / 315)
+    for i in range(xf.size):
+        v = xf[i]
+        a = abs(v)
+        t = exp32(-two * a)
+        r = two / (one + t) - one           # (1 - t) / (1 + t), one division
+        s = v * v
+        small = a * (one + s * (c3 + s * (c5 + s * c7)))
+        r = small if a < np.float32(0.0625) else r
+        of[i] = r if v >= 0 else -r
+    return out
+
+
+@njit(cache=True, fastmath=FM, error_model="numpy")
+def _sigmoid32(x):
+    out = np.empty_like(x)
+    xf, of = x.reshape(-1), out.reshape(-1)
+    one = np.float32(1)
+    for i in range(xf.size):
+        v = xf[i]
+        e = exp32(-abs(v))
+        r = one / (one + e)
+        of[i] = r if v >= 0 else e * r
+    return out
+
+
+@njit(cache=True, fastmath=FM, error_model="numpy")
 def _tanh_backward(dy, y):
     out = np.empty_like(dy)
     df, yf, of = dy.reshape(-1), y.reshape(-1), out.reshape(-1)
@@ -92,11 +125,21 @@ def _gate_backward(dy, x, alpha):
 
 @njit(cache=True, fastmath=FM_MAX, error_model="numpy")
 def row_max(row):
-    m = row[0]
-    for j in range(1, row.size):
-        v = row[j]
-        m = v if v > m else m
-    return m
+    """max(row) with four independent running maxima: LLVM does not vectorize a
+    max reduction written as one chain, and one chain is latency-bound."""
+    n = row.size
+    m0 = m1 = m2 = m3 = row[0]
+    j = 0
+    while j + 4 <= n:
+        m0 = max(m0, row[j])
+        m1 = max(m1, row[j + 1])
+        m2 = max(m2, row[j + 2])
+        m3 = max(m3, row[j + 3])
+        j += 4
+    while j < n:
+        m0 = max(m0, row[j])
+        j += 1
+    return max(max(m0, m1), max(m2, m3))
 
 
 @njit(cache=True, fastmath=FM, error_model="numpy")
@@ -140,7 +183,7 @@ def step_backward(dy, x, y):
 
 
 def sigmoid(x):
-    return _sigmoid(x)
+    return _sigmoid32(x) if x.dtype == np.float32 else _sigmoid(x)
 
 
 def sigmoid_backward(dy, x, y):
@@ -148,7 +191,7 @@ def sigmoid_backward(dy, x, y):
 
 
 def tanh(x):
-    return _tanh(x)
+    return _tanh32(x) if x.dtype == np.float32 else _tanh(x)
 
 
 def tanh_backward(dy, x, y):
