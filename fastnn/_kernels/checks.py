@@ -303,7 +303,8 @@ def _conv(dims):
             b = _array(b, f"{kernel} bias")
             _rank(b, f"{kernel} bias", 1)
             if b.shape[0] != w.shape[0]:
-                raise ValueError(f"{kernel}: bias has {b.shape[0]} entries, weight has {w.shape[0]} output channels")
+                raise ValueError(f"{kernel}: bias has {b.shape[0]} entries, "
+                                 f"weight has {w.shape[0]} output channels")
             arrays.append(b)
         _, st, pd, out = _geometry(kernel, dims, w.shape[2:], stride, padding, x.shape[2:])
         if dy is not None:
@@ -340,7 +341,8 @@ def _pool(kind, dims):
         if dy is not None:
             dy = _array(dy, f"{kernel}_backward dy")
             if dy.shape != x.shape[:2] + out:
-                raise ValueError(f"{kernel}_backward: dy has shape {dy.shape}, the output's is {x.shape[:2] + out}")
+                raise ValueError(f"{kernel}_backward: dy has shape {dy.shape}, "
+                                 f"the output's is {x.shape[:2] + out}")
             arrays.append(dy)
         dtype = common_dtype(*arrays)
         return [_cast(a, dtype) for a in arrays], _unpack(dims, ks), _unpack(dims, st)
@@ -381,7 +383,8 @@ def _sequence(x, name):
     if x.ndim != 3:
         raise ValueError(f"{name} must be 3-D (batch, time, features), got shape {x.shape}")
     if x.shape[1] == 0:
-        raise ValueError(f"{name} is a zero-length sequence (shape {x.shape}): it needs at least one time step")
+        raise ValueError(f"{name} is a zero-length sequence (shape {x.shape}): "
+                         "it needs at least one time step")
     return _array(x, name)
 
 
@@ -425,7 +428,8 @@ def _recurrent(kernel):
         for i, (a, width) in enumerate(zip((dh,) + saved, [hid] + widths)):
             a = _array(a, f"{kernel}_backward argument {i}")
             if a.shape != (n, t, width):
-                raise ValueError(f"{kernel}_backward: argument {i} has shape {a.shape}, expected {(n, t, width)}")
+                raise ValueError(f"{kernel}_backward: argument {i} has shape {a.shape}, "
+                                 f"expected {(n, t, width)}")
             checked.append(a)
         dtype = common_dtype(x, *arrays, *checked)
         dh, *saved = [_cast(a, dtype) for a in checked]
