@@ -1,0 +1,95 @@
+"""Internals of the Numba backend: GEMM blocking edges, thread splits, the
+vectorizable exp, and the FASTNN_NUMBA_TUNE opt-out. Parity of the public
+kernels with the reference lives in the backend-wide tests."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+nb = pytest.importorskip("fastnn._kernels.numba_cpu")
+from fastnn._kernels.numba_cpu import _math, gemm  # noqa: E402
+
+DTYPES = [np.float32, np.float64]
+
+
+def _close(got, want, dtype):
+    rtol, atol = (1e-4, 1e-4) if dtype == np.float32 else (1e-10, 1e-10)
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=atol * np.sqrt(want.size))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (7, 31, 33), (33, 95, 257), (257, 7, 31),
+                                   (95, 385, 7), (9, 300, 65)])
+@pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True), (True, True)])
+def test_gemm_edges_and_transposes(dtype, m, k, n, ta, tb):
+    rng = np.random.default_rng(m * 1000 + k * 10 + n)
+    a = rng.standard_normal((k, m) if ta else (m, k)).astype(dtype)
+    b = rng.standard_normal((n, k) if tb else (k, n)).astype(dtype)
+    want = (a.T if ta else a) @ (b.T if tb else b)
+    got = nb.matmul(a, b, ta, tb)
+    assert got.dtype == dtype and got.shape == (m, n)
+    _close(got, want, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemm_small_blocks_cross_every_loop(dtype, monkeypatch):
+    """Blocks smaller than the problem: several jc, pc and ic iterations."""
+    monkeypatch.setitem(gemm.BLOCKS, np.dtype(dtype), (16, 24, 64))
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((70, 100)).astype(dtype), rng.standard_normal((100, 150)).astype(dtype)
+    _close(nb.matmul(a, b), a @ b, dtype)
+    _close(nb.matmul(a.T.copy(), b.T.copy(), True, True), a @ b, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(9, 50, 300), (300, 50, 9), (64, 64, 64)])
+def test_gemm_thread_splits(dtype, shape, monkeypatch):
+    """Both split directions of _gemm_parallel, forced on small products."""
+    monkeypatch.setattr(gemm, "PARALLEL_MIN_WORK", 1)
+    m, k, n = shape
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype)
+    old = nb.get_num_threads()
+    try:
+        for threads in range(1, old + 1):
+            nb.set_num_threads(threads)
+            _close(nb.matmul(a, b), a @ b, dtype)
+    finally:
+        nb.set_num_threads(old)
+
+
+def test_linear_accumulates_onto_bias():
+    rng = np.random.default_rng(2)
+    x, w = rng.standard_normal((33, 70)), rng.standard_normal((20, 70))
+    b = rng.standard_normal(20)
+    _close(nb.linear(x, w, b), x @ w.T + b, np.float64)
+
+
+def test_exp_accuracy_and_saturation():
+    x = np.linspace(-700, 700, 10001)
+    got = np.array([_math.exp(v) for v in x[::97]])
+    np.testing.assert_allclose(got, np.exp(x[::97]), rtol=4e-16 * 8)
+    x32 = np.linspace(-87, 88, 2001).astype(np.float32)
+    got32 = np.array([_math.exp32(v) for v in x32], dtype=np.float32)
+    np.testing.assert_allclose(got32, np.exp(x32), rtol=3e-7)
+    assert np.isnan(_math.exp(np.nan)) and np.isnan(_math.exp32(np.float32("nan")))
+    assert _math.exp(-1e4) < 1e-300 and np.isfinite(_math.exp(1e4))
+
+
+def test_log1p_unit():
+    e = np.linspace(0, 1, 1001)
+    got = np.array([_math.log1p_unit(v) for v in e])
+    np.testing.assert_allclose(got, np.log1p(e), rtol=1e-15, atol=1e-300)
+
+
+def test_tuning_opt_out():
+    code = ("import numba.core.config as c; from fastnn._kernels import numba_cpu as m; "
+            "print(m.TUNING['applied'], c.SLP_VECTORIZE, c.CPU_FEATURES)")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, FASTNN_NUMBA_TUNE="0",
+               PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out == ["False", "0", "None"]
