@@ -105,7 +105,7 @@ class Sequential:
 
     def check_input(self, x, name="X"):
         """x as a C-contiguous array of the model's dtype, or a clear exception."""
-        x = checks._array(x, name)
+        x = checks._array(x, name, allow_empty=True)
         if x.dtype.kind == "b":
             raise TypeError(f"{name} must hold numbers, got booleans")
         if x.ndim < 2:
@@ -114,6 +114,8 @@ class Sequential:
             self.output_shape(x.shape[1:])
         except ValueError as exc:
             raise ValueError(f"{name}: {exc}") from None
+        if x.size == 0:
+            raise ValueError(f"{name} is empty (shape {x.shape})")
         x = np.ascontiguousarray(x, dtype=self.dtype)
         if not np.isfinite(x).all():
             raise ValueError(f"{name} contains NaN or inf")

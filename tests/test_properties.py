@@ -48,7 +48,7 @@ def kernel_calls(draw):
         dtype = draw(st.sampled_from(DTYPES[:2] * 4 + DTYPES[2:]))   # mostly floats
         if kernel == "adam_step" and len(args) == 3:
             value = np.abs(value)   # Adam's second-moment state is never negative
-        value = value.astype(dtype)
+        value = np.asarray(value.astype(dtype))   # a 0-d cast may give a scalar
         if value.ndim == 2 and draw(st.booleans()):
             value = np.asfortranarray(value)    # non-contiguous / transposed layouts
         args.append(value)

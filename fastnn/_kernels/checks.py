@@ -12,7 +12,7 @@ import numpy as np
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def _array(x, name):
+def _array(x, name, allow_empty=False):
     """x as a numeric ndarray, or a TypeError naming what it is."""
     if not isinstance(x, np.ndarray):
         try:
@@ -21,7 +21,7 @@ def _array(x, name):
             raise TypeError(f"{name} must be a numeric array: {exc}") from None
     if x.dtype.kind not in "biuf":
         raise TypeError(f"{name} must hold real numbers, got dtype {x.dtype}")
-    if x.size == 0:
+    if x.size == 0 and not allow_empty:
         raise ValueError(f"{name} is empty (shape {x.shape})")
     return x
 
