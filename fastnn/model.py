@@ -5,6 +5,7 @@ from . import io
 from ._kernels import checks
 from .backend import get_backend
 from .layers.base import Layer
+from .threads import backend_threads
 
 DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
 
@@ -143,7 +144,8 @@ class Sequential:
     def predict(self, X, batch_size=1024):
         """Outputs (logits for a classifier) as a numpy array, computed in batches."""
         X = self.check_input(X)
-        outs = [self._forward(X[i:i + batch_size]) for i in range(0, len(X), batch_size)]
+        with backend_threads(self.backend):
+            outs = [self._forward(X[i:i + batch_size]) for i in range(0, len(X), batch_size)]
         return np.concatenate(outs) if len(outs) > 1 else outs[0].copy()
 
     __call__ = predict

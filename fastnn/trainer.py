@@ -5,6 +5,7 @@ import numpy as np
 
 from . import losses, optim
 from ._kernels import checks
+from .threads import backend_threads
 
 CLASSIFICATION = ("cross_entropy", "binary_cross_entropy")
 
@@ -82,6 +83,10 @@ class Trainer:
     # --------------------------------------------------------------- fit
     def fit(self, X, y, epochs=1, batch_size=32, validation_data=None, shuffle=True,
             progress=True, callbacks=()):
+        with backend_threads(self.model.backend):
+            return self._fit(X, y, epochs, batch_size, validation_data, shuffle, progress, callbacks)
+
+    def _fit(self, X, y, epochs, batch_size, validation_data, shuffle, progress, callbacks):
         X, y = self._check_data(X, y)
         if validation_data is not None:
             if len(validation_data) != 2:
@@ -142,7 +147,8 @@ class Trainer:
     def evaluate(self, X, y, batch_size=1024):
         """{'loss': mean loss, 'accuracy': fraction correct (classification losses)}."""
         X, y = self._check_data(X, y)
-        return self._evaluate(X, y, batch_size)
+        with backend_threads(self.model.backend):
+            return self._evaluate(X, y, batch_size)
 
     def _evaluate(self, X, y, batch_size=1024):
         total_loss, total_correct = 0.0, 0

@@ -65,6 +65,6 @@ def digits():
 def one_blas_thread():
     """The reference conv/recurrent kernels make many small GEMMs: a second
     OpenBLAS thread only adds overhead there (and contention on a busy machine)."""
-    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import threadpoolctl
     with threadpoolctl.threadpool_limits(1, user_api="blas"):
         yield
