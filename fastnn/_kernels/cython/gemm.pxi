@@ -5,6 +5,8 @@ cdef Py_ssize_t _MC_S = 128, _KC_S = 384, _NC_S = 3072
 cdef Py_ssize_t _MC_D = 96, _KC_D = 256, _NC_D = 2048
 # Below this many multiply-adds (M*N*K) the GEMM stays on one thread.
 cdef Py_ssize_t _PAR_MIN_WORK = 1 << 20
+# Strips per thread when they are big enough (see _gemm).
+cdef Py_ssize_t _STRIPS = 1
 
 
 def _set_blocking(str dtype, Py_ssize_t mc, Py_ssize_t kc, Py_ssize_t nc):
@@ -27,6 +29,11 @@ def _get_blocking():
 def _set_parallel_min_work(Py_ssize_t w):
     global _PAR_MIN_WORK
     _PAR_MIN_WORK = w
+
+
+def _set_strips_per_thread(Py_ssize_t s):
+    global _STRIPS
+    _STRIPS = s if s > 0 else 1
 
 
 cdef inline Py_ssize_t _imin(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
@@ -207,7 +214,7 @@ cdef int _gemm(const floating *A, const floating *B, floating *C,
     """C (M x N, row-major) (+)= op(A) @ op(B); returns -1 if out of memory.
     Threads (when the work pays for them) share C as strips of rows (M large)
     or of columns (N large), several strips per thread, handed out dynamically."""
-    cdef Py_ssize_t MR, NR, MC, KC, NC, mc, kc, nc, chunk, nchunks, a_sz, b_sz, t
+    cdef Py_ssize_t MR, NR, MC, KC, NC, mc, kc, nc, chunk, nchunks, a_sz, b_sz, t, D, g, minc
     cdef bint split_m
     cdef long next_chunk = 0
     if floating is float:
@@ -226,23 +233,22 @@ cdef int _gemm(const floating *A, const floating *B, floating *C,
     NC = ((NC + NR - 1) // NR) * NR
     if M * N * K < _PAR_MIN_WORK or nthreads < 1:
         nthreads = 1
-    # strips: along the longer side (in tiles), about 4 per thread
+    # Strips along the longer side (in tiles). Each strip repacks the other
+    # operand, so strips stay big: one per thread by default (measured best
+    # on an idle machine), _STRIPS per thread once they still hold >= MC rows
+    # (or >= 256 columns).
     split_m = (M + MR - 1) // MR >= (N + NR - 1) // NR
     if nthreads == 1:
         chunk = M if split_m else N
         nchunks = 1
-    elif split_m:
-        chunk = (M + 4 * nthreads - 1) // (4 * nthreads)
-        chunk = ((chunk + MR - 1) // MR) * MR
-        if chunk > MC:
-            chunk = (chunk // MC) * MC
-        nchunks = (M + chunk - 1) // chunk
     else:
-        chunk = (N + 4 * nthreads - 1) // (4 * nthreads)
-        chunk = ((chunk + NR - 1) // NR) * NR
-        if chunk < 4 * NR and N >= 8 * NR:
-            chunk = 4 * NR
-        nchunks = (N + chunk - 1) // chunk
+        D = M if split_m else N
+        g = MR if split_m else NR
+        minc = MC if split_m else (8 * NR if 8 * NR > 256 else 256)
+        nchunks = _STRIPS * nthreads if D >= _STRIPS * nthreads * minc else nthreads
+        chunk = (D + nchunks - 1) // nchunks
+        chunk = ((chunk + g - 1) // g) * g
+        nchunks = (D + chunk - 1) // chunk
     if nthreads > nchunks:
         nthreads = <int> nchunks
     mc = _imin(MC, (((M if not split_m else _imin(chunk, M)) + MR - 1) // MR) * MR)
