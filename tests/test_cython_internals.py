@@ -73,6 +73,7 @@ def test_gemm_small_blocks_many_threads(mod, dtype):
     try:
         mod._set_blocking(np.dtype(dtype).name, 16, 24, 40)
         mod._set_parallel_min_work(1)
+        mod._set_strips_per_thread(3)
         for ta in (False, True):
             for tb in (False, True):
                 a, b = _gemm_case(rng, 70, 90, 101, ta, tb, dtype)
@@ -82,6 +83,7 @@ def test_gemm_small_blocks_many_threads(mod, dtype):
     finally:
         mod._set_blocking(np.dtype(dtype).name, *old)
         mod._set_parallel_min_work(old_min)
+        mod._set_strips_per_thread(1)
 
 
 def test_matmul_isa_forcing():
