@@ -69,21 +69,25 @@ def test_gemm_small_blocks_many_threads(mod, dtype):
     """Tiny block sizes force every jc/pc/ic loop to run many times."""
     old = mod._get_blocking()[np.dtype(dtype).name]
     old_min = mod._get_blocking()["parallel_min_work"]
+    old_direct = mod._get_blocking()["direct_b_tiles"]
     rng = np.random.default_rng(1)
     try:
         mod._set_blocking(np.dtype(dtype).name, 16, 24, 40)
         mod._set_parallel_min_work(1)
         mod._set_strips_per_thread(3)
-        for ta in (False, True):
-            for tb in (False, True):
-                a, b = _gemm_case(rng, 70, 90, 101, ta, tb, dtype)
-                for nt in (1, 2, 4):
-                    close(mod._matmul_threads(a, b, ta, tb, nt), ref.matmul(a, b, ta, tb), dtype,
-                          rtol=1e-4 if dtype == np.float32 else 1e-10, atol=1e-3)
+        for direct in (0, 1000):
+            mod._set_direct_b_tiles(direct)
+            for ta in (False, True):
+                for tb in (False, True):
+                    a, b = _gemm_case(rng, 70, 90, 101, ta, tb, dtype)
+                    for nt in (1, 2, 4):
+                        close(mod._matmul_threads(a, b, ta, tb, nt), ref.matmul(a, b, ta, tb),
+                              dtype, rtol=1e-4 if dtype == np.float32 else 1e-10, atol=1e-3)
     finally:
         mod._set_blocking(np.dtype(dtype).name, *old)
         mod._set_parallel_min_work(old_min)
         mod._set_strips_per_thread(1)
+        mod._set_direct_b_tiles(old_direct)
 
 
 def test_matmul_isa_forcing():

@@ -13,6 +13,7 @@ cdef extern from "fnn_simd.h" nogil:
         FNN_NR_S
         FNN_MR_D
         FNN_NR_D
+        FNN_DIRECT_B_TILES
     const char *fnn_isa_name()
     int fnn_have_openmp()
     int fnn_team_size()
@@ -21,8 +22,8 @@ cdef extern from "fnn_simd.h" nogil:
     long fnn_atomic_next(long *counter)
     void *fnn_aligned_alloc(size_t nbytes)
     void fnn_aligned_free(void *p)
-    void fnn_ukr_s(long k, const float *a, const float *b, float *c, long ldc, int m, int n, int acc)
-    void fnn_ukr_d(long k, const double *a, const double *b, double *c, long ldc, int m, int n, int acc)
+    void fnn_ukr_s(long k, const float *a, const float *b, long ldb, float *c, long ldc, int m, int n, int acc)
+    void fnn_ukr_d(long k, const double *a, const double *b, long ldb, double *c, long ldc, int m, int n, int acc)
     float fnn_expf(float x)
     double fnn_exp(double x)
     float fnn_tanhf(float x)

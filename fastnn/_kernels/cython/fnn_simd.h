@@ -91,16 +91,19 @@ static void fnn_aligned_free(void *p) {
 #define FNN_NR_S 32
 #define FNN_MR_D 8
 #define FNN_NR_D 16
+#define FNN_DIRECT_B_TILES 32   /* read B in place when M <= 32 * MR (measured on Zen4) */
 #elif defined(FNN_ISA_AVX2)
 #define FNN_MR_S 6
 #define FNN_NR_S 16
 #define FNN_MR_D 6
 #define FNN_NR_D 8
+#define FNN_DIRECT_B_TILES 8
 #else
 #define FNN_MR_S 4
 #define FNN_NR_S 8
 #define FNN_MR_D 4
 #define FNN_NR_D 4
+#define FNN_DIRECT_B_TILES 0
 #endif
 
 /* Edge tiles (m < MR or n < NR): add/store a full tile kept in t. */
@@ -117,8 +120,9 @@ static void fnn_aligned_free(void *p) {
 /* ====================================================== AVX-512 kernels */
 #if defined(FNN_ISA_AVX512)
 
-/* C[0:m, 0:n] (+)= sum_p a[p*8 + i] * b[p*32 + j]   (8x32 float tile) */
-static void fnn_ukr_s(long k, const float *FNN_RESTRICT a, const float *FNN_RESTRICT b,
+/* C[0:m, 0:n] (+)= sum_p a[p*8 + i] * b[p*ldb + j]   (8x32 float tile). b is a packed
+ * micro-panel (ldb = NR) or, for full-width tiles, op(B) read in place (ldb = its row stride). */
+static void fnn_ukr_s(long k, const float *FNN_RESTRICT a, const float *FNN_RESTRICT b, long ldb,
                       float *FNN_RESTRICT c, long ldc, int m, int n, int acc)
 {
     __m512 c00 = _mm512_setzero_ps(), c01 = _mm512_setzero_ps();
@@ -135,7 +139,7 @@ static void fnn_ukr_s(long k, const float *FNN_RESTRICT a, const float *FNN_REST
     }
 #define FNN_S512_STEP(P)                                                        \
     do {                                                                        \
-        __m512 b0 = _mm512_load_ps(b + 32 * (P)), b1 = _mm512_load_ps(b + 32 * (P) + 16); \
+        __m512 b0 = _mm512_loadu_ps(b + ldb * (P)), b1 = _mm512_loadu_ps(b + ldb * (P) + 16); \
         __m512 av;                                                              \
         av = _mm512_set1_ps(a[8 * (P) + 0]); c00 = _mm512_fmadd_ps(av, b0, c00); c01 = _mm512_fmadd_ps(av, b1, c01); \
         av = _mm512_set1_ps(a[8 * (P) + 1]); c10 = _mm512_fmadd_ps(av, b0, c10); c11 = _mm512_fmadd_ps(av, b1, c11); \
@@ -148,14 +152,14 @@ static void fnn_ukr_s(long k, const float *FNN_RESTRICT a, const float *FNN_REST
     } while (0)
     long p = 0;
     for (; p + 4 <= k; p += 4) {
-        _mm_prefetch((const char *)(b + 32 * 16), _MM_HINT_T0);
-        _mm_prefetch((const char *)(b + 32 * 16 + 16), _MM_HINT_T0);
-        _mm_prefetch((const char *)(b + 32 * 17), _MM_HINT_T0);
-        _mm_prefetch((const char *)(b + 32 * 17 + 16), _MM_HINT_T0);
+        _mm_prefetch((const char *)(b + ldb * 16), _MM_HINT_T0);
+        _mm_prefetch((const char *)(b + ldb * 16 + 16), _MM_HINT_T0);
+        _mm_prefetch((const char *)(b + ldb * 17), _MM_HINT_T0);
+        _mm_prefetch((const char *)(b + ldb * 17 + 16), _MM_HINT_T0);
         FNN_S512_STEP(0); FNN_S512_STEP(1); FNN_S512_STEP(2); FNN_S512_STEP(3);
-        a += 32; b += 128;
+        a += 32; b += 4 * ldb;
     }
-    for (; p < k; ++p) { FNN_S512_STEP(0); a += 8; b += 32; }
+    for (; p < k; ++p) { FNN_S512_STEP(0); a += 8; b += ldb; }
 #undef FNN_S512_STEP
     if (n == 32) {
 #define FNN_S512_ROW(R, x0, x1)                                                 \
@@ -183,7 +187,7 @@ static void fnn_ukr_s(long k, const float *FNN_RESTRICT a, const float *FNN_REST
 }
 
 /* 8x16 double tile */
-static void fnn_ukr_d(long k, const double *FNN_RESTRICT a, const double *FNN_RESTRICT b,
+static void fnn_ukr_d(long k, const double *FNN_RESTRICT a, const double *FNN_RESTRICT b, long ldb,
                       double *FNN_RESTRICT c, long ldc, int m, int n, int acc)
 {
     __m512d c00 = _mm512_setzero_pd(), c01 = _mm512_setzero_pd();
@@ -200,7 +204,7 @@ static void fnn_ukr_d(long k, const double *FNN_RESTRICT a, const double *FNN_RE
     }
 #define FNN_D512_STEP(P)                                                        \
     do {                                                                        \
-        __m512d b0 = _mm512_load_pd(b + 16 * (P)), b1 = _mm512_load_pd(b + 16 * (P) + 8); \
+        __m512d b0 = _mm512_loadu_pd(b + ldb * (P)), b1 = _mm512_loadu_pd(b + ldb * (P) + 8); \
         __m512d av;                                                             \
         av = _mm512_set1_pd(a[8 * (P) + 0]); c00 = _mm512_fmadd_pd(av, b0, c00); c01 = _mm512_fmadd_pd(av, b1, c01); \
         av = _mm512_set1_pd(a[8 * (P) + 1]); c10 = _mm512_fmadd_pd(av, b0, c10); c11 = _mm512_fmadd_pd(av, b1, c11); \
@@ -213,14 +217,14 @@ static void fnn_ukr_d(long k, const double *FNN_RESTRICT a, const double *FNN_RE
     } while (0)
     long p = 0;
     for (; p + 4 <= k; p += 4) {
-        _mm_prefetch((const char *)(b + 16 * 16), _MM_HINT_T0);
-        _mm_prefetch((const char *)(b + 16 * 16 + 8), _MM_HINT_T0);
-        _mm_prefetch((const char *)(b + 16 * 17), _MM_HINT_T0);
-        _mm_prefetch((const char *)(b + 16 * 17 + 8), _MM_HINT_T0);
+        _mm_prefetch((const char *)(b + ldb * 16), _MM_HINT_T0);
+        _mm_prefetch((const char *)(b + ldb * 16 + 8), _MM_HINT_T0);
+        _mm_prefetch((const char *)(b + ldb * 17), _MM_HINT_T0);
+        _mm_prefetch((const char *)(b + ldb * 17 + 8), _MM_HINT_T0);
         FNN_D512_STEP(0); FNN_D512_STEP(1); FNN_D512_STEP(2); FNN_D512_STEP(3);
-        a += 32; b += 64;
+        a += 32; b += 4 * ldb;
     }
-    for (; p < k; ++p) { FNN_D512_STEP(0); a += 8; b += 16; }
+    for (; p < k; ++p) { FNN_D512_STEP(0); a += 8; b += ldb; }
 #undef FNN_D512_STEP
     __mmask8 k0 = n >= 8 ? (__mmask8)0xFF : (__mmask8)((1u << n) - 1u);
     __mmask8 k1 = n >= 16 ? (__mmask8)0xFF : (n > 8 ? (__mmask8)((1u << (n - 8)) - 1u) : (__mmask8)0);
@@ -239,7 +243,7 @@ static void fnn_ukr_d(long k, const double *FNN_RESTRICT a, const double *FNN_RE
 #elif defined(FNN_ISA_AVX2)
 
 /* 6x16 float tile in 12 ymm accumulators */
-static void fnn_ukr_s(long k, const float *FNN_RESTRICT a, const float *FNN_RESTRICT b,
+static void fnn_ukr_s(long k, const float *FNN_RESTRICT a, const float *FNN_RESTRICT b, long ldb,
                       float *FNN_RESTRICT c, long ldc, int m, int n, int acc)
 {
     __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
@@ -250,7 +254,7 @@ static void fnn_ukr_s(long k, const float *FNN_RESTRICT a, const float *FNN_REST
     __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
 #define FNN_S256_STEP(P)                                                        \
     do {                                                                        \
-        __m256 b0 = _mm256_load_ps(b + 16 * (P)), b1 = _mm256_load_ps(b + 16 * (P) + 8); \
+        __m256 b0 = _mm256_loadu_ps(b + ldb * (P)), b1 = _mm256_loadu_ps(b + ldb * (P) + 8); \
         __m256 av;                                                              \
         av = _mm256_broadcast_ss(a + 6 * (P) + 0); c00 = _mm256_fmadd_ps(av, b0, c00); c01 = _mm256_fmadd_ps(av, b1, c01); \
         av = _mm256_broadcast_ss(a + 6 * (P) + 1); c10 = _mm256_fmadd_ps(av, b0, c10); c11 = _mm256_fmadd_ps(av, b1, c11); \
@@ -261,12 +265,12 @@ static void fnn_ukr_s(long k, const float *FNN_RESTRICT a, const float *FNN_REST
     } while (0)
     long p = 0;
     for (; p + 4 <= k; p += 4) {
-        _mm_prefetch((const char *)(b + 16 * 12), _MM_HINT_T0);
-        _mm_prefetch((const char *)(b + 16 * 14), _MM_HINT_T0);
+        _mm_prefetch((const char *)(b + ldb * 12), _MM_HINT_T0);
+        _mm_prefetch((const char *)(b + ldb * 14), _MM_HINT_T0);
         FNN_S256_STEP(0); FNN_S256_STEP(1); FNN_S256_STEP(2); FNN_S256_STEP(3);
-        a += 24; b += 64;
+        a += 24; b += 4 * ldb;
     }
-    for (; p < k; ++p) { FNN_S256_STEP(0); a += 6; b += 16; }
+    for (; p < k; ++p) { FNN_S256_STEP(0); a += 6; b += ldb; }
 #undef FNN_S256_STEP
     if (m == 6 && n == 16) {
 #define FNN_S256_ROW(R, x0, x1)                                                 \
@@ -291,7 +295,7 @@ static void fnn_ukr_s(long k, const float *FNN_RESTRICT a, const float *FNN_REST
 }
 
 /* 6x8 double tile */
-static void fnn_ukr_d(long k, const double *FNN_RESTRICT a, const double *FNN_RESTRICT b,
+static void fnn_ukr_d(long k, const double *FNN_RESTRICT a, const double *FNN_RESTRICT b, long ldb,
                       double *FNN_RESTRICT c, long ldc, int m, int n, int acc)
 {
     __m256d c00 = _mm256_setzero_pd(), c01 = _mm256_setzero_pd();
@@ -302,7 +306,7 @@ static void fnn_ukr_d(long k, const double *FNN_RESTRICT a, const double *FNN_RE
     __m256d c50 = _mm256_setzero_pd(), c51 = _mm256_setzero_pd();
 #define FNN_D256_STEP(P)                                                        \
     do {                                                                        \
-        __m256d b0 = _mm256_load_pd(b + 8 * (P)), b1 = _mm256_load_pd(b + 8 * (P) + 4); \
+        __m256d b0 = _mm256_loadu_pd(b + ldb * (P)), b1 = _mm256_loadu_pd(b + ldb * (P) + 4); \
         __m256d av;                                                             \
         av = _mm256_broadcast_sd(a + 6 * (P) + 0); c00 = _mm256_fmadd_pd(av, b0, c00); c01 = _mm256_fmadd_pd(av, b1, c01); \
         av = _mm256_broadcast_sd(a + 6 * (P) + 1); c10 = _mm256_fmadd_pd(av, b0, c10); c11 = _mm256_fmadd_pd(av, b1, c11); \
@@ -313,12 +317,12 @@ static void fnn_ukr_d(long k, const double *FNN_RESTRICT a, const double *FNN_RE
     } while (0)
     long p = 0;
     for (; p + 4 <= k; p += 4) {
-        _mm_prefetch((const char *)(b + 8 * 12), _MM_HINT_T0);
-        _mm_prefetch((const char *)(b + 8 * 14), _MM_HINT_T0);
+        _mm_prefetch((const char *)(b + ldb * 12), _MM_HINT_T0);
+        _mm_prefetch((const char *)(b + ldb * 14), _MM_HINT_T0);
         FNN_D256_STEP(0); FNN_D256_STEP(1); FNN_D256_STEP(2); FNN_D256_STEP(3);
-        a += 24; b += 32;
+        a += 24; b += 4 * ldb;
     }
-    for (; p < k; ++p) { FNN_D256_STEP(0); a += 6; b += 8; }
+    for (; p < k; ++p) { FNN_D256_STEP(0); a += 6; b += ldb; }
 #undef FNN_D256_STEP
     if (m == 6 && n == 8) {
 #define FNN_D256_ROW(R, x0, x1)                                                 \
@@ -346,7 +350,7 @@ static void fnn_ukr_d(long k, const double *FNN_RESTRICT a, const double *FNN_RE
 #else
 
 #define FNN_GENERIC_UKR(NAME, T, MR, NR)                                          \
-static void NAME(long k, const T *FNN_RESTRICT a, const T *FNN_RESTRICT b,        \
+static void NAME(long k, const T *FNN_RESTRICT a, const T *FNN_RESTRICT b, long ldb, \
                  T *FNN_RESTRICT c, long ldc, int m, int n, int acc)              \
 {                                                                                 \
     T t[MR * NR];                                                                 \
@@ -356,7 +360,7 @@ static void NAME(long k, const T *FNN_RESTRICT a, const T *FNN_RESTRICT b,      
             const T ai = a[i];                                                    \
             for (int j = 0; j < NR; ++j) t[i * NR + j] += ai * b[j];              \
         }                                                                         \
-        a += MR; b += NR;                                                         \
+        a += MR; b += ldb;                                                        \
     }                                                                             \
     FNN_EDGE_STORE(T, t, NR, c, ldc, m, n, acc);                                  \
 }

@@ -7,6 +7,9 @@ cdef Py_ssize_t _MC_D = 96, _KC_D = 256, _NC_D = 2048
 cdef Py_ssize_t _PAR_MIN_WORK = 1 << 20
 # Strips per thread when they are big enough (see _gemm).
 cdef Py_ssize_t _STRIPS = 1
+# With at most this many micro-tile rows (M <= _DIRECT_B_TILES * MR) a non-transposed
+# B is read in place instead of packed: its panel would be reused too few times.
+cdef Py_ssize_t _DIRECT_B_TILES = FNN_DIRECT_B_TILES
 
 
 def _set_blocking(str dtype, Py_ssize_t mc, Py_ssize_t kc, Py_ssize_t nc):
@@ -23,12 +26,18 @@ def _set_blocking(str dtype, Py_ssize_t mc, Py_ssize_t kc, Py_ssize_t nc):
 def _get_blocking():
     return {"float32": (_MC_S, _KC_S, _NC_S), "float64": (_MC_D, _KC_D, _NC_D),
             "tile_float32": (FNN_MR_S, FNN_NR_S), "tile_float64": (FNN_MR_D, FNN_NR_D),
-            "parallel_min_work": _PAR_MIN_WORK}
+            "parallel_min_work": _PAR_MIN_WORK, "direct_b_tiles": _DIRECT_B_TILES,
+            "strips_per_thread": _STRIPS}
 
 
 def _set_parallel_min_work(Py_ssize_t w):
     global _PAR_MIN_WORK
     _PAR_MIN_WORK = w
+
+
+def _set_direct_b_tiles(Py_ssize_t t):
+    global _DIRECT_B_TILES
+    _DIRECT_B_TILES = t
 
 
 def _set_strips_per_thread(Py_ssize_t s):
@@ -149,9 +158,11 @@ cdef void _gemm_serial(const floating *A, Py_ssize_t lda, const floating *B, Py_
     else:
         MR = FNN_MR_D
         NR = FNN_NR_D
-    cdef Py_ssize_t jc, pc, ic, nc, kc, mc, n_jr, n_ir, jr, ir
+    cdef Py_ssize_t jc, pc, ic, nc, kc, mc, n_jr, n_ir, jr, ir, bst
     cdef bint beta
+    cdef bint direct_b = (not tb) and M <= _DIRECT_B_TILES * MR
     cdef floating *cblk
+    cdef const floating *bptr
     jc = 0
     while jc < N:
         nc = _imin(NC, N - jc)
@@ -160,20 +171,29 @@ cdef void _gemm_serial(const floating *A, Py_ssize_t lda, const floating *B, Py_
         while pc < K:
             kc = _imin(KC, K - pc)
             beta = acc or pc > 0
-            _pack_b(B, ldb, tb, jc, nc, pc, kc, Bp, 0, n_jr)
+            if not direct_b:
+                _pack_b(B, ldb, tb, jc, nc, pc, kc, Bp, 0, n_jr)
+            elif nc % NR:
+                _pack_b(B, ldb, tb, jc, nc, pc, kc, Bp, n_jr - 1, n_jr)   # the ragged last panel
             ic = 0
             while ic < M:
                 mc = _imin(MC, M - ic)
                 n_ir = (mc + MR - 1) // MR
                 _pack_a(A, lda, ta, ic, mc, pc, kc, Ap, 0, n_ir)
                 for jr in range(n_jr):
+                    if direct_b and (jr + 1) * NR <= nc:
+                        bptr = B + pc * ldb + jc + jr * NR
+                        bst = ldb
+                    else:
+                        bptr = Bp + jr * NR * kc
+                        bst = NR
                     for ir in range(n_ir):
                         cblk = C + (ic + ir * MR) * ldc + jc + jr * NR
                         if floating is float:
-                            fnn_ukr_s(kc, Ap + ir * MR * kc, Bp + jr * NR * kc, cblk, ldc,
+                            fnn_ukr_s(kc, Ap + ir * MR * kc, bptr, bst, cblk, ldc,
                                       _imin(MR, mc - ir * MR), _imin(NR, nc - jr * NR), beta)
                         else:
-                            fnn_ukr_d(kc, Ap + ir * MR * kc, Bp + jr * NR * kc, cblk, ldc,
+                            fnn_ukr_d(kc, Ap + ir * MR * kc, bptr, bst, cblk, ldc,
                                       _imin(MR, mc - ir * MR), _imin(NR, nc - jr * NR), beta)
                 ic += MC
             pc += KC
