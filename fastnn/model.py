@@ -159,6 +159,11 @@ class Sequential:
         """Write weights and architecture to .safetensors (default) or .npz; never pickle."""
         io.save(self, path)
 
+    def export_onnx(self, path, input_shape=None, opset=17):
+        """Write the network as ONNX (needs onnx; see fastnn.onnx_export); returns the ModelProto."""
+        from .onnx_export import export_onnx
+        return export_onnx(self, path, input_shape=input_shape, opset=opset)
+
     def __repr__(self):
         inner = ",\n  ".join(repr(l) for l in self.layers)
         return f"Sequential(\n  {inner},\n  backend={self.backend.name!r}, dtype={self.dtype.name!r})"

@@ -22,6 +22,12 @@ class History:
         for key, value in logs.items():
             self.history.setdefault(key, []).append(value)
 
+    def plot(self, path=None, title=None):
+        """Loss and accuracy curves (train and validation) to a PNG at path; returns the
+        matplotlib Figure. Needs matplotlib (pip install 'fastnn[plot]')."""
+        from .plot import plot_history
+        return plot_history(self, path, title=title)
+
     def __repr__(self):
         return f"History(epochs={len(self.epoch)}, metrics={list(self.history)})"
 

@@ -18,7 +18,6 @@ cdef extern from "fnn_simd.h" nogil:
     int fnn_have_openmp()
     int fnn_team_size()
     int fnn_team_rank()
-    void fnn_barrier()
     long fnn_atomic_next(long *counter)
     void *fnn_aligned_alloc(size_t nbytes)
     void fnn_aligned_free(void *p)

@@ -21,9 +21,11 @@
 #if defined(_MSC_VER)
 #define FNN_RESTRICT __restrict
 #define FNN_INLINE static __forceinline
+#define FNN_ALIGNED(T, name, n) __declspec(align(32)) T name[n]
 #else
 #define FNN_RESTRICT __restrict__
 #define FNN_INLINE static inline __attribute__((always_inline))
+#define FNN_ALIGNED(T, name, n) T name[n] __attribute__((aligned(32)))
 #endif
 
 /* ------------------------------------------------------------ build facts */
@@ -45,15 +47,10 @@ static const char *fnn_isa_name(void) { return FNN_ISA_NAME; }
 static int fnn_have_openmp(void) { return 1; }
 static int fnn_team_size(void) { return omp_get_num_threads(); }
 static int fnn_team_rank(void) { return omp_get_thread_num(); }
-/* An orphaned barrier: binds to the parallel region the caller runs in. */
-static void fnn_barrier(void) {
-#pragma omp barrier
-}
 #else
 static int fnn_have_openmp(void) { return 0; }
 static int fnn_team_size(void) { return 1; }
 static int fnn_team_rank(void) { return 0; }
-static void fnn_barrier(void) {}
 #endif
 
 /* Hand out the next work item: a relaxed atomic fetch-and-add on a shared counter. */
@@ -283,7 +280,7 @@ static void fnn_ukr_s(long k, const float *FNN_RESTRICT a, const float *FNN_REST
         FNN_S256_ROW(3, c30, c31) FNN_S256_ROW(4, c40, c41) FNN_S256_ROW(5, c50, c51)
 #undef FNN_S256_ROW
     } else {
-        float t[6 * 16] __attribute__((aligned(32)));
+        FNN_ALIGNED(float, t, 6 * 16);
         _mm256_store_ps(t + 0, c00);  _mm256_store_ps(t + 8, c01);
         _mm256_store_ps(t + 16, c10); _mm256_store_ps(t + 24, c11);
         _mm256_store_ps(t + 32, c20); _mm256_store_ps(t + 40, c21);
@@ -335,7 +332,7 @@ static void fnn_ukr_d(long k, const double *FNN_RESTRICT a, const double *FNN_RE
         FNN_D256_ROW(3, c30, c31) FNN_D256_ROW(4, c40, c41) FNN_D256_ROW(5, c50, c51)
 #undef FNN_D256_ROW
     } else {
-        double t[6 * 8] __attribute__((aligned(32)));
+        FNN_ALIGNED(double, t, 6 * 8);
         _mm256_store_pd(t + 0, c00);  _mm256_store_pd(t + 4, c01);
         _mm256_store_pd(t + 8, c10);  _mm256_store_pd(t + 12, c11);
         _mm256_store_pd(t + 16, c20); _mm256_store_pd(t + 20, c21);

@@ -1,0 +1,167 @@
+"""Export a Sequential to ONNX, to run it in onnxruntime, OpenVINO, TensorRT, a browser...
+
+    model.export_onnx("model.onnx")                  # needs: pip install 'fastnn[onnx]'
+    import onnxruntime as ort
+    sess = ort.InferenceSession("model.onnx")
+    logits = sess.run(None, {"input": X.astype(np.float32)})[0]   # == model.predict(X)
+
+One ONNX node (or two) per layer, weights as initializers in the model's dtype:
+
+    Dense          Gemm(x, W, b, transB=1)         (PyTorch's (out, in) layout as is)
+    Sigmoid/Tanh/ReLU/LeakyReLU/Softmax   Sigmoid/Tanh/Relu/LeakyRelu(alpha)/Softmax(axis=-1)
+    Step           Cast(Greater(x, 0))
+    Flatten        Flatten(axis=1)
+    Reshape        Reshape(x, [0, *shape])          (0 keeps the batch axis)
+    Conv1D/Conv2D  Conv(strides, pads, kernel_shape)
+    Max/AvgPool    MaxPool / AveragePool (kernel_shape, strides, no padding, floor mode)
+
+The batch axis is named "N" (any size). The other input axes come from
+``input_shape`` (without the batch axis) when given, else from the first layer
+where it fixes them (Dense: in_features; Conv: channels, with the spatial axes
+left symbolic). The recurrent layers (RNN/LSTM/GRU) are not exported yet: they
+raise NotImplementedError. onnxruntime's CPU kernels for Conv and pooling take
+float32 only; float64 models with Dense and activation layers run there too.
+"""
+import numpy as np
+
+from . import layers as L
+
+DEFAULT_OPSET = 17
+
+
+def _onnx():
+    try:
+        import onnx
+    except ImportError as exc:
+        raise ImportError("ONNX export needs the onnx package: pip install 'fastnn[onnx]'") from exc
+    return onnx
+
+
+def _input_dims(model, input_shape):
+    if input_shape is not None:
+        shape = tuple(int(s) for s in input_shape)
+        model.output_shape(shape)  # a clear ValueError when the model cannot take it
+        return list(shape)
+    first = model.layers[0]
+    if isinstance(first, L.Dense):
+        return [first.in_features]
+    if isinstance(first, (L.Conv1D, L.Conv2D)):
+        return [first.in_channels] + (["L"] if first.dims == 1 else ["H", "W"])
+    raise ValueError(f"cannot tell the input shape of a model that starts with "
+                     f"{type(first).__name__}: pass input_shape (without the batch axis)")
+
+
+def _output_dims(model, dims):
+    """Output axes: sizes where the input fixes them, names where they follow symbolic input axes."""
+    if all(isinstance(d, int) for d in dims):
+        return list(model.output_shape(tuple(dims)))
+    try:
+        probes = [model.output_shape(tuple(d if isinstance(d, int) else size for d in dims))
+                  for size in (64, 97)]
+        return [a if a == b else f"out_{i}" for i, (a, b) in enumerate(zip(*probes), start=1)]
+    except ValueError:  # e.g. Flatten then Dense: only one spatial size fits
+        pass
+    for i in range(len(model.layers) - 1, -1, -1):
+        if isinstance(model.layers[i], L.Dense):
+            shape = (model.layers[i].out_features,)
+            for layer in model.layers[i + 1:]:
+                shape = layer.output_shape(shape)
+            return list(shape)
+    raise ValueError("cannot tell the output shape: pass input_shape (without the batch axis)")
+
+
+class _Graph:
+    def __init__(self, onnx, dtype):
+        self.onnx, self.dtype = onnx, np.dtype(dtype)
+        self.nodes, self.inits, self.count = [], [], 0
+
+    def name(self, stem):
+        self.count += 1
+        return f"{stem}_{self.count}"
+
+    def const(self, stem, value, dtype=None):
+        name = self.name(stem)
+        array = np.asarray(value, dtype=dtype or self.dtype)
+        self.inits.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def node(self, op, inputs, stem, out=None, **attrs):
+        out = out or self.name(stem)
+        self.nodes.append(self.onnx.helper.make_node(op, inputs, [out], name=self.name(op), **attrs))
+        return out
+
+
+_SIMPLE = {L.Sigmoid: "Sigmoid", L.Tanh: "Tanh", L.ReLU: "Relu"}
+
+
+def _layer(graph, index, layer, x):
+    stem = f"l{index}"
+    kind = type(layer)
+    if kind is L.Dense:
+        inputs = [x, graph.const(f"{stem}.weight", layer.params["weight"])]
+        if layer.use_bias:
+            inputs.append(graph.const(f"{stem}.bias", layer.params["bias"]))
+        return graph.node("Gemm", inputs, stem, transB=1)
+    if kind in _SIMPLE:
+        return graph.node(_SIMPLE[kind], [x], stem)
+    if kind is L.LeakyReLU:
+        if graph.dtype == np.float64:  # the alpha attribute is a float32: keep float64's slope exact
+            return graph.node("PRelu", [x, graph.const(f"{stem}.alpha", [layer.alpha])], stem)
+        return graph.node("LeakyRelu", [x], stem, alpha=float(layer.alpha))
+    if kind is L.Softmax:
+        return graph.node("Softmax", [x], stem, axis=-1)
+    if kind is L.Step:
+        positive = graph.node("Greater", [x, graph.const(f"{stem}.zero", 0)], stem)
+        return graph.node("Cast", [positive], stem, to=graph.onnx.helper.np_dtype_to_tensor_dtype(graph.dtype))
+    if kind is L.Flatten:
+        return graph.node("Flatten", [x], stem, axis=1)
+    if kind is L.Reshape:
+        shape = graph.const(f"{stem}.shape", [0, *layer.shape], dtype=np.int64)
+        return graph.node("Reshape", [x, shape], stem)
+    if kind in (L.Conv1D, L.Conv2D):
+        return graph.node(
+            "Conv", [x, graph.const(f"{stem}.weight", layer.params["weight"]),
+                     graph.const(f"{stem}.bias", layer.params["bias"])], stem,
+            kernel_shape=list(layer.kernel_size), strides=list(layer.stride),
+            pads=list(layer.padding) * 2, dilations=[1] * layer.dims, group=1)
+    if kind in (L.MaxPool1D, L.MaxPool2D, L.AvgPool1D, L.AvgPool2D):
+        op = "MaxPool" if layer.kind == "max" else "AveragePool"
+        return graph.node(op, [x], stem, kernel_shape=list(layer.kernel_size),
+                          strides=list(layer.stride))
+    raise NotImplementedError(f"ONNX export does not support {kind.__name__} layers yet")
+
+
+def to_onnx(model, input_shape=None, opset=DEFAULT_OPSET):
+    """The model as an onnx.ModelProto (checked by onnx.checker), input "input", output "output"."""
+    onnx = _onnx()
+    helper = onnx.helper
+    opset = int(opset)
+    if opset < 13:
+        raise ValueError(f"ONNX export needs opset 13 or later (Softmax over the last axis), got {opset}")
+    dims = _input_dims(model, input_shape)
+    graph = _Graph(onnx, model.dtype)
+    x = "input"
+    for index, layer in enumerate(model.layers):
+        x = _layer(graph, index, layer, x)
+    # name the last node's output "output"
+    graph.nodes[-1].output[0] = "output"
+    elem = helper.np_dtype_to_tensor_dtype(model.dtype)
+    out_dims = ["N", *_output_dims(model, dims)]
+    g = helper.make_graph(
+        graph.nodes, "fastnn_sequential",
+        [helper.make_tensor_value_info("input", elem, ["N", *dims])],
+        [helper.make_tensor_value_info("output", elem, out_dims)],
+        initializer=graph.inits)
+    opset_import = [helper.make_opsetid("", opset)]
+    proto = helper.make_model(g, opset_imports=opset_import, producer_name="fastnn",
+                              ir_version=helper.find_min_ir_version_for(opset_import))
+    proto.doc_string = f"fastnn Sequential: {[type(l).__name__ for l in model.layers]}"
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def export_onnx(model, path, input_shape=None, opset=DEFAULT_OPSET):
+    """Write model to path as ONNX; returns the onnx.ModelProto."""
+    proto = to_onnx(model, input_shape=input_shape, opset=opset)
+    _onnx().save(proto, str(path))
+    return proto
