@@ -76,17 +76,20 @@ def cross_entropy(logits, labels):
     cdef cnp.ndarray G = _empty_like(X)
     cdef Py_ssize_t n = X.shape[0], c = X.shape[1]
     cdef const long long *lab = NULL
-    cdef bint hard = cnp.PyArray_NDIM(L) == 1
+    cdef const float *soft_s = NULL
+    cdef const double *soft_d = NULL
     cdef double loss
-    if hard:
+    if cnp.PyArray_NDIM(L) == 1:
         lab = <const long long *> cnp.PyArray_DATA(L)
+    elif _is_f32(X):
+        soft_s = <const float *> cnp.PyArray_DATA(L)
+    else:
+        soft_d = <const double *> cnp.PyArray_DATA(L)
     if _is_f32(X):
-        loss = _ce_rows(<const float *> cnp.PyArray_DATA(X), lab,
-                        NULL if hard else <const float *> cnp.PyArray_DATA(L),
+        loss = _ce_rows(<const float *> cnp.PyArray_DATA(X), lab, soft_s,
                         <float *> cnp.PyArray_DATA(G), n, c)
     else:
-        loss = _ce_rows(<const double *> cnp.PyArray_DATA(X), lab,
-                        NULL if hard else <const double *> cnp.PyArray_DATA(L),
+        loss = _ce_rows(<const double *> cnp.PyArray_DATA(X), lab, soft_d,
                         <double *> cnp.PyArray_DATA(G), n, c)
     return loss, G
 
