@@ -6,7 +6,8 @@ the best one the running CPU supports at import time. So a wheel built here
 runs on any x86-64 CPU (and the generic module anywhere else).
 
 Environment knobs (build time):
-  FASTNN_NATIVE=1     also compile with -march=native (only for this machine)
+  FASTNN_NATIVE=1     also compile the avx512/avx2 modules with -march=native
+                      (tuned for, and maybe only runnable on, this machine's CPU)
   FASTNN_NO_OPENMP=1  build without OpenMP even if the compiler has it
 """
 import os
@@ -80,8 +81,10 @@ else:
     }
     # flags this compiler does not know are dropped (older compilers)
     BASE = [f for f in BASE if _compiles([f, "-Werror"] if f.startswith("-Wno") else [f])]
+    # opt-in: tune the SIMD modules for this CPU (the generic module stays portable)
     if os.environ.get("FASTNN_NATIVE") == "1" and _compiles(["-march=native"]):
-        BASE.append("-march=native")
+        ISAS["avx512"] = ["-march=native"] + ISAS["avx512"]
+        ISAS["avx2"] = ["-march=native"] + ISAS["avx2"] + ["-mno-avx512f"]
 
 OMP_COMPILE, OMP_LINK = _openmp_flags()
 
