@@ -226,3 +226,18 @@ def test_set_num_threads_roundtrip():
             cy.set_num_threads(0)
     finally:
         cy.set_num_threads(old)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_env_forces_isa(isa):
+    """FASTNN_CYTHON_ISA picks the module at import (checked in a fresh interpreter)."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, FASTNN_CYTHON_ISA=isa)
+    code = ("import numpy as np, fastnn._kernels.cython as cy; a = np.ones((3, 4)); "
+            "assert float(cy.matmul(a, a.T, False, False).sum()) == 36.0; print(cy.gemm_isa())")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == isa
