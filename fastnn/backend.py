@@ -33,10 +33,14 @@ class Backend:
         self.name = name
         self.module = module
         raw = {k: getattr(module, k, getattr(reference, k)) for k in reference.KERNELS}
-        self.overridden = tuple(k for k in reference.KERNELS if raw[k] is not getattr(reference, k))
+        self.overridden = tuple(k for k in reference.KERNELS if raw[k] is not getattr(reference, k)
+                                and not getattr(raw[k], "host_fallback", False))
         self.raw = types.SimpleNamespace(**raw)
         for kernel, fn in raw.items():
             setattr(self, kernel, _checked(kernel, fn))
+        # Where the model's arrays live: identities on CPU backends (reference.HELPERS).
+        for helper in reference.HELPERS:
+            setattr(self, helper, getattr(module, helper, getattr(reference, helper)))
 
     def __repr__(self):
         return f"<fastnn backend {self.name!r}>"

@@ -60,18 +60,26 @@ class Sequential:
     def _build(self, rng):
         shapes = [layer.param_shapes() for layer in self.layers]
         total = sum(int(np.prod(s)) for layer_shapes in shapes for s in layer_shapes.values())
-        self._flat_data = np.zeros(total, dtype=self.dtype)
-        self._flat_grad = np.zeros(total, dtype=self.dtype)
+        # Initial values are filled on the host, then the buffers go where the
+        # backend computes (on CPU backends to_device leaves them in place).
+        host = np.zeros(total, dtype=self.dtype)
+        offset = 0
+        for layer, layer_shapes in zip(self.layers, shapes):
+            initial = layer.init_params(rng)
+            for name, shape in layer_shapes.items():
+                size = int(np.prod(shape))
+                host[offset:offset + size].reshape(shape)[...] = initial[name]
+                offset += size
+        self._flat_data = self.backend.to_device(host)
+        self._flat_grad = self.backend.zeros(total, self.dtype)
         self._params = []
         offset = 0
         for index, (layer, layer_shapes) in enumerate(zip(self.layers, shapes)):
-            initial = layer.init_params(rng)
             params, grads = {}, {}
             for name, shape in layer_shapes.items():
                 size = int(np.prod(shape))
                 params[name] = self._flat_data[offset:offset + size].reshape(shape)
                 grads[name] = self._flat_grad[offset:offset + size].reshape(shape)
-                params[name][...] = initial[name]
                 self._params.append(Parameter(f"{index}.{name}", params[name], grads[name]))
                 offset += size
             layer.build(self.backend, self.dtype, params, grads)
@@ -81,7 +89,7 @@ class Sequential:
 
     def state_dict(self):
         """name -> array copy, keyed like PyTorch's ('0.weight', '0.bias', ...)."""
-        return {p.name: p.data.copy() for p in self._params}
+        return {p.name: self.backend.to_host(p.data).copy() for p in self._params}
 
     def load_state_dict(self, state):
         names = {p.name for p in self._params}
@@ -125,7 +133,7 @@ class Sequential:
     # ------------------------------------------------------------ compute
     def forward(self, x):
         """Outputs for a batch; saves what backward needs."""
-        return self._forward(self.check_input(x))
+        return self._forward(self.backend.to_device(self.check_input(x)))
 
     def _forward(self, x):
         for layer in self.layers:
@@ -134,7 +142,7 @@ class Sequential:
 
     def backward(self, grad):
         """Backpropagate d loss / d output; adds into every parameter's .grad."""
-        grad = np.ascontiguousarray(grad, dtype=self.dtype)
+        grad = self.backend.to_device(grad, self.dtype)
         last = len(self.layers) - 1
         for i in range(last, -1, -1):
             # The first layer's input gradient is never used: skip computing it.
@@ -145,7 +153,8 @@ class Sequential:
         """Outputs (logits for a classifier) as a numpy array, computed in batches."""
         X = self.check_input(X)
         with backend_threads(self.backend):
-            outs = [self._forward(X[i:i + batch_size]) for i in range(0, len(X), batch_size)]
+            outs = [self.backend.to_host(self._forward(self.backend.to_device(X[i:i + batch_size])))
+                    for i in range(0, len(X), batch_size)]
         return np.concatenate(outs) if len(outs) > 1 else outs[0].copy()
 
     __call__ = predict

@@ -14,7 +14,7 @@ def _buffers(params):
     pairs = []
     for p in params:
         data, grad = p.data.reshape(-1), p.grad.reshape(-1)
-        if not np.shares_memory(data, p.data):
+        if isinstance(data, np.ndarray) and not np.shares_memory(data, p.data):
             raise ValueError(f"{p!r} is not contiguous: the optimizer cannot update it in place")
         pairs.append((data, grad))
     return pairs
@@ -33,10 +33,11 @@ class Optimizer:
         self._state = {}   # id(data buffer) -> (data buffer, state arrays)
         self.iterations = 0
 
-    def _state_for(self, data, count):
+    def _state_for(self, backend, data, count):
+        """The state buffers for data, allocated where data lives (backend.zeros)."""
         entry = self._state.get(id(data))
         if entry is None or entry[0] is not data:
-            entry = (data, [np.zeros_like(data) for _ in range(count)])
+            entry = (data, [backend.zeros(data.shape, data.dtype) for _ in range(count)])
             self._state[id(data)] = entry
         return entry[1]
 
@@ -44,7 +45,7 @@ class Optimizer:
         backend = getattr(params, "backend", None) or get_backend()
         self.iterations += 1
         for data, grad in _buffers(params):
-            self._update(backend.raw, data, grad)
+            self._update(backend, data, grad)
 
     def zero_grad(self, params):
         for p in params:
@@ -63,9 +64,9 @@ class SGD(Optimizer):
             raise ValueError("Nesterov momentum needs momentum > 0")
         self.nesterov = bool(nesterov)
 
-    def _update(self, kernels, data, grad):
-        (velocity,) = self._state_for(data, 1)
-        kernels.sgd_step(data, grad, velocity, self.lr, self.momentum, self.nesterov, self.weight_decay)
+    def _update(self, backend, data, grad):
+        (velocity,) = self._state_for(backend, data, 1)
+        backend.raw.sgd_step(data, grad, velocity, self.lr, self.momentum, self.nesterov, self.weight_decay)
 
 
 class Adam(Optimizer):
@@ -79,9 +80,9 @@ class Adam(Optimizer):
         self.eps = _check(eps, "eps")
         self.weight_decay = _check(weight_decay, "weight_decay")
 
-    def _update(self, kernels, data, grad):
-        m, v = self._state_for(data, 2)
-        kernels.adam_step(data, grad, m, v, self.lr, self.beta1, self.beta2, self.eps,
+    def _update(self, backend, data, grad):
+        m, v = self._state_for(backend, data, 2)
+        backend.raw.adam_step(data, grad, m, v, self.lr, self.beta1, self.beta2, self.eps,
                           self.weight_decay, self.iterations)
 
 

@@ -109,6 +109,7 @@ class Trainer:
             getattr(cb, "on_train_begin", lambda t: None)(self)
         bar = _progress(epochs) if progress else None
         model, n = self.model, len(X)
+        to_device, to_host = model.backend.to_device, model.backend.to_host
         for epoch in range(epochs):
             start = time.perf_counter()
             order = rng.permutation(n) if shuffle else None
@@ -116,13 +117,15 @@ class Trainer:
             for lo in range(0, n, batch_size):
                 idx = order[lo:lo + batch_size] if shuffle else slice(lo, lo + batch_size)
                 xb, yb = X[idx], y[idx]
-                out = model._forward(xb)
-                loss, grad = self._loss_kernel(out, yb)
+                # On a device backend the batch is copied in once; only the loss
+                # and (for classifiers) the outputs come back.
+                out = model._forward(to_device(xb))
+                loss, grad = self._loss_kernel(out, to_device(yb))
                 model.zero_grad()
                 model.backward(grad)
                 self.optimizer.step(model.parameters())
                 total_loss += loss * len(xb)
-                correct = self._correct(out, yb)
+                correct = self._correct(to_host(out), yb)
                 if correct is not None:
                     total_correct += correct
             logs = {"loss": total_loss / n}
@@ -158,12 +161,13 @@ class Trainer:
 
     def _evaluate(self, X, y, batch_size=1024):
         total_loss, total_correct = 0.0, 0
+        to_device, to_host = self.model.backend.to_device, self.model.backend.to_host
         for lo in range(0, len(X), batch_size):
             xb, yb = X[lo:lo + batch_size], y[lo:lo + batch_size]
-            out = self.model._forward(xb)
-            loss, _ = self._loss_kernel(out, yb)
+            out = self.model._forward(to_device(xb))
+            loss, _ = self._loss_kernel(out, to_device(yb))
             total_loss += loss * len(xb)
-            correct = self._correct(out, yb)
+            correct = self._correct(to_host(out), yb)
             total_correct += correct or 0
         result = {"loss": total_loss / len(X)}
         if self.loss_name in CLASSIFICATION:

@@ -456,6 +456,29 @@ def gru_backward(dh, x, h, gates, hn, w_ih, w_hh, need_dx=True):
 
 RECURRENT = ("rnn", "lstm", "gru")
 
+# ------------------------------------------------------ where arrays live
+# Not kernels (never checked, not in KERNELS): a backend whose arrays live in
+# device memory (cuda) overrides all three; on the CPU backends they leave
+# NumPy arrays where they are.
+
+
+def to_device(x, dtype=None):
+    """x as the backend's C-contiguous array (here: NumPy's, no copy when it already is one)."""
+    return np.ascontiguousarray(x, dtype=dtype)
+
+
+def to_host(x):
+    """x as a NumPy array (here: x itself)."""
+    return x
+
+
+def zeros(shape, dtype):
+    """A zero-filled array of the backend's kind."""
+    return np.zeros(shape, dtype=dtype)
+
+
+HELPERS = ("to_device", "to_host", "zeros")
+
 KERNELS = (
     ("matmul", "bias_add", "bias_grad", "linear", "linear_backward")
     + tuple(n for a in ACTIVATIONS for n in (a, a + "_backward"))
