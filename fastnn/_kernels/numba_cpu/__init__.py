@@ -55,6 +55,11 @@ from .activations import (  # noqa: E402
     relu, relu_backward, leaky_relu, leaky_relu_backward, softmax, softmax_backward)
 from .losses import mse, cross_entropy, binary_cross_entropy  # noqa: E402
 from .optim import sgd_step, adam_step  # noqa: E402
+from .conv import (  # noqa: E402
+    conv1d, conv1d_backward, conv2d, conv2d_backward, maxpool1d, maxpool1d_backward,
+    maxpool2d, maxpool2d_backward, avgpool1d, avgpool1d_backward, avgpool2d, avgpool2d_backward)
+from .recurrent import (  # noqa: E402
+    rnn, rnn_backward, lstm, lstm_backward, gru, gru_backward)
 
 
 def available():
