@@ -1,0 +1,136 @@
+"""Training steps (forward, backward, Adam) of small models at batch 100, fastnn's
+backends against PyTorch CPU in one process: steps/s and the ratio to torch.
+
+Models (the convolutional/recurrent issue's speed targets):
+  cnn:    Conv1D(1,25,5,s2)-ReLU-Conv1D(25,25,3,s2)-ReLU-Conv1D(25,25,3,s2)-ReLU-Flatten-Dense(75,10), length 40
+  bilstm: bidirectional LSTM(1,H) - Dense(2H,10), 40 steps, 1 feature
+  gru:    GRU(1,H) - Dense(H,10), 40 steps, 1 feature
+  mlp:    40-100-100-10 ReLU MLP
+
+    python benchmarks/small_models_vs_torch.py [--models cnn bilstm gru mlp] [--hidden 6 32]
+"""
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+import fastnn as fnn
+from fastnn import layers as L
+
+BATCH = 100
+
+
+def fastnn_model(kind, hidden, backend):
+    if kind == "cnn":
+        layers = [L.Conv1D(1, 25, 5, stride=2), L.ReLU(), L.Conv1D(25, 25, 3, stride=2), L.ReLU(),
+                  L.Conv1D(25, 25, 3, stride=2), L.ReLU(), L.Flatten(), L.Dense(75, 10)]
+    elif kind == "bilstm":
+        layers = [L.LSTM(1, hidden, bidirectional=True), L.Dense(2 * hidden, 10)]
+    elif kind == "gru":
+        layers = [L.GRU(1, hidden), L.Dense(hidden, 10)]
+    else:
+        layers = [L.Dense(40, 100), L.ReLU(), L.Dense(100, 100), L.ReLU(), L.Dense(100, 10)]
+    return fnn.Sequential(*layers, backend=backend, seed=0)
+
+
+def torch_model(kind, hidden):
+    import torch
+    from torch import nn
+
+    class LastState(nn.Module):
+        def __init__(self, rnn):
+            super().__init__()
+            self.rnn = rnn
+
+        def forward(self, x):
+            _, h = self.rnn(x)
+            h = h[0] if isinstance(h, tuple) else h      # LSTM returns (h_n, c_n)
+            return torch.cat(list(h), dim=1)             # (dirs, N, H) -> (N, dirs*H)
+
+    if kind == "cnn":
+        return nn.Sequential(nn.Conv1d(1, 25, 5, stride=2), nn.ReLU(), nn.Conv1d(25, 25, 3, stride=2), nn.ReLU(),
+                             nn.Conv1d(25, 25, 3, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(75, 10))
+    if kind == "bilstm":
+        return nn.Sequential(LastState(nn.LSTM(1, hidden, batch_first=True, bidirectional=True)),
+                             nn.Linear(2 * hidden, 10))
+    if kind == "gru":
+        return nn.Sequential(LastState(nn.GRU(1, hidden, batch_first=True)), nn.Linear(hidden, 10))
+    return nn.Sequential(nn.Linear(40, 100), nn.ReLU(), nn.Linear(100, 100), nn.ReLU(), nn.Linear(100, 10))
+
+
+def batch_for(kind, rng):
+    shape = {"cnn": (BATCH, 1, 40), "bilstm": (BATCH, 40, 1), "gru": (BATCH, 40, 1)}.get(kind, (BATCH, 40))
+    return rng.standard_normal(shape).astype(np.float32), rng.integers(0, 10, BATCH)
+
+
+def fastnn_step(kind, hidden, backend, x, y):
+    model = fastnn_model(kind, hidden, backend)
+    opt, loss, params = fnn.optim.Adam(lr=1e-3), model.backend.raw.cross_entropy, model.parameters()
+
+    def step():
+        out = model._forward(x)
+        _, grad = loss(out, y)
+        model.zero_grad()
+        model.backward(grad)
+        opt.step(params)
+    return step
+
+
+def torch_step(kind, hidden, x, y):
+    import torch
+    torch.manual_seed(0)
+    model = torch_model(kind, hidden)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+
+    def step():
+        loss = loss_fn(model(xt), yt)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return step
+
+
+def steps_per_second(step, seconds=0.5, repeats=5):
+    step()
+    rates = []
+    for _ in range(repeats):
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds / repeats:
+            step()
+            n += 1
+        rates.append(n / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--models", nargs="+", default=["cnn", "bilstm", "gru", "mlp"])
+    parser.add_argument("--hidden", type=int, nargs="+", default=[6, 32])
+    parser.add_argument("--backends", nargs="+", default=[b for b in fnn.backends() if b != "cuda"])
+    parser.add_argument("--seconds", type=float, default=1.0)
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    print("| model | engine | steps/s | vs torch |\n|---|---|---|---|")
+    from fastnn.threads import backend_threads
+    for kind in args.models:
+        for hidden in (args.hidden if kind in ("bilstm", "gru") else [None]):
+            x, y = batch_for(kind, rng)
+            rates = {}
+            for b in args.backends:
+                with backend_threads(fnn.get_backend(b)):
+                    rates[b] = steps_per_second(fastnn_step(kind, hidden, b, x, y), args.seconds)
+            try:
+                rates["torch"] = steps_per_second(torch_step(kind, hidden, x, y), args.seconds)
+            except ImportError:
+                pass
+            label = kind if hidden is None else f"{kind} H={hidden}"
+            for name, r in rates.items():
+                vs = f"{r / rates['torch']:.2f}x" if "torch" in rates else "n/a"
+                print(f"| {label} | {name} | {r:,.0f} | {vs} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
