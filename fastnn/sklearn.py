@@ -99,9 +99,9 @@ class _Penalized(optim.Optimizer):
 class _SklearnLoop(Callback):
     """scikit-learn's per-iteration bookkeeping, run at the end of each epoch."""
 
-    def __init__(self, est, trainer, n_samples, X_val, y_val, incremental):
+    def __init__(self, est, trainer, n_samples, X_val, y_val):
         self.est, self.trainer, self.n_samples = est, trainer, n_samples
-        self.X_val, self.y_val, self.incremental = X_val, y_val, incremental
+        self.X_val, self.y_val = X_val, y_val
         self.stopped = False
 
     def on_epoch_end(self, epoch, logs):
@@ -266,6 +266,9 @@ class _BaseMLP(BaseEstimator):
         self._layer_units = list(layer_units)
         self._activation = self.activation
         self._model = self._build_model(layer_units, self.activation, self.backend, self.dtype)
+        if not isinstance(self._model.parameters().flat_data, np.ndarray):
+            raise ValueError(f"fastnn.sklearn estimators train on the CPU backends; backend "
+                             f"{self._model.backend.name!r} keeps its weights on a device")
         # Glorot uniform, drawn in scikit-learn's order from its random state.
         factor = 2.0 if self.activation == "logistic" else 6.0
         for layer, fan_in, fan_out in zip(self._dense_layers(), layer_units[:-1], layer_units[1:]):
@@ -371,7 +374,7 @@ class _BaseMLP(BaseEstimator):
         optimizer = _Penalized(self._optimizer, weights, float(self.alpha), loss)
         seed = int(self._random_state.randint(np.iinfo(np.int32).max))
         trainer = Trainer(model, loss=loss, optimizer=optimizer, seed=seed)
-        loop = _SklearnLoop(self, trainer, n_samples, X_val, y_val, incremental)
+        loop = _SklearnLoop(self, trainer, n_samples, X_val, y_val)
         self.n_iter_ = 0
         epochs = 1 if incremental else int(self.max_iter)
         try:
@@ -462,10 +465,6 @@ class _BaseMLP(BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = True
         return tags
-
-    def _more_tags(self):  # scikit-learn < 1.6
-        return {"multioutput": True}
-
 
 # ------------------------------------------------------------ classifier
 class MLPClassifier(ClassifierMixin, _BaseMLP):
@@ -600,3 +599,6 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         tags.target_tags.multi_output = True
         tags.target_tags.single_output = True
         return tags
+
+    def _more_tags(self):  # scikit-learn < 1.6
+        return {"multioutput": True}
