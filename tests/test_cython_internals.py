@@ -241,3 +241,23 @@ def test_env_forces_isa(isa):
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == isa
+
+
+def test_straggler_guard_keeps_results_right():
+    """Backing off to one thread (forced with a zero lateness budget) changes no result."""
+    mod = cy.kernels_for(cy.gemm_isa())
+    rng = np.random.default_rng(8)
+    a = rng.standard_normal((300, 200))
+    b = rng.standard_normal((200, 250))
+    p, g, v = (rng.standard_normal(300_001) for _ in range(3))
+    p2, v2 = p.copy(), v.copy()
+    try:
+        mod._set_straggler_guard(1e-12)   # any wait counts as late
+        for _ in range(5):
+            close(mod._matmul_threads(a, b, False, False, 2), a @ b, np.float64)
+        mod.sgd_step(p, g, v, 0.1, 0.9, False, 0.0)
+        ref.sgd_step(p2, g, v2, 0.1, 0.9, False, 0.0)
+        close(p, p2, np.float64)
+        assert mod._straggler_state()["late_s"] == 1e-12
+    finally:
+        mod._set_straggler_guard(0.0005)

@@ -19,6 +19,7 @@ cdef extern from "fnn_simd.h" nogil:
     int fnn_team_size()
     int fnn_team_rank()
     long fnn_atomic_next(long *counter)
+    double fnn_now()
     void *fnn_aligned_alloc(size_t nbytes)
     void fnn_aligned_free(void *p)
     void fnn_ukr_s(long k, const float *a, const float *b, long ldb, float *c, long ldc, int m, int n, int acc)
@@ -32,6 +33,58 @@ cdef extern from "fnn_simd.h" nogil:
 
 # Threads the parallel kernels may use (set from fastnn._kernels.cython.set_num_threads).
 cdef int _num_threads = 1
+
+
+# Straggler guard. On a machine shared with other busy processes, a worker
+# thread can wait a whole scheduler tick (4-12 ms) before it runs, and every
+# parallel region must wait for it to arrive. Work is handed out dynamically,
+# so the master then does it all and only the wait is lost. When a worker took
+# no work and the master waited more than _LATE seconds for it, the next
+# kernels run on one thread for _solo_span seconds (doubling up to 1 s while
+# it keeps happening, halving back to 20 ms when workers are on time), then
+# threads are tried again. _set_straggler_guard(0) turns this off.
+cdef enum:
+    _MAX_TEAM = 64
+cdef double _LATE = 0.0005
+cdef double _solo_until = 0.0
+cdef double _solo_span = 0.02
+
+
+cdef inline int _team_size(int nthreads) noexcept nogil:
+    """The threads to use now: nthreads, or 1 while backing off after a straggler."""
+    if nthreads > _MAX_TEAM:
+        nthreads = _MAX_TEAM
+    if nthreads > 1 and _solo_until > 0 and fnn_now() < _solo_until:
+        return 1
+    return nthreads
+
+
+cdef void _team_report(const long *claimed, const double *master_done, int n) noexcept nogil:
+    """After a parallel region: claimed[i] work items per thread, master_done[0]
+    when thread 0 ran out of work."""
+    global _solo_until, _solo_span
+    cdef int i
+    cdef bint idle = False
+    for i in range(1, n):
+        if claimed[i] == 0:
+            idle = True
+    if idle and fnn_now() - master_done[0] > _LATE:
+        _solo_until = fnn_now() + _solo_span
+        _solo_span = _solo_span * 2 if _solo_span < 0.5 else 1.0
+    elif not idle and _solo_span > 0.02:
+        _solo_span = _solo_span * 0.5
+
+
+def _set_straggler_guard(double late_s):
+    """Seconds of worker lateness that trigger single-thread backoff (<= 0: never back off)."""
+    global _LATE, _solo_until
+    _LATE = late_s if late_s > 0 else 1e300
+    _solo_until = 0.0
+
+
+def _straggler_state():
+    return {"late_s": _LATE, "solo_for_s": max(0.0, _solo_until - fnn_now()) if _solo_until else 0.0,
+            "next_span_s": _solo_span}
 
 
 def _set_num_threads(int n):

@@ -44,10 +44,12 @@
 static const char *fnn_isa_name(void) { return FNN_ISA_NAME; }
 
 #ifdef _OPENMP
+static double fnn_now(void) { return omp_get_wtime(); }
 static int fnn_have_openmp(void) { return 1; }
 static int fnn_team_size(void) { return omp_get_num_threads(); }
 static int fnn_team_rank(void) { return omp_get_thread_num(); }
 #else
+static double fnn_now(void) { return 0.0; }
 static int fnn_have_openmp(void) { return 0; }
 static int fnn_team_size(void) { return 1; }
 static int fnn_team_rank(void) { return 0; }

@@ -204,7 +204,7 @@ cdef void _gemm_worker(const floating *A, const floating *B, floating *C,
                        Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, bint ta, bint tb, bint acc,
                        floating *Ap, floating *Bp, Py_ssize_t MC, Py_ssize_t KC, Py_ssize_t NC,
                        bint split_m, Py_ssize_t chunk, Py_ssize_t nchunks,
-                       long *next_chunk) noexcept nogil:
+                       long *next_chunk, long *claimed) noexcept nogil:
     """A thread of the team: takes C chunks (row or column strips) from a shared
     counter until none are left and runs the serial blocked GEMM on each with
     its own packing buffers. No barriers, so a thread the OS delays (two cores
@@ -216,6 +216,7 @@ cdef void _gemm_worker(const floating *A, const floating *B, floating *C,
         q = fnn_atomic_next(next_chunk)
         if q >= nchunks:
             break
+        claimed[0] += 1
         if split_m:
             r0 = q * chunk
             ms = _imin(chunk, M - r0)
@@ -237,6 +238,8 @@ cdef int _gemm(const floating *A, const floating *B, floating *C,
     cdef Py_ssize_t MR, NR, MC, KC, NC, mc, kc, nc, chunk, nchunks, a_sz, b_sz, t, D, g, minc
     cdef bint split_m
     cdef long next_chunk = 0
+    cdef long claimed[_MAX_TEAM]
+    cdef double master_done[1]
     if floating is float:
         MR = FNN_MR_S
         NR = FNN_NR_S
@@ -253,6 +256,7 @@ cdef int _gemm(const floating *A, const floating *B, floating *C,
     NC = ((NC + NR - 1) // NR) * NR
     if M * N * K < _PAR_MIN_WORK or nthreads < 1:
         nthreads = 1
+    nthreads = _team_size(nthreads)
     # Strips along the longer side (in tiles). Each strip repacks the other
     # operand, so strips stay big: one per thread by default (measured best
     # on an idle machine), _STRIPS per thread once they still hold >= MC rows
@@ -280,14 +284,20 @@ cdef int _gemm(const floating *A, const floating *B, floating *C,
     if buf == NULL:
         return -1
     if nthreads > 1:
+        for t in range(nthreads):
+            claimed[t] = 0
+        master_done[0] = 0
         with parallel(num_threads=nthreads):
             t = fnn_team_rank()
             _gemm_worker(A, B, C, M, N, K, ta, tb, acc, buf + t * (a_sz + b_sz),
                          buf + t * (a_sz + b_sz) + a_sz, MC, KC, NC, split_m, chunk, nchunks,
-                         &next_chunk)
+                         &next_chunk, &claimed[t])
+            if t == 0:
+                master_done[0] = fnn_now()
+        _team_report(claimed, master_done, nthreads)
     else:
         _gemm_worker(A, B, C, M, N, K, ta, tb, acc, buf, buf + a_sz, MC, KC, NC,
-                     split_m, chunk, nchunks, &next_chunk)
+                     split_m, chunk, nchunks, &next_chunk, &claimed[0])
     fnn_aligned_free(buf)
     return 0
 

@@ -32,12 +32,30 @@ cdef void _sgd_k(floating *p, const floating *g, floating *v, Py_ssize_t n, floa
 cdef void _sgd_par(floating *p, const floating *g, floating *v, Py_ssize_t n, floating lr,
                    floating mom, bint nesterov, floating wd, int nt) noexcept nogil:
     cdef Py_ssize_t nb = (n + _OPT_BLOCK - 1) // _OPT_BLOCK, blk, s
+    cdef long next_blk = 0
+    cdef long claimed[_MAX_TEAM]
+    cdef double master_done[1]
+    cdef int t
+    if n >= _OPT_PAR_MIN:
+        nt = _team_size(nt)
     if nt <= 1 or n < _OPT_PAR_MIN:
         _sgd_k(p, g, v, n, lr, mom, nesterov, wd)
         return
-    for blk in prange(nb, num_threads=nt, schedule="static"):
-        s = blk * _OPT_BLOCK
-        _sgd_k(p + s, g + s, v + s, _imin(_OPT_BLOCK, n - s), lr, mom, nesterov, wd)
+    for t in range(nt):
+        claimed[t] = 0
+    master_done[0] = 0
+    with parallel(num_threads=nt):
+        t = fnn_team_rank()
+        while True:      # blocks handed out dynamically: a late thread takes fewer
+            blk = fnn_atomic_next(&next_blk)
+            if blk >= nb:
+                break
+            claimed[t] += 1
+            s = blk * _OPT_BLOCK
+            _sgd_k(p + s, g + s, v + s, _imin(_OPT_BLOCK, n - s), lr, mom, nesterov, wd)
+        if t == 0:
+            master_done[0] = fnn_now()
+    _team_report(claimed, master_done, nt)
 
 
 def sgd_step(param, grad, velocity, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
@@ -74,13 +92,31 @@ cdef void _adam_par(floating *p, const floating *g, floating *m, floating *v, Py
                     floating lr, floating b1, floating b2, floating eps, floating wd,
                     floating ibc1, floating ibc2, int nt) noexcept nogil:
     cdef Py_ssize_t nb = (n + _OPT_BLOCK - 1) // _OPT_BLOCK, blk, s
+    cdef long next_blk = 0
+    cdef long claimed[_MAX_TEAM]
+    cdef double master_done[1]
+    cdef int t
+    if n >= _OPT_PAR_MIN:
+        nt = _team_size(nt)
     if nt <= 1 or n < _OPT_PAR_MIN:
         _adam_k(p, g, m, v, n, lr, b1, b2, eps, wd, ibc1, ibc2)
         return
-    for blk in prange(nb, num_threads=nt, schedule="static"):
-        s = blk * _OPT_BLOCK
-        _adam_k(p + s, g + s, m + s, v + s, _imin(_OPT_BLOCK, n - s),
-                lr, b1, b2, eps, wd, ibc1, ibc2)
+    for t in range(nt):
+        claimed[t] = 0
+    master_done[0] = 0
+    with parallel(num_threads=nt):
+        t = fnn_team_rank()
+        while True:
+            blk = fnn_atomic_next(&next_blk)
+            if blk >= nb:
+                break
+            claimed[t] += 1
+            s = blk * _OPT_BLOCK
+            _adam_k(p + s, g + s, m + s, v + s, _imin(_OPT_BLOCK, n - s),
+                    lr, b1, b2, eps, wd, ibc1, ibc2)
+        if t == 0:
+            master_done[0] = fnn_now()
+    _team_report(claimed, master_done, nt)
 
 
 def adam_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, t):
