@@ -94,13 +94,14 @@ class _Graph:
 _SIMPLE = {L.Sigmoid: "Sigmoid", L.Tanh: "Tanh", L.ReLU: "Relu"}
 
 
-def _layer(graph, index, layer, x):
+def _layer(graph, index, layer, x, weights):
     stem = f"l{index}"
     kind = type(layer)
+    params = {name: weights[f"{index}.{name}"] for name in layer.param_shapes()}
     if kind is L.Dense:
-        inputs = [x, graph.const(f"{stem}.weight", layer.params["weight"])]
+        inputs = [x, graph.const(f"{stem}.weight", params["weight"])]
         if layer.use_bias:
-            inputs.append(graph.const(f"{stem}.bias", layer.params["bias"]))
+            inputs.append(graph.const(f"{stem}.bias", params["bias"]))
         return graph.node("Gemm", inputs, stem, transB=1)
     if kind in _SIMPLE:
         return graph.node(_SIMPLE[kind], [x], stem)
@@ -120,8 +121,8 @@ def _layer(graph, index, layer, x):
         return graph.node("Reshape", [x, shape], stem)
     if kind in (L.Conv1D, L.Conv2D):
         return graph.node(
-            "Conv", [x, graph.const(f"{stem}.weight", layer.params["weight"]),
-                     graph.const(f"{stem}.bias", layer.params["bias"])], stem,
+            "Conv", [x, graph.const(f"{stem}.weight", params["weight"]),
+                     graph.const(f"{stem}.bias", params["bias"])], stem,
             kernel_shape=list(layer.kernel_size), strides=list(layer.stride),
             pads=list(layer.padding) * 2, dilations=[1] * layer.dims, group=1)
     if kind in (L.MaxPool1D, L.MaxPool2D, L.AvgPool1D, L.AvgPool2D):
@@ -141,8 +142,9 @@ def to_onnx(model, input_shape=None, opset=DEFAULT_OPSET):
     dims = _input_dims(model, input_shape)
     graph = _Graph(onnx, model.dtype)
     x = "input"
+    weights = model.state_dict()  # host copies, whatever the backend
     for index, layer in enumerate(model.layers):
-        x = _layer(graph, index, layer, x)
+        x = _layer(graph, index, layer, x, weights)
     # name the last node's output "output"
     graph.nodes[-1].output[0] = "output"
     elem = helper.np_dtype_to_tensor_dtype(model.dtype)
