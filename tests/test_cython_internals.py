@@ -229,7 +229,7 @@ def test_set_num_threads_roundtrip():
 
 
 @pytest.mark.parametrize("isa", ISAS)
-def test_env_forces_isa(isa):
+def test_env_forces_isa(isa, tmp_path):
     """FASTNN_CYTHON_ISA picks the module at import (checked in a fresh interpreter)."""
     import os
     import subprocess
@@ -238,7 +238,7 @@ def test_env_forces_isa(isa):
     code = ("import numpy as np, fastnn._kernels.cython as cy; a = np.ones((3, 4)); "
             "assert float(cy.matmul(a, a, False, True).sum()) == 36.0; print(cy.gemm_isa())")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         timeout=120)
+                         timeout=120, cwd=tmp_path)  # not the source tree: it has no built modules
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == isa
 
