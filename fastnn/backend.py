@@ -36,6 +36,12 @@ class Backend:
         self.overridden = tuple(k for k in reference.KERNELS if raw[k] is not getattr(reference, k)
                                 and not getattr(raw[k], "host_fallback", False))
         self.raw = types.SimpleNamespace(**raw)
+        # Fused kernels the module lacks are composed from its own kernels.
+        for kernel, compose in reference.COMPOSED.items():
+            own = getattr(module, kernel, None)
+            if own is None or getattr(own, "host_fallback", False):
+                raw[kernel] = compose(self.raw)
+                setattr(self.raw, kernel, raw[kernel])
         for kernel, fn in raw.items():
             setattr(self, kernel, _checked(kernel, fn))
         # Where the model's arrays live: identities on CPU backends (reference.HELPERS).

@@ -4,7 +4,10 @@ import numpy as np
 from . import io
 from ._kernels import checks
 from .backend import get_backend
+from ._kernels.reference import FUSABLE_ACTIVATIONS
+from .layers.activations import _Activation
 from .layers.base import Layer
+from .layers.dense import Dense
 from .threads import backend_threads
 
 DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
@@ -83,6 +86,17 @@ class Sequential:
                 self._params.append(Parameter(f"{index}.{name}", params[name], grads[name]))
                 offset += size
             layer.build(self.backend, self.dtype, params, grads)
+        self._fuse()
+
+    def _fuse(self):
+        """Let each Dense layer apply the activation that follows it in its own kernel."""
+        for dense, act in zip(self.layers, self.layers[1:]):
+            alpha = getattr(act, "alpha", 0.0)
+            # leaky_relu's backward reads x > 0 from y: true only for alpha >= 0
+            if (isinstance(dense, Dense) and isinstance(act, _Activation)
+                    and act.kernel in FUSABLE_ACTIVATIONS and alpha >= 0):
+                dense.fused_activation = (act.kernel, alpha)
+                act.fused_into_previous = True
 
     def parameters(self):
         return Parameters(self._params, self._flat_data, self._flat_grad, self.backend)

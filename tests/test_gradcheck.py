@@ -63,19 +63,40 @@ def test_layer_gradients(backend, name):
 
 @pytest.mark.parametrize("layer", [Sigmoid, Tanh, ReLU, LeakyReLU, Softmax, Step])
 def test_activation_input_gradients(backend, layer):
-    """dx through the activation alone (a Dense first, whose dx is what we check)."""
+    """dx through the activation alone."""
     rng = np.random.default_rng(4)
-    model = fnn.Sequential(Dense(4, 4), layer(), backend=backend.name, dtype="float64", seed=2)
-    x = rng.standard_normal((3, 4)) * 2
+    model = fnn.Sequential(layer(), backend=backend.name, dtype="float64", seed=2)
+    act = model.layers[0]
+    h = rng.standard_normal((3, 4)) * 2
     probe = rng.standard_normal((3, 4))
-    act = model.layers[1]
-    h = model.layers[0].forward(x)
-    y = act.forward(h.copy())
+    act.forward(h.copy())
     dh = act.backward(probe)
     numeric = numeric_grad(lambda: float((act.forward(h) * probe).sum()), h)
     check(dh, numeric)
     if layer is Step:
         assert np.all(dh == 0)  # zero almost everywhere: no gradient passes
+
+
+@pytest.mark.parametrize("layer", [Sigmoid, Tanh, ReLU, lambda: LeakyReLU(0.2), lambda: LeakyReLU(-0.5)])
+def test_fused_dense_activation_matches_unfused(backend, layer):
+    """Sequential fuses Dense + activation into linear_act; outputs and every
+    gradient equal the two layers run one after the other."""
+    rng = np.random.default_rng(8)
+    x, probe = rng.standard_normal((6, 5)), rng.standard_normal((6, 4))
+    fused = fnn.Sequential(Dense(5, 4), layer(), backend=backend.name, dtype="float64", seed=4)
+    plain = fnn.Sequential(Dense(5, 4), layer(), backend=backend.name, dtype="float64", seed=4)
+    plain.layers[0].fused_activation, plain.layers[1].fused_into_previous = None, False
+    expect_fused = getattr(fused.layers[1], "alpha", 0.0) >= 0
+    assert (fused.layers[0].fused_activation is not None) == expect_fused
+    outs, grads = [], []
+    for model in (fused, plain):
+        outs.append(model.forward(x))
+        model.zero_grad()
+        grads.append(model.layers[0].backward(model.layers[1].backward(probe), need_dx=True))
+        grads.append(model.parameters().flat_grad.copy())
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(grads[0], grads[2], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(grads[1], grads[3], rtol=1e-12, atol=1e-12)
 
 
 def test_first_layer_input_gradient(backend):

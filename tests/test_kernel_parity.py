@@ -186,3 +186,33 @@ def test_adam_reference_by_hand():
     ref.adam_step(p, g, m, v, 0.1, 0.9, 0.999, 1e-8, 0.0, 1)
     # first step: m_hat = g, v_hat = g^2, so p moves by lr * sign(g)
     assert p[0] == pytest.approx(1.0 - 0.1, rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh", "leaky_relu"])
+@pytest.mark.parametrize("n,f", [(1, 1), (7, 33), (257, 7)])
+def test_linear_act_fused(backend, dtype, activation, n, f):
+    x, w, b = rand(n, 33, dtype=dtype), rand(f, 33, dtype=dtype), rand(f, dtype=dtype)
+    tol = gemm_tol(dtype, 33)
+    for bias in (b, None):
+        got = backend.linear_act(x, w, bias, activation, alpha=0.1)
+        assert got.dtype == dtype
+        assert_close(got, ref.linear_act(x, w, bias, activation, alpha=0.1), dtype, **tol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("accumulate", [True, False])
+@pytest.mark.parametrize("n,f", [(1, 1), (7, 33), (257, 7)])
+def test_linear_backward_into(backend, dtype, accumulate, n, f):
+    dy, x, w = rand(n, f, dtype=dtype), rand(n, 33, dtype=dtype), rand(f, 33, dtype=dtype)
+    dw0, db0 = rand(f, 33, dtype=dtype), rand(f, dtype=dtype)
+    dw, db, dw_ref, db_ref = dw0.copy(), db0.copy(), dw0.copy(), db0.copy()
+    dx = backend.linear_backward_into(dy, x, w, dw, db, True, accumulate)
+    dx_ref = ref.linear_backward_into(dy, x, w, dw_ref, db_ref, True, accumulate)
+    tol = gemm_tol(dtype, n)
+    assert_close(dx, dx_ref, dtype, **tol)
+    assert_close(dw, dw_ref, dtype, **tol)
+    assert_close(db, db_ref, dtype, **tol)
+    dw2 = dw0.copy()
+    assert backend.linear_backward_into(dy, x, w, dw2, None, need_dx=False) is None
+    assert_close(dw2, dw0 + dy.astype(np.float64).T @ x, dtype, **tol)

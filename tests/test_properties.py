@@ -21,6 +21,8 @@ def _shapes(kernel, m, k, n):
     table = {
         "matmul": ([(m, k), (k, n)], {}), "bias_add": ([(m, n), (n,)], {}), "bias_grad": ([(m, n)], {}),
         "linear": ([(m, k), (n, k), (n,)], {}), "linear_backward": ([(m, n), (m, k), (n, k)], {}),
+        "linear_act": ([(m, k), (n, k), (n,)], {"activation": "tanh"}),
+        "linear_backward_into": ([(m, n), (m, k), (n, k), (n, k), (n,)], {}),
         "mse": ([(m, n)] * 2, {}), "binary_cross_entropy": ([(m, n)] * 2, {}),
         "cross_entropy": ([(m, n), "labels"], {}),
         "sgd_step": ([(k,)] * 3, {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01}),

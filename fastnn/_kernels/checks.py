@@ -133,6 +133,27 @@ def linear_backward(dy, x, w, need_dx=True):
     return (dy, x, w, bool(need_dx)), {}
 
 
+def linear_act(x, w, b, activation, alpha=0.01):
+    from .reference import FUSABLE_ACTIVATIONS
+    if activation not in FUSABLE_ACTIVATIONS:
+        raise ValueError(f"linear_act: activation must be one of {FUSABLE_ACTIVATIONS}, got {activation!r}")
+    args, _ = linear(x, w, b)
+    return args + (activation,), {"alpha": _scalar(alpha, "alpha")}
+
+
+def linear_backward_into(dy, x, w, dw, db, need_dx=True, accumulate=True):
+    (dy, x, w, need_dx), _ = linear_backward(dy, x, w, need_dx)
+    for name, buf, shape in (("dw", dw, w.shape), ("db", db, (w.shape[0],))):
+        if buf is None and name == "db":
+            continue
+        if not isinstance(buf, np.ndarray) or buf.dtype != dy.dtype:
+            raise TypeError(f"linear_backward_into: {name} must be a {dy.dtype} ndarray")
+        if buf.shape != shape or not buf.flags.c_contiguous or not buf.flags.writeable:
+            raise ValueError(f"linear_backward_into: {name} must be a writeable C-contiguous "
+                             f"array of shape {shape}, got {buf.shape}")
+    return (dy, x, w, dw, db, need_dx, bool(accumulate)), {}
+
+
 # ----------------------------------------------------------- activations
 
 
@@ -441,6 +462,7 @@ def _recurrent(kernel):
 CHECKS = {
     "matmul": matmul, "bias_add": bias_add, "bias_grad": bias_grad,
     "linear": linear, "linear_backward": linear_backward,
+    "linear_act": linear_act, "linear_backward_into": linear_backward_into,
     "mse": mse, "cross_entropy": cross_entropy,
     "binary_cross_entropy": binary_cross_entropy,
     "sgd_step": sgd_step, "adam_step": adam_step,

@@ -15,6 +15,8 @@ enforces it in front of every backend):
 Weights use PyTorch's layout: a Dense weight is (out_features, in_features).
 Losses reduce by the mean, as PyTorch's defaults do.
 """
+import sys
+
 import numpy as np
 
 # ---------------------------------------------------------------- matmul
@@ -456,6 +458,43 @@ def gru_backward(dh, x, h, gates, hn, w_ih, w_hh, need_dx=True):
 
 RECURRENT = ("rnn", "lstm", "gru")
 
+# ------------------------------------------------------------ fused dense
+# A Dense layer and the activation after it, and its backward written straight
+# into the gradient buffers. Each is defined by composing the kernels above; a
+# backend without its own version gets this composition of *its own* kernels
+# (see COMPOSED and backend.Backend), never a silent fall back to NumPy.
+
+FUSABLE_ACTIVATIONS = ("relu", "sigmoid", "tanh", "leaky_relu")
+
+
+def compose_linear_act(k):
+    def linear_act(x, w, b, activation, alpha=0.01):
+        """activation(x @ w.T + b), activation one of FUSABLE_ACTIVATIONS."""
+        y = k.linear(x, w, b)
+        return k.leaky_relu(y, alpha) if activation == "leaky_relu" else getattr(k, activation)(y)
+    return linear_act
+
+
+def compose_linear_backward_into(k):
+    def linear_backward_into(dy, x, w, dw, db, need_dx=True, accumulate=True):
+        """linear_backward adding d w into dw and d b into db (db None: no bias),
+        as autograd accumulates .grad; accumulate=False overwrites. Returns dx or None."""
+        dx, gw, gb = k.linear_backward(dy, x, w, need_dx)
+        for buf, g in ((dw, gw), (db, gb)):
+            if buf is None:
+                continue
+            if accumulate:
+                buf += g
+            else:
+                buf[...] = g
+        return dx
+    return linear_backward_into
+
+
+COMPOSED = {"linear_act": compose_linear_act, "linear_backward_into": compose_linear_backward_into}
+linear_act = compose_linear_act(sys.modules[__name__])
+linear_backward_into = compose_linear_backward_into(sys.modules[__name__])
+
 # ------------------------------------------------------ where arrays live
 # Not kernels (never checked, not in KERNELS): a backend whose arrays live in
 # device memory (cuda) overrides all three; on the CPU backends they leave
@@ -480,7 +519,8 @@ def zeros(shape, dtype):
 HELPERS = ("to_device", "to_host", "zeros")
 
 KERNELS = (
-    ("matmul", "bias_add", "bias_grad", "linear", "linear_backward")
+    ("matmul", "bias_add", "bias_grad", "linear", "linear_backward", "linear_act",
+     "linear_backward_into")
     + tuple(n for a in ACTIVATIONS for n in (a, a + "_backward"))
     + LOSSES
     + ("sgd_step", "adam_step")

@@ -4,6 +4,11 @@ from .base import Layer
 
 class _Activation(Layer):
     kernel = None  # the reference kernel's name
+    # Set by Sequential when the Dense layer before this one applies the
+    # activation inside its own kernel (linear_act): forward then passes its
+    # input through, and backward, which needs only y (or x > 0, the same as
+    # y > 0 for these activations), runs as before.
+    fused_into_previous = False
 
     def _flat(self, x):
         # Kernels take (rows, features); any rank folds into that, last axis kept.
@@ -14,6 +19,9 @@ class _Activation(Layer):
 
     def forward(self, x):
         self._x = self._flat(x)
+        if self.fused_into_previous:
+            self._y = self._x
+            return x
         self._y = getattr(self.kernels, self.kernel)(self._x, **self._extra())
         return self._y.reshape(x.shape)
 

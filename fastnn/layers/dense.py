@@ -40,13 +40,18 @@ class Dense(Layer):
         return {"in_features": self.in_features, "out_features": self.out_features,
                 "bias": self.use_bias}
 
+    # (activation name, alpha) when Sequential fused the next layer into this one
+    fused_activation = None
+
     def forward(self, x):
         self._x = x
-        return self.kernels.linear(x, self.params["weight"], self.params.get("bias"))
+        w, b = self.params["weight"], self.params.get("bias")
+        if self.fused_activation is not None:
+            name, alpha = self.fused_activation
+            return self.kernels.linear_act(x, w, b, name, alpha)
+        return self.kernels.linear(x, w, b)
 
     def backward(self, dy, need_dx=True):
-        dx, dw, db = self.kernels.linear_backward(dy, self._x, self.params["weight"], need_dx)
-        self.grads["weight"] += dw
-        if self.use_bias:
-            self.grads["bias"] += db
-        return dx
+        # The kernel adds into the gradient buffers itself: no temporaries.
+        return self.kernels.linear_backward_into(dy, self._x, self.params["weight"], self.grads["weight"],
+                                                 self.grads.get("bias"), need_dx)

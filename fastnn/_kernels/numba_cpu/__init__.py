@@ -50,6 +50,7 @@ def _tune():
 TUNING = _tune()
 
 from .gemm import matmul, bias_add, bias_grad, linear, linear_backward  # noqa: E402
+from .fused import linear_act, linear_backward_into  # noqa: E402
 from .activations import (  # noqa: E402
     step, step_backward, sigmoid, sigmoid_backward, tanh, tanh_backward,
     relu, relu_backward, leaky_relu, leaky_relu_backward, softmax, softmax_backward)
