@@ -77,12 +77,12 @@ def _load(name):
         ok, why = available()
         if not ok:
             raise BackendUnavailable(f"backend {name!r} is not available here: {why}")
-    except ImportError as exc:
-        _failures[name] = f"backend {name!r} is not available here: {exc}"
-        raise BackendUnavailable(_failures[name]) from None
     except BackendUnavailable as exc:
         _failures[name] = str(exc)
         raise
+    except Exception as exc:  # a missing or broken build must not break the others
+        _failures[name] = f"backend {name!r} is not available here: {type(exc).__name__}: {exc}"
+        raise BackendUnavailable(_failures[name]) from None
     _loaded[name] = Backend(name, module)
     return _loaded[name]
 
