@@ -19,6 +19,10 @@ KERNEL_NAMES = (
     "softmax", "softmax_backward",
     "mse", "cross_entropy", "binary_cross_entropy",
     "sgd_step", "adam_step",
+    "conv1d", "conv1d_backward", "conv2d", "conv2d_backward",
+    "maxpool1d", "maxpool1d_backward", "maxpool2d", "maxpool2d_backward",
+    "avgpool1d", "avgpool1d_backward", "avgpool2d", "avgpool2d_backward",
+    "rnn", "rnn_backward", "lstm", "lstm_backward", "gru", "gru_backward",
 )
 
 
@@ -160,4 +164,8 @@ matmul = bias_add = bias_grad = linear = linear_backward = None
 step = step_backward = sigmoid = sigmoid_backward = tanh = tanh_backward = None
 relu = relu_backward = leaky_relu = leaky_relu_backward = softmax = softmax_backward = None
 mse = cross_entropy = binary_cross_entropy = sgd_step = adam_step = None
+conv1d = conv1d_backward = conv2d = conv2d_backward = None
+maxpool1d = maxpool1d_backward = maxpool2d = maxpool2d_backward = None
+avgpool1d = avgpool1d_backward = avgpool2d = avgpool2d_backward = None
+rnn = rnn_backward = lstm = lstm_backward = gru = gru_backward = None
 _bind()

@@ -1,0 +1,526 @@
+# Convolution (conv1d/conv2d) and pooling (max/avg, 1-D/2-D) forward and backward on whole batches; matches the "convolution and pooling" section of fastnn/_kernels/reference.py.
+#
+# Convolution (conv1d is conv2d on a height-1 image), with K = C_in * kh * kw taps:
+#  * forward, K >= _CONV_GEMM_MIN_TAPS: im2col into (N*Ho*Wo, K) rows, the packed
+#    GEMM of gemm.pxi on top of a bias-filled (N*Ho*Wo, C_out) output, then the
+#    transpose into (N, C_out, Ho, Wo);
+#  * forward, fewer taps (a first layer over one channel): direct loops per sample,
+#    the sample's taps laid out as (K, Ho*Wo) rows so the innermost loop runs along
+#    output positions with no reduction (it vectorizes);
+#  * backward (every K): dy as (N*Ho*Wo, C_out) rows (summing db on the way),
+#    dW = dy^T cols and dcols = dy W by the GEMM, and col2im for dx.
+# The GEMMs thread by their own rule (gemm.pxi); the rest is one pass of memory
+# traffic and stays on one thread. Pooling is memory-bound and single-threaded.
+
+cdef Py_ssize_t _CONV_GEMM_MIN_TAPS = 16
+
+
+def _set_conv_gemm_min_taps(Py_ssize_t k):
+    """Tuning hook: forward convolutions with at least k taps use im2col + GEMM."""
+    global _CONV_GEMM_MIN_TAPS
+    _CONV_GEMM_MIN_TAPS = k
+
+
+cdef inline Py_ssize_t _conv_out(Py_ssize_t size, Py_ssize_t k, Py_ssize_t s, Py_ssize_t p) noexcept nogil:
+    return (size + 2 * p - k) // s + 1
+
+
+cdef inline cnp.ndarray _empty4(Py_ssize_t a, Py_ssize_t b, Py_ssize_t c, Py_ssize_t d, int typenum):
+    cdef cnp.npy_intp dims[4]
+    dims[0] = a
+    dims[1] = b
+    dims[2] = c
+    dims[3] = d
+    return cnp.PyArray_EMPTY(4, dims, typenum, 0)
+
+
+cdef inline cnp.ndarray _zeros4(Py_ssize_t a, Py_ssize_t b, Py_ssize_t c, Py_ssize_t d, int typenum):
+    cdef cnp.npy_intp dims[4]
+    dims[0] = a
+    dims[1] = b
+    dims[2] = c
+    dims[3] = d
+    return cnp.PyArray_ZEROS(4, dims, typenum, 0)
+
+
+cdef void _im2col_rows(const floating *x, floating *cols, Py_ssize_t n, Py_ssize_t c,
+                       Py_ssize_t hgt, Py_ssize_t wid, Py_ssize_t kh, Py_ssize_t kw,
+                       Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                       Py_ssize_t ho, Py_ssize_t wo) noexcept nogil:
+    """cols (N*Ho*Wo, C*kh*kw), rows ordered (n, oh, ow), zeros where padded."""
+    cdef Py_ssize_t a, oh, ow, ci, i, j, ih, iw, k0
+    cdef Py_ssize_t kk = c * kh * kw
+    cdef floating *row
+    cdef const floating *xr
+    for a in range(n):
+        for oh in range(ho):
+            for ow in range(wo):
+                row = cols + ((a * ho + oh) * wo + ow) * kk
+                for ci in range(c):
+                    for i in range(kh):
+                        ih = oh * sh + i - ph
+                        k0 = (ci * kh + i) * kw
+                        if ih < 0 or ih >= hgt:
+                            for j in range(kw):
+                                row[k0 + j] = 0
+                            continue
+                        xr = x + ((a * c + ci) * hgt + ih) * wid
+                        iw = ow * sw - pw
+                        if iw >= 0 and iw + kw <= wid:
+                            for j in range(kw):
+                                row[k0 + j] = xr[iw + j]
+                        else:
+                            for j in range(kw):
+                                row[k0 + j] = xr[iw + j] if (iw + j >= 0 and iw + j < wid) else 0
+
+
+cdef void _col2im_rows(const floating *dcols, floating *dx, Py_ssize_t n, Py_ssize_t c,
+                       Py_ssize_t hgt, Py_ssize_t wid, Py_ssize_t kh, Py_ssize_t kw,
+                       Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                       Py_ssize_t ho, Py_ssize_t wo) noexcept nogil:
+    """The adjoint of _im2col_rows: dx (zeroed here) += the rows scattered back."""
+    cdef Py_ssize_t a, oh, ow, ci, i, j, ih, iw, k0, q
+    cdef Py_ssize_t kk = c * kh * kw
+    cdef const floating *row
+    cdef floating *xr
+    for q in range(n * c * hgt * wid):
+        dx[q] = 0
+    for a in range(n):
+        for oh in range(ho):
+            for ow in range(wo):
+                row = dcols + ((a * ho + oh) * wo + ow) * kk
+                for ci in range(c):
+                    for i in range(kh):
+                        ih = oh * sh + i - ph
+                        if ih < 0 or ih >= hgt:
+                            continue
+                        k0 = (ci * kh + i) * kw
+                        xr = dx + ((a * c + ci) * hgt + ih) * wid
+                        iw = ow * sw - pw
+                        for j in range(kw):
+                            if iw + j >= 0 and iw + j < wid:
+                                xr[iw + j] += row[k0 + j]
+
+
+cdef void _conv_direct_fwd(const floating *x, const floating *w, const floating *b, floating *y,
+                           floating *colt, Py_ssize_t n, Py_ssize_t c, Py_ssize_t hgt,
+                           Py_ssize_t wid, Py_ssize_t c_out, Py_ssize_t kh, Py_ssize_t kw,
+                           Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                           Py_ssize_t ho, Py_ssize_t wo) noexcept nogil:
+    """y per sample: the taps as colt (K, Ho*Wo) rows, then y[co, :] = b[co] +
+    sum_k w[co, k] colt[k, :] (innermost loop along positions)."""
+    cdef Py_ssize_t a, ci, i, j, oh, ow, ih, iw, k, co, p
+    cdef Py_ssize_t kk = c * kh * kw, npos = ho * wo
+    cdef floating *trow
+    cdef floating *yrow
+    cdef const floating *xr
+    cdef floating wv, bv
+    for a in range(n):
+        for ci in range(c):
+            for i in range(kh):
+                for j in range(kw):
+                    trow = colt + ((ci * kh + i) * kw + j) * npos
+                    for oh in range(ho):
+                        ih = oh * sh + i - ph
+                        if ih < 0 or ih >= hgt:
+                            for ow in range(wo):
+                                trow[oh * wo + ow] = 0
+                            continue
+                        xr = x + ((a * c + ci) * hgt + ih) * wid
+                        for ow in range(wo):
+                            iw = ow * sw + j - pw
+                            trow[oh * wo + ow] = xr[iw] if (iw >= 0 and iw < wid) else 0
+        for co in range(c_out):
+            yrow = y + (a * c_out + co) * npos
+            bv = b[co] if b != NULL else 0
+            for p in range(npos):
+                yrow[p] = bv
+            for k in range(kk):
+                wv = w[co * kk + k]
+                trow = colt + k * npos
+                for p in range(npos):
+                    yrow[p] += wv * trow[p]
+
+
+cdef void _rows_to_nchw(const floating *y2, floating *y, Py_ssize_t n, Py_ssize_t c,
+                        Py_ssize_t npos) noexcept nogil:
+    """(N*P, C) rows -> (N, C, P)."""
+    cdef Py_ssize_t a, ch, p
+    for a in range(n):
+        for ch in range(c):
+            for p in range(npos):
+                y[(a * c + ch) * npos + p] = y2[(a * npos + p) * c + ch]
+
+
+cdef void _nchw_to_rows(const floating *dy, floating *dy2, floating *db, Py_ssize_t n,
+                        Py_ssize_t c, Py_ssize_t npos) noexcept nogil:
+    """(N, C, P) -> (N*P, C) rows; db = the column sums."""
+    cdef Py_ssize_t a, ch, p, r
+    for a in range(n):
+        for ch in range(c):
+            for p in range(npos):
+                dy2[(a * npos + p) * c + ch] = dy[(a * c + ch) * npos + p]
+    for ch in range(c):
+        db[ch] = 0
+    for r in range(n * npos):
+        for ch in range(c):
+            db[ch] += dy2[r * c + ch]
+
+
+cdef int _conv_fwd_gemm(const floating *x, const floating *w, const floating *b, floating *y,
+                        Py_ssize_t n, Py_ssize_t c, Py_ssize_t hgt, Py_ssize_t wid,
+                        Py_ssize_t c_out, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+                        Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t ho,
+                        Py_ssize_t wo, int nthreads) noexcept nogil:
+    cdef Py_ssize_t kk = c * kh * kw, rows = n * ho * wo, r, co
+    cdef floating *cols = <floating *> fnn_aligned_alloc((rows * kk + rows * c_out) * sizeof(floating))
+    if cols == NULL:
+        return -1
+    cdef floating *y2 = cols + rows * kk
+    cdef int rc
+    _im2col_rows(x, cols, n, c, hgt, wid, kh, kw, sh, sw, ph, pw, ho, wo)
+    for r in range(rows):
+        for co in range(c_out):
+            y2[r * c_out + co] = b[co] if b != NULL else 0
+    rc = _gemm(cols, w, y2, rows, c_out, kk, False, True, True, nthreads)
+    if rc == 0:
+        _rows_to_nchw(y2, y, n, c_out, ho * wo)
+    fnn_aligned_free(cols)
+    return rc
+
+
+cdef int _conv_bwd(const floating *dy, const floating *x, const floating *w, floating *dx,
+                   floating *dw, floating *db, Py_ssize_t n, Py_ssize_t c, Py_ssize_t hgt,
+                   Py_ssize_t wid, Py_ssize_t c_out, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+                   Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t ho, Py_ssize_t wo,
+                   int nthreads) noexcept nogil:
+    """dw = dy2^T cols, db = colsum(dy2), dx = col2im(dy2 w) (dx NULL: skipped)."""
+    cdef Py_ssize_t kk = c * kh * kw, rows = n * ho * wo
+    cdef Py_ssize_t extra = rows * kk if dx != NULL else 0
+    cdef floating *cols = <floating *> fnn_aligned_alloc(
+        (rows * kk + rows * c_out + extra) * sizeof(floating))
+    if cols == NULL:
+        return -1
+    cdef floating *dy2 = cols + rows * kk
+    cdef floating *dcols = dy2 + rows * c_out
+    cdef int rc
+    _im2col_rows(x, cols, n, c, hgt, wid, kh, kw, sh, sw, ph, pw, ho, wo)
+    _nchw_to_rows(dy, dy2, db, n, c_out, ho * wo)
+    rc = _gemm(dy2, cols, dw, c_out, kk, rows, True, False, False, nthreads)
+    if rc == 0 and dx != NULL:
+        rc = _gemm(dy2, w, dcols, rows, kk, c_out, False, False, False, nthreads)
+        if rc == 0:
+            _col2im_rows(dcols, dx, n, c, hgt, wid, kh, kw, sh, sw, ph, pw, ho, wo)
+    fnn_aligned_free(cols)
+    return rc
+
+
+cdef int _conv_fwd(const floating *x, const floating *w, const floating *b, floating *y,
+                   Py_ssize_t n, Py_ssize_t c, Py_ssize_t hgt, Py_ssize_t wid,
+                   Py_ssize_t c_out, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+                   Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t ho,
+                   Py_ssize_t wo, int nthreads) noexcept nogil:
+    cdef Py_ssize_t kk = c * kh * kw
+    cdef floating *colt
+    if kk >= _CONV_GEMM_MIN_TAPS:
+        return _conv_fwd_gemm(x, w, b, y, n, c, hgt, wid, c_out, kh, kw, sh, sw, ph, pw,
+                              ho, wo, nthreads)
+    colt = <floating *> fnn_aligned_alloc(kk * ho * wo * sizeof(floating))
+    if colt == NULL:
+        return -1
+    _conv_direct_fwd(x, w, b, y, colt, n, c, hgt, wid, c_out, kh, kw, sh, sw, ph, pw, ho, wo)
+    fnn_aligned_free(colt)
+    return 0
+
+
+cdef object _conv2d_impl(cnp.ndarray X, cnp.ndarray W, object b, Py_ssize_t sh, Py_ssize_t sw,
+                         Py_ssize_t ph, Py_ssize_t pw, bint one_d):
+    cdef Py_ssize_t n = X.shape[0], c = X.shape[1]
+    cdef Py_ssize_t hgt = 1 if one_d else X.shape[2]
+    cdef Py_ssize_t wid = X.shape[2] if one_d else X.shape[3]
+    cdef Py_ssize_t c_out = W.shape[0]
+    cdef Py_ssize_t kh = 1 if one_d else W.shape[2]
+    cdef Py_ssize_t kw = W.shape[2] if one_d else W.shape[3]
+    cdef Py_ssize_t ho = _conv_out(hgt, kh, sh, ph), wo = _conv_out(wid, kw, sw, pw)
+    cdef int t = cnp.PyArray_TYPE(X), rc
+    cdef int nth = _num_threads
+    cdef cnp.ndarray Y
+    cdef cnp.ndarray Bv
+    cdef const void *bp = NULL
+    if one_d:
+        Y = _empty2(n * c_out, wo, t).reshape(n, c_out, wo)
+    else:
+        Y = _empty4(n, c_out, ho, wo, t)
+    if b is not None:
+        Bv = b
+        bp = cnp.PyArray_DATA(Bv)
+    if t == cnp.NPY_FLOAT32:
+        with nogil:
+            rc = _conv_fwd(<const float *> cnp.PyArray_DATA(X), <const float *> cnp.PyArray_DATA(W),
+                           <const float *> bp, <float *> cnp.PyArray_DATA(Y), n, c, hgt, wid,
+                           c_out, kh, kw, sh, sw, ph, pw, ho, wo, nth)
+    else:
+        with nogil:
+            rc = _conv_fwd(<const double *> cnp.PyArray_DATA(X), <const double *> cnp.PyArray_DATA(W),
+                           <const double *> bp, <double *> cnp.PyArray_DATA(Y), n, c, hgt, wid,
+                           c_out, kh, kw, sh, sw, ph, pw, ho, wo, nth)
+    if rc != 0:
+        raise MemoryError("conv: cannot allocate work buffers")
+    return Y
+
+
+cdef object _conv2d_backward_impl(cnp.ndarray DY, cnp.ndarray X, cnp.ndarray W, Py_ssize_t sh,
+                                  Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, bint need_dx,
+                                  bint one_d):
+    cdef Py_ssize_t n = X.shape[0], c = X.shape[1]
+    cdef Py_ssize_t hgt = 1 if one_d else X.shape[2]
+    cdef Py_ssize_t wid = X.shape[2] if one_d else X.shape[3]
+    cdef Py_ssize_t c_out = W.shape[0]
+    cdef Py_ssize_t kh = 1 if one_d else W.shape[2]
+    cdef Py_ssize_t kw = W.shape[2] if one_d else W.shape[3]
+    cdef Py_ssize_t ho = _conv_out(hgt, kh, sh, ph), wo = _conv_out(wid, kw, sw, pw)
+    cdef int t = cnp.PyArray_TYPE(X), rc
+    cdef int nth = _num_threads
+    cdef cnp.ndarray DW = _empty_like(W)
+    cdef cnp.ndarray DB = _empty1(c_out, t)
+    cdef cnp.ndarray DX = None
+    cdef void *dxp = NULL
+    if need_dx:
+        DX = _empty_like(X)
+        dxp = cnp.PyArray_DATA(DX)
+    if t == cnp.NPY_FLOAT32:
+        with nogil:
+            rc = _conv_bwd(<const float *> cnp.PyArray_DATA(DY), <const float *> cnp.PyArray_DATA(X),
+                           <const float *> cnp.PyArray_DATA(W), <float *> dxp,
+                           <float *> cnp.PyArray_DATA(DW), <float *> cnp.PyArray_DATA(DB),
+                           n, c, hgt, wid, c_out, kh, kw, sh, sw, ph, pw, ho, wo, nth)
+    else:
+        with nogil:
+            rc = _conv_bwd(<const double *> cnp.PyArray_DATA(DY), <const double *> cnp.PyArray_DATA(X),
+                           <const double *> cnp.PyArray_DATA(W), <double *> dxp,
+                           <double *> cnp.PyArray_DATA(DW), <double *> cnp.PyArray_DATA(DB),
+                           n, c, hgt, wid, c_out, kh, kw, sh, sw, ph, pw, ho, wo, nth)
+    if rc != 0:
+        raise MemoryError("conv_backward: cannot allocate work buffers")
+    return (DX if need_dx else None), DW, DB
+
+
+def conv2d(x, w, b, stride=(1, 1), padding=(0, 0)):
+    """Cross-correlation of x (N, C_in, H, W) with w (C_out, C_in, kh, kw), plus b or
+    None: (N, C_out, Ho, Wo) (reference.conv2d)."""
+    return _conv2d_impl(x, w, b, stride[0], stride[1], padding[0], padding[1], False)
+
+
+def conv2d_backward(dy, x, w, stride=(1, 1), padding=(0, 0), need_dx=True):
+    """(dx or None, dw, db) from dy (N, C_out, Ho, Wo) (reference.conv2d_backward)."""
+    return _conv2d_backward_impl(dy, x, w, stride[0], stride[1], padding[0], padding[1],
+                                 need_dx, False)
+
+
+def conv1d(x, w, b, stride=1, padding=0):
+    """x (N, C_in, L) with w (C_out, C_in, k), plus b or None: (N, C_out, L_out) (reference.conv1d)."""
+    return _conv2d_impl(x, w, b, 1, stride, 0, padding, True)
+
+
+def conv1d_backward(dy, x, w, stride=1, padding=0, need_dx=True):
+    """(dx or None, dw, db) from dy (N, C_out, L_out) (reference.conv1d_backward)."""
+    return _conv2d_backward_impl(dy, x, w, 1, stride, 0, padding, need_dx, True)
+
+
+# --------------------------------------------------------------- pooling
+
+
+cdef void _maxpool_k(const floating *x, floating *y, cnp.int64_t *idx, Py_ssize_t planes,
+                     Py_ssize_t hgt, Py_ssize_t wid, Py_ssize_t kh, Py_ssize_t kw,
+                     Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ho, Py_ssize_t wo) noexcept nogil:
+    """Max and the first flat position in H*W of it per window; a NaN wins (as argmax)."""
+    cdef Py_ssize_t pl, oh, ow, i, j, r0, c0, where
+    cdef const floating *plane
+    cdef floating best, v
+    cdef bint nan
+    for pl in range(planes):
+        plane = x + pl * hgt * wid
+        for oh in range(ho):
+            for ow in range(wo):
+                r0 = oh * sh
+                c0 = ow * sw
+                best = plane[r0 * wid + c0]
+                where = r0 * wid + c0
+                nan = best != best
+                if not nan:
+                    for i in range(kh):
+                        for j in range(kw):
+                            v = plane[(r0 + i) * wid + c0 + j]
+                            if v > best or v != v:
+                                best = v
+                                where = (r0 + i) * wid + c0 + j
+                                if v != v:
+                                    nan = True
+                                    break
+                        if nan:
+                            break
+                y[(pl * ho + oh) * wo + ow] = best
+                idx[(pl * ho + oh) * wo + ow] = where
+
+
+cdef void _maxpool_back_k(const floating *dy, const cnp.int64_t *idx, floating *dx,
+                          Py_ssize_t planes, Py_ssize_t plane_in, Py_ssize_t plane_out) noexcept nogil:
+    cdef Py_ssize_t pl, p
+    for p in range(planes * plane_in):
+        dx[p] = 0
+    for pl in range(planes):
+        for p in range(plane_out):
+            dx[pl * plane_in + idx[pl * plane_out + p]] += dy[pl * plane_out + p]
+
+
+cdef void _avgpool_k(const floating *x, floating *y, Py_ssize_t planes, Py_ssize_t hgt,
+                     Py_ssize_t wid, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                     Py_ssize_t ho, Py_ssize_t wo) noexcept nogil:
+    cdef Py_ssize_t pl, oh, ow, i, j
+    cdef const floating *row
+    cdef floating s
+    cdef floating count = <floating> (kh * kw)
+    for pl in range(planes):
+        for oh in range(ho):
+            for ow in range(wo):
+                s = 0
+                for i in range(kh):
+                    row = x + (pl * hgt + oh * sh + i) * wid + ow * sw
+                    for j in range(kw):
+                        s = s + row[j]
+                y[(pl * ho + oh) * wo + ow] = s / count
+
+
+cdef void _avgpool_back_k(const floating *dy, floating *dx, Py_ssize_t planes, Py_ssize_t hgt,
+                          Py_ssize_t wid, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+                          Py_ssize_t sw, Py_ssize_t ho, Py_ssize_t wo) noexcept nogil:
+    cdef Py_ssize_t pl, oh, ow, i, j, p
+    cdef floating *row
+    cdef floating share
+    cdef floating count = <floating> (kh * kw)
+    for p in range(planes * hgt * wid):
+        dx[p] = 0
+    for pl in range(planes):
+        for oh in range(ho):
+            for ow in range(wo):
+                share = dy[(pl * ho + oh) * wo + ow] / count
+                for i in range(kh):
+                    row = dx + (pl * hgt + oh * sh + i) * wid + ow * sw
+                    for j in range(kw):
+                        row[j] += share
+
+
+cdef object _pool_out(cnp.ndarray X, Py_ssize_t ho, Py_ssize_t wo, int typenum, bint one_d):
+    if one_d:
+        return _empty2(X.shape[0] * X.shape[1], wo, typenum).reshape(X.shape[0], X.shape[1], wo)
+    return _empty4(X.shape[0], X.shape[1], ho, wo, typenum)
+
+
+cdef object _maxpool_impl(cnp.ndarray X, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+                          Py_ssize_t sw, bint one_d):
+    cdef Py_ssize_t planes = X.shape[0] * X.shape[1]
+    cdef Py_ssize_t hgt = 1 if one_d else X.shape[2]
+    cdef Py_ssize_t wid = X.shape[2] if one_d else X.shape[3]
+    cdef Py_ssize_t ho = (hgt - kh) // sh + 1, wo = (wid - kw) // sw + 1
+    cdef cnp.ndarray Y = _pool_out(X, ho, wo, cnp.PyArray_TYPE(X), one_d)
+    cdef cnp.ndarray I = _pool_out(X, ho, wo, cnp.NPY_INT64, one_d)
+    if _is_f32(X):
+        with nogil:
+            _maxpool_k(<const float *> cnp.PyArray_DATA(X), <float *> cnp.PyArray_DATA(Y),
+                       <cnp.int64_t *> cnp.PyArray_DATA(I), planes, hgt, wid, kh, kw, sh, sw, ho, wo)
+    else:
+        with nogil:
+            _maxpool_k(<const double *> cnp.PyArray_DATA(X), <double *> cnp.PyArray_DATA(Y),
+                       <cnp.int64_t *> cnp.PyArray_DATA(I), planes, hgt, wid, kh, kw, sh, sw, ho, wo)
+    return Y, I
+
+
+cdef object _maxpool_back_impl(cnp.ndarray DY, cnp.ndarray X, cnp.ndarray I):
+    cdef Py_ssize_t planes = X.shape[0] * X.shape[1]
+    cdef Py_ssize_t plane_in = cnp.PyArray_SIZE(X) // planes
+    cdef Py_ssize_t plane_out = cnp.PyArray_SIZE(DY) // planes
+    cdef cnp.ndarray DX = _empty_like(X)
+    if _is_f32(X):
+        with nogil:
+            _maxpool_back_k(<const float *> cnp.PyArray_DATA(DY), <const cnp.int64_t *> cnp.PyArray_DATA(I),
+                            <float *> cnp.PyArray_DATA(DX), planes, plane_in, plane_out)
+    else:
+        with nogil:
+            _maxpool_back_k(<const double *> cnp.PyArray_DATA(DY), <const cnp.int64_t *> cnp.PyArray_DATA(I),
+                            <double *> cnp.PyArray_DATA(DX), planes, plane_in, plane_out)
+    return DX
+
+
+cdef object _avgpool_impl(cnp.ndarray X, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+                          Py_ssize_t sw, bint one_d):
+    cdef Py_ssize_t planes = X.shape[0] * X.shape[1]
+    cdef Py_ssize_t hgt = 1 if one_d else X.shape[2]
+    cdef Py_ssize_t wid = X.shape[2] if one_d else X.shape[3]
+    cdef Py_ssize_t ho = (hgt - kh) // sh + 1, wo = (wid - kw) // sw + 1
+    cdef cnp.ndarray Y = _pool_out(X, ho, wo, cnp.PyArray_TYPE(X), one_d)
+    if _is_f32(X):
+        with nogil:
+            _avgpool_k(<const float *> cnp.PyArray_DATA(X), <float *> cnp.PyArray_DATA(Y),
+                       planes, hgt, wid, kh, kw, sh, sw, ho, wo)
+    else:
+        with nogil:
+            _avgpool_k(<const double *> cnp.PyArray_DATA(X), <double *> cnp.PyArray_DATA(Y),
+                       planes, hgt, wid, kh, kw, sh, sw, ho, wo)
+    return Y
+
+
+cdef object _avgpool_back_impl(cnp.ndarray DY, cnp.ndarray X, Py_ssize_t kh, Py_ssize_t kw,
+                               Py_ssize_t sh, Py_ssize_t sw, bint one_d):
+    cdef Py_ssize_t planes = X.shape[0] * X.shape[1]
+    cdef Py_ssize_t hgt = 1 if one_d else X.shape[2]
+    cdef Py_ssize_t wid = X.shape[2] if one_d else X.shape[3]
+    cdef Py_ssize_t ho = 1 if one_d else DY.shape[2]
+    cdef Py_ssize_t wo = DY.shape[2] if one_d else DY.shape[3]
+    cdef cnp.ndarray DX = _empty_like(X)
+    if _is_f32(X):
+        with nogil:
+            _avgpool_back_k(<const float *> cnp.PyArray_DATA(DY), <float *> cnp.PyArray_DATA(DX),
+                            planes, hgt, wid, kh, kw, sh, sw, ho, wo)
+    else:
+        with nogil:
+            _avgpool_back_k(<const double *> cnp.PyArray_DATA(DY), <double *> cnp.PyArray_DATA(DX),
+                            planes, hgt, wid, kh, kw, sh, sw, ho, wo)
+    return DX
+
+
+def maxpool2d(x, kernel_size, stride):
+    """Max over each window of x (N, C, H, W): (y, idx int64 flat in H*W, first on ties) (reference.maxpool2d)."""
+    return _maxpool_impl(x, kernel_size[0], kernel_size[1], stride[0], stride[1], False)
+
+
+def maxpool2d_backward(dy, x, idx, kernel_size, stride):
+    """dx: each dy routed to its window's maximum (reference.maxpool2d_backward)."""
+    return _maxpool_back_impl(dy, x, idx)
+
+
+def avgpool2d(x, kernel_size, stride):
+    """Mean over each window of x (N, C, H, W) (reference.avgpool2d)."""
+    return _avgpool_impl(x, kernel_size[0], kernel_size[1], stride[0], stride[1], False)
+
+
+def avgpool2d_backward(dy, x, kernel_size, stride):
+    """dx: each dy spread evenly over its window (reference.avgpool2d_backward)."""
+    return _avgpool_back_impl(dy, x, kernel_size[0], kernel_size[1], stride[0], stride[1], False)
+
+
+def maxpool1d(x, kernel_size, stride):
+    """Max over windows of x (N, C, L): (y, idx flat in L) (reference.maxpool1d)."""
+    return _maxpool_impl(x, 1, kernel_size, 1, stride, True)
+
+
+def maxpool1d_backward(dy, x, idx, kernel_size, stride):
+    return _maxpool_back_impl(dy, x, idx)
+
+
+def avgpool1d(x, kernel_size, stride):
+    """Mean over windows of x (N, C, L) (reference.avgpool1d)."""
+    return _avgpool_impl(x, 1, kernel_size, 1, stride, True)
+
+
+def avgpool1d_backward(dy, x, kernel_size, stride):
+    return _avgpool_back_impl(dy, x, 1, kernel_size, 1, stride, True)

@@ -1,0 +1,615 @@
+# RNN (tanh), LSTM and GRU forward and BPTT backward over whole sequences; matches rnn, lstm, gru and their *_backward in fastnn/_kernels/reference.py.
+#
+# Layout: samples in rows, as the outputs are. The batch is cut into tiles of
+# MR samples (the GEMM microkernel's rows: 8 with AVX-512) and each tile runs
+# the whole time loop on its own (tiles are independent, so threads take tiles
+# from a shared counter and never wait for each other between steps).
+#
+# Forward, per step and tile: A = [x_t ; h_{t-1}] packed MR-interleaved (the
+# microkernel's A panel), times B = the weights [W_ih | W_hh]^T packed once
+# per call as a (F+H, G'*H) panel padded to NR columns, which stays in L1 for
+# the whole call. One register-blocked microkernel sweep (fnn_ukr_*) gives
+# every gate pre-activation of the tile, input part included. For the GRU the
+# panel has four column groups (r, z, n from x, n from h) so W_in x and
+# W_hn h + b_hn stay apart. The gate math then runs along the hidden axis of
+# each sample row in a per-tile scratch row [pre-activations | c | h] (one
+# base pointer, so it vectorizes with no alias checks), the new h goes into
+# the A panel for the next step, and the row's outputs are copied out.
+#
+# Backward, per step (reverse) and tile: the pre-activation gradients da of
+# each sample row (from dh_t + the carried dh, and the saved states) go to the
+# output arrays and into an A panel; one microkernel sweep against the packed
+# [W_hh | W_ih] panel gives [dh_{t-1} carry | dx_t] at once. The GRU's A has
+# four groups (d_r, d_z, d_new, d_new * r) so the n row of W_hh meets
+# d_new * r and that of W_ih meets d_new. After the time loop the weight
+# gradients come from one packed GEMM over all N*T rows (dW = da^T [x | h_prev]),
+# the bias gradients from column sums.
+
+from libc.string cimport memcpy
+
+cdef Py_ssize_t _RNN_PAR_MIN_WORK = 1 << 19
+cdef enum:
+    _K_RNN = 0
+    _K_LSTM = 1
+    _K_GRU = 2
+
+
+def _set_rnn_parallel_min_work(Py_ssize_t w):
+    """Tuning hook: recurrent kernels thread over sample tiles when N*T*(F+H)*G*H reaches w."""
+    global _RNN_PAR_MIN_WORK
+    _RNN_PAR_MIN_WORK = w
+
+
+cdef inline floating _sigm(floating v) noexcept nogil:
+    if floating is float:
+        return 1.0 / (1.0 + fnn_expf(-v))
+    else:
+        return 1.0 / (1.0 + fnn_exp(-v))
+
+
+cdef inline floating _tanh_s(floating v) noexcept nogil:
+    if floating is float:
+        return fnn_tanhf(v)
+    else:
+        return fnn_tanh(v)
+
+
+cdef inline Py_ssize_t _roundup(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return ((a + b - 1) // b) * b
+
+
+cdef inline void _ukr(Py_ssize_t k, const floating *a, const floating *b, Py_ssize_t ldb,
+                      floating *c, Py_ssize_t ldc) noexcept nogil:
+    if floating is float:
+        fnn_ukr_s(k, a, b, ldb, c, ldc, FNN_MR_S, FNN_NR_S, 0)
+    else:
+        fnn_ukr_d(k, a, b, ldb, c, ldc, FNN_MR_D, FNN_NR_D, 0)
+
+
+cdef inline void _copy(floating *dst, const floating *src, Py_ssize_t n) noexcept nogil:
+    memcpy(dst, src, n * sizeof(floating))
+
+
+# ----------------------------------------------------------------- forward
+
+
+cdef void _pack_fwd(int kind, const floating *w_ih, const floating *w_hh, const floating *b_ih,
+                    const floating *b_hh, floating *bp, floating *bias, Py_ssize_t F,
+                    Py_ssize_t H, Py_ssize_t gp) noexcept nogil:
+    """bp (F+H, gp): rows p < F from W_ih^T, the rest from W_hh^T; bias per column.
+    RNN/LSTM columns are the G*H gate rows (bias b_ih + b_hh). GRU columns: r, z
+    (both parts), n from x (b_in), n from h (b_hn)."""
+    cdef Py_ssize_t p, col, k = F + H, g = H * (1 if kind == _K_RNN else 4 if kind == _K_LSTM else 3)
+    for p in range(k * gp):
+        bp[p] = 0
+    if kind != _K_GRU:
+        for col in range(g):
+            for p in range(F):
+                bp[p * gp + col] = w_ih[col * F + p]
+            for p in range(H):
+                bp[(F + p) * gp + col] = w_hh[col * H + p]
+            bias[col] = b_ih[col] + b_hh[col]
+        return
+    for col in range(2 * H):
+        for p in range(F):
+            bp[p * gp + col] = w_ih[col * F + p]
+        for p in range(H):
+            bp[(F + p) * gp + col] = w_hh[col * H + p]
+        bias[col] = b_ih[col] + b_hh[col]
+    for col in range(2 * H, 3 * H):
+        for p in range(F):
+            bp[p * gp + col] = w_ih[col * F + p]
+        bias[col] = b_ih[col]
+        for p in range(H):
+            bp[(F + p) * gp + col + H] = w_hh[col * H + p]
+        bias[col + H] = b_hh[col]
+
+
+cdef void _fwd_tile(int kind, const floating *x, const floating *bp, const floating *bias,
+                    floating *h, floating *c, floating *gates, floating *hn,
+                    Py_ssize_t n0, Py_ssize_t m, Py_ssize_t T, Py_ssize_t F, Py_ssize_t H,
+                    Py_ssize_t gp, floating *ap, floating *cs) noexcept nogil:
+    """The whole time loop for samples n0 .. n0+m-1 (m <= MR). ap: (F+H)*MR A panel;
+    cs: MR scratch rows of gp + 2H ([pre-activations | c | h])."""
+    cdef Py_ssize_t MR, NR
+    if floating is float:
+        MR = FNN_MR_S
+        NR = FNN_NR_S
+    else:
+        MR = FNN_MR_D
+        NR = FNN_NR_D
+    cdef Py_ssize_t k = F + H, cstr = gp + 2 * H, t, r, f, j, jt, s, G
+    cdef floating *row
+    cdef floating iv, fv, gv, ov, cv, rv, zv, nv, hv
+    G = H * (1 if kind == _K_RNN else 4 if kind == _K_LSTM else 3)
+    for j in range(k * MR):
+        ap[j] = 0
+    for j in range(MR * cstr):
+        cs[j] = 0
+    for t in range(T):
+        for r in range(m):
+            for f in range(F):
+                ap[f * MR + r] = x[((n0 + r) * T + t) * F + f]
+        for jt in range(gp // NR):
+            _ukr(k, ap, bp + jt * NR, gp, cs + jt * NR, cstr)
+        for r in range(m):
+            row = cs + r * cstr
+            s = (n0 + r) * T + t
+            if kind == _K_LSTM:
+                for j in range(H):
+                    iv = _sigm(row[j] + bias[j])
+                    fv = _sigm(row[H + j] + bias[H + j])
+                    gv = _tanh_s(row[2 * H + j] + bias[2 * H + j])
+                    ov = _sigm(row[3 * H + j] + bias[3 * H + j])
+                    cv = fv * row[gp + j] + iv * gv
+                    row[j] = iv
+                    row[H + j] = fv
+                    row[2 * H + j] = gv
+                    row[3 * H + j] = ov
+                    row[gp + j] = cv
+                    row[gp + H + j] = ov * _tanh_s(cv)
+                _copy(gates + s * G, row, G)
+                _copy(c + s * H, row + gp, H)
+            elif kind == _K_GRU:
+                for j in range(H):
+                    rv = _sigm(row[j] + bias[j])
+                    zv = _sigm(row[H + j] + bias[H + j])
+                    hv = row[3 * H + j] + bias[3 * H + j]
+                    nv = _tanh_s(row[2 * H + j] + bias[2 * H + j] + rv * hv)
+                    row[j] = rv
+                    row[H + j] = zv
+                    row[2 * H + j] = nv
+                    row[3 * H + j] = hv
+                    row[gp + H + j] = (1 - zv) * nv + zv * row[gp + H + j]
+                _copy(gates + s * G, row, G)
+                _copy(hn + s * H, row + 3 * H, H)
+            else:
+                for j in range(H):
+                    row[gp + H + j] = _tanh_s(row[j] + bias[j])
+            _copy(h + s * H, row + gp + H, H)
+            for j in range(H):
+                ap[(F + j) * MR + r] = row[gp + H + j]
+
+
+cdef void _fwd_worker(int kind, const floating *x, const floating *bp, const floating *bias,
+                      floating *h, floating *c, floating *gates, floating *hn,
+                      Py_ssize_t N, Py_ssize_t T, Py_ssize_t F, Py_ssize_t H, Py_ssize_t gp,
+                      long *next_tile, long *claimed, int *fail) noexcept nogil:
+    cdef Py_ssize_t MR
+    if floating is float:
+        MR = FNN_MR_S
+    else:
+        MR = FNN_MR_D
+    cdef Py_ssize_t ntiles = (N + MR - 1) // MR, q, n0
+    cdef Py_ssize_t a_sz = _roundup((F + H) * MR, 16), c_sz = _roundup(MR * (gp + 2 * H), 16)
+    cdef floating *buf = NULL
+    while True:
+        q = fnn_atomic_next(next_tile)
+        if q >= ntiles:
+            break
+        if buf == NULL:
+            buf = <floating *> fnn_aligned_alloc((a_sz + c_sz) * sizeof(floating))
+            if buf == NULL:
+                fail[0] = 1
+                return
+        claimed[0] += 1
+        n0 = q * MR
+        _fwd_tile(kind, x, bp, bias, h, c, gates, hn, n0, _imin(MR, N - n0), T, F, H, gp,
+                  buf, buf + a_sz)
+    if buf != NULL:
+        fnn_aligned_free(buf)
+
+
+cdef int _team_for(Py_ssize_t ntiles, Py_ssize_t work, int nthreads) noexcept nogil:
+    if nthreads < 2 or ntiles < 2 or work < _RNN_PAR_MIN_WORK:
+        return 1
+    nthreads = _team_size(nthreads)
+    if nthreads > ntiles:
+        nthreads = <int> ntiles
+    return nthreads
+
+
+cdef int _rec_fwd(int kind, const floating *x, const floating *w_ih, const floating *w_hh,
+                  const floating *b_ih, const floating *b_hh, floating *h, floating *c,
+                  floating *gates, floating *hn, Py_ssize_t N, Py_ssize_t T, Py_ssize_t F,
+                  Py_ssize_t H, int nthreads) noexcept nogil:
+    cdef Py_ssize_t MR, NR
+    if floating is float:
+        MR = FNN_MR_S
+        NR = FNN_NR_S
+    else:
+        MR = FNN_MR_D
+        NR = FNN_NR_D
+    cdef Py_ssize_t cols = H * (1 if kind == _K_RNN else 4)
+    cdef Py_ssize_t gp = _roundup(cols, NR), ntiles = (N + MR - 1) // MR, tt
+    cdef long next_tile = 0
+    cdef long claimed[_MAX_TEAM]
+    cdef double master_done[1]
+    cdef int fail = 0
+    cdef floating *bp = <floating *> fnn_aligned_alloc(((F + H) * gp + cols + 16) * sizeof(floating))
+    if bp == NULL:
+        return -1
+    cdef floating *bias = bp + (F + H) * gp
+    _pack_fwd(kind, w_ih, w_hh, b_ih, b_hh, bp, bias, F, H, gp)
+    nthreads = _team_for(ntiles, N * T * (F + H) * cols, nthreads)
+    for tt in range(nthreads):
+        claimed[tt] = 0
+    if nthreads > 1:
+        master_done[0] = 0
+        with parallel(num_threads=nthreads):
+            tt = fnn_team_rank()
+            _fwd_worker(kind, x, bp, bias, h, c, gates, hn, N, T, F, H, gp, &next_tile,
+                        &claimed[tt], &fail)
+            if tt == 0:
+                master_done[0] = fnn_now()
+        _team_report(claimed, master_done, nthreads)
+    else:
+        _fwd_worker(kind, x, bp, bias, h, c, gates, hn, N, T, F, H, gp, &next_tile,
+                    &claimed[0], &fail)
+    fnn_aligned_free(bp)
+    return -1 if fail else 0
+
+
+# ---------------------------------------------------------------- backward
+
+
+cdef void _pack_bwd(int kind, const floating *w_ih, const floating *w_hh, floating *bp,
+                    Py_ssize_t F, Py_ssize_t H, Py_ssize_t gb) noexcept nogil:
+    """bp (K, gb), columns [H: the carry into dh_{t-1} | F: dx_t]. Rows: the G*H
+    gate pre-activations (RNN/LSTM: W_hh and W_ih rows); GRU: d_r, d_z (both),
+    d_new (W_ih's n rows only), d_new * r (W_hh's n rows only)."""
+    cdef Py_ssize_t p, j, G = H * (1 if kind == _K_RNN else 4 if kind == _K_LSTM else 3)
+    cdef Py_ssize_t k = G + (H if kind == _K_GRU else 0)
+    for p in range(k * gb):
+        bp[p] = 0
+    for p in range(G):
+        if kind != _K_GRU or p < 2 * H:
+            for j in range(H):
+                bp[p * gb + j] = w_hh[p * H + j]
+        for j in range(F):
+            bp[p * gb + H + j] = w_ih[p * F + j]
+    if kind == _K_GRU:
+        for p in range(2 * H, 3 * H):
+            for j in range(H):
+                bp[(p + H) * gb + j] = w_hh[p * H + j]
+
+
+cdef void _bwd_tile(int kind, const floating *dh, const floating *h, const floating *c,
+                    const floating *gates, const floating *hn, const floating *bp,
+                    floating *da, floating *dhid, floating *dx,
+                    Py_ssize_t n0, Py_ssize_t m, Py_ssize_t T, Py_ssize_t F, Py_ssize_t H,
+                    Py_ssize_t gb, floating *ap, floating *cs, const floating *zeros) noexcept nogil:
+    """BPTT for samples n0 .. n0+m-1. ap: K*MR A panel; cs: MR scratch rows of
+    gb + H + K ([carry | dx from the sweep | state (dc, or dh_t z) | gradients])."""
+    cdef Py_ssize_t MR, NR
+    if floating is float:
+        MR = FNN_MR_S
+        NR = FNN_NR_S
+    else:
+        MR = FNN_MR_D
+        NR = FNN_NR_D
+    cdef Py_ssize_t G = H * (1 if kind == _K_RNN else 4 if kind == _K_LSTM else 3)
+    cdef Py_ssize_t K = G + (H if kind == _K_GRU else 0)
+    cdef Py_ssize_t cstr = gb + H + K, t, r, j, jt, s, f
+    cdef floating *row
+    cdef floating *st
+    cdef floating *g
+    cdef const floating *gt
+    cdef const floating *dht
+    cdef const floating *prev
+    cdef const floating *ct
+    cdef const floating *hnt
+    cdef floating d, hv, iv, fv, gv, ov, tc, dc, rv, zv, nv, dnew
+    for j in range(K * MR):
+        ap[j] = 0
+    for j in range(MR * cstr):
+        cs[j] = 0
+    for t in range(T - 1, -1, -1):
+        for r in range(m):
+            row = cs + r * cstr
+            st = row + gb
+            g = row + gb + H
+            s = (n0 + r) * T + t
+            dht = dh + s * H
+            if kind == _K_LSTM:
+                gt = gates + s * G
+                ct = c + s * H
+                prev = (c + (s - 1) * H) if t > 0 else zeros
+                for j in range(H):
+                    d = dht[j] + row[j]
+                    iv = gt[j]
+                    fv = gt[H + j]
+                    gv = gt[2 * H + j]
+                    ov = gt[3 * H + j]
+                    tc = _tanh_s(ct[j])
+                    dc = st[j] + d * ov * (1 - tc * tc)
+                    g[j] = dc * gv * iv * (1 - iv)
+                    g[H + j] = dc * prev[j] * fv * (1 - fv)
+                    g[2 * H + j] = dc * iv * (1 - gv * gv)
+                    g[3 * H + j] = d * tc * ov * (1 - ov)
+                    st[j] = dc * fv
+                _copy(da + s * G, g, G)
+            elif kind == _K_GRU:
+                gt = gates + s * G
+                hnt = hn + s * H
+                prev = (h + (s - 1) * H) if t > 0 else zeros
+                for j in range(H):
+                    d = dht[j] + row[j] + st[j]
+                    rv = gt[j]
+                    zv = gt[H + j]
+                    nv = gt[2 * H + j]
+                    dnew = d * (1 - zv) * (1 - nv * nv)
+                    g[j] = dnew * hnt[j] * rv * (1 - rv)
+                    g[H + j] = d * (prev[j] - nv) * zv * (1 - zv)
+                    g[2 * H + j] = dnew
+                    g[3 * H + j] = dnew * rv
+                    st[j] = d * zv
+                _copy(da + s * G, g, G)
+                _copy(dhid + s * G, g, 2 * H)
+                _copy(dhid + s * G + 2 * H, g + 3 * H, H)
+            else:
+                ct = h + s * H
+                for j in range(H):
+                    hv = ct[j]
+                    g[j] = (dht[j] + row[j]) * (1 - hv * hv)
+                _copy(da + s * G, g, G)
+            for j in range(K):
+                ap[j * MR + r] = g[j]
+        if t == 0 and dx == NULL:
+            break
+        for jt in range(gb // NR):
+            _ukr(K, ap, bp + jt * NR, gb, cs + jt * NR, cstr)
+        if dx != NULL:
+            for r in range(m):
+                s = (n0 + r) * T + t
+                for f in range(F):
+                    dx[s * F + f] = cs[r * cstr + H + f]
+
+
+cdef void _bwd_worker(int kind, const floating *dh, const floating *h, const floating *c,
+                      const floating *gates, const floating *hn, const floating *bp,
+                      floating *da, floating *dhid, floating *dx,
+                      Py_ssize_t N, Py_ssize_t T, Py_ssize_t F, Py_ssize_t H, Py_ssize_t gb,
+                      long *next_tile, long *claimed, int *fail) noexcept nogil:
+    cdef Py_ssize_t MR
+    if floating is float:
+        MR = FNN_MR_S
+    else:
+        MR = FNN_MR_D
+    cdef Py_ssize_t G = H * (1 if kind == _K_RNN else 4 if kind == _K_LSTM else 3)
+    cdef Py_ssize_t K = G + (H if kind == _K_GRU else 0)
+    cdef Py_ssize_t ntiles = (N + MR - 1) // MR, q, n0, j
+    cdef Py_ssize_t a_sz = _roundup(K * MR, 16), c_sz = _roundup(MR * (gb + H + K), 16)
+    cdef Py_ssize_t z_sz = _roundup(H, 16)
+    cdef floating *buf = NULL
+    while True:
+        q = fnn_atomic_next(next_tile)
+        if q >= ntiles:
+            break
+        if buf == NULL:
+            buf = <floating *> fnn_aligned_alloc((a_sz + c_sz + z_sz) * sizeof(floating))
+            if buf == NULL:
+                fail[0] = 1
+                return
+            for j in range(z_sz):
+                buf[a_sz + c_sz + j] = 0
+        claimed[0] += 1
+        n0 = q * MR
+        _bwd_tile(kind, dh, h, c, gates, hn, bp, da, dhid, dx, n0, _imin(MR, N - n0), T, F, H,
+                  gb, buf, buf + a_sz, buf + a_sz + c_sz)
+    if buf != NULL:
+        fnn_aligned_free(buf)
+
+
+cdef int _rec_bwd(int kind, const floating *dh, const floating *x, const floating *h,
+                  const floating *c, const floating *gates, const floating *hn,
+                  const floating *w_ih, const floating *w_hh, floating *dx, floating *dw_ih,
+                  floating *dw_hh, floating *db_ih, floating *db_hh, Py_ssize_t N, Py_ssize_t T,
+                  Py_ssize_t F, Py_ssize_t H, int nthreads) noexcept nogil:
+    """BPTT: the per-step sweeps (threads over sample tiles), then dW from one GEMM
+    over every (n, t) row and the bias gradients from column sums."""
+    cdef Py_ssize_t MR, NR
+    if floating is float:
+        MR = FNN_MR_S
+        NR = FNN_NR_S
+    else:
+        MR = FNN_MR_D
+        NR = FNN_NR_D
+    cdef Py_ssize_t G = H * (1 if kind == _K_RNN else 4 if kind == _K_LSTM else 3)
+    cdef Py_ssize_t K = G + (H if kind == _K_GRU else 0)
+    cdef Py_ssize_t gb = _roundup(H + F, NR), ntiles = (N + MR - 1) // MR, tt, NT = N * T
+    cdef Py_ssize_t i, t, j, xw = F + H
+    cdef long next_tile = 0
+    cdef long claimed[_MAX_TEAM]
+    cdef double master_done[1]
+    cdef int fail = 0, rc
+    cdef Py_ssize_t bp_sz = _roundup(K * gb, 16), da_sz = _roundup(NT * G, 16)
+    cdef Py_ssize_t dh_sz = da_sz if kind == _K_GRU else 0
+    cdef Py_ssize_t xh_sz = _roundup(NT * xw, 16), dw_sz = _roundup(G * xw, 16)
+    cdef floating *bp = <floating *> fnn_aligned_alloc(
+        (bp_sz + da_sz + dh_sz + xh_sz + dw_sz) * sizeof(floating))
+    if bp == NULL:
+        return -1
+    cdef floating *da = bp + bp_sz
+    cdef floating *dhid = da + da_sz
+    cdef floating *xh = dhid + dh_sz
+    cdef floating *dw = xh + xh_sz
+    _pack_bwd(kind, w_ih, w_hh, bp, F, H, gb)
+    nthreads = _team_for(ntiles, NT * K * (F + H), nthreads)
+    for tt in range(nthreads):
+        claimed[tt] = 0
+    if nthreads > 1:
+        master_done[0] = 0
+        with parallel(num_threads=nthreads):
+            tt = fnn_team_rank()
+            _bwd_worker(kind, dh, h, c, gates, hn, bp, da, dhid, dx, N, T, F, H, gb,
+                        &next_tile, &claimed[tt], &fail)
+            if tt == 0:
+                master_done[0] = fnn_now()
+        _team_report(claimed, master_done, nthreads)
+    else:
+        _bwd_worker(kind, dh, h, c, gates, hn, bp, da, dhid, dx, N, T, F, H, gb,
+                    &next_tile, &claimed[0], &fail)
+    if fail:
+        fnn_aligned_free(bp)
+        return -1
+    # [x_t | h_{t-1}] for every (n, t) row
+    for i in range(N):
+        for t in range(T):
+            _copy(xh + (i * T + t) * xw, x + (i * T + t) * F, F)
+            if t == 0:
+                for j in range(H):
+                    xh[(i * T + t) * xw + F + j] = 0
+            else:
+                _copy(xh + (i * T + t) * xw + F, h + (i * T + t - 1) * H, H)
+    if kind == _K_GRU:
+        # dW_ih = d_in^T x, dW_hh = d_hid^T h_prev (two GEMMs: different A)
+        rc = _gemm(da, xh, dw, G, xw, NT, True, False, False, nthreads)
+        if rc == 0:
+            for i in range(G):
+                _copy(dw_ih + i * F, dw + i * xw, F)
+            rc = _gemm(dhid, xh, dw, G, xw, NT, True, False, False, nthreads)
+        if rc == 0:
+            for i in range(G):
+                _copy(dw_hh + i * H, dw + i * xw + F, H)
+        _colsum_k(da, db_ih, NT, G)
+        _colsum_k(dhid, db_hh, NT, G)
+    else:
+        rc = _gemm(da, xh, dw, G, xw, NT, True, False, False, nthreads)
+        if rc == 0:
+            for i in range(G):
+                _copy(dw_ih + i * F, dw + i * xw, F)
+                _copy(dw_hh + i * H, dw + i * xw + F, H)
+        _colsum_k(da, db_ih, NT, G)
+        _copy(db_hh, db_ih, G)
+    fnn_aligned_free(bp)
+    return rc
+
+
+# ----------------------------------------------------------- entry points
+
+
+cdef inline cnp.ndarray _empty3(Py_ssize_t a, Py_ssize_t b, Py_ssize_t c, int typenum):
+    cdef cnp.npy_intp dims[3]
+    dims[0] = a
+    dims[1] = b
+    dims[2] = c
+    return cnp.PyArray_EMPTY(3, dims, typenum, 0)
+
+
+cdef inline void *_ptr(cnp.ndarray a):
+    return NULL if a is None else cnp.PyArray_DATA(a)
+
+
+cdef object _rec_forward(int kind, cnp.ndarray X, cnp.ndarray WI, cnp.ndarray WH,
+                         cnp.ndarray BI, cnp.ndarray BH):
+    cdef Py_ssize_t N = X.shape[0], T = X.shape[1], F = X.shape[2], H = WH.shape[1]
+    cdef Py_ssize_t G = WH.shape[0]
+    cdef int typ = cnp.PyArray_TYPE(X), rc, nth = _num_threads
+    cdef cnp.ndarray Hs = _empty3(N, T, H, typ)
+    cdef cnp.ndarray Cs = None, Gs = None, HN = None
+    if kind == _K_LSTM:
+        Cs = _empty3(N, T, H, typ)
+    if kind != _K_RNN:
+        Gs = _empty3(N, T, G, typ)
+    if kind == _K_GRU:
+        HN = _empty3(N, T, H, typ)
+    cdef void *xp = _ptr(X)
+    cdef void *wip = _ptr(WI)
+    cdef void *whp = _ptr(WH)
+    cdef void *bip = _ptr(BI)
+    cdef void *bhp = _ptr(BH)
+    cdef void *hp = _ptr(Hs)
+    cdef void *cp = _ptr(Cs)
+    cdef void *gp = _ptr(Gs)
+    cdef void *hnp = _ptr(HN)
+    if typ == cnp.NPY_FLOAT32:
+        with nogil:
+            rc = _rec_fwd(kind, <const float *> xp, <const float *> wip, <const float *> whp,
+                          <const float *> bip, <const float *> bhp, <float *> hp, <float *> cp,
+                          <float *> gp, <float *> hnp, N, T, F, H, nth)
+    else:
+        with nogil:
+            rc = _rec_fwd(kind, <const double *> xp, <const double *> wip, <const double *> whp,
+                          <const double *> bip, <const double *> bhp, <double *> hp, <double *> cp,
+                          <double *> gp, <double *> hnp, N, T, F, H, nth)
+    if rc != 0:
+        raise MemoryError("recurrent kernel: cannot allocate work buffers")
+    if kind == _K_LSTM:
+        return Hs, Cs, Gs
+    if kind == _K_GRU:
+        return Hs, Gs, HN
+    return Hs
+
+
+cdef object _rec_backward(int kind, cnp.ndarray DH, cnp.ndarray X, cnp.ndarray Hs,
+                          cnp.ndarray Cs, cnp.ndarray Gs, cnp.ndarray HN, cnp.ndarray WI,
+                          cnp.ndarray WH, bint need_dx):
+    cdef Py_ssize_t N = X.shape[0], T = X.shape[1], F = X.shape[2], H = WH.shape[1]
+    cdef Py_ssize_t G = WH.shape[0]
+    cdef int typ = cnp.PyArray_TYPE(X), rc, nth = _num_threads
+    cdef cnp.ndarray DX = _empty3(N, T, F, typ) if need_dx else None
+    cdef cnp.ndarray DWI = _empty2(G, F, typ)
+    cdef cnp.ndarray DWH = _empty2(G, H, typ)
+    cdef cnp.ndarray DBI = _empty1(G, typ)
+    cdef cnp.ndarray DBH = _empty1(G, typ)
+    cdef void *dhp = _ptr(DH)
+    cdef void *xp = _ptr(X)
+    cdef void *hp = _ptr(Hs)
+    cdef void *cp = _ptr(Cs)
+    cdef void *gp = _ptr(Gs)
+    cdef void *hnp = _ptr(HN)
+    cdef void *wip = _ptr(WI)
+    cdef void *whp = _ptr(WH)
+    cdef void *dxp = _ptr(DX)
+    cdef void *dwip = _ptr(DWI)
+    cdef void *dwhp = _ptr(DWH)
+    cdef void *dbip = _ptr(DBI)
+    cdef void *dbhp = _ptr(DBH)
+    if typ == cnp.NPY_FLOAT32:
+        with nogil:
+            rc = _rec_bwd(kind, <const float *> dhp, <const float *> xp, <const float *> hp,
+                          <const float *> cp, <const float *> gp, <const float *> hnp,
+                          <const float *> wip, <const float *> whp, <float *> dxp,
+                          <float *> dwip, <float *> dwhp, <float *> dbip, <float *> dbhp,
+                          N, T, F, H, nth)
+    else:
+        with nogil:
+            rc = _rec_bwd(kind, <const double *> dhp, <const double *> xp, <const double *> hp,
+                          <const double *> cp, <const double *> gp, <const double *> hnp,
+                          <const double *> wip, <const double *> whp, <double *> dxp,
+                          <double *> dwip, <double *> dwhp, <double *> dbip, <double *> dbhp,
+                          N, T, F, H, nth)
+    if rc != 0:
+        raise MemoryError("recurrent backward kernel: cannot allocate work buffers")
+    return DX, DWI, DWH, DBI, DBH
+
+
+def rnn(x, w_ih, w_hh, b_ih, b_hh):
+    """Elman RNN: h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh); returns h (N, T, H) (reference.rnn)."""
+    return _rec_forward(_K_RNN, x, w_ih, w_hh, b_ih, b_hh)
+
+
+def rnn_backward(dh, x, h, w_ih, w_hh, need_dx=True):
+    """BPTT from dh (N, T, H): (dx or None, dw_ih, dw_hh, db_ih, db_hh) (reference.rnn_backward)."""
+    return _rec_backward(_K_RNN, dh, x, h, None, None, None, w_ih, w_hh, need_dx)
+
+
+def lstm(x, w_ih, w_hh, b_ih, b_hh):
+    """LSTM (gates i, f, g, o): (h, c, gates after activation) (reference.lstm)."""
+    return _rec_forward(_K_LSTM, x, w_ih, w_hh, b_ih, b_hh)
+
+
+def lstm_backward(dh, x, h, c, gates, w_ih, w_hh, need_dx=True):
+    """BPTT: (dx or None, dw_ih, dw_hh, db_ih, db_hh) (reference.lstm_backward)."""
+    return _rec_backward(_K_LSTM, dh, x, h, c, gates, None, w_ih, w_hh, need_dx)
+
+
+def gru(x, w_ih, w_hh, b_ih, b_hh):
+    """GRU (gates r, z, n): (h, gates, hn = W_hn h_{t-1} + b_hn) (reference.gru)."""
+    return _rec_forward(_K_GRU, x, w_ih, w_hh, b_ih, b_hh)
+
+
+def gru_backward(dh, x, h, gates, hn, w_ih, w_hh, need_dx=True):
+    """BPTT: (dx or None, dw_ih, dw_hh, db_ih, db_hh) (reference.gru_backward)."""
+    return _rec_backward(_K_GRU, dh, x, h, None, gates, hn, w_ih, w_hh, need_dx)
