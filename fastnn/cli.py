@@ -39,6 +39,24 @@ def train_digits(backends=None, epochs=30, batch_size=32, lr=0.05, momentum=0.9,
     return rows
 
 
+def warmup(out=sys.stdout):
+    """Train a tiny Dense network once per CPU backend and dtype, so that Numba's
+    on-disk cache holds the compiled kernels (the Cython backend needs none)."""
+    from . import Sequential, Trainer, backend as registry, optim
+    from .layers import Dense, ReLU, Sigmoid, Tanh
+    rng = np.random.default_rng(0)
+    # big enough that the GEMMs take their multi-threaded paths too
+    X, y = rng.standard_normal((256, 256)), rng.integers(0, 3, 256)
+    for name in [b for b in registry.backends() if b != "cuda"]:
+        start = time.perf_counter()
+        for dtype in ("float32", "float64"):
+            for opt in (optim.SGD(lr=0.01, momentum=0.9), optim.Adam()):
+                model = Sequential(Dense(256, 256), ReLU(), Dense(256, 64), Tanh(), Dense(64, 16), Sigmoid(),
+                                   Dense(16, 3), backend=name, dtype=dtype)
+                Trainer(model, "cross_entropy", opt).fit(X, y, epochs=1, batch_size=128, progress=False)
+        print(f"{name}: ready ({time.perf_counter() - start:.1f} s)", file=out)
+
+
 def format_table(rows, epochs, n_train):
     lines = ["| backend | test accuracy | training time (s) | samples/s | speed vs numpy |",
              "|---|---|---|---|---|"]
@@ -60,11 +78,16 @@ def main(argv=None):
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--no-progress", action="store_true")
     sub.add_parser("backends", help="list the backends usable here")
+    sub.add_parser("warmup", help="compile and cache the Numba kernels a Dense network uses "
+                                  "(once per install; later processes load them in well under a second)")
     args = parser.parse_args(argv)
 
     if args.command == "backends":
         from .backend import backends, default_backend
         print("usable backends:", ", ".join(backends()), f"(default: {default_backend()})")
+        return 0
+    if args.command == "warmup":
+        warmup()
         return 0
     if args.command in (None, "digits"):
         if args.command is None:
