@@ -14,6 +14,7 @@ import warnings
 ISAS = ("avx512", "avx2", "generic")
 KERNEL_NAMES = (
     "matmul", "bias_add", "bias_grad", "linear", "linear_backward",
+    "linear_act", "linear_backward_into",
     "step", "step_backward", "sigmoid", "sigmoid_backward", "tanh", "tanh_backward",
     "relu", "relu_backward", "leaky_relu", "leaky_relu_backward",
     "softmax", "softmax_backward",
@@ -161,6 +162,7 @@ def _bind():
 
 
 matmul = bias_add = bias_grad = linear = linear_backward = None
+linear_act = linear_backward_into = None
 step = step_backward = sigmoid = sigmoid_backward = tanh = tanh_backward = None
 relu = relu_backward = leaky_relu = leaky_relu_backward = softmax = softmax_backward = None
 mse = cross_entropy = binary_cross_entropy = sgd_step = adam_step = None

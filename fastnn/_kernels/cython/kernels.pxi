@@ -2,6 +2,7 @@
 include "common.pxi"
 include "gemm.pxi"
 include "activations.pxi"
+include "fused.pxi"
 include "losses.pxi"
 include "optim.pxi"
 include "conv.pxi"
