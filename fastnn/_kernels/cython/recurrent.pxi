@@ -27,6 +27,90 @@
 
 from libc.string cimport memcpy
 
+# The per-row gate math, in C with restrict pointers (every gate block its own
+# pointer) so the compiler vectorizes along the hidden axis with no alias checks.
+cdef extern from *:
+    """
+    #include "fnn_simd.h"
+    #define FNN_GATES(T, S, EXP, TANH)                                                     \
+    static inline T fnn_sig_##S(T v) { return (T)1 / ((T)1 + EXP(-v)); }                  \
+    static void fnn_lstm_fwd_##S(long H, T *FNN_RESTRICT pi, T *FNN_RESTRICT pf,           \
+            T *FNN_RESTRICT pg, T *FNN_RESTRICT po, const T *FNN_RESTRICT b,                \
+            T *FNN_RESTRICT c, T *FNN_RESTRICT h) {                                        \
+        for (long j = 0; j < H; ++j) {                                                     \
+            T iv = fnn_sig_##S(pi[j] + b[j]), fv = fnn_sig_##S(pf[j] + b[H + j]);          \
+            T gv = TANH(pg[j] + b[2 * H + j]), ov = fnn_sig_##S(po[j] + b[3 * H + j]);     \
+            T cv = fv * c[j] + iv * gv;                                                    \
+            pi[j] = iv; pf[j] = fv; pg[j] = gv; po[j] = ov; c[j] = cv; h[j] = ov * TANH(cv); \
+        }                                                                                  \
+    }                                                                                      \
+    static void fnn_gru_fwd_##S(long H, T *FNN_RESTRICT pr, T *FNN_RESTRICT pz,            \
+            T *FNN_RESTRICT pn, T *FNN_RESTRICT ph, const T *FNN_RESTRICT b,                \
+            T *FNN_RESTRICT h) {                                                           \
+        for (long j = 0; j < H; ++j) {                                                     \
+            T rv = fnn_sig_##S(pr[j] + b[j]), zv = fnn_sig_##S(pz[j] + b[H + j]);          \
+            T hv = ph[j] + b[3 * H + j];                                                   \
+            T nv = TANH(pn[j] + b[2 * H + j] + rv * hv);                                   \
+            pr[j] = rv; pz[j] = zv; pn[j] = nv; ph[j] = hv;                                \
+            h[j] = ((T)1 - zv) * nv + zv * h[j];                                           \
+        }                                                                                  \
+    }                                                                                      \
+    static void fnn_rnn_fwd_##S(long H, const T *FNN_RESTRICT p, const T *FNN_RESTRICT b,  \
+            T *FNN_RESTRICT h) {                                                           \
+        for (long j = 0; j < H; ++j) h[j] = TANH(p[j] + b[j]);                             \
+    }                                                                                      \
+    static void fnn_lstm_bwd_##S(long H, const T *FNN_RESTRICT dh, const T *FNN_RESTRICT carry, \
+            T *FNN_RESTRICT dcs, const T *FNN_RESTRICT gt, const T *FNN_RESTRICT ct,        \
+            const T *FNN_RESTRICT prev, T *FNN_RESTRICT gi, T *FNN_RESTRICT gf,             \
+            T *FNN_RESTRICT gg, T *FNN_RESTRICT go) {                                      \
+        for (long j = 0; j < H; ++j) {                                                     \
+            T d = dh[j] + carry[j];                                                        \
+            T iv = gt[j], fv = gt[H + j], gv = gt[2 * H + j], ov = gt[3 * H + j];          \
+            T tc = TANH(ct[j]);                                                            \
+            T dc = dcs[j] + d * ov * ((T)1 - tc * tc);                                     \
+            gi[j] = dc * gv * iv * ((T)1 - iv);                                            \
+            gf[j] = dc * prev[j] * fv * ((T)1 - fv);                                       \
+            gg[j] = dc * iv * ((T)1 - gv * gv);                                            \
+            go[j] = d * tc * ov * ((T)1 - ov);                                             \
+            dcs[j] = dc * fv;                                                              \
+        }                                                                                  \
+    }                                                                                      \
+    static void fnn_gru_bwd_##S(long H, const T *FNN_RESTRICT dh, const T *FNN_RESTRICT carry, \
+            T *FNN_RESTRICT dz_state, const T *FNN_RESTRICT gt, const T *FNN_RESTRICT hn,   \
+            const T *FNN_RESTRICT prev, T *FNN_RESTRICT gr, T *FNN_RESTRICT gz,             \
+            T *FNN_RESTRICT gn, T *FNN_RESTRICT gnr) {                                     \
+        for (long j = 0; j < H; ++j) {                                                     \
+            T d = dh[j] + carry[j] + dz_state[j];                                          \
+            T rv = gt[j], zv = gt[H + j], nv = gt[2 * H + j];                              \
+            T dnew = d * ((T)1 - zv) * ((T)1 - nv * nv);                                   \
+            gr[j] = dnew * hn[j] * rv * ((T)1 - rv);                                       \
+            gz[j] = d * (prev[j] - nv) * zv * ((T)1 - zv);                                 \
+            gn[j] = dnew;                                                                  \
+            gnr[j] = dnew * rv;                                                            \
+            dz_state[j] = d * zv;                                                          \
+        }                                                                                  \
+    }                                                                                      \
+    static void fnn_rnn_bwd_##S(long H, const T *FNN_RESTRICT dh, const T *FNN_RESTRICT carry, \
+            const T *FNN_RESTRICT h, T *FNN_RESTRICT g) {                                  \
+        for (long j = 0; j < H; ++j) g[j] = (dh[j] + carry[j]) * ((T)1 - h[j] * h[j]);     \
+    }
+    FNN_GATES(float, s, fnn_expf, fnn_tanhf)
+    FNN_GATES(double, d, fnn_exp, fnn_tanh)
+    #undef FNN_GATES
+    """
+    void fnn_lstm_fwd_s(long H, float *pi, float *pf, float *pg, float *po, const float *b, float *c, float *h) nogil
+    void fnn_lstm_fwd_d(long H, double *pi, double *pf, double *pg, double *po, const double *b, double *c, double *h) nogil
+    void fnn_gru_fwd_s(long H, float *pr, float *pz, float *pn, float *ph, const float *b, float *h) nogil
+    void fnn_gru_fwd_d(long H, double *pr, double *pz, double *pn, double *ph, const double *b, double *h) nogil
+    void fnn_rnn_fwd_s(long H, const float *p, const float *b, float *h) nogil
+    void fnn_rnn_fwd_d(long H, const double *p, const double *b, double *h) nogil
+    void fnn_lstm_bwd_s(long H, const float *dh, const float *carry, float *dcs, const float *gt, const float *ct, const float *prev, float *gi, float *gf, float *gg, float *go) nogil
+    void fnn_lstm_bwd_d(long H, const double *dh, const double *carry, double *dcs, const double *gt, const double *ct, const double *prev, double *gi, double *gf, double *gg, double *go) nogil
+    void fnn_gru_bwd_s(long H, const float *dh, const float *carry, float *dzs, const float *gt, const float *hn, const float *prev, float *gr, float *gz, float *gn, float *gnr) nogil
+    void fnn_gru_bwd_d(long H, const double *dh, const double *carry, double *dzs, const double *gt, const double *hn, const double *prev, double *gr, double *gz, double *gn, double *gnr) nogil
+    void fnn_rnn_bwd_s(long H, const float *dh, const float *carry, const float *h, float *g) nogil
+    void fnn_rnn_bwd_d(long H, const double *dh, const double *carry, const double *h, double *g) nogil
+
 cdef Py_ssize_t _RNN_PAR_MIN_WORK = 1 << 19
 cdef enum:
     _K_RNN = 0
@@ -38,20 +122,6 @@ def _set_rnn_parallel_min_work(Py_ssize_t w):
     """Tuning hook: recurrent kernels thread over sample tiles when N*T*(F+H)*G*H reaches w."""
     global _RNN_PAR_MIN_WORK
     _RNN_PAR_MIN_WORK = w
-
-
-cdef inline floating _sigm(floating v) noexcept nogil:
-    if floating is float:
-        return 1.0 / (1.0 + fnn_expf(-v))
-    else:
-        return 1.0 / (1.0 + fnn_exp(-v))
-
-
-cdef inline floating _tanh_s(floating v) noexcept nogil:
-    if floating is float:
-        return fnn_tanhf(v)
-    else:
-        return fnn_tanh(v)
 
 
 cdef inline Py_ssize_t _roundup(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
@@ -120,7 +190,6 @@ cdef void _fwd_tile(int kind, const floating *x, const floating *bp, const float
         NR = FNN_NR_D
     cdef Py_ssize_t k = F + H, cstr = gp + 2 * H, t, r, f, j, jt, s, G
     cdef floating *row
-    cdef floating iv, fv, gv, ov, cv, rv, zv, nv, hv
     G = H * (1 if kind == _K_RNN else 4 if kind == _K_LSTM else 3)
     for j in range(k * MR):
         ap[j] = 0
@@ -136,36 +205,24 @@ cdef void _fwd_tile(int kind, const floating *x, const floating *bp, const float
             row = cs + r * cstr
             s = (n0 + r) * T + t
             if kind == _K_LSTM:
-                for j in range(H):
-                    iv = _sigm(row[j] + bias[j])
-                    fv = _sigm(row[H + j] + bias[H + j])
-                    gv = _tanh_s(row[2 * H + j] + bias[2 * H + j])
-                    ov = _sigm(row[3 * H + j] + bias[3 * H + j])
-                    cv = fv * row[gp + j] + iv * gv
-                    row[j] = iv
-                    row[H + j] = fv
-                    row[2 * H + j] = gv
-                    row[3 * H + j] = ov
-                    row[gp + j] = cv
-                    row[gp + H + j] = ov * _tanh_s(cv)
+                if floating is float:
+                    fnn_lstm_fwd_s(H, row, row + H, row + 2 * H, row + 3 * H, bias, row + gp, row + gp + H)
+                else:
+                    fnn_lstm_fwd_d(H, row, row + H, row + 2 * H, row + 3 * H, bias, row + gp, row + gp + H)
                 _copy(gates + s * G, row, G)
                 _copy(c + s * H, row + gp, H)
             elif kind == _K_GRU:
-                for j in range(H):
-                    rv = _sigm(row[j] + bias[j])
-                    zv = _sigm(row[H + j] + bias[H + j])
-                    hv = row[3 * H + j] + bias[3 * H + j]
-                    nv = _tanh_s(row[2 * H + j] + bias[2 * H + j] + rv * hv)
-                    row[j] = rv
-                    row[H + j] = zv
-                    row[2 * H + j] = nv
-                    row[3 * H + j] = hv
-                    row[gp + H + j] = (1 - zv) * nv + zv * row[gp + H + j]
+                if floating is float:
+                    fnn_gru_fwd_s(H, row, row + H, row + 2 * H, row + 3 * H, bias, row + gp + H)
+                else:
+                    fnn_gru_fwd_d(H, row, row + H, row + 2 * H, row + 3 * H, bias, row + gp + H)
                 _copy(gates + s * G, row, G)
                 _copy(hn + s * H, row + 3 * H, H)
             else:
-                for j in range(H):
-                    row[gp + H + j] = _tanh_s(row[j] + bias[j])
+                if floating is float:
+                    fnn_rnn_fwd_s(H, row, bias, row + gp + H)
+                else:
+                    fnn_rnn_fwd_d(H, row, bias, row + gp + H)
             _copy(h + s * H, row + gp + H, H)
             for j in range(H):
                 ap[(F + j) * MR + r] = row[gp + H + j]
@@ -299,7 +356,6 @@ cdef void _bwd_tile(int kind, const floating *dh, const floating *h, const float
     cdef const floating *prev
     cdef const floating *ct
     cdef const floating *hnt
-    cdef floating d, hv, iv, fv, gv, ov, tc, dc, rv, zv, nv, dnew
     for j in range(K * MR):
         ap[j] = 0
     for j in range(MR * cstr):
@@ -312,46 +368,26 @@ cdef void _bwd_tile(int kind, const floating *dh, const floating *h, const float
             s = (n0 + r) * T + t
             dht = dh + s * H
             if kind == _K_LSTM:
-                gt = gates + s * G
-                ct = c + s * H
                 prev = (c + (s - 1) * H) if t > 0 else zeros
-                for j in range(H):
-                    d = dht[j] + row[j]
-                    iv = gt[j]
-                    fv = gt[H + j]
-                    gv = gt[2 * H + j]
-                    ov = gt[3 * H + j]
-                    tc = _tanh_s(ct[j])
-                    dc = st[j] + d * ov * (1 - tc * tc)
-                    g[j] = dc * gv * iv * (1 - iv)
-                    g[H + j] = dc * prev[j] * fv * (1 - fv)
-                    g[2 * H + j] = dc * iv * (1 - gv * gv)
-                    g[3 * H + j] = d * tc * ov * (1 - ov)
-                    st[j] = dc * fv
+                if floating is float:
+                    fnn_lstm_bwd_s(H, dht, row, st, gates + s * G, c + s * H, prev, g, g + H, g + 2 * H, g + 3 * H)
+                else:
+                    fnn_lstm_bwd_d(H, dht, row, st, gates + s * G, c + s * H, prev, g, g + H, g + 2 * H, g + 3 * H)
                 _copy(da + s * G, g, G)
             elif kind == _K_GRU:
-                gt = gates + s * G
-                hnt = hn + s * H
                 prev = (h + (s - 1) * H) if t > 0 else zeros
-                for j in range(H):
-                    d = dht[j] + row[j] + st[j]
-                    rv = gt[j]
-                    zv = gt[H + j]
-                    nv = gt[2 * H + j]
-                    dnew = d * (1 - zv) * (1 - nv * nv)
-                    g[j] = dnew * hnt[j] * rv * (1 - rv)
-                    g[H + j] = d * (prev[j] - nv) * zv * (1 - zv)
-                    g[2 * H + j] = dnew
-                    g[3 * H + j] = dnew * rv
-                    st[j] = d * zv
+                if floating is float:
+                    fnn_gru_bwd_s(H, dht, row, st, gates + s * G, hn + s * H, prev, g, g + H, g + 2 * H, g + 3 * H)
+                else:
+                    fnn_gru_bwd_d(H, dht, row, st, gates + s * G, hn + s * H, prev, g, g + H, g + 2 * H, g + 3 * H)
                 _copy(da + s * G, g, G)
                 _copy(dhid + s * G, g, 2 * H)
                 _copy(dhid + s * G + 2 * H, g + 3 * H, H)
             else:
-                ct = h + s * H
-                for j in range(H):
-                    hv = ct[j]
-                    g[j] = (dht[j] + row[j]) * (1 - hv * hv)
+                if floating is float:
+                    fnn_rnn_bwd_s(H, dht, row, h + s * H, g)
+                else:
+                    fnn_rnn_bwd_d(H, dht, row, h + s * H, g)
                 _copy(da + s * G, g, G)
             for j in range(K):
                 ap[j * MR + r] = g[j]
