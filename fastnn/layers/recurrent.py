@@ -11,6 +11,13 @@ from .base import Layer
 from .dense import _positive_int
 
 
+def _contiguous(a):
+    """np.ascontiguousarray, except that a device array (the cuda backend's
+    DeviceArray, whose contiguous() copies on the device) stays on its device."""
+    contiguous = getattr(a, "contiguous", None)
+    return np.ascontiguousarray(a) if contiguous is None else contiguous()
+
+
 class _Recurrent(Layer):
     kernel = None
     gates = None
@@ -61,7 +68,7 @@ class _Recurrent(Layer):
         run = getattr(self.kernels, self.kernel)
         self._saved, outs = [], []
         for s in self._suffixes:
-            xs = x if s == "" else np.ascontiguousarray(x[:, ::-1])
+            xs = x if s == "" else _contiguous(x[:, ::-1])
             out = run(xs, *self._weights(s))
             out = out if isinstance(out, tuple) else (out,)
             self._saved.append((xs, out))
@@ -70,7 +77,7 @@ class _Recurrent(Layer):
                 outs.append(h[:, -1])                # the final state, torch's h_n
             else:
                 outs.append(h if s == "" else h[:, ::-1])
-        return np.ascontiguousarray(np.concatenate(outs, axis=-1) if len(outs) > 1 else outs[0])
+        return _contiguous(np.concatenate(outs, axis=-1) if len(outs) > 1 else outs[0])
 
     def backward(self, dy, need_dx=True):
         backward = getattr(self.kernels, self.kernel + "_backward")
@@ -78,7 +85,7 @@ class _Recurrent(Layer):
         for k, (s, (xs, out)) in enumerate(zip(self._suffixes, self._saved)):
             part = dy[..., k * hid:(k + 1) * hid]
             if self.return_sequences:
-                dh = np.ascontiguousarray(part if s == "" else part[:, ::-1])
+                dh = _contiguous(part if s == "" else part[:, ::-1])
             else:
                 dh = np.zeros_like(out[0])
                 dh[:, -1] = part
@@ -90,7 +97,7 @@ class _Recurrent(Layer):
             if need_dx:
                 d_x = d_x if s == "" else d_x[:, ::-1]
                 dx = d_x if dx is None else dx + d_x
-        return None if dx is None else np.ascontiguousarray(dx)
+        return None if dx is None else _contiguous(dx)
 
 
 class RNN(_Recurrent):

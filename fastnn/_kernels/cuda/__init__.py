@@ -2,7 +2,9 @@
 
 Layout, one topic a file: gemm.py (matmul, bias_add, bias_grad, linear,
 linear_backward: shared-memory tiles with 2-D register blocking), activations.py,
-losses.py, optim.py, _device.py (DeviceArray, to_device / to_host / zeros).
+losses.py, optim.py, conv.py (conv1d/2d as im2col + the GEMM, max/avg pooling),
+recurrent.py (RNN, LSTM, GRU: one input GEMM, then per step a recurrent GEMM
+and a fused gate kernel), _device.py (DeviceArray, to_device / to_host / zeros).
 The kernels compile lazily, per dtype, on first use.
 
 Arrays: every kernel takes NumPy arrays or device arrays (DeviceArray, numba
@@ -15,9 +17,10 @@ backend's ``to_device`` / ``zeros``), the optimizer keeps its state there, and
 the Trainer copies each batch in once and takes back only the loss and, for
 classifiers, the batch's outputs for accuracy.
 
-The conv, pooling and recurrent kernels have no CUDA version yet: they run the
-NumPy reference on the host (device arguments are copied back, results copied
-in again), so such models work but are not fast here.
+Every kernel of reference.KERNELS has a CUDA version, so CNNs and recurrent
+models also train with activations and weights on the device. A kernel named
+in reference.KERNELS but in no file here would run the NumPy reference on the
+host (``_host_fallback``: device arguments copied back, results copied in).
 
 Importing this package does not import numba.cuda; ``available()`` does, only
 when a CUDA driver is present or NUMBA_ENABLE_CUDASIM=1 (Numba's CUDA simulator,
@@ -35,6 +38,9 @@ NATIVE = {
     "activations": tuple(n for a in reference.ACTIVATIONS for n in (a, a + "_backward")),
     "losses": reference.LOSSES,
     "optim": ("sgd_step", "adam_step"),
+    "conv": tuple(n for k in ("conv1d", "conv2d", "maxpool1d", "maxpool2d", "avgpool1d", "avgpool2d")
+                  for n in (k, k + "_backward")),
+    "recurrent": ("rnn", "rnn_backward", "lstm", "lstm_backward", "gru", "gru_backward"),
     "_device": ("to_device", "to_host", "zeros", "DeviceArray", "is_device", "SIMULATED"),
 }
 _WHERE = {name: module for module, names in NATIVE.items() for name in names}

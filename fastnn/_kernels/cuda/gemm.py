@@ -16,7 +16,7 @@ import math
 import numpy as np
 from numba import cuda, float32, float64
 
-from ._device import Call, as_device, empty, launch
+from ._device import Call, as_device, copy_into, empty, launch
 
 # (BM, BN, BK, TM, TN) tiles, largest first: 256, 256 and 64 threads a block.
 LARGE = (128, 128, 8, 8, 8)
@@ -125,25 +125,30 @@ def _gemm_kernel(config, trans_a, trans_b, with_bias, dtype):
     return gemm, nt
 
 
-def _gemm(a, b, trans_a, trans_b, bias=None, config=None):
-    """C = op(a) @ op(b) (+ bias per column) on the device; a, b, bias DeviceArrays."""
+def _gemm(a, b, trans_a, trans_b, bias=None, config=None, out=None):
+    """C = op(a) @ op(b) (+ bias per column) on the device; a, b, bias DeviceArrays
+    (a and b may be strided 2-D views); out, when given, an (m, n) DeviceArray
+    (it too may be a view) that receives C."""
     m = a.shape[1] if trans_a else a.shape[0]
     k = a.shape[0] if trans_a else a.shape[1]
     n = b.shape[0] if trans_b else b.shape[1]
-    c = empty((m, n), a.dtype)
+    c = empty((m, n), a.dtype) if out is None else out
     if m == 0 or n == 0:
         return c
     if k == 0:
-        c.fill(0)
-        if bias is not None:
-            c = bias_add_device(c, bias)
-        return c
+        zero = empty((m, n), a.dtype)
+        zero.fill(0)
+        result = zero if bias is None else bias_add_device(zero, bias)
+        if out is None:
+            return result
+        copy_into(result, out)
+        return out
     config = config or choose_config(m, n)
     kernel, nt = _gemm_kernel(config, bool(trans_a), bool(trans_b), bias is not None, a.dtype)
     grid = (math.ceil(n / config[1]), math.ceil(m / config[0]))
     # Without a bias the kernel never reads this argument, but Numba types it:
     # hand it a 1-D array of the right dtype (a view of c).
-    b_arg = bias.arr if bias is not None else c.arr.reshape(m * n)
+    b_arg = bias.arr if bias is not None else b.arr[0]
     kernel[grid, nt](a.arr, b.arr, b_arg, c.arr, m, n, k)
     return c
 
