@@ -111,7 +111,12 @@ cdef extern from *:
     void fnn_rnn_bwd_s(long H, const float *dh, const float *carry, const float *h, float *g) nogil
     void fnn_rnn_bwd_d(long H, const double *dh, const double *carry, const double *h, double *g) nogil
 
-cdef Py_ssize_t _RNN_PAR_MIN_WORK = 1 << 19
+# Threads over sample tiles only above this N*T*(F+H)*G*H: on the shared 2-core
+# machine a worker preempted while it holds a tile (the whole time loop of MR
+# samples) stalls the call for a scheduler tick, and at the target sizes (batch
+# 100, 40 steps, H <= 32: at most 1.7e7) two threads measured 2-10x slower under
+# load. _set_rnn_parallel_min_work lowers it for quiet machines.
+cdef Py_ssize_t _RNN_PAR_MIN_WORK = 1 << 25
 cdef enum:
     _K_RNN = 0
     _K_LSTM = 1
