@@ -19,11 +19,12 @@
 # Backward, per step (reverse) and tile: the pre-activation gradients da of
 # each sample row (from dh_t + the carried dh, and the saved states) go to the
 # output arrays and into an A panel; one microkernel sweep against the packed
-# [W_hh | W_ih] panel gives [dh_{t-1} carry | dx_t] at once. The GRU's A has
-# four groups (d_r, d_z, d_new, d_new * r) so the n row of W_hh meets
-# d_new * r and that of W_ih meets d_new. After the time loop the weight
-# gradients come from one packed GEMM over all N*T rows (dW = da^T [x | h_prev]),
-# the bias gradients from column sums.
+# W_hh panel (H columns, padded to NR) gives the dh_{t-1} carry. The GRU's A
+# holds (d_r, d_z, d_new * r), as W_hh's n rows meet d_new * r. dx_t needs no
+# carry, so it comes after the time loop from da W_ih over all N*T rows (at
+# F = 1, H = 32 sweeping [W_hh | W_ih] per step padded 33 columns to 64). The
+# weight gradients come from one packed GEMM over all N*T rows
+# (dW = da^T [x | h_prev]), the bias gradients from column sums.
 
 from libc.string cimport memcpy
 
@@ -93,8 +94,30 @@ cdef extern from *:
     static void fnn_rnn_bwd_##S(long H, const T *FNN_RESTRICT dh, const T *FNN_RESTRICT carry, \
             const T *FNN_RESTRICT h, T *FNN_RESTRICT g) {                                  \
         for (long j = 0; j < H; ++j) g[j] = (dh[j] + carry[j]) * ((T)1 - h[j] * h[j]);     \
+    }                                                                                      \
+    /* dx[s, f] = sum_p da[s, p] * wt[f, p] (wt: W_ih transposed, F x G) for small F */ \
+    static void fnn_rec_dx_##S(long NT, long G, long F, const T *FNN_RESTRICT da,           \
+            const T *FNN_RESTRICT wt, T *FNN_RESTRICT dx) {                                \
+        for (long s = 0; s < NT; ++s) {                                                    \
+            const T *FNN_RESTRICT a = da + s * G;                                          \
+            for (long f = 0; f < F; ++f) {                                                 \
+                const T *FNN_RESTRICT w = wt + f * G;                                      \
+                T acc[16] = {0}, sum = 0;                                                  \
+                long p = 0;                                                                \
+                for (; p + 16 <= G; p += 16)                                               \
+                    for (int q = 0; q < 16; ++q) acc[q] += a[p + q] * w[p + q];            \
+                for (; p < G; ++p) sum += a[p] * w[p];                                     \
+                for (int q = 0; q < 16; ++q) sum += acc[q];                                \
+                dx[s * F + f] = sum;                                                       \
+            }                                                                              \
+        }                                                                                  \
     }
     FNN_GATES(float, s, fnn_expf, fnn_tanhf)
+    /* prefetch n bytes from p (a sample row's saved state of an earlier step: rows of
+       one tile lie T*H apart, too far for the hardware prefetcher) */
+    static inline void fnn_prefetch(const void *p, long n) {
+        for (long o = 0; o < n; o += 64) __builtin_prefetch((const char *)p + o, 0, 3);
+    }
     FNN_GATES(double, d, fnn_exp, fnn_tanh)
     #undef FNN_GATES
     """
@@ -110,6 +133,9 @@ cdef extern from *:
     void fnn_gru_bwd_d(long H, const double *dh, const double *carry, double *dzs, const double *gt, const double *hn, const double *prev, double *gr, double *gz, double *gn, double *gnr) nogil
     void fnn_rnn_bwd_s(long H, const float *dh, const float *carry, const float *h, float *g) nogil
     void fnn_rnn_bwd_d(long H, const double *dh, const double *carry, const double *h, double *g) nogil
+    void fnn_prefetch(const void *p, long n) nogil
+    void fnn_rec_dx_s(long NT, long G, long F, const float *da, const float *wt, float *dx) nogil
+    void fnn_rec_dx_d(long NT, long G, long F, const double *da, const double *wt, double *dx) nogil
 
 # Threads over sample tiles only above this N*T*(F+H)*G*H: on the shared 2-core
 # machine a worker preempted while it holds a tile (the whole time loop of MR
@@ -118,6 +144,7 @@ cdef extern from *:
 # load. _set_rnn_parallel_min_work lowers it for quiet machines.
 cdef Py_ssize_t _RNN_PAR_MIN_WORK = 1 << 25
 cdef enum:
+    _PF_DIST = 2
     _K_RNN = 0
     _K_LSTM = 1
     _K_GRU = 2
@@ -317,23 +344,14 @@ cdef int _rec_fwd(int kind, const floating *x, const floating *w_ih, const float
 
 cdef void _pack_bwd(int kind, const floating *w_ih, const floating *w_hh, floating *bp,
                     Py_ssize_t F, Py_ssize_t H, Py_ssize_t gb) noexcept nogil:
-    """bp (K, gb), columns [H: the carry into dh_{t-1} | F: dx_t]. Rows: the G*H
-    gate pre-activations (RNN/LSTM: W_hh and W_ih rows); GRU: d_r, d_z (both),
-    d_new (W_ih's n rows only), d_new * r (W_hh's n rows only)."""
+    """bp (G, gb): W_hh^T, columns [H: the carry into dh_{t-1} | zero padding]. Rows:
+    the G*H gate pre-activation gradients (the GRU's n rows meet d_new * r)."""
     cdef Py_ssize_t p, j, G = H * (1 if kind == _K_RNN else 4 if kind == _K_LSTM else 3)
-    cdef Py_ssize_t k = G + (H if kind == _K_GRU else 0)
-    for p in range(k * gb):
+    for p in range(G * gb):
         bp[p] = 0
     for p in range(G):
-        if kind != _K_GRU or p < 2 * H:
-            for j in range(H):
-                bp[p * gb + j] = w_hh[p * H + j]
-        for j in range(F):
-            bp[p * gb + H + j] = w_ih[p * F + j]
-    if kind == _K_GRU:
-        for p in range(2 * H, 3 * H):
-            for j in range(H):
-                bp[(p + H) * gb + j] = w_hh[p * H + j]
+        for j in range(H):
+            bp[p * gb + j] = w_hh[p * H + j]
 
 
 cdef void _bwd_tile(int kind, const floating *dh, const floating *h, const floating *c,
@@ -341,8 +359,8 @@ cdef void _bwd_tile(int kind, const floating *dh, const floating *h, const float
                     floating *da, floating *dhid, floating *dx,
                     Py_ssize_t n0, Py_ssize_t m, Py_ssize_t T, Py_ssize_t F, Py_ssize_t H,
                     Py_ssize_t gb, floating *ap, floating *cs, const floating *zeros) noexcept nogil:
-    """BPTT for samples n0 .. n0+m-1. ap: K*MR A panel; cs: MR scratch rows of
-    gb + H + K ([carry | dx from the sweep | state (dc, or dh_t z) | gradients])."""
+    """BPTT for samples n0 .. n0+m-1. ap: G*MR A panel; cs: MR scratch rows of
+    gb + H + K ([carry from the sweep, padded | state (dc, or dh_t z) | gradients])."""
     cdef Py_ssize_t MR, NR
     if floating is float:
         MR = FNN_MR_S
@@ -361,7 +379,7 @@ cdef void _bwd_tile(int kind, const floating *dh, const floating *h, const float
     cdef const floating *prev
     cdef const floating *ct
     cdef const floating *hnt
-    for j in range(K * MR):
+    for j in range(G * MR):
         ap[j] = 0
     for j in range(MR * cstr):
         cs[j] = 0
@@ -372,6 +390,17 @@ cdef void _bwd_tile(int kind, const floating *dh, const floating *h, const float
             g = row + gb + H
             s = (n0 + r) * T + t
             dht = dh + s * H
+            if t >= _PF_DIST:
+                fnn_prefetch(dh + (s - _PF_DIST) * H, H * sizeof(floating))
+                if kind == _K_RNN:
+                    fnn_prefetch(h + (s - _PF_DIST) * H, H * sizeof(floating))
+                else:
+                    fnn_prefetch(gates + (s - _PF_DIST) * G, G * sizeof(floating))
+                    if kind == _K_LSTM:
+                        fnn_prefetch(c + (s - _PF_DIST - 1) * H, 2 * H * sizeof(floating))
+                    else:
+                        fnn_prefetch(hn + (s - _PF_DIST) * H, H * sizeof(floating))
+                        fnn_prefetch(h + (s - _PF_DIST - 1) * H, H * sizeof(floating))
             if kind == _K_LSTM:
                 prev = (c + (s - 1) * H) if t > 0 else zeros
                 if floating is float:
@@ -394,17 +423,18 @@ cdef void _bwd_tile(int kind, const floating *dh, const floating *h, const float
                 else:
                     fnn_rnn_bwd_d(H, dht, row, h + s * H, g)
                 _copy(da + s * G, g, G)
-            for j in range(K):
-                ap[j * MR + r] = g[j]
-        if t == 0 and dx == NULL:
+            if kind == _K_GRU:
+                for j in range(2 * H):
+                    ap[j * MR + r] = g[j]
+                for j in range(2 * H, G):
+                    ap[j * MR + r] = g[j + H]
+            else:
+                for j in range(G):
+                    ap[j * MR + r] = g[j]
+        if t == 0:
             break
         for jt in range(gb // NR):
-            _ukr(K, ap, bp + jt * NR, gb, cs + jt * NR, cstr)
-        if dx != NULL:
-            for r in range(m):
-                s = (n0 + r) * T + t
-                for f in range(F):
-                    dx[s * F + f] = cs[r * cstr + H + f]
+            _ukr(G, ap, bp + jt * NR, gb, cs + jt * NR, cstr)
 
 
 cdef void _bwd_worker(int kind, const floating *dh, const floating *h, const floating *c,
@@ -420,7 +450,7 @@ cdef void _bwd_worker(int kind, const floating *dh, const floating *h, const flo
     cdef Py_ssize_t G = H * (1 if kind == _K_RNN else 4 if kind == _K_LSTM else 3)
     cdef Py_ssize_t K = G + (H if kind == _K_GRU else 0)
     cdef Py_ssize_t ntiles = (N + MR - 1) // MR, q, n0, j
-    cdef Py_ssize_t a_sz = _roundup(K * MR, 16), c_sz = _roundup(MR * (gb + H + K), 16)
+    cdef Py_ssize_t a_sz = _roundup(G * MR, 16), c_sz = _roundup(MR * (gb + H + K), 16)
     cdef Py_ssize_t z_sz = _roundup(H, 16)
     cdef floating *buf = NULL
     while True:
@@ -458,23 +488,25 @@ cdef int _rec_bwd(int kind, const floating *dh, const floating *x, const floatin
         NR = FNN_NR_D
     cdef Py_ssize_t G = H * (1 if kind == _K_RNN else 4 if kind == _K_LSTM else 3)
     cdef Py_ssize_t K = G + (H if kind == _K_GRU else 0)
-    cdef Py_ssize_t gb = _roundup(H + F, NR), ntiles = (N + MR - 1) // MR, tt, NT = N * T
+    cdef Py_ssize_t gb = _roundup(H, NR), ntiles = (N + MR - 1) // MR, tt, NT = N * T
     cdef Py_ssize_t i, t, j, xw = F + H
     cdef long next_tile = 0
     cdef long claimed[_MAX_TEAM]
     cdef double master_done[1]
     cdef int fail = 0, rc
-    cdef Py_ssize_t bp_sz = _roundup(K * gb, 16), da_sz = _roundup(NT * G, 16)
+    cdef Py_ssize_t bp_sz = _roundup(G * gb, 16), da_sz = _roundup(NT * G, 16)
     cdef Py_ssize_t dh_sz = da_sz if kind == _K_GRU else 0
     cdef Py_ssize_t xh_sz = _roundup(NT * xw, 16), dw_sz = _roundup(G * xw, 16)
+    cdef Py_ssize_t wt_sz = _roundup(G * F, 16)
     cdef floating *bp = <floating *> fnn_aligned_alloc(
-        (bp_sz + da_sz + dh_sz + xh_sz + dw_sz) * sizeof(floating))
+        (bp_sz + da_sz + dh_sz + xh_sz + dw_sz + wt_sz) * sizeof(floating))
     if bp == NULL:
         return -1
     cdef floating *da = bp + bp_sz
     cdef floating *dhid = da + da_sz
     cdef floating *xh = dhid + dh_sz
     cdef floating *dw = xh + xh_sz
+    cdef floating *wt = dw + dw_sz
     _pack_bwd(kind, w_ih, w_hh, bp, F, H, gb)
     nthreads = _team_for(ntiles, NT * K * (F + H), nthreads)
     for tt in range(nthreads):
@@ -494,6 +526,22 @@ cdef int _rec_bwd(int kind, const floating *dh, const floating *x, const floatin
     if fail:
         fnn_aligned_free(bp)
         return -1
+    # dx = da W_ih over all N*T rows (the GRU's da holds d_r, d_z, d_new: W_ih's rows)
+    rc = 0
+    if dx != NULL:
+        if F < 16:
+            for i in range(G):
+                for j in range(F):
+                    wt[j * G + i] = w_ih[i * F + j]
+            if floating is float:
+                fnn_rec_dx_s(NT, G, F, da, wt, dx)
+            else:
+                fnn_rec_dx_d(NT, G, F, da, wt, dx)
+        else:
+            rc = _gemm(da, w_ih, dx, NT, F, G, False, False, False, nthreads)
+        if rc != 0:
+            fnn_aligned_free(bp)
+            return rc
     # [x_t | h_{t-1}] for every (n, t) row
     for i in range(N):
         for t in range(T):
