@@ -1,18 +1,31 @@
 # Convolution (conv1d/conv2d) and pooling (max/avg, 1-D/2-D) forward and backward on whole batches; matches the "convolution and pooling" section of fastnn/_kernels/reference.py.
 #
-# Convolution (conv1d is conv2d on a height-1 image), with K = C_in * kh * kw taps:
-#  * forward, K >= _CONV_GEMM_MIN_TAPS: im2col into (N*Ho*Wo, K) rows, the packed
-#    GEMM of gemm.pxi on top of a bias-filled (N*Ho*Wo, C_out) output, then the
-#    transpose into (N, C_out, Ho, Wo);
+# Convolution (conv1d is conv2d on a height-1 image), with K = C_in * kh * kw taps and
+# R = N*Ho*Wo output positions, everything in the "transposed" layout so that the
+# GEMM reads its B operand in place (no packing) and needs no transposes:
+#  * forward, K >= _CONV_GEMM_MIN_TAPS: im2col into colt (K, R) (one row per tap),
+#    yt (C_out, R) = b + W colt (W as stored is A), then yt's (C_out, P) blocks
+#    copied into (N, C_out, Ho, Wo);
 #  * forward, fewer taps (a first layer over one channel): direct loops per sample,
 #    the sample's taps laid out as (K, Ho*Wo) rows so the innermost loop runs along
 #    output positions with no reduction (it vectorizes);
-#  * backward (every K): dy as (N*Ho*Wo, C_out) rows (summing db on the way),
-#    dW = dy^T cols and dcols = dy W by the GEMM, and col2im for dx.
-# The GEMMs thread by their own rule (gemm.pxi); the rest is one pass of memory
+#  * backward (every K): dyt (C_out, R) by block copies (db its row sums),
+#    dW = dyt colt^T and dcolt = W^T dyt by the GEMM, and col2im of dcolt for dx.
+# The GEMMs thread only above _CONV_PAR_MIN_WORK multiply-adds; the rest is one pass of memory
 # traffic and stays on one thread. Pooling is memory-bound and single-threaded.
 
 cdef Py_ssize_t _CONV_GEMM_MIN_TAPS = 16
+# Convolution GEMMs below this many multiply-adds stay on one thread: at the small-CNN
+# sizes (~1.5M) a two-thread team lost badly on two shared cores (the main thread
+# spent 4x its kernel time waiting in libgomp; the CNN step went 1.4k -> 40 steps/s
+# when another OpenMP pool was busy).
+cdef Py_ssize_t _CONV_PAR_MIN_WORK = 1 << 24
+
+
+def _set_conv_par_min_work(Py_ssize_t w):
+    """Tuning hook: convolution GEMMs with fewer multiply-adds run on one thread."""
+    global _CONV_PAR_MIN_WORK
+    _CONV_PAR_MIN_WORK = w
 
 
 def _set_conv_gemm_min_taps(Py_ssize_t k):
@@ -167,25 +180,102 @@ cdef void _nchw_to_rows(const floating *dy, floating *dy2, floating *db, Py_ssiz
             db[ch] += dy2[r * c + ch]
 
 
+cdef void _im2col_t(const floating *x, floating *colt, Py_ssize_t n, Py_ssize_t c,
+                    Py_ssize_t hgt, Py_ssize_t wid, Py_ssize_t kh, Py_ssize_t kw,
+                    Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                    Py_ssize_t ho, Py_ssize_t wo) noexcept nogil:
+    """colt (C*kh*kw, N*Ho*Wo): one row per tap, columns ordered (n, oh, ow), zeros
+    where padded. This is the GEMM's B read in place (no packing, no transposes)."""
+    cdef Py_ssize_t rows = n * ho * wo
+    cdef Py_ssize_t a, oh, ow, ci, i, j, ih, off, lo, hi
+    cdef floating *dst
+    cdef const floating *xr
+    for ci in range(c):
+        for i in range(kh):
+            for j in range(kw):
+                off = j - pw
+                # ow in [lo, hi) reads inside the row: 0 <= ow*sw + off < wid
+                lo = 0 if off >= 0 else (-off + sw - 1) // sw
+                hi = (wid - 1 - off) // sw + 1 if wid - 1 - off >= 0 else 0
+                if hi > wo:
+                    hi = wo
+                if lo > hi:
+                    lo = hi
+                for a in range(n):
+                    for oh in range(ho):
+                        dst = colt + ((ci * kh + i) * kw + j) * rows + (a * ho + oh) * wo
+                        ih = oh * sh + i - ph
+                        if ih < 0 or ih >= hgt:
+                            for ow in range(wo):
+                                dst[ow] = 0
+                            continue
+                        xr = x + ((a * c + ci) * hgt + ih) * wid + off
+                        for ow in range(lo):
+                            dst[ow] = 0
+                        for ow in range(lo, hi):
+                            dst[ow] = xr[ow * sw]
+                        for ow in range(hi, wo):
+                            dst[ow] = 0
+
+
+cdef void _col2im_t(const floating *dcolt, floating *dx, Py_ssize_t n, Py_ssize_t c,
+                    Py_ssize_t hgt, Py_ssize_t wid, Py_ssize_t kh, Py_ssize_t kw,
+                    Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                    Py_ssize_t ho, Py_ssize_t wo) noexcept nogil:
+    """The adjoint of _im2col_t: dx (zeroed here) += the tap rows scattered back."""
+    cdef Py_ssize_t rows = n * ho * wo
+    cdef Py_ssize_t a, oh, ow, ci, i, j, ih, off, lo, hi, q
+    cdef const floating *src
+    cdef floating *xr
+    for q in range(n * c * hgt * wid):
+        dx[q] = 0
+    for a in range(n):
+        for ci in range(c):
+            for i in range(kh):
+                for j in range(kw):
+                    off = j - pw
+                    lo = 0 if off >= 0 else (-off + sw - 1) // sw
+                    hi = (wid - 1 - off) // sw + 1 if wid - 1 - off >= 0 else 0
+                    if hi > wo:
+                        hi = wo
+                    for oh in range(ho):
+                        ih = oh * sh + i - ph
+                        if ih < 0 or ih >= hgt:
+                            continue
+                        src = dcolt + ((ci * kh + i) * kw + j) * rows + (a * ho + oh) * wo
+                        xr = dx + ((a * c + ci) * hgt + ih) * wid + off
+                        for ow in range(lo, hi):
+                            xr[ow * sw] += src[ow]
+
+
 cdef int _conv_fwd_gemm(const floating *x, const floating *w, const floating *b, floating *y,
                         Py_ssize_t n, Py_ssize_t c, Py_ssize_t hgt, Py_ssize_t wid,
                         Py_ssize_t c_out, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
                         Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t ho,
                         Py_ssize_t wo, int nthreads) noexcept nogil:
-    cdef Py_ssize_t kk = c * kh * kw, rows = n * ho * wo, r, co
-    cdef floating *cols = <floating *> fnn_aligned_alloc((rows * kk + rows * c_out) * sizeof(floating))
-    if cols == NULL:
+    """yt (C_out, N*P) = b + W colt (W is the GEMM's A as stored, colt its B read in
+    place), then yt's (C_out, P) blocks copied into y (N, C_out, P)."""
+    cdef Py_ssize_t kk = c * kh * kw, npos = ho * wo, rows = n * ho * wo, r, co, a, p
+    cdef floating *colt = <floating *> fnn_aligned_alloc((rows * kk + rows * c_out) * sizeof(floating))
+    if colt == NULL:
         return -1
-    cdef floating *y2 = cols + rows * kk
+    cdef floating *yt = colt + rows * kk
+    cdef floating bv
     cdef int rc
-    _im2col_rows(x, cols, n, c, hgt, wid, kh, kw, sh, sw, ph, pw, ho, wo)
-    for r in range(rows):
-        for co in range(c_out):
-            y2[r * c_out + co] = b[co] if b != NULL else 0
-    rc = _gemm(cols, w, y2, rows, c_out, kk, False, True, True, nthreads)
+    _im2col_t(x, colt, n, c, hgt, wid, kh, kw, sh, sw, ph, pw, ho, wo)
+    for co in range(c_out):
+        bv = b[co] if b != NULL else 0
+        for r in range(rows):
+            yt[co * rows + r] = bv
+    if c_out * rows * kk < _CONV_PAR_MIN_WORK:
+        nthreads = 1
+    rc = _gemm(w, colt, yt, c_out, rows, kk, False, False, True, nthreads)
     if rc == 0:
-        _rows_to_nchw(y2, y, n, c_out, ho * wo)
-    fnn_aligned_free(cols)
+        for a in range(n):
+            for co in range(c_out):
+                for p in range(npos):
+                    y[(a * c_out + co) * npos + p] = yt[co * rows + a * npos + p]
+    fnn_aligned_free(colt)
     return rc
 
 
@@ -194,24 +284,36 @@ cdef int _conv_bwd(const floating *dy, const floating *x, const floating *w, flo
                    Py_ssize_t wid, Py_ssize_t c_out, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
                    Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t ho, Py_ssize_t wo,
                    int nthreads) noexcept nogil:
-    """dw = dy2^T cols, db = colsum(dy2), dx = col2im(dy2 w) (dx NULL: skipped)."""
-    cdef Py_ssize_t kk = c * kh * kw, rows = n * ho * wo
+    """dyt (C_out, N*P) (block copies of dy; db its row sums), dw = dyt colt^T,
+    dx = col2im(W^T dyt) (dx NULL: skipped)."""
+    cdef Py_ssize_t kk = c * kh * kw, npos = ho * wo, rows = n * ho * wo, a, co, p, r
     cdef Py_ssize_t extra = rows * kk if dx != NULL else 0
-    cdef floating *cols = <floating *> fnn_aligned_alloc(
+    cdef floating *colt = <floating *> fnn_aligned_alloc(
         (rows * kk + rows * c_out + extra) * sizeof(floating))
-    if cols == NULL:
+    if colt == NULL:
         return -1
-    cdef floating *dy2 = cols + rows * kk
-    cdef floating *dcols = dy2 + rows * c_out
+    cdef floating *dyt = colt + rows * kk
+    cdef floating *dcolt = dyt + rows * c_out
+    cdef floating s
     cdef int rc
-    _im2col_rows(x, cols, n, c, hgt, wid, kh, kw, sh, sw, ph, pw, ho, wo)
-    _nchw_to_rows(dy, dy2, db, n, c_out, ho * wo)
-    rc = _gemm(dy2, cols, dw, c_out, kk, rows, True, False, False, nthreads)
+    if c_out * rows * kk < _CONV_PAR_MIN_WORK:
+        nthreads = 1
+    _im2col_t(x, colt, n, c, hgt, wid, kh, kw, sh, sw, ph, pw, ho, wo)
+    for a in range(n):
+        for co in range(c_out):
+            for p in range(npos):
+                dyt[co * rows + a * npos + p] = dy[(a * c_out + co) * npos + p]
+    for co in range(c_out):
+        s = 0
+        for r in range(rows):
+            s = s + dyt[co * rows + r]
+        db[co] = s
+    rc = _gemm(dyt, colt, dw, c_out, kk, rows, False, True, False, nthreads)
     if rc == 0 and dx != NULL:
-        rc = _gemm(dy2, w, dcols, rows, kk, c_out, False, False, False, nthreads)
+        rc = _gemm(w, dyt, dcolt, kk, rows, c_out, True, False, False, nthreads)
         if rc == 0:
-            _col2im_rows(dcols, dx, n, c, hgt, wid, kh, kw, sh, sw, ph, pw, ho, wo)
-    fnn_aligned_free(cols)
+            _col2im_t(dcolt, dx, n, c, hgt, wid, kh, kw, sh, sw, ph, pw, ho, wo)
+    fnn_aligned_free(colt)
     return rc
 
 
