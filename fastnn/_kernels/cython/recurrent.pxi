@@ -403,11 +403,11 @@ cdef void _bwd_tile(int kind, const floating *dh, const floating *h, const float
                         fnn_prefetch(h + (s - _PF_DIST - 1) * H, H * sizeof(floating))
             if kind == _K_LSTM:
                 prev = (c + (s - 1) * H) if t > 0 else zeros
+                g = da + s * G
                 if floating is float:
                     fnn_lstm_bwd_s(H, dht, row, st, gates + s * G, c + s * H, prev, g, g + H, g + 2 * H, g + 3 * H)
                 else:
                     fnn_lstm_bwd_d(H, dht, row, st, gates + s * G, c + s * H, prev, g, g + H, g + 2 * H, g + 3 * H)
-                _copy(da + s * G, g, G)
             elif kind == _K_GRU:
                 prev = (h + (s - 1) * H) if t > 0 else zeros
                 if floating is float:
@@ -418,11 +418,11 @@ cdef void _bwd_tile(int kind, const floating *dh, const floating *h, const float
                 _copy(dhid + s * G, g, 2 * H)
                 _copy(dhid + s * G + 2 * H, g + 3 * H, H)
             else:
+                g = da + s * G
                 if floating is float:
                     fnn_rnn_bwd_s(H, dht, row, h + s * H, g)
                 else:
                     fnn_rnn_bwd_d(H, dht, row, h + s * H, g)
-                _copy(da + s * G, g, G)
             if kind == _K_GRU:
                 for j in range(2 * H):
                     ap[j * MR + r] = g[j]
