@@ -67,65 +67,6 @@ cdef inline cnp.ndarray _zeros4(Py_ssize_t a, Py_ssize_t b, Py_ssize_t c, Py_ssi
     return cnp.PyArray_ZEROS(4, dims, typenum, 0)
 
 
-cdef void _im2col_rows(const floating *x, floating *cols, Py_ssize_t n, Py_ssize_t c,
-                       Py_ssize_t hgt, Py_ssize_t wid, Py_ssize_t kh, Py_ssize_t kw,
-                       Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
-                       Py_ssize_t ho, Py_ssize_t wo) noexcept nogil:
-    """cols (N*Ho*Wo, C*kh*kw), rows ordered (n, oh, ow), zeros where padded."""
-    cdef Py_ssize_t a, oh, ow, ci, i, j, ih, iw, k0
-    cdef Py_ssize_t kk = c * kh * kw
-    cdef floating *row
-    cdef const floating *xr
-    for a in range(n):
-        for oh in range(ho):
-            for ow in range(wo):
-                row = cols + ((a * ho + oh) * wo + ow) * kk
-                for ci in range(c):
-                    for i in range(kh):
-                        ih = oh * sh + i - ph
-                        k0 = (ci * kh + i) * kw
-                        if ih < 0 or ih >= hgt:
-                            for j in range(kw):
-                                row[k0 + j] = 0
-                            continue
-                        xr = x + ((a * c + ci) * hgt + ih) * wid
-                        iw = ow * sw - pw
-                        if iw >= 0 and iw + kw <= wid:
-                            for j in range(kw):
-                                row[k0 + j] = xr[iw + j]
-                        else:
-                            for j in range(kw):
-                                row[k0 + j] = xr[iw + j] if (iw + j >= 0 and iw + j < wid) else 0
-
-
-cdef void _col2im_rows(const floating *dcols, floating *dx, Py_ssize_t n, Py_ssize_t c,
-                       Py_ssize_t hgt, Py_ssize_t wid, Py_ssize_t kh, Py_ssize_t kw,
-                       Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
-                       Py_ssize_t ho, Py_ssize_t wo) noexcept nogil:
-    """The adjoint of _im2col_rows: dx (zeroed here) += the rows scattered back."""
-    cdef Py_ssize_t a, oh, ow, ci, i, j, ih, iw, k0, q
-    cdef Py_ssize_t kk = c * kh * kw
-    cdef const floating *row
-    cdef floating *xr
-    for q in range(n * c * hgt * wid):
-        dx[q] = 0
-    for a in range(n):
-        for oh in range(ho):
-            for ow in range(wo):
-                row = dcols + ((a * ho + oh) * wo + ow) * kk
-                for ci in range(c):
-                    for i in range(kh):
-                        ih = oh * sh + i - ph
-                        if ih < 0 or ih >= hgt:
-                            continue
-                        k0 = (ci * kh + i) * kw
-                        xr = dx + ((a * c + ci) * hgt + ih) * wid
-                        iw = ow * sw - pw
-                        for j in range(kw):
-                            if iw + j >= 0 and iw + j < wid:
-                                xr[iw + j] += row[k0 + j]
-
-
 cdef void _conv_direct_fwd(const floating *x, const floating *w, const floating *b, floating *y,
                            floating *colt, Py_ssize_t n, Py_ssize_t c, Py_ssize_t hgt,
                            Py_ssize_t wid, Py_ssize_t c_out, Py_ssize_t kh, Py_ssize_t kw,
@@ -164,31 +105,6 @@ cdef void _conv_direct_fwd(const floating *x, const floating *w, const floating 
                 trow = colt + k * npos
                 for p in range(npos):
                     yrow[p] += wv * trow[p]
-
-
-cdef void _rows_to_nchw(const floating *y2, floating *y, Py_ssize_t n, Py_ssize_t c,
-                        Py_ssize_t npos) noexcept nogil:
-    """(N*P, C) rows -> (N, C, P)."""
-    cdef Py_ssize_t a, ch, p
-    for a in range(n):
-        for ch in range(c):
-            for p in range(npos):
-                y[(a * c + ch) * npos + p] = y2[(a * npos + p) * c + ch]
-
-
-cdef void _nchw_to_rows(const floating *dy, floating *dy2, floating *db, Py_ssize_t n,
-                        Py_ssize_t c, Py_ssize_t npos) noexcept nogil:
-    """(N, C, P) -> (N*P, C) rows; db = the column sums."""
-    cdef Py_ssize_t a, ch, p, r
-    for a in range(n):
-        for ch in range(c):
-            for p in range(npos):
-                dy2[(a * npos + p) * c + ch] = dy[(a * c + ch) * npos + p]
-    for ch in range(c):
-        db[ch] = 0
-    for r in range(n * npos):
-        for ch in range(c):
-            db[ch] += dy2[r * c + ch]
 
 
 cdef void _im2col_t(const floating *x, floating *colt, Py_ssize_t n, Py_ssize_t c,
