@@ -57,16 +57,18 @@ def measure(backends, batches, n=60_000, repeats=3):
     X, y = data(n)
     results = {}
     for batch in batches:
-        runners = {b: fastnn_epoch(b, batch) for b in backends}
+        runners = {}
         try:
             runners["torch"] = torch_epoch(batch)
         except ImportError:
             pass
+        runners.update({b: fastnn_epoch(b, batch) for b in backends})
         for run in runners.values():
             run(X[:2048], y[:2048])          # warm-up: JIT, caches, thread pools
         times = {name: [] for name in runners}
         for _ in range(repeats):
             for name, run in runners.items():
+                time.sleep(0.3)   # let the previous engine's thread pool go idle
                 start = time.perf_counter()
                 run(X, y)
                 times[name].append(time.perf_counter() - start)

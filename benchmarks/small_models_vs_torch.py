@@ -119,15 +119,19 @@ def main():
         for hidden in (args.hidden if kind in ("bilstm", "gru") else [None]):
             x, y = batch_for(kind, rng)
             rates = {}
-            for b in args.backends:
-                with backend_threads(fnn.get_backend(b)):
-                    rates[b] = steps_per_second(fastnn_step(kind, hidden, b, x, y), args.seconds)
+            # torch first, and a pause between engines: a thread pool still
+            # spinning from the engine before starves the next one's threads.
             try:
                 rates["torch"] = steps_per_second(torch_step(kind, hidden, x, y), args.seconds)
             except ImportError:
                 pass
+            for b in args.backends:
+                time.sleep(0.3)
+                with backend_threads(fnn.get_backend(b)):
+                    rates[b] = steps_per_second(fastnn_step(kind, hidden, b, x, y), args.seconds)
+            time.sleep(0.3)
             label = kind if hidden is None else f"{kind} H={hidden}"
-            for name, r in rates.items():
+            for name, r in sorted(rates.items(), key=lambda kv: kv[0] == "torch"):
                 vs = f"{r / rates['torch']:.2f}x" if "torch" in rates else "n/a"
                 print(f"| {label} | {name} | {r:,.0f} | {vs} |", flush=True)
 
