@@ -5,11 +5,6 @@ or, with return_sequences=True, (N, T, H * dirs) (every step, torch's output).
 A bidirectional layer runs the kernel a second time on the time-reversed
 sequence with its own *_reverse weights and concatenates the two, as torch does.
 """
-import os
-import queue
-import threading
-import time
-
 import numpy as np
 
 from .base import Layer
@@ -21,91 +16,6 @@ def _contiguous(a):
     DeviceArray, whose contiguous() copies on the device) stays on its device."""
     contiguous = getattr(a, "contiguous", None)
     return np.ascontiguousarray(a) if contiguous is None else contiguous()
-
-
-def _releases_gil(fn):
-    """Kernels that run without the GIL (the Cython backend's), so two directions overlap."""
-    return getattr(fn, "__module__", "").startswith("fastnn._kernels.cython")
-
-
-def _cores():
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-class _Helper:
-    """One persistent helper thread that may run the second direction while the
-    caller runs the first. The caller takes the task back if the helper has not
-    started it by then (a helper waiting for a core never stalls the caller)."""
-    _instance = None
-    _lock = threading.Lock()
-
-    @classmethod
-    def get(cls):
-        with cls._lock:
-            if cls._instance is None:
-                cls._instance = cls()
-            return cls._instance
-
-    def __init__(self):
-        self._q = queue.SimpleQueue()
-        self._claim = threading.Lock()
-        threading.Thread(target=self._loop, name="fastnn-rnn", daemon=True).start()
-
-    def _loop(self):
-        while True:
-            task = self._q.get()
-            with self._claim:
-                if task[0] != 0:
-                    continue
-                task[0] = 1
-            try:
-                task[2] = task[1]()
-            except BaseException as exc:    # re-raised in the caller
-                task[3] = exc
-            task[4].set()
-
-    def pair(self, first, second):
-        task = [0, second, None, None, threading.Event()]
-        self._q.put(task)
-        a = first()
-        with self._claim:
-            mine = task[0] == 0
-            task[0] = 2 if mine else task[0]
-        if mine:
-            return a, second()
-        task[4].wait()
-        if task[3] is not None:
-            raise task[3]
-        return a, task[2]
-
-
-class _Overlap:
-    """Whether to run a bidirectional layer's two directions on two threads.
-    On an idle 2-core machine that nearly halves the recurrent time; with the
-    cores busy with other work it was measured 1.4x slower. So it is chosen by
-    measurement: an average time per call of each way, the slower way retried
-    every _PROBE calls (so a change in machine load is noticed)."""
-    _PROBE = 16
-
-    def __init__(self):
-        self.t = {False: None, True: None}
-        self.n = 0
-
-    def choose(self):
-        self.n += 1
-        if self.t[False] is None:
-            return False
-        if self.t[True] is None:
-            return True
-        best = self.t[True] < self.t[False]
-        return (not best) if self.n % self._PROBE == 0 else best
-
-    def record(self, mode, dt):
-        old = self.t[mode]
-        self.t[mode] = dt if old is None else 0.7 * old + 0.3 * dt
 
 
 class _Recurrent(Layer):
@@ -120,23 +30,6 @@ class _Recurrent(Layer):
         self.return_sequences = bool(return_sequences)
         self.bidirectional = bool(bidirectional)
         self._suffixes = ("", "_reverse") if self.bidirectional else ("",)
-        self._overlap = {"forward": _Overlap(), "backward": _Overlap()}
-
-    def _directions(self, phase, fn, one):
-        """[one(s) for each direction suffix s], the two directions of a
-        bidirectional layer on two threads where that measured faster."""
-        if len(self._suffixes) < 2 or not _releases_gil(fn) or _cores() < 2:
-            return [one(s) for s in self._suffixes]
-        ctl = self._overlap[phase]
-        mode = ctl.choose()
-        start = time.perf_counter()
-        if mode:
-            out = list(_Helper.get().pair(lambda: one(self._suffixes[0]),
-                                          lambda: one(self._suffixes[1])))
-        else:
-            out = [one(s) for s in self._suffixes]
-        ctl.record(mode, time.perf_counter() - start)
-        return out
 
     def param_shapes(self):
         gh, f, h = self.gates * self.hidden_size, self.input_size, self.hidden_size
@@ -174,13 +67,11 @@ class _Recurrent(Layer):
     def forward(self, x):
         run = getattr(self.kernels, self.kernel)
         self._saved, outs = [], []
-
-        def one(s):
+        for s in self._suffixes:
             xs = x if s == "" else _contiguous(x[:, ::-1])
             out = run(xs, *self._weights(s))
-            return xs, (out if isinstance(out, tuple) else (out,))
-        self._saved = self._directions("forward", run, one)
-        for s, (xs, out) in zip(self._suffixes, self._saved):
+            out = out if isinstance(out, tuple) else (out,)
+            self._saved.append((xs, out))
             h = out[0]                               # (N, T, H) in processing order
             if not self.return_sequences:
                 outs.append(h[:, -1])                # the final state, torch's h_n
@@ -191,10 +82,7 @@ class _Recurrent(Layer):
     def backward(self, dy, need_dx=True):
         backward = getattr(self.kernels, self.kernel + "_backward")
         hid, dx = self.hidden_size, None
-        saved = dict(zip(self._suffixes, self._saved))
-
-        def one(s):
-            k, (xs, out) = self._suffixes.index(s), saved[s]
+        for k, (s, (xs, out)) in enumerate(zip(self._suffixes, self._saved)):
             part = dy[..., k * hid:(k + 1) * hid]
             if self.return_sequences:
                 dh = _contiguous(part if s == "" else part[:, ::-1])
@@ -202,9 +90,7 @@ class _Recurrent(Layer):
                 dh = np.zeros_like(out[0])
                 dh[:, -1] = part
             w_ih, w_hh, _, _ = self._weights(s)
-            return backward(dh, xs, *out, w_ih, w_hh, need_dx)
-        for s, res in zip(self._suffixes, self._directions("backward", backward, one)):
-            d_x, dw_ih, dw_hh, db_ih, db_hh = res
+            d_x, dw_ih, dw_hh, db_ih, db_hh = backward(dh, xs, *out, w_ih, w_hh, need_dx)
             for name, g in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh"),
                                (dw_ih, dw_hh, db_ih, db_hh)):
                 self.grads[name + s] += g
