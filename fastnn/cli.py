@@ -29,10 +29,11 @@ def train_digits(backends=None, epochs=30, batch_size=32, lr=0.05, momentum=0.9,
         if progress:
             print(f"backend {name}:", file=out, flush=True)
         start = time.perf_counter()
-        trainer.fit(X_train, y_train, epochs=epochs, batch_size=batch_size, progress=progress)
+        history = trainer.fit(X_train, y_train, epochs=epochs, batch_size=batch_size, progress=progress)
         seconds = time.perf_counter() - start
         result = trainer.evaluate(X_test, y_test)
-        rows.append({"backend": name, "test_accuracy": result["accuracy"], "seconds": seconds})
+        rows.append({"backend": name, "test_accuracy": result["accuracy"], "seconds": seconds,
+                     "history": history})
     reference = next((r["seconds"] for r in rows if r["backend"] == "numpy"), None)
     for r in rows:
         r["speedup"] = reference / r["seconds"] if reference else float("nan")
@@ -57,6 +58,16 @@ def warmup(out=sys.stdout):
         print(f"{name}: ready ({time.perf_counter() - start:.1f} s)", file=out)
 
 
+def _plot_curves(row, path):
+    """Save one backend's training curves (loss and accuracy per epoch) if matplotlib is here."""
+    try:
+        row["history"].plot(path, title=f"digits MLP, {row['backend']} backend")
+    except ImportError:
+        print("(no training-curve plot: pip install 'fastnn[plot]' for one)")
+        return
+    print(f"training curves ({row['backend']} backend): {path}")
+
+
 def format_table(rows, epochs, n_train):
     lines = ["| backend | test accuracy | training time (s) | samples/s | speed vs numpy |",
              "|---|---|---|---|---|"]
@@ -77,6 +88,7 @@ def main(argv=None):
     d.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--no-progress", action="store_true")
+    d.add_argument("--plot", default="digits_curves.png", help="where to save the training curves")
     sub.add_parser("backends", help="list the backends usable here")
     sub.add_parser("warmup", help="compile and cache the Numba kernels a Dense network uses "
                                   "(once per install; later processes load them in well under a second)")
@@ -100,6 +112,7 @@ def main(argv=None):
               f"SGD lr={args.lr} momentum=0.9, {args.dtype}, {n_train} training / "
               f"{1797 - n_train} test images")
         print(format_table(rows, args.epochs, n_train))
+        _plot_curves(rows[-1], args.plot)
         return 0
     parser.print_help()
     return 2
