@@ -156,3 +156,16 @@ def test_predict_accepts_ints_float64_and_noncontiguous(digits):
     np.testing.assert_allclose(model.predict(strided), base, rtol=1e-6)
     ints = (X[:10] * 16).astype(np.int32)
     np.testing.assert_allclose(model.predict(ints), model.predict(ints.astype(np.float32)))
+
+
+def test_main_job_prints_the_table_and_saves_curves(tmp_path, capsys):
+    from fastnn import cli
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "curves.png"
+    assert cli.main(["digits", "--epochs", "3", "--no-progress", "--backends", *fnn.backends(),
+                     "--plot", str(path)]) == 0
+    out = capsys.readouterr().out
+    for name in fnn.backends():
+        assert f"| {name} |" in out
+    assert "speed vs numpy" in out and f"training curves (" in out
+    assert path.stat().st_size > 10_000
