@@ -1,4 +1,4 @@
-"""Shared by test_conv.py and test_recurrent.py: a float64 gradient check over a
+"""Shared by the gradient-check, conv and recurrent tests: a float64 gradient check over a
 whole model (parameters and input), a learning-rate decay callback, and fixtures."""
 import numpy as np
 import pytest

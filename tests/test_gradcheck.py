@@ -4,24 +4,7 @@ import pytest
 
 import fastnn as fnn
 from fastnn.layers import Dense, LeakyReLU, ReLU, Sigmoid, Softmax, Step, Tanh
-
-EPS = 1e-6
-
-
-def numeric_grad(f, x):
-    """d f / d x by central differences; f returns a float and may read x."""
-    grad = np.zeros_like(x)
-    flat, gflat = x.reshape(-1), grad.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + EPS
-        up = f()
-        flat[i] = old - EPS
-        down = f()
-        flat[i] = old
-        gflat[i] = (up - down) / (2 * EPS)
-    return grad
-
+from seq_helpers import numeric_grad
 
 def check(analytic, numeric, tol=1e-6):
     scale = np.maximum(1.0, np.abs(numeric))
