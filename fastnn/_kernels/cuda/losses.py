@@ -94,22 +94,27 @@ def _kernels(dtype):
             grad[i] = (sig - y) * scale
         _block_sum(acc, partials)
 
+    @cuda.jit(device=True)
+    def shift(logits, r, c):
+        """max + log-sum-exp of row r: log p_j = logits[r, j] - shift (stable for large logits)."""
+        top = logits[r, 0]
+        for j in range(1, c):
+            top = max(top, logits[r, j])
+        total = zero
+        for j in range(c):
+            total += math.exp(logits[r, j] - top)
+        return top + math.log(total)
+
     @cuda.jit
     def ce_labels(logits, labels, scale, grad, partials):
         n, c = logits.shape
         s, d = cuda.grid(1), cuda.gridsize(1)
         acc = 0.0
         for r in range(s, n, d):
-            top = logits[r, 0]
-            for j in range(1, c):
-                top = max(top, logits[r, j])
-            total = zero
-            for j in range(c):
-                total += math.exp(logits[r, j] - top)
-            log_z = math.log(total)
+            log_z = shift(logits, r, c)
             label = labels[r]
             for j in range(c):
-                log_p = logits[r, j] - top - log_z
+                log_p = logits[r, j] - log_z
                 p = math.exp(log_p)
                 if j == label:
                     acc -= float64(log_p)
@@ -123,15 +128,9 @@ def _kernels(dtype):
         s, d = cuda.grid(1), cuda.gridsize(1)
         acc = 0.0
         for r in range(s, n, d):
-            top = logits[r, 0]
-            for j in range(1, c):
-                top = max(top, logits[r, j])
-            total = zero
+            log_z = shift(logits, r, c)
             for j in range(c):
-                total += math.exp(logits[r, j] - top)
-            log_z = math.log(total)
-            for j in range(c):
-                log_p = logits[r, j] - top - log_z
+                log_p = logits[r, j] - log_z
                 acc -= float64(target[r, j]) * float64(log_p)
                 grad[r, j] = (math.exp(log_p) - target[r, j]) * scale
         _block_sum(acc, partials)
