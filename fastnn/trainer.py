@@ -110,6 +110,7 @@ class Trainer:
         bar = _progress(epochs) if progress else None
         model, n = self.model, len(X)
         to_device, to_host = model.backend.to_device, model.backend.to_host
+        params = model.parameters()   # views of the flat buffers: the same every step
         for epoch in range(epochs):
             start = time.perf_counter()
             order = rng.permutation(n) if shuffle else None
@@ -123,7 +124,7 @@ class Trainer:
                 loss, grad = self._loss_kernel(out, to_device(yb))
                 model.zero_grad()
                 model.backward(grad)
-                self.optimizer.step(model.parameters())
+                self.optimizer.step(params)
                 total_loss += loss * len(xb)
                 correct = self._correct(to_host(out), yb)
                 if correct is not None:

@@ -167,5 +167,5 @@ def test_main_job_prints_the_table_and_saves_curves(tmp_path, capsys):
     out = capsys.readouterr().out
     for name in fnn.backends():
         assert f"| {name} |" in out
-    assert "speed vs numpy" in out and f"training curves (" in out
+    assert "speed vs numpy" in out and "training curves (" in out
     assert path.stat().st_size > 10_000
