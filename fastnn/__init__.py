@@ -8,14 +8,15 @@
 """
 from . import data, layers, losses, optim
 from .backend import BackendUnavailable, backends, default_backend, get_backend
-from .io import ModelFileError, load
-from .model import Parameter, Sequential
+from .graph import Input
+from .io import ModelFileError
+from .model import Model, Parameter, Sequential, TapeError, load
 from .trainer import Callback, History, Trainer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "backends", "get_backend", "default_backend", "BackendUnavailable",
-    "Sequential", "Parameter", "Trainer", "History", "Callback",
+    "Input", "Model", "Sequential", "Parameter", "TapeError", "Trainer", "History", "Callback",
     "load", "ModelFileError", "layers", "losses", "optim", "data",
 ]

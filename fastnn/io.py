@@ -1,24 +1,34 @@
-"""Saving and loading models: safetensors (weights keyed like a state_dict, the
-architecture as JSON in its metadata) or npz (the same JSON as a string array).
-Never pickle: npz files are read with allow_pickle=False."""
+"""The model file format, and nothing else: safetensors (tensors keyed like a
+state_dict, the architecture as JSON in its metadata) or npz (the same JSON as a
+string array). Never pickle: npz files are read with allow_pickle=False.
+
+Files are written to a temporary file beside the target and renamed over it,
+so a save that is killed part-way leaves the old file (and no temporary) behind.
+Reading is two steps, so that a loader can check a file's tensors against the
+architecture before it allocates anything large: ``read_header`` (the JSON and
+each tensor's shape and dtype, no tensor data) and then ``read_tensors``.
+"""
 import json
 import os
+import tempfile
+import zipfile
 
 import numpy as np
 
-FORMAT = "fastnn-sequential-v1"
+FORMAT = "fastnn-model-v2"
+_OLD_FORMATS = ("fastnn-sequential-v1",)
 _NPZ_META = "__fastnn_config__"
 
 
 class ModelFileError(ValueError):
-    """A model file that is missing, unreadable or not a fastnn model."""
+    """A model file that is missing, unreadable, malformed or not a fastnn model."""
 
 
 class ModelFileNotFoundError(ModelFileError, FileNotFoundError):
     """The model file does not exist (both a ValueError and a FileNotFoundError)."""
 
 
-def _format_of(path):
+def format_of(path):
     ext = os.path.splitext(str(path))[1].lower()
     if ext in (".safetensors", ""):
         return "safetensors"
@@ -27,65 +37,111 @@ def _format_of(path):
     raise ValueError(f"unknown model file extension {ext!r}: use .safetensors or .npz")
 
 
-def save(model, path):
+def save(path, config, tensors):
+    """Write tensors (name -> array) and config (JSON-able dict) to path, atomically."""
     path = os.fspath(path)
-    config = json.dumps({"format": FORMAT, **model.config()})
-    weights = model.state_dict()
-    if _format_of(path) == "safetensors":
-        from safetensors.numpy import save_file
-        save_file(weights, path, metadata={"fastnn": config})
-    else:
-        np.savez(path, **weights, **{_NPZ_META: np.array(config)})
-
-
-def _read(path):
-    if not os.path.exists(path):
-        raise ModelFileNotFoundError(f"model file not found: {path}")
+    kind = format_of(path)
+    meta = json.dumps({"format": FORMAT, **config})
+    tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".fastnn-", suffix=".tmp", dir=folder)
     try:
-        if _format_of(path) == "safetensors":
-            from safetensors import safe_open
-            with safe_open(path, framework="numpy") as f:
-                meta = (f.metadata() or {}).get("fastnn")
-                weights = {k: f.get_tensor(k) for k in f.keys()}
-        else:
-            with np.load(path, allow_pickle=False) as f:
-                weights = {k: f[k] for k in f.files if k != _NPZ_META}
-                meta = str(f[_NPZ_META]) if _NPZ_META in f.files else None
-    except ModelFileError:
+        with os.fdopen(fd, "wb") as f:
+            if kind == "safetensors":
+                from safetensors.numpy import save
+                f.write(save(tensors, metadata={"fastnn": meta}))
+            else:
+                # A file object: np.savez would append ".npz" to a name like "m.NPZ".
+                np.savez(f, **tensors, **{_NPZ_META: np.array(meta)})
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
         raise
-    except Exception as exc:  # any parser failure means the file is corrupt
-        raise ModelFileError(f"cannot read model file {path}: {exc}") from None
+
+
+def _parse_meta(path, meta):
     if meta is None:
         raise ModelFileError(f"{path} holds no fastnn architecture metadata")
     try:
         config = json.loads(meta)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, TypeError) as exc:
         raise ModelFileError(f"{path}: corrupt architecture metadata: {exc}") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise ModelFileError(f"{path} is not a {FORMAT} file")
-    return config, weights
+    if not isinstance(config, dict) or config.get("format") not in (FORMAT,) + _OLD_FORMATS:
+        raise ModelFileError(f"{path} is not a fastnn model file")
+    return config
 
 
-def load(path, backend=None):
-    """Rebuild the saved Sequential (on its saved backend unless one is given)."""
-    from .backend import BackendUnavailable, get_backend
-    from .layers import layer_class
-    from .model import Sequential
-
+def read_header(path):
+    """(config dict, {name: (shape tuple, dtype)}) without reading tensor data."""
     path = os.fspath(path)
-    config, weights = _read(path)
+    if not os.path.exists(path):
+        raise ModelFileNotFoundError(f"model file not found: {path}")
     try:
-        layers = [layer_class(spec["type"])(**spec["config"]) for spec in config["layers"]]
-    except (KeyError, TypeError) as exc:
-        raise ModelFileError(f"{path}: corrupt layer description: {exc}") from None
-    if backend is None:
-        try:
-            backend = get_backend(config.get("backend")).name
-        except (BackendUnavailable, ValueError):
-            backend = None  # saved on a backend this machine lacks: use the default
-    model = Sequential(*layers, backend=backend, dtype=config["dtype"], seed=config.get("seed", 0))
+        if format_of(path) == "safetensors":
+            from safetensors import safe_open
+            with safe_open(path, framework="numpy") as f:
+                meta = (f.metadata() or {}).get("fastnn")
+                shapes = {}
+                for k in f.keys():
+                    s = f.get_slice(k)
+                    shapes[k] = (tuple(s.get_shape()), _safetensors_dtype(s.get_dtype()))
+        else:
+            shapes, meta = _npz_header(path)
+    except ModelFileError:
+        raise
+    except Exception as exc:  # any parser failure means the file is corrupt
+        raise ModelFileError(f"cannot read model file {path}: {type(exc).__name__}: {exc}") from None
+    return _parse_meta(path, meta), shapes
+
+
+def read_tensors(path):
+    """name -> numpy array, every tensor of the file (after read_header accepted it)."""
+    path = os.fspath(path)
     try:
-        model.load_state_dict(weights)
-    except ValueError as exc:
-        raise ModelFileError(f"{path}: {exc}") from None
-    return model
+        if format_of(path) == "safetensors":
+            from safetensors.numpy import load_file
+            return load_file(path)
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files if k != _NPZ_META}
+    except Exception as exc:
+        raise ModelFileError(f"cannot read model file {path}: {type(exc).__name__}: {exc}") from None
+
+
+def _safetensors_dtype(name):
+    table = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64,
+             "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+    if name not in table:
+        raise ModelFileError(f"unsupported tensor dtype {name}")
+    return np.dtype(table[name])
+
+
+def _npz_header(path):
+    """Shapes and dtypes from each member's .npy header, checked against the member's size."""
+    shapes, meta = {}, None
+    with zipfile.ZipFile(path) as z:
+        for info in z.infolist():
+            if not info.filename.endswith(".npy"):
+                raise ModelFileError(f"{path}: unexpected member {info.filename!r}")
+            name = info.filename[:-4]
+            with z.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                    np.lib.format.read_array_header_2_0
+                shape, fortran, dtype = read(f)
+                header_end = f.tell()
+            if dtype.hasobject:
+                raise ModelFileError(f"{path}: {name} holds Python objects (pickle); refusing it")
+            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            if info.file_size < header_end + nbytes:
+                raise ModelFileError(f"{path}: {name} declares {shape} but its data is truncated")
+            if name == _NPZ_META:
+                with z.open(info) as f:
+                    meta = str(np.lib.format.read_array(f, allow_pickle=False))
+            else:
+                shapes[name] = (tuple(shape), dtype)
+    return shapes, meta

@@ -1,16 +1,29 @@
-"""Sequential: layers in order, their parameters in one flat buffer, forward and backward."""
+"""Models: a graph of layer calls (Model) or a chain (Sequential), parameters in one flat buffer.
+
+Every parameter of a model lives in one flat buffer and every gradient in
+another, so an optimizer step, a clip or an allreduce is one kernel call; the
+layers' non-trainable buffers (running statistics) live in a third. A layer
+object called twice is one set of parameters whose gradients add up.
+
+``forward`` records a tape (per thread) that ``backward`` consumes; ``predict``
+runs in inference mode without a tape, so it never disturbs a pending step.
+"""
+import threading
+import weakref
+
 import numpy as np
 
-from . import io
+from . import graph as G
 from ._kernels import checks
 from .backend import get_backend
-from ._kernels.reference import FUSABLE_ACTIVATIONS
-from .layers.activations import _Activation
 from .layers.base import Layer
-from .layers.dense import Dense
 from .threads import backend_threads
 
 DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
+
+
+class TapeError(RuntimeError, ValueError):
+    """backward() without a pending forward(), or twice for one forward."""
 
 
 class Parameter:
@@ -38,149 +51,346 @@ class Parameters(list):
 
 
 def _dtype(dtype):
-    key = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    try:
+        key = np.dtype(dtype).name
+    except TypeError:
+        key = None
     if key not in DTYPES:
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     return DTYPES[key]
 
 
-class Sequential:
-    def __init__(self, *layers, backend=None, dtype="float32", seed=0):
-        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
-            layers = tuple(layers[0])
-        if not layers:
-            raise ValueError("Sequential needs at least one layer")
-        for layer in layers:
-            if not isinstance(layer, Layer):
-                raise TypeError(f"Sequential takes fastnn layers, got {type(layer).__name__}")
-        self.layers = list(layers)
+def named_layers(top):
+    """(prefix, layer) for every layer of ``top`` (index-named) and every sublayer
+    ('2.0'), each object once, at its first place: the keys of state_dict."""
+    out, seen = [], set()
+    for index, layer in enumerate(top):
+        for prefix, sub in _walk(layer, str(index)):
+            if id(sub) not in seen:
+                seen.add(id(sub))
+                out.append((prefix, sub))
+    return out
+
+
+def expected_state_shapes(top):
+    """name -> shape of every parameter and buffer a model of these layers holds."""
+    shapes = {}
+    for prefix, layer in named_layers(top):
+        for name, shape in {**layer.param_shapes(), **layer.buffer_shapes()}.items():
+            shapes[f"{prefix}.{name}"] = tuple(int(d) for d in shape)
+    return shapes
+
+
+def _walk(layer, prefix):
+    """(prefix, layer) for a layer and, depth first, the layers inside it."""
+    yield prefix, layer
+    for name, sub in layer.sublayers():
+        yield from _walk(sub, f"{prefix}.{name}")
+
+
+class Model:
+    """A graph model: ``fnn.Model(inputs=fnn.Input(...), outputs=...)``, either a
+    symbolic tensor or a list of them."""
+
+    def __init__(self, inputs, outputs, backend=None, dtype="float32", seed=0):
+        self._multi_in = isinstance(inputs, (list, tuple))
+        self._multi_out = isinstance(outputs, (list, tuple))
+        in_nodes, out_nodes = G.as_tensors(inputs, "inputs"), G.as_tensors(outputs, "outputs")
+        if any(n.layer is not None for n in in_nodes):
+            raise TypeError("Model inputs must be fnn.Input tensors")
+        self._setup(G.Graph(in_nodes, out_nodes), backend, dtype, seed)
+
+    def _setup(self, graph, backend, dtype, seed):
+        self._graph = graph
         self.backend = get_backend(backend)
         self.dtype = _dtype(dtype)
         self.seed = seed
+        self.training = True
+        self._pending = threading.local()
         self._build(np.random.default_rng(seed))
 
+    @property
+    def layers(self):
+        """The model's layers, each once, in the order of their first call."""
+        return list(self._graph.layers)
+
     # ------------------------------------------------------------ building
+    def _named_layers(self):
+        return named_layers(self._graph.layers)
+
     def _build(self, rng):
-        shapes = [layer.param_shapes() for layer in self.layers]
-        total = sum(int(np.prod(s)) for layer_shapes in shapes for s in layer_shapes.values())
+        named = self._named_layers()
+        for _, layer in named:
+            owner = getattr(layer, "_owner", None)
+            owner = owner() if owner is not None else None
+            if owner is not None and owner is not self:
+                raise ValueError(f"{layer!r} already belongs to another model: layers share weights "
+                                 "within one model; build a new layer (or copy its state_dict)")
+        specs = [(prefix, layer, layer.param_shapes(), layer.buffer_shapes()) for prefix, layer in named]
+        size = lambda shape: int(np.prod(shape))
+        n_params = sum(size(s) for _, _, ps, _ in specs for s in ps.values())
+        n_buffers = sum(size(s) for _, _, _, bs in specs for s in bs.values())
         # Initial values are filled on the host, then the buffers go where the
         # backend computes (on CPU backends to_device leaves them in place).
-        host = np.zeros(total, dtype=self.dtype)
-        offset = 0
-        for layer, layer_shapes in zip(self.layers, shapes):
-            initial = layer.init_params(rng)
-            for name, shape in layer_shapes.items():
-                size = int(np.prod(shape))
-                host[offset:offset + size].reshape(shape)[...] = initial[name]
-                offset += size
+        host, host_buf = np.zeros(n_params, self.dtype), np.zeros(n_buffers, self.dtype)
+        off = boff = 0
+        for _, layer, pshapes, bshapes in specs:
+            initial, initial_buf = layer.init_params(rng), layer.init_buffers()
+            for name, shape in pshapes.items():
+                host[off:off + size(shape)].reshape(shape)[...] = initial[name]
+                off += size(shape)
+            for name, shape in bshapes.items():
+                host_buf[boff:boff + size(shape)].reshape(shape)[...] = initial_buf[name]
+                boff += size(shape)
         self._flat_data = self.backend.to_device(host)
-        self._flat_grad = self.backend.zeros(total, self.dtype)
-        self._params = []
-        offset = 0
-        for index, (layer, layer_shapes) in enumerate(zip(self.layers, shapes)):
-            params, grads = {}, {}
-            for name, shape in layer_shapes.items():
-                size = int(np.prod(shape))
-                params[name] = self._flat_data[offset:offset + size].reshape(shape)
-                grads[name] = self._flat_grad[offset:offset + size].reshape(shape)
-                self._params.append(Parameter(f"{index}.{name}", params[name], grads[name]))
-                offset += size
-            layer.build(self.backend, self.dtype, params, grads)
-        self._fuse()
+        self._flat_grad = self.backend.zeros(n_params, self.dtype)
+        self._flat_buffers = self.backend.to_device(host_buf)
+        self._params, self._buffers, self._prefix = [], [], {}
+        off = boff = 0
+        for prefix, layer, pshapes, bshapes in specs:
+            params, grads, buffers = {}, {}, {}
+            for name, shape in pshapes.items():
+                params[name] = self._flat_data[off:off + size(shape)].reshape(shape)
+                grads[name] = self._flat_grad[off:off + size(shape)].reshape(shape)
+                self._params.append(Parameter(f"{prefix}.{name}", params[name], grads[name]))
+                off += size(shape)
+            for name, shape in bshapes.items():
+                buffers[name] = self._flat_buffers[boff:boff + size(shape)].reshape(shape)
+                self._buffers.append((f"{prefix}.{name}", buffers[name]))
+                boff += size(shape)
+            layer.build(self.backend, self.dtype, params, grads, buffers)
+            layer._owner = weakref.ref(self)
+            self._prefix[id(layer)] = prefix
 
-    def _fuse(self):
-        """Let each Dense layer apply the activation that follows it in its own kernel."""
-        for dense, act in zip(self.layers, self.layers[1:]):
-            alpha = getattr(act, "alpha", 0.0)
-            # leaky_relu's backward reads x > 0 from y: true only for alpha >= 0
-            if (isinstance(dense, Dense) and isinstance(act, _Activation)
-                    and act.kernel in FUSABLE_ACTIVATIONS and alpha >= 0):
-                dense.fused_activation = (act.kernel, alpha)
-                act.fused_into_previous = True
-
+    # ------------------------------------------------------- parameters
     def parameters(self):
         return Parameters(self._params, self._flat_data, self._flat_grad, self.backend)
 
+    def count_params(self):
+        return int(sum(p.data.size for p in self._params))
+
     def state_dict(self):
-        """name -> array copy, keyed like PyTorch's ('0.weight', '0.bias', ...)."""
-        return {p.name: self.backend.to_host(p.data).copy() for p in self._params}
+        """name -> array copy, keyed like PyTorch's ('0.weight', '0.bias', ...), buffers included."""
+        out = {p.name: self.backend.to_host(p.data).copy() for p in self._params}
+        out.update({name: self.backend.to_host(b).copy() for name, b in self._buffers})
+        return out
+
+    def _state_shapes(self):
+        shapes = {p.name: tuple(p.data.shape) for p in self._params}
+        shapes.update({name: tuple(b.shape) for name, b in self._buffers})
+        return shapes
 
     def load_state_dict(self, state):
-        names = {p.name for p in self._params}
-        if set(state) != names:
-            raise ValueError(f"state_dict keys {sorted(state)} do not match the model's {sorted(names)}")
-        for p in self._params:
-            value = np.asarray(state[p.name])
-            if value.shape != p.data.shape:
-                raise ValueError(f"{p.name}: shape {value.shape} does not match {p.data.shape}")
-            p.data[...] = value
+        expected = self._state_shapes()
+        if set(state) != set(expected):
+            missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+            raise ValueError(f"state_dict keys do not match the model's: missing {missing}, unexpected {extra}")
+        for name, shape in expected.items():
+            value = np.asarray(state[name])
+            if value.shape != shape:
+                raise ValueError(f"{name}: shape {value.shape} does not match {shape}")
+            if value.dtype.kind not in "fiu":
+                raise ValueError(f"{name}: dtype {value.dtype} is not numeric")
+            if not np.isfinite(value).all():
+                raise ValueError(f"{name} holds NaN or inf")
+        targets = dict((p.name, p.data) for p in self._params)
+        targets.update(self._buffers)
+        for name, target in targets.items():
+            target[...] = self.backend.to_device(np.asarray(state[name], dtype=self.dtype))
 
     def zero_grad(self):
         self._flat_grad.fill(0)
 
+    # ------------------------------------------------------------- modes
+    def train(self, mode=True):
+        """Training mode (the default): forward runs layers as in a training step."""
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        """Inference mode for forward (Dropout off, BatchNorm on running statistics)."""
+        return self.train(False)
+
     # ------------------------------------------------------------- shapes
     def output_shape(self, input_shape):
-        """Output shape (no batch axis) for inputs of input_shape; ValueError if a layer can't take it."""
-        shape = tuple(input_shape)
-        for layer in self.layers:
-            shape = layer.output_shape(shape)
-        return shape
+        """Output shape (no batch axis; a list for several outputs) for inputs of input_shape."""
+        shapes = [n.shape for n in self._graph.outputs]
+        given = input_shape if self._multi_in else [input_shape]
+        for node, shape in zip(self._graph.inputs, given):
+            if tuple(shape) != node.shape:
+                raise ValueError(f"the model's input has shape (batch, {', '.join(map(str, node.shape))}), "
+                                 f"got (batch, {', '.join(map(str, shape))})")
+        return shapes if self._multi_out else shapes[0]
 
-    def check_input(self, x, name="X"):
-        """x as a C-contiguous array of the model's dtype, or a clear exception."""
-        x = checks._array(x, name, allow_empty=True)
-        if x.dtype.kind == "b":
-            raise TypeError(f"{name} must hold numbers, got booleans")
-        if x.ndim < 2:
-            raise ValueError(f"{name} must have a batch axis first, got shape {x.shape}")
-        try:
-            self.output_shape(x.shape[1:])
-        except ValueError as exc:
-            raise ValueError(f"{name}: {exc}") from None
+    def _output_shapes(self, xs):
+        """Each output's shape (no batch axis) for the checked inputs xs."""
+        return [n.shape for n in self._graph.outputs]
+
+    def check_input(self, X, name="X"):
+        """X as C-contiguous arrays of the model's dtype (a list for several inputs), or a clear error."""
+        if self._multi_in:
+            if not isinstance(X, (list, tuple)) or len(X) != len(self._graph.inputs):
+                raise ValueError(f"{name} must be a list of {len(self._graph.inputs)} arrays (one per input)")
+            xs = [self._check_one(x, f"{name}[{i}]", node.shape)
+                  for i, (x, node) in enumerate(zip(X, self._graph.inputs))]
+            if len({len(x) for x in xs}) != 1:
+                raise ValueError(f"{name}: the inputs have different numbers of samples {[len(x) for x in xs]}")
+            return xs
+        return self._check_one(X, name, self._graph.inputs[0].shape)
+
+    def _check_one(self, x, name, shape):
+        x = _as_batch(x, name)
+        if shape is not None and tuple(x.shape[1:]) != tuple(shape):
+            raise ValueError(f"{name} has shape {x.shape}; the model takes (batch, {', '.join(map(str, shape))})")
+        if shape is None:
+            try:
+                self.output_shape(x.shape[1:])
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
         if x.size == 0:
             raise ValueError(f"{name} is empty (shape {x.shape})")
-        x = np.ascontiguousarray(x, dtype=self.dtype)
-        if not np.isfinite(x).all():
-            raise ValueError(f"{name} contains NaN or inf")
-        return x
+        return _finite(np.ascontiguousarray(x, dtype=self.dtype), name)
+
+    def _inputs_list(self, X):
+        return list(X) if self._multi_in else [X]
+
+    def _outputs(self, outs):
+        return list(outs) if self._multi_out else outs[0]
 
     # ------------------------------------------------------------ compute
-    def forward(self, x):
-        """Outputs for a batch; saves what backward needs."""
-        return self._forward(self.backend.to_device(self.check_input(x)))
+    def forward(self, X):
+        """Outputs for a batch (in the model's mode); records the tape backward uses."""
+        return self._forward(self.check_input(X))
 
-    def _forward(self, x):
-        for layer in self.layers:
-            x = layer.forward(x)
-        return x
+    def _forward(self, X):
+        """forward for inputs already checked (host or device arrays)."""
+        xs = [self.backend.to_device(x) for x in self._inputs_list(X)]
+        with self._graph.lock(self.backend):
+            outs, tape = self._graph.run(xs, self.training, record=True)
+        self._pending.tape = tape
+        return self._outputs(outs)
 
-    def backward(self, grad):
-        """Backpropagate d loss / d output; adds into every parameter's .grad."""
-        grad = self.backend.to_device(grad, self.dtype)
-        last = len(self.layers) - 1
-        for i in range(last, -1, -1):
-            # The first layer's input gradient is never used: skip computing it.
-            grad = self.layers[i].backward(grad, need_dx=i > 0)
-        return grad
+    def backward(self, grad, return_input_grad=False):
+        """Backpropagate d loss / d output(s) from the last forward in this thread;
+        adds into every parameter's .grad. Returns None, or with return_input_grad
+        d loss / d input (a list for several inputs)."""
+        tape = getattr(self._pending, "tape", None)
+        if tape is None:
+            raise TapeError("backward() needs a pending forward(): call model.forward(x) first "
+                            "(each forward can be backpropagated once)")
+        grads = self._check_grads(grad, tape)
+        self._pending.tape = None
+        dxs = self._backprop(tape, grads, return_input_grad)
+        if return_input_grad:
+            return self._outputs_in(dxs)
+
+    def _outputs_in(self, dxs):
+        return list(dxs) if self._multi_in else dxs[0]
+
+    def _backprop(self, tape, grads, input_grads=False):
+        with self._graph.lock(self.backend):
+            return self._graph.backprop(tape, grads, input_grads)
+
+    @property
+    def fuse(self):
+        """Whether the execution plan fuses Dense + activation (True by default)."""
+        return self._graph.fuse
+
+    @fuse.setter
+    def fuse(self, value):
+        self._graph.fuse = bool(value)
+
+    def _check_grads(self, grad, tape):
+        many = len(tape.outputs) > 1
+        grads = list(grad) if many and isinstance(grad, (list, tuple)) else [grad]
+        if len(grads) != len(tape.outputs):
+            raise ValueError(f"backward needs {len(tape.outputs)} gradients (one per output, None for none)")
+        out = []
+        for i, (g, (shape, _)) in enumerate(zip(grads, tape.outputs)):
+            if g is None and many:
+                out.append(None)
+                continue
+            what = f"gradient {i}" if many else "gradient"
+            if hasattr(g, "__cuda_array_interface__") and not isinstance(g, np.ndarray):
+                if tuple(g.shape) != shape or np.dtype(g.dtype) != self.dtype:
+                    raise ValueError(f"{what}: shape {tuple(g.shape)} / dtype {g.dtype} do not match the "
+                                     f"forward output {shape} / {self.dtype}")
+                out.append(g)
+                continue
+            g = checks._array(g, what, allow_empty=True)
+            if g.dtype.kind not in "fiu":
+                raise TypeError(f"{what} must hold numbers, got dtype {g.dtype}")
+            if g.shape != shape:
+                raise ValueError(f"{what} has shape {g.shape}, the forward output has shape {shape}")
+            out.append(self.backend.to_device(_finite(np.ascontiguousarray(g, dtype=self.dtype), what)))
+        return out
 
     def predict(self, X, batch_size=1024):
-        """Outputs (logits for a classifier) as a numpy array, computed in batches."""
-        X = self.check_input(X)
+        """Outputs in inference mode (logits for a classifier) as numpy arrays, in batches."""
+        batch_size = _positive_int(batch_size, "batch_size")
+        xs = self._inputs_list(self.check_input(X))
+        n = len(xs[0])
         with backend_threads(self.backend):
-            outs = [self.backend.to_host(self._forward(self.backend.to_device(X[i:i + batch_size])))
-                    for i in range(0, len(X), batch_size)]
-        return np.concatenate(outs) if len(outs) > 1 else outs[0].copy()
+            parts = [self._infer([x[i:i + batch_size] for x in xs]) for i in range(0, n, batch_size)]
+        outs = [np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k].copy()
+                for k in range(len(parts[0]))]
+        return self._outputs(outs)
 
     __call__ = predict
 
+    def _infer(self, xs):
+        """Host outputs (a list) for one checked batch, inference mode, no tape."""
+        xs = [self.backend.to_device(x) for x in xs]
+        with self._graph.lock(self.backend):
+            outs, _ = self._graph.run(xs, False, record=False)
+        return [self.backend.to_host(o) for o in outs]
+
+    def _train_forward(self, xs):
+        """(outputs list, tape) for one checked device batch in training mode (the Trainer's step)."""
+        with self._graph.lock(self.backend):
+            return self._graph.run(xs, True, record=True)
+
+    # ------------------------------------------------------------- summary
+    def summary(self, print_fn=print):
+        """A table of layers, output shapes and parameter counts; returns it as a string."""
+        counts = {}
+        for p in self._params:
+            counts[p.name.split(".")[0]] = counts.get(p.name.split(".")[0], 0) + p.data.size
+        rows = [("layer", "output shape", "params")]
+        for node in self._graph.nodes:
+            if node.layer is None:
+                rows.append(("Input", _shape_text(node.shape), "0"))
+                continue
+            prefix = self._prefix[id(node.layer)]
+            rows.append((f"{prefix}: {type(node.layer).__name__}", _shape_text(node.shape),
+                         f"{counts.pop(prefix, 0):,}"))
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+        lines.insert(1, "-" * len(lines[0]))
+        lines.append(f"total parameters: {self.count_params():,}")
+        text = "\n".join(lines)
+        if print_fn is not None:
+            print_fn(text)
+        return text
+
     # --------------------------------------------------------- save / load
     def config(self):
-        return {"layers": [{"type": type(l).__name__, "config": l.config()} for l in self.layers],
-                "dtype": self.dtype.name, "backend": self.backend.name, "seed": self.seed}
+        layers = self.layers
+        index = {id(l): i for i, l in enumerate(layers)}
+        node_index = {id(n): i for i, n in enumerate(self._graph.nodes)}
+        return {"class": "Model", "dtype": self.dtype.name, "backend": self.backend.name, "seed": self.seed,
+                "layers": [layer_spec(l) for l in layers],
+                "nodes": [{"layer": None if n.layer is None else index[id(n.layer)],
+                           "inputs": [node_index[id(i)] for i in n.inputs], "shape": list(n.shape)}
+                          for n in self._graph.nodes],
+                "inputs": [node_index[id(n)] for n in self._graph.inputs],
+                "outputs": [node_index[id(n)] for n in self._graph.outputs],
+                "multi_in": self._multi_in, "multi_out": self._multi_out}
 
     def save(self, path):
         """Write weights and architecture to .safetensors (default) or .npz; never pickle."""
-        io.save(self, path)
+        from . import io
+        io.save(path, self.config(), self.state_dict())
 
     def export_onnx(self, path, input_shape=None, opset=17):
         """Write the network as ONNX (needs onnx; see fastnn.onnx_export); returns the ModelProto."""
@@ -189,4 +399,198 @@ class Sequential:
 
     def __repr__(self):
         inner = ",\n  ".join(repr(l) for l in self.layers)
-        return f"Sequential(\n  {inner},\n  backend={self.backend.name!r}, dtype={self.dtype.name!r})"
+        return f"{type(self).__name__}(\n  {inner},\n  backend={self.backend.name!r}, dtype={self.dtype.name!r})"
+
+
+class Sequential(Model):
+    """Layers in order; the input shape follows from the first layer."""
+
+    def __init__(self, *layers, backend=None, dtype="float32", seed=0):
+        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
+            layers = tuple(layers[0])
+        if not layers:
+            raise ValueError("Sequential needs at least one layer")
+        for layer in layers:
+            if not isinstance(layer, Layer):
+                raise TypeError(f"Sequential takes fastnn layers, got {type(layer).__name__}")
+            if layer.n_inputs != 1:
+                raise TypeError(f"{type(layer).__name__} takes several inputs: use fnn.Model for it")
+        self._sequence = list(layers)
+        self._multi_in = self._multi_out = False
+        # The chain's shapes are unknown until an input arrives: nodes carry none.
+        node = G.Node(None, (), ())
+        first = node
+        for layer in layers:
+            node = G.Node(layer, [node], ())
+        self._setup(G.Graph([first], [node]), backend, dtype, seed)
+
+    @property
+    def layers(self):
+        """The layers in order, as given (a shared layer appears at each use)."""
+        return list(self._sequence)
+
+    def _named_layers(self):
+        return named_layers(self._sequence)
+
+    def output_shape(self, input_shape):
+        shape = tuple(input_shape)
+        for layer in self._sequence:
+            shape = tuple(layer.output_shape(shape))
+        return shape
+
+    def _check_one(self, x, name, shape):
+        return super()._check_one(x, name, None)
+
+    def _output_shapes(self, xs):
+        return [self.output_shape(xs[0].shape[1:])]
+
+    def summary(self, print_fn=print, input_shape=None):
+        rows = [("layer", "output shape", "params")]
+        shape = None if input_shape is None else tuple(input_shape)
+        done = set()
+        for index, layer in enumerate(self._sequence):
+            prefix = self._prefix[id(layer)]
+            count = 0 if id(layer) in done else sum(
+                p.data.size for p in self._params if p.name.startswith(prefix + "."))
+            done.add(id(layer))
+            shape = None if shape is None else tuple(layer.output_shape(shape))
+            rows.append((f"{index}: {type(layer).__name__}" + ("" if prefix == str(index) else f" (= {prefix})"),
+                         "?" if shape is None else _shape_text(shape), f"{count:,}"))
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+        lines.insert(1, "-" * len(lines[0]))
+        lines.append(f"total parameters: {self.count_params():,}")
+        text = "\n".join(lines)
+        if print_fn is not None:
+            print_fn(text)
+        return text
+
+    def config(self):
+        first = {}
+        specs = []
+        for index, layer in enumerate(self._sequence):
+            if id(layer) in first:
+                specs.append({"ref": first[id(layer)]})   # the same layer object again (shared weights)
+            else:
+                first[id(layer)] = index
+                specs.append(layer_spec(layer))
+        return {"class": "Sequential", "layers": specs, "dtype": self.dtype.name,
+                "backend": self.backend.name, "seed": self.seed}
+
+
+# ------------------------------------------------------------- helpers
+def layer_spec(layer):
+    return {"type": type(layer).__name__, "config": layer.config()}
+
+
+def _shape_text(shape):
+    return "(batch, " + ", ".join(map(str, shape)) + ")"
+
+
+def _positive_int(value, name):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _as_batch(x, name):
+    x = checks._array(x, name, allow_empty=True)
+    if x.dtype.kind == "b":
+        raise TypeError(f"{name} must hold numbers, got booleans")
+    if x.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must hold numbers, got dtype {x.dtype}")
+    if x.ndim < 2:
+        raise ValueError(f"{name} must have a batch axis first, got shape {x.shape}")
+    return x
+
+
+def _finite(x, name):
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or inf")
+    return x
+
+
+# ------------------------------------------------------------- loading
+def build_layer(spec):
+    """A layer from its saved {"type", "config"} (a user's Layer subclass too, once defined)."""
+    from .layers.base import layer_class
+    if not isinstance(spec, dict) or not isinstance(spec.get("config", {}), dict):
+        raise TypeError(f"a layer description must be a dict, got {spec!r}")
+    return layer_class(spec["type"]).from_config(spec.get("config", {}), build_layer)
+
+
+def _architecture(config):
+    """(kind, top-level layers in state_dict order, a function that builds the model)."""
+    kind = config.get("class", "Sequential")
+    if kind == "Sequential":
+        sequence = []
+        for spec in config["layers"]:
+            if isinstance(spec, dict) and "ref" in spec:
+                ref = spec["ref"]
+                if not isinstance(ref, int) or not 0 <= ref < len(sequence):
+                    raise ValueError(f"bad shared-layer reference {ref!r}")
+                sequence.append(sequence[ref])
+            else:
+                sequence.append(build_layer(spec))
+        unique = list({id(l): l for l in sequence}.values())
+        return unique, lambda **kw: Sequential(*sequence, **kw)
+    if kind != "Model":
+        raise ValueError(f"unknown model class {kind!r}")
+    layers = [build_layer(spec) for spec in config["layers"]]
+
+    def make(**kw):
+        nodes = []
+        for spec in config["nodes"]:
+            inputs = [nodes[i] for i in spec["inputs"]]
+            if spec["layer"] is None:
+                nodes.append(G.Input(tuple(spec["shape"])).node)
+            else:
+                layer = layers[spec["layer"]]
+                arg = [n.output for n in inputs]
+                nodes.append(G.call_layer(layer, arg if layer.n_inputs != 1 else arg[0]).node)
+        ins = [nodes[i].output for i in config["inputs"]]
+        outs = [nodes[i].output for i in config["outputs"]]
+        return Model(inputs=ins if config.get("multi_in") else ins[0],
+                     outputs=outs if config.get("multi_out") else outs[0], **kw)
+    return layers, make
+
+
+def load(path, backend=None):
+    """Rebuild a saved model (on its saved backend unless one is given, or the default
+    where that one is unavailable). Every malformed file raises ModelFileError, and
+    the file's tensors are checked against the architecture before any is allocated."""
+    import os
+    from . import io
+    from .backend import BackendUnavailable
+    path = os.fspath(path)
+    config, shapes = io.read_header(path)
+    try:
+        top, make = _architecture(config)
+        expected = expected_state_shapes(top)
+        dtype = _dtype(config.get("dtype", "float32"))
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        raise io.ModelFileError(f"{path}: corrupt architecture: {type(exc).__name__}: {exc}") from None
+    if set(shapes) != set(expected):
+        missing, extra = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
+        raise io.ModelFileError(f"{path}: the tensors do not match the architecture "
+                                f"(missing {missing[:5]}, unexpected {extra[:5]})")
+    for name, shape in expected.items():
+        if shapes[name][0] != shape:
+            raise io.ModelFileError(f"{path}: {name} has shape {shapes[name][0]}, the architecture needs {shape}")
+        if shapes[name][1].kind != "f":
+            raise io.ModelFileError(f"{path}: {name} has dtype {shapes[name][1]}, not a float")
+    if backend is None:
+        try:
+            backend = get_backend(config.get("backend")).name
+        except (BackendUnavailable, ValueError, TypeError):
+            backend = None  # saved on a backend this machine lacks: use the default
+    seed = config.get("seed", 0)
+    try:
+        model = make(backend=backend, dtype=dtype, seed=seed if isinstance(seed, int) else 0)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise io.ModelFileError(f"{path}: corrupt architecture: {type(exc).__name__}: {exc}") from None
+    try:
+        model.load_state_dict(io.read_tensors(path))
+    except ValueError as exc:
+        raise io.ModelFileError(f"{path}: {exc}") from None
+    return model

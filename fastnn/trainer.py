@@ -46,45 +46,111 @@ class Callback:
         pass
 
 
-class Trainer:
-    def __init__(self, model, loss="cross_entropy", optimizer=None, seed=0):
-        self.model = model
-        self.loss_name = loss if isinstance(loss, str) else getattr(loss, "__name__", "loss")
+class _OutputLoss:
+    """One output's loss: its name (decides how targets are read), kernel and weight."""
+
+    def __init__(self, model, loss, weight):
+        self.name = loss if isinstance(loss, str) else getattr(loss, "__name__", "loss")
         losses.get(loss)  # unknown names fail here, with the list of known ones
         # Data is validated once in fit/evaluate, so batches go to the raw kernel.
-        self._loss_kernel = getattr(model.backend.raw, loss) if isinstance(loss, str) else loss
+        self.kernel = getattr(model.backend.raw, loss) if isinstance(loss, str) else loss
+        self.custom = not isinstance(loss, str)
+        self.weight = float(weight)
+        if not np.isfinite(self.weight) or self.weight < 0:
+            raise ValueError(f"loss weight must be a finite number >= 0, got {weight!r}")
+
+    def __call__(self, out, y):
+        loss, grad = self.kernel(out, y)
+        if self.custom:   # a user's loss: its gradient must fit the output it is for
+            shape, gshape = tuple(out.shape), tuple(getattr(grad, "shape", ()))
+            if gshape != shape:
+                raise ValueError(f"loss {self.name!r} returned a gradient of shape {gshape} "
+                                 f"for outputs of shape {shape}")
+            if np.dtype(getattr(grad, "dtype", None)) != np.dtype(out.dtype):
+                grad = np.asarray(grad, dtype=out.dtype)
+            loss = float(loss)
+        if self.weight != 1.0:
+            loss, grad = loss * self.weight, grad * self.weight
+        return loss, grad
+
+
+class Trainer:
+    """fit / evaluate a model. ``loss`` is a name, a callable (out, y) -> (loss, grad),
+    or for a model with several outputs a list (one per output) or a dict keyed by
+    output index; ``loss_weights`` (list or dict) weighs them (default 1 each)."""
+
+    def __init__(self, model, loss="cross_entropy", optimizer=None, seed=0, loss_weights=None):
+        self.model = model
+        n_out = len(model._graph.outputs)
+        per_output = _per_output(loss, n_out, "loss")
+        weights = [1.0] * n_out if loss_weights is None else _per_output(loss_weights, n_out, "loss_weights")
+        self._losses = [_OutputLoss(model, l, w) for l, w in zip(per_output, weights)]
+        self.loss_name = self._losses[0].name
         self.optimizer = optim.get(optimizer if optimizer is not None else optim.SGD(lr=0.01))
         self.seed = seed
         self.stop_training = False
 
     # ------------------------------------------------------------ checks
     def _check_data(self, X, y, what="X"):
-        X = self.model.check_input(X, what)
-        y = checks._array(y, f"{what}'s targets y")
-        if len(y) != len(X):
-            raise ValueError(f"{what} has {len(X)} samples but y has {len(y)}")
-        out_shape = self.model.output_shape(X.shape[1:])
-        if self.loss_name == "cross_entropy":
-            y = checks.labels_for(y, len(X), out_shape[-1], name="y")
+        xs = self.model._inputs_list(self.model.check_input(X, what))
+        n = len(xs[0])
+        n_out = len(self._losses)
+        if n_out > 1:
+            if not isinstance(y, (list, tuple)) or len(y) != n_out:
+                raise ValueError(f"the model has {n_out} outputs: y must be a list of {n_out} target arrays")
+            ys = list(y)
+        else:
+            ys = [y]
+        shapes = self.model._output_shapes(xs)
+        checked = [self._check_targets(t, n, shape, loss, what, "y" + (f"[{i}]" if n_out > 1 else ""))
+                   for i, (t, shape, loss) in enumerate(zip(ys, shapes, self._losses))]
+        return xs, checked
+
+    def _check_targets(self, y, n, out_shape, loss, what, name):
+        y = checks._array(y, f"{what}'s targets {name}")
+        if len(y) != n:
+            raise ValueError(f"{what} has {n} samples but {name} has {len(y)}")
+        out_shape = tuple(out_shape)
+        if loss.name == "cross_entropy":
+            y = checks.labels_for(y, n, out_shape[-1], name="y")
             if y.ndim == 2:
                 y = np.ascontiguousarray(y, dtype=self.model.dtype)
         else:
+            if y.dtype.kind not in "fiub":
+                raise TypeError(f"{name} must hold numbers, got dtype {y.dtype}")
             y = np.ascontiguousarray(y, dtype=self.model.dtype)
             if y.ndim == 1 and out_shape == (1,):
                 y = y.reshape(-1, 1)  # one output per sample, given as a vector
             if y.shape[1:] != out_shape:
-                raise ValueError(f"y has shape {y.shape}, the model outputs (N, {', '.join(map(str, out_shape))})")
+                raise ValueError(f"{name} has shape {y.shape}, the model outputs (N, {', '.join(map(str, out_shape))})")
         if y.dtype.kind == "f" and not np.isfinite(y).all():
-            raise ValueError("y contains NaN or inf")
-        return X, y
+            raise ValueError(f"{name} contains NaN or inf")
+        return y
 
-    def _correct(self, out, y):
-        if self.loss_name == "cross_entropy":
+    @staticmethod
+    def _correct(loss, out, y):
+        if loss.name == "cross_entropy":
             labels = y if y.ndim == 1 else y.argmax(axis=1)
             return int((out.argmax(axis=1) == labels).sum())
-        if self.loss_name == "binary_cross_entropy":
+        if loss.name == "binary_cross_entropy":
             return int(((out > 0) == (y > 0.5)).all(axis=1).sum())
         return None
+
+    def _step_losses(self, outs, ys_dev):
+        """(total loss, [per-output losses], [gradients]) of one batch."""
+        results = [loss(o, y) for loss, o, y in zip(self._losses, outs, ys_dev)]
+        return sum(r[0] for r in results), [r[0] for r in results], [r[1] for r in results]
+
+    def _logs(self, total, per_output, correct, n):
+        """{'loss', 'accuracy'} (one output) or also '<k>_loss', '<k>_accuracy' per output k."""
+        logs = {"loss": total / n}
+        many = len(self._losses) > 1
+        for k, (loss, value, right) in enumerate(zip(self._losses, per_output, correct)):
+            if many:
+                logs[f"output_{k}_loss"] = value / n
+            if loss.name in CLASSIFICATION:
+                logs[f"output_{k}_accuracy" if many else "accuracy"] = right / n
+        return logs
 
     # --------------------------------------------------------------- fit
     def fit(self, X, y, epochs=1, batch_size=32, validation_data=None, shuffle=True,
@@ -93,47 +159,48 @@ class Trainer:
             return self._fit(X, y, epochs, batch_size, validation_data, shuffle, progress, callbacks)
 
     def _fit(self, X, y, epochs, batch_size, validation_data, shuffle, progress, callbacks):
-        X, y = self._check_data(X, y)
+        xs, ys = self._check_data(X, y)
         if validation_data is not None:
-            if len(validation_data) != 2:
+            if not isinstance(validation_data, (list, tuple)) or len(validation_data) != 2:
                 raise ValueError("validation_data must be a pair (X_val, y_val)")
-            Xv, yv = self._check_data(*validation_data, what="X_val")
+            val = self._check_data(*validation_data, what="X_val")
         if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
             raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        batch_size = _batch_size(batch_size)
         rng = np.random.default_rng(self.seed)
         history = History()
         self.stop_training = False
         for cb in callbacks:
             getattr(cb, "on_train_begin", lambda t: None)(self)
         bar = _progress(epochs) if progress else None
-        model, n = self.model, len(X)
+        model, n = self.model, len(xs[0])
         to_device, to_host = model.backend.to_device, model.backend.to_host
         params = model.parameters()   # views of the flat buffers: the same every step
+        n_out = len(self._losses)
         for epoch in range(epochs):
             start = time.perf_counter()
             order = rng.permutation(n) if shuffle else None
-            total_loss, total_correct = 0.0, 0
+            total_loss, per_output, correct = 0.0, [0.0] * n_out, [0] * n_out
             for lo in range(0, n, batch_size):
                 idx = order[lo:lo + batch_size] if shuffle else slice(lo, lo + batch_size)
-                xb, yb = X[idx], y[idx]
                 # On a device backend the batch is copied in once; only the loss
                 # and (for classifiers) the outputs come back.
-                out = model._forward(to_device(xb))
-                loss, grad = self._loss_kernel(out, to_device(yb))
+                xb = [to_device(x[idx]) for x in xs]
+                yb = [y[idx] for y in ys]
+                outs, tape = model._train_forward(xb)
+                loss, parts, grads = self._step_losses(outs, [to_device(t) for t in yb])
                 model.zero_grad()
-                model.backward(grad)
+                model._backprop(tape, grads)
                 self.optimizer.step(params)
-                total_loss += loss * len(xb)
-                correct = self._correct(to_host(out), yb)
-                if correct is not None:
-                    total_correct += correct
-            logs = {"loss": total_loss / n}
-            if self.loss_name in CLASSIFICATION:
-                logs["accuracy"] = total_correct / n
+                size = len(yb[0])
+                total_loss += loss * size
+                for k, (lossk, out, t) in enumerate(zip(self._losses, outs, yb)):
+                    per_output[k] += parts[k] * size
+                    if lossk.name in CLASSIFICATION:
+                        correct[k] += self._correct(lossk, to_host(out), t)
+            logs = self._logs(total_loss, per_output, correct, n)
             if validation_data is not None:
-                logs.update({"val_" + k: v for k, v in self._evaluate(Xv, yv).items()})
+                logs.update({"val_" + k: v for k, v in self._evaluate(*val).items()})
             logs["time"] = time.perf_counter() - start
             history.append(epoch, logs)
             for cb in callbacks:
@@ -156,24 +223,45 @@ class Trainer:
     # ---------------------------------------------------------- evaluate
     def evaluate(self, X, y, batch_size=1024):
         """{'loss': mean loss, 'accuracy': fraction correct (classification losses)}."""
-        X, y = self._check_data(X, y)
+        batch_size = _batch_size(batch_size)
+        xs, ys = self._check_data(X, y)
         with backend_threads(self.model.backend):
-            return self._evaluate(X, y, batch_size)
+            return self._evaluate(xs, ys, batch_size)
 
-    def _evaluate(self, X, y, batch_size=1024):
-        total_loss, total_correct = 0.0, 0
-        to_device, to_host = self.model.backend.to_device, self.model.backend.to_host
-        for lo in range(0, len(X), batch_size):
-            xb, yb = X[lo:lo + batch_size], y[lo:lo + batch_size]
-            out = self.model._forward(to_device(xb))
-            loss, _ = self._loss_kernel(out, to_device(yb))
-            total_loss += loss * len(xb)
-            correct = self._correct(to_host(out), yb)
-            total_correct += correct or 0
-        result = {"loss": total_loss / len(X)}
-        if self.loss_name in CLASSIFICATION:
-            result["accuracy"] = total_correct / len(X)
-        return result
+    def _evaluate(self, xs, ys, batch_size=1024):
+        n_out = len(self._losses)
+        total_loss, per_output, correct = 0.0, [0.0] * n_out, [0] * n_out
+        model, to_device = self.model, self.model.backend.to_device
+        for lo in range(0, len(xs[0]), batch_size):
+            xb = [x[lo:lo + batch_size] for x in xs]
+            yb = [y[lo:lo + batch_size] for y in ys]
+            outs = model._infer(xb)
+            loss, parts, _ = self._step_losses([to_device(o) for o in outs], [to_device(t) for t in yb])
+            total_loss += loss * len(yb[0])
+            for k, (lossk, out, t) in enumerate(zip(self._losses, outs, yb)):
+                per_output[k] += parts[k] * len(t)
+                if lossk.name in CLASSIFICATION:
+                    correct[k] += self._correct(lossk, out, t)
+        return self._logs(total_loss, per_output, correct, len(xs[0]))
+
+
+def _per_output(value, n_out, what):
+    """value as a list with one entry per output (a list, a dict by index, or one value)."""
+    if isinstance(value, dict):
+        if set(value) != set(range(n_out)):
+            raise ValueError(f"{what} as a dict needs the keys {list(range(n_out))}, got {sorted(value)}")
+        return [value[k] for k in range(n_out)]
+    if isinstance(value, (list, tuple)):
+        if len(value) != n_out:
+            raise ValueError(f"{what}: {len(value)} given for a model with {n_out} outputs")
+        return list(value)
+    return [value] * n_out
+
+
+def _batch_size(value):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {value!r}")
+    return int(value)
 
 
 def _progress(epochs):

@@ -32,9 +32,7 @@ def gradcheck(backend, layers, x_shape, seed=0, tol=1e-6):
     probe = rng.standard_normal((x_shape[0],) + model.output_shape(x_shape[1:]))
     model.forward(x)
     model.zero_grad()
-    g = probe
-    for layer in reversed(model.layers):        # the first layer's dx included
-        g = layer.backward(g, need_dx=True)
+    g = model.backward(probe, return_input_grad=True)   # the first layer's dx included
     assert g.shape == x.shape
     cases = [(p.name, p.grad.copy(), p.data) for p in model.parameters()] + [("x", g, x)]
     for name, analytic, data in cases:

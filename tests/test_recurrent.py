@@ -84,7 +84,7 @@ def test_matches_torch(backend, cell, variant, dtype):
     dy = rng.standard_normal(y.shape)
     ty.backward(torch.tensor(dy))
     model.zero_grad()
-    dx = layer.backward(dy.astype(dtype), need_dx=True)
+    dx = model.backward(dy.astype(dtype), return_input_grad=True)
     assert_close(dx, tx.grad.numpy(), dtype, **tol)
     for name in layer.params:
         tname = name.replace("_reverse", "") + "_l0" + ("_reverse" if name.endswith("_reverse") else "")

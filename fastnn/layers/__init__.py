@@ -1,20 +1,13 @@
 """fastnn layers, one family a file."""
 from .activations import LeakyReLU, ReLU, Sigmoid, Softmax, Step, Tanh
-from .base import Layer
+from .base import Context, Layer, layer_class
 from .conv import Conv1D, Conv2D
 from .dense import Dense
+from .merge import Add, Concatenate, Residual
 from .pooling import AvgPool1D, AvgPool2D, MaxPool1D, MaxPool2D
 from .recurrent import GRU, LSTM, RNN
 from .shape import Flatten, Reshape
 
-__all__ = ["Layer", "Dense", "Step", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Softmax",
+__all__ = ["Layer", "Context", "Dense", "Step", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Softmax",
            "Conv1D", "Conv2D", "MaxPool1D", "MaxPool2D", "AvgPool1D", "AvgPool2D",
-           "Flatten", "Reshape", "RNN", "LSTM", "GRU"]
-
-
-def layer_class(name):
-    """The layer class called name (for loading saved models)."""
-    cls = globals().get(name)
-    if not (isinstance(cls, type) and issubclass(cls, Layer)) or name == "Layer":
-        raise ValueError(f"unknown layer type {name!r}")
-    return cls
+           "Flatten", "Reshape", "RNN", "LSTM", "GRU", "Add", "Concatenate", "Residual"]

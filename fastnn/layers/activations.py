@@ -1,14 +1,9 @@
 """Activation layers: each calls its backend's forward kernel and the backward beside it."""
-from .base import Layer
+from .base import Layer, finite_float
 
 
 class _Activation(Layer):
     kernel = None  # the reference kernel's name
-    # Set by Sequential when the Dense layer before this one applies the
-    # activation inside its own kernel (linear_act): forward then passes its
-    # input through, and backward, which needs only y (or x > 0, the same as
-    # y > 0 for these activations), runs as before.
-    fused_into_previous = False
 
     def _flat(self, x):
         # Kernels take (rows, features); any rank folds into that, last axis kept.
@@ -17,17 +12,26 @@ class _Activation(Layer):
     def _extra(self):
         return {}
 
-    def forward(self, x):
-        self._x = self._flat(x)
-        if self.fused_into_previous:
-            self._y = self._x
-            return x
-        self._y = getattr(self.kernels, self.kernel)(self._x, **self._extra())
-        return self._y.reshape(x.shape)
+    def forward(self, ctx, x):
+        ctx.x = self._flat(x)
+        ctx.y = getattr(self.kernels, self.kernel)(ctx.x, **self._extra())
+        return ctx.y.reshape(x.shape)
 
-    def backward(self, dy, need_dx=True):
+    def record_fused(self, ctx, y):
+        """The Dense before this layer computed y = act(Dense(x)) in one kernel (the
+        model's plan). Backward needs only y, or x > 0, the same as y > 0 for the
+        fusable activations (leaky_relu with alpha >= 0): keep y as both."""
+        ctx.x = ctx.y = y
+
+    def fusable(self):
+        """(kernel, alpha) if a Dense before this layer may apply it in its own kernel."""
+        from .._kernels.reference import FUSABLE_ACTIVATIONS
+        alpha = self._extra().get("alpha", 0.0)
+        return (self.kernel, alpha) if self.kernel in FUSABLE_ACTIVATIONS and alpha >= 0 else None
+
+    def backward(self, ctx, dy):
         backward = getattr(self.kernels, self.kernel + "_backward")
-        return backward(self._flat(dy), self._x, self._y, **self._extra()).reshape(dy.shape)
+        return backward(self._flat(dy), ctx.x, ctx.y, **self._extra()).reshape(dy.shape)
 
 
 class Step(_Activation):
@@ -54,7 +58,7 @@ class LeakyReLU(_Activation):
 
     def __init__(self, alpha=0.01):
         super().__init__()
-        self.alpha = float(alpha)
+        self.alpha = finite_float(alpha, "LeakyReLU alpha")
 
     def _extra(self):
         return {"alpha": self.alpha}

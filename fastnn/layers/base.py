@@ -1,22 +1,62 @@
-"""What every layer is: forward, backward beside it, parameters, a config to rebuild it."""
+"""What every layer is: parameters and buffers, forward(ctx, x), backward(ctx, dy) beside it.
+
+A layer holds parameters (trained) and buffers (saved, not trained), never
+per-call state. ``forward(ctx, x)`` keeps what ``backward`` will need in
+``ctx``, the record of this one call that the model's tape owns, and
+``backward(ctx, dy)`` reads it back, adds into ``self.grads`` (+=, so a layer
+used twice sums its gradients) and returns dx (None when ``ctx.need_dx`` is
+False). ``ctx.training`` says whether this is a training step (Dropout,
+BatchNorm) or inference.
+
+Layers never import a backend: ``build`` hands them ``self.kernels`` (the
+backend's raw kernels, which trust their inputs; the model validates first).
+"""
+import numbers
+
 import numpy as np
+
+_registry = {}   # class name -> Layer subclass, for fnn.load
+
+
+class Context:
+    """One layer call's record on the tape."""
+
+    def __init__(self, training=False, need_dx=True):
+        self.training = training
+        self.need_dx = need_dx
+
+    def child(self):
+        """A context for a sublayer's call inside this one (Residual)."""
+        return Context(self.training, True)
 
 
 class Layer:
-    """A layer gets its backend, dtype and parameter buffers when the model is built.
+    """Base of every layer. Subclasses define (all optional but forward/backward):
 
-    Subclasses set ``param_shapes(dtype)`` (name -> shape), fill initial values in
-    ``init_params(rng)``, compute in ``forward(x)`` (saving what backward needs)
-    and return dx from ``backward(dy)`` while adding into ``self.grads``.
-    Layers never import a backend: they call only ``self.kernels`` (a backend's
-    raw kernels), handed over by ``build``.
+    - ``param_shapes()``: name -> shape of trainable parameters; ``init_params(rng)``
+      their initial values;
+    - ``buffer_shapes()``: name -> shape of non-trainable state kept with the model
+      (saved, loaded, on the backend's device); ``init_buffers()`` their values;
+    - ``output_shape(shape)``: the output shape (no batch axis) for an input shape,
+      raising ValueError naming the problem;
+    - ``config()``: the constructor arguments that rebuild the layer (JSON);
+    - ``forward(ctx, x)`` and ``backward(ctx, dy)``.
+    Layers that take several inputs set ``n_inputs = None`` (any number) or an int
+    > 1 and get lists: forward(ctx, [x1, x2]), backward returns [dx1, dx2].
     """
+    n_inputs = 1
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if not cls.__name__.startswith("_"):
+            # The newest definition of a name wins (a notebook re-running a cell).
+            _registry[cls.__name__] = cls
 
     def __init__(self):
-        self.params = {}
-        self.grads = {}
+        self.params, self.grads, self.buffers = {}, {}, {}
         self.kernels = None
         self.dtype = None
+        self.trainable = True
 
     # ------------------------------------------------------------ building
     def param_shapes(self):
@@ -26,10 +66,26 @@ class Layer:
         """Initial values, name -> array, for the shapes of param_shapes()."""
         return {}
 
-    def build(self, backend, dtype, params, grads):
+    def buffer_shapes(self):
+        return {}
+
+    def init_buffers(self):
+        """Initial buffer values, name -> array (zeros unless a layer says otherwise)."""
+        return {name: np.zeros(shape) for name, shape in self.buffer_shapes().items()}
+
+    def sublayers(self):
+        """(name, layer) pairs of the layers inside this one (Residual); their
+        parameters are keyed '<this>.<name>.<param>' as in PyTorch."""
+        return []
+
+    def build(self, backend, dtype, params, grads, buffers=None):
         self.kernels = backend.raw
         self.dtype = np.dtype(dtype)
-        self.params, self.grads = params, grads
+        self.params, self.grads, self.buffers = params, grads, buffers or {}
+
+    @property
+    def built(self):
+        return self.kernels is not None
 
     def output_shape(self, shape):
         """The output shape (without the batch axis) for an input of ``shape``;
@@ -40,13 +96,78 @@ class Layer:
         """Constructor arguments that rebuild this layer (saved as JSON)."""
         return {}
 
-    # ------------------------------------------------------------- compute
-    def forward(self, x):
-        raise NotImplementedError
+    @classmethod
+    def from_config(cls, config, build_layer):
+        """The layer rebuilt from config(); build_layer(spec) rebuilds a sublayer's spec."""
+        return cls(**config)
 
-    def backward(self, dy):
-        raise NotImplementedError
+    # ------------------------------------------------------------- compute
+    def forward(self, ctx, x):
+        raise NotImplementedError(f"{type(self).__name__} does not define forward(ctx, x)")
+
+    def backward(self, ctx, dy):
+        raise NotImplementedError(f"{type(self).__name__} does not define backward(ctx, dy)")
+
+    def __call__(self, x, training=False):
+        """On a symbolic tensor (fnn.Input or a layer's output): a graph node.
+        On an array: this layer alone, validated, in inference mode (or training)."""
+        from ..graph import SymbolicTensor, call_layer
+        if isinstance(x, SymbolicTensor) or (isinstance(x, (list, tuple)) and x
+                                             and all(isinstance(t, SymbolicTensor) for t in x)):
+            return call_layer(self, x)
+        return self.apply(x, training=training)
+
+    def apply(self, x, training=False):
+        """Run this layer on its own: x checked against its dtype and input shape."""
+        if not self.built:
+            raise RuntimeError(f"{type(self).__name__} is not built: put it in a model first")
+        xs = list(x) if self.n_inputs != 1 else [x]
+        checked = [_check_array(a, self.dtype, type(self).__name__) for a in xs]
+        shapes = [a.shape[1:] for a in checked]
+        self.output_shape(shapes if self.n_inputs != 1 else shapes[0])
+        ctx = Context(training=bool(training), need_dx=False)
+        return self.forward(ctx, checked if self.n_inputs != 1 else checked[0])
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
         return f"{type(self).__name__}({args})"
+
+
+def _check_array(x, dtype, who):
+    """A C-contiguous array of exactly dtype, or a TypeError/ValueError naming the problem."""
+    if hasattr(x, "__cuda_array_interface__") and not isinstance(x, np.ndarray):
+        if np.dtype(x.dtype) != dtype:
+            raise TypeError(f"{who}: input dtype {x.dtype} does not match the layer's {dtype}")
+        return x
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "fiu":
+        raise TypeError(f"{who}: input must hold numbers, got dtype {arr.dtype}")
+    if arr.dtype.kind == "f" and arr.dtype != dtype:
+        raise TypeError(f"{who}: input dtype {arr.dtype} does not match the layer's {dtype} "
+                        f"(cast it, e.g. x.astype('{dtype}'))")
+    if arr.ndim < 2 or arr.size == 0:
+        raise ValueError(f"{who}: input must be a non-empty batch (batch axis first), got shape {arr.shape}")
+    arr = np.ascontiguousarray(arr, dtype=dtype)
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{who}: input contains NaN or inf")
+    return arr
+
+
+def layer_class(name):
+    """The Layer subclass called name (built-in or user-defined), for loading models."""
+    cls = _registry.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise ValueError(f"unknown layer type {name!r}: define (import) the class before loading")
+    return cls
+
+
+def positive_int(value, name):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def finite_float(value, name):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not np.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)

@@ -2,6 +2,7 @@
 import numpy as np
 
 from .._kernels.checks import spatial
+from .._kernels.shapes import window_output_sizes
 from .base import Layer
 from .dense import _positive_int
 
@@ -46,27 +47,22 @@ class _Conv(Layer):
         if len(shape) != self.dims + 1 or shape[0] != self.in_channels:
             raise ValueError(f"{name} expects inputs of shape (batch, {self.in_channels}, {axes}), "
                              f"got (batch, {', '.join(map(str, shape))})")
-        out = []
-        for size, k, s, p in zip(shape[1:], self.kernel_size, self.stride, self.padding):
-            if k > size + 2 * p:
-                raise ValueError(f"{name}: kernel size {k} is larger than the padded input "
-                                 f"({size} + 2 * {p} = {size + 2 * p})")
-            out.append((size + 2 * p - k) // s + 1)
-        return (self.out_channels,) + tuple(out)
+        return (self.out_channels,) + window_output_sizes(
+            name, shape[1:], self.kernel_size, self.stride, self.padding)
 
     def config(self):
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,
                 "kernel_size": _config_value(self.kernel_size),
                 "stride": _config_value(self.stride), "padding": _config_value(self.padding)}
 
-    def forward(self, x):
-        self._x = x
+    def forward(self, ctx, x):
+        ctx.x = x
         return getattr(self.kernels, self._kernel)(x, self.params["weight"], self.params["bias"],
                                                    *self._geometry)
 
-    def backward(self, dy, need_dx=True):
+    def backward(self, ctx, dy):
         backward = getattr(self.kernels, self._kernel + "_backward")
-        dx, dw, db = backward(dy, self._x, self.params["weight"], *self._geometry, need_dx)
+        dx, dw, db = backward(dy, ctx.x, self.params["weight"], *self._geometry, ctx.need_dx)
         self.grads["weight"] += dw
         self.grads["bias"] += db
         return dx

@@ -1,20 +1,16 @@
-"""Dense (fully connected) layer: y = x @ W.T + b, PyTorch's weight layout (out, in)."""
+"""Dense (fully connected) layer: y = x @ W.T + b on the last axis, PyTorch's weight layout (out, in)."""
 import numpy as np
 
-from .base import Layer
+from .base import Layer, positive_int
 
-
-def _positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
+_positive_int = positive_int   # the name conv.py and recurrent.py import
 
 
 class Dense(Layer):
     def __init__(self, in_features, out_features, bias=True):
         super().__init__()
-        self.in_features = _positive_int(in_features, "in_features")
-        self.out_features = _positive_int(out_features, "out_features")
+        self.in_features = positive_int(in_features, "in_features")
+        self.out_features = positive_int(out_features, "out_features")
         self.use_bias = bool(bias)
 
     def param_shapes(self):
@@ -30,28 +26,31 @@ class Dense(Layer):
                 for name, shape in self.param_shapes().items()}
 
     def output_shape(self, shape):
-        if len(shape) != 1 or shape[0] != self.in_features:
+        if len(shape) < 1 or shape[-1] != self.in_features:
             raise ValueError(
                 f"Dense({self.in_features}, {self.out_features}) expects inputs of shape "
-                f"(batch, {self.in_features}), got (batch, {', '.join(map(str, shape))})")
-        return (self.out_features,)
+                f"(batch, ..., {self.in_features}), got (batch, {', '.join(map(str, shape))})")
+        return tuple(shape[:-1]) + (self.out_features,)
 
     def config(self):
         return {"in_features": self.in_features, "out_features": self.out_features,
                 "bias": self.use_bias}
 
-    # (activation name, alpha) when Sequential fused the next layer into this one
-    fused_activation = None
+    def forward(self, ctx, x):
+        x2 = x if x.ndim == 2 else x.reshape(-1, self.in_features)
+        ctx.x = x2
+        y = self.kernels.linear(x2, self.params["weight"], self.params.get("bias"))
+        return y if x.ndim == 2 else y.reshape(x.shape[:-1] + (self.out_features,))
 
-    def forward(self, x):
-        self._x = x
-        w, b = self.params["weight"], self.params.get("bias")
-        if self.fused_activation is not None:
-            name, alpha = self.fused_activation
-            return self.kernels.linear_act(x, w, b, name, alpha)
-        return self.kernels.linear(x, w, b)
+    def forward_fused(self, ctx, x, activation, alpha):
+        """activation(forward(x)) in one kernel: the model's execution plan calls
+        this when the next node is that activation (see graph.Plan)."""
+        ctx.x = x
+        return self.kernels.linear_act(x, self.params["weight"], self.params.get("bias"), activation, alpha)
 
-    def backward(self, dy, need_dx=True):
+    def backward(self, ctx, dy):
+        dy2 = dy if dy.ndim == 2 else dy.reshape(-1, self.out_features)
         # The kernel adds into the gradient buffers itself: no temporaries.
-        return self.kernels.linear_backward_into(dy, self._x, self.params["weight"], self.grads["weight"],
-                                                 self.grads.get("bias"), need_dx)
+        dx = self.kernels.linear_backward_into(dy2, ctx.x, self.params["weight"], self.grads["weight"],
+                                               self.grads.get("bias"), ctx.need_dx)
+        return dx if dx is None or dy.ndim == 2 else dx.reshape(dy.shape[:-1] + (self.in_features,))

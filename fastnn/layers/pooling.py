@@ -1,5 +1,6 @@
 """Pooling layers: max or mean over windows, PyTorch's semantics (no padding, floor mode)."""
 from .._kernels.checks import spatial
+from .._kernels.shapes import window_output_sizes
 from .base import Layer
 from .conv import _config_value
 
@@ -26,28 +27,23 @@ class _Pool(Layer):
             axes = "L" if self.dims == 1 else "H, W"
             raise ValueError(f"{name} expects inputs of shape (batch, C, {axes}), "
                              f"got (batch, {', '.join(map(str, shape))})")
-        out = []
-        for size, k, s in zip(shape[1:], self.kernel_size, self.stride):
-            if k > size:
-                raise ValueError(f"{name}: kernel size {k} is larger than the input ({size})")
-            out.append((size - k) // s + 1)
-        return (shape[0],) + tuple(out)
+        return (shape[0],) + window_output_sizes(name, shape[1:], self.kernel_size, self.stride)
 
     def config(self):
         return {"kernel_size": _config_value(self.kernel_size), "stride": _config_value(self.stride)}
 
-    def forward(self, x):
-        self._x = x
+    def forward(self, ctx, x):
+        ctx.x = x
         out = getattr(self.kernels, self._kernel)(x, *self._geometry)
         if self.kind == "max":
-            out, self._idx = out
+            out, ctx.idx = out
         return out
 
-    def backward(self, dy, need_dx=True):
+    def backward(self, ctx, dy):
         backward = getattr(self.kernels, self._kernel + "_backward")
         if self.kind == "max":
-            return backward(dy, self._x, self._idx, *self._geometry)
-        return backward(dy, self._x, *self._geometry)
+            return backward(dy, ctx.x, ctx.idx, *self._geometry)
+        return backward(dy, ctx.x, *self._geometry)
 
 
 class MaxPool1D(_Pool):

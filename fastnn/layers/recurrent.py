@@ -8,7 +8,7 @@ sequence with its own *_reverse weights and concatenates the two, as torch does.
 import numpy as np
 
 from .base import Layer
-from .dense import _positive_int
+from .base import positive_int as _positive_int
 
 
 def _contiguous(a):
@@ -64,14 +64,14 @@ class _Recurrent(Layer):
         p = self.params
         return p["weight_ih" + s], p["weight_hh" + s], p["bias_ih" + s], p["bias_hh" + s]
 
-    def forward(self, x):
+    def forward(self, ctx, x):
         run = getattr(self.kernels, self.kernel)
-        self._saved, outs = [], []
+        ctx.saved, outs = [], []
         for s in self._suffixes:
             xs = x if s == "" else _contiguous(x[:, ::-1])
             out = run(xs, *self._weights(s))
             out = out if isinstance(out, tuple) else (out,)
-            self._saved.append((xs, out))
+            ctx.saved.append((xs, out))
             h = out[0]                               # (N, T, H) in processing order
             if not self.return_sequences:
                 outs.append(h[:, -1])                # the final state, torch's h_n
@@ -79,10 +79,10 @@ class _Recurrent(Layer):
                 outs.append(h if s == "" else h[:, ::-1])
         return _contiguous(np.concatenate(outs, axis=-1) if len(outs) > 1 else outs[0])
 
-    def backward(self, dy, need_dx=True):
+    def backward(self, ctx, dy):
         backward = getattr(self.kernels, self.kernel + "_backward")
-        hid, dx = self.hidden_size, None
-        for k, (s, (xs, out)) in enumerate(zip(self._suffixes, self._saved)):
+        hid, dx, need_dx = self.hidden_size, None, ctx.need_dx
+        for k, (s, (xs, out)) in enumerate(zip(self._suffixes, ctx.saved)):
             part = dy[..., k * hid:(k + 1) * hid]
             if self.return_sequences:
                 dh = _contiguous(part if s == "" else part[:, ::-1])

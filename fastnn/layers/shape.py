@@ -1,4 +1,6 @@
 """Shape layers: Flatten and Reshape move no data, only change the view of each sample."""
+import numbers
+
 import numpy as np
 
 from .base import Layer
@@ -10,12 +12,12 @@ class Flatten(Layer):
     def output_shape(self, shape):
         return (int(np.prod(shape)),)
 
-    def forward(self, x):
-        self._shape = x.shape
+    def forward(self, ctx, x):
+        ctx.shape = x.shape
         return x.reshape(x.shape[0], -1)
 
-    def backward(self, dy, need_dx=True):
-        return dy.reshape(self._shape)
+    def backward(self, ctx, dy):
+        return dy.reshape(ctx.shape)
 
 
 class Reshape(Layer):
@@ -26,9 +28,12 @@ class Reshape(Layer):
         if isinstance(shape, (int, np.integer)):
             shape = (shape,)
         try:
-            shape = tuple(int(s) for s in shape)
-        except (TypeError, ValueError):
-            raise ValueError(f"Reshape shape must be a sequence of integers, got {shape!r}") from None
+            ok = all(isinstance(s, numbers.Integral) and not isinstance(s, (bool, np.bool_)) for s in shape)
+        except TypeError:
+            ok = False
+        if not ok:
+            raise ValueError(f"Reshape shape must be a sequence of integers, got {shape!r}")
+        shape = tuple(int(s) for s in shape)
         if any(s < 1 and s != -1 for s in shape) or shape.count(-1) > 1:
             raise ValueError(f"Reshape shape must hold positive sizes and at most one -1, got {shape}")
         self.shape = shape
@@ -44,9 +49,9 @@ class Reshape(Layer):
     def config(self):
         return {"shape": list(self.shape)}
 
-    def forward(self, x):
-        self._shape = x.shape
+    def forward(self, ctx, x):
+        ctx.shape = x.shape
         return x.reshape((x.shape[0],) + self.shape)
 
-    def backward(self, dy, need_dx=True):
-        return dy.reshape(self._shape)
+    def backward(self, ctx, dy):
+        return dy.reshape(ctx.shape)
