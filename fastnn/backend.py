@@ -1,18 +1,19 @@
 """Backend registry: which kernel implementations exist here, and the default.
 
-A backend is the reference kernels of fastnn/_kernels/reference.py with some
-replaced by faster ones. Each public kernel call is validated by
-fastnn/_kernels/checks.py first; ``backend.raw`` holds the unchecked kernels
-for callers (the layers) that validated their inputs once already.
+A backend is the kernels declared in fastnn/_kernels/registry.py, each the backend
+module's own (its NATIVE table) where it has one, else the registry's composition of
+its own kernels, else the NumPy reference (or the module's ``fallback``). Each public
+kernel call is validated by its check first; ``backend.raw`` holds the unchecked
+kernels for callers (the layers) that validated their inputs once already.
 """
 import functools
 import importlib
 import os
 import types
 
-from ._kernels import checks, reference
+from ._kernels import reference, registry
 
-# name -> module whose functions named like reference kernels override them
+# name -> module whose NATIVE table ({kernel: function}) overrides the reference
 _MODULES = {
     "numpy": "fastnn._kernels.reference",
     "numba": "fastnn._kernels.numba_cpu",
@@ -27,23 +28,31 @@ class BackendUnavailable(RuntimeError):
 
 
 class Backend:
-    """The kernels of one backend, each validated before it runs."""
+    """The kernels of one backend, each validated before it runs.
+
+    ``sources[kernel]`` says where each comes from: 'native' (the module's own),
+    'composed' (the registry's composition of the backend's own kernels) or
+    'reference'; ``overridden`` lists the native ones.
+    """
 
     def __init__(self, name, module):
         self.name = name
         self.module = module
-        raw = {k: getattr(module, k, getattr(reference, k)) for k in reference.KERNELS}
-        self.overridden = tuple(k for k in reference.KERNELS if raw[k] is not getattr(reference, k)
-                                and not getattr(raw[k], "host_fallback", False))
-        self.raw = types.SimpleNamespace(**raw)
-        # Fused kernels the module lacks are composed from its own kernels.
-        for kernel, compose in reference.COMPOSED.items():
-            own = getattr(module, kernel, None)
-            if own is None or getattr(own, "host_fallback", False):
-                raw[kernel] = compose(self.raw)
-                setattr(self.raw, kernel, raw[kernel])
-        for kernel, fn in raw.items():
-            setattr(self, kernel, _checked(kernel, fn))
+        native = registry.overrides(name, [getattr(module, "NATIVE", {})])
+        fallback = getattr(module, "fallback", None)   # cuda: the reference on the host
+        self.raw = types.SimpleNamespace()
+        self.sources = {}
+        for kernel in registry.KERNELS.values():
+            if kernel.name in native:
+                fn, source = native[kernel.name], "native"
+            elif kernel.compose is not None and native:
+                fn, source = kernel.compose(self.raw), "composed"
+            else:
+                fn, source = (fallback(kernel.name) if fallback else kernel.reference), "reference"
+            setattr(self.raw, kernel.name, fn)
+            setattr(self, kernel.name, _checked(kernel.check, fn))
+            self.sources[kernel.name] = source
+        self.overridden = tuple(k for k, s in self.sources.items() if s == "native")
         # Where the model's arrays live: identities on CPU backends (reference.HELPERS).
         for helper in reference.HELPERS:
             setattr(self, helper, getattr(module, helper, getattr(reference, helper)))
@@ -52,9 +61,7 @@ class Backend:
         return f"<fastnn backend {self.name!r}>"
 
 
-def _checked(kernel, fn):
-    check = checks.CHECKS[kernel]
-
+def _checked(check, fn):
     @functools.wraps(fn)
     def run(*args, **kwargs):
         args, kwargs2 = check(*args, **kwargs)
@@ -79,6 +86,8 @@ def _load(name):
             raise BackendUnavailable(f"backend {name!r} is not available here: {why}")
     except BackendUnavailable as exc:
         _failures[name] = str(exc)
+        raise
+    except registry.UnknownKernelError:   # a misspelled override is a bug, not a missing build
         raise
     except Exception as exc:  # a missing or broken build must not break the others
         _failures[name] = f"backend {name!r} is not available here: {type(exc).__name__}: {exc}"

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 import fastnn as fnn
+from fastnn._kernels import registry
 
 BACKENDS = fnn.backends()
 
@@ -16,11 +17,11 @@ def backend(request):
 
 
 def assert_close(actual, expected, dtype, rtol=None, atol=None):
-    """|actual - expected| <= atol + rtol * |expected|, elementwise."""
-    if rtol is None:
-        rtol = 2e-4 if np.dtype(dtype) == np.float32 else 1e-10
-    if atol is None:
-        atol = 1e-5 if np.dtype(dtype) == np.float32 else 1e-12
+    """|actual - expected| <= atol + rtol * |expected|, elementwise: the one tolerance test.
+    rtol and atol default to the registry's elementwise tolerance for dtype."""
+    default_rtol, default_atol = registry.elementwise(dtype)
+    rtol = default_rtol if rtol is None else rtol
+    atol = default_atol if atol is None else atol
     actual, expected = np.asarray(actual), np.asarray(expected)
     assert actual.shape == expected.shape, (actual.shape, expected.shape)
     err = np.abs(actual.astype(np.float64) - expected.astype(np.float64))

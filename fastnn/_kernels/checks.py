@@ -4,10 +4,15 @@ Compiled kernels run without bounds checks, so each public kernel call passes
 through the check of the same name here first. A check returns the arguments
 normalised to the raw-kernel contract of reference.py (C-contiguous, one float
 dtype, int64 labels) or raises a ValueError/TypeError naming the problem.
+The registry (registry.py) pairs each kernel with its check; CHECKS is derived from it.
 """
+import inspect
 import numbers
 
 import numpy as np
+
+from .reference import FUSABLE_ACTIVATIONS
+from .shapes import window_output_sizes
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -134,7 +139,6 @@ def linear_backward(dy, x, w, need_dx=True):
 
 
 def linear_act(x, w, b, activation, alpha=0.01):
-    from .reference import FUSABLE_ACTIVATIONS
     if activation not in FUSABLE_ACTIVATIONS:
         raise ValueError(f"linear_act: activation must be one of {FUSABLE_ACTIVATIONS}, got {activation!r}")
     args, _ = linear(x, w, b)
@@ -157,25 +161,33 @@ def linear_backward_into(dy, x, w, dw, db, need_dx=True, accumulate=True):
 # ----------------------------------------------------------- activations
 
 
-def _activation(name):
-    def check(x, alpha=None):
-        x = _array(x, f"{name} x")
-        if x.ndim != 2:
-            raise ValueError(f"{name} x must be 2-D (batch, features), got shape {x.shape}")
-        x = _cast(x, common_dtype(x))
-        if alpha is None:
-            return (x,), {}
-        return (x,), {"alpha": _scalar(alpha, "alpha")}
-    return check
+def activation(name, fn):
+    """The check of any activation kernel, read from its reference fn's signature: a forward
+    takes x, a backward (dy, x, y), 2-D float arrays of one shape; every further argument
+    (leaky_relu's alpha) is a real number, given by position or keyword."""
+    params = list(inspect.signature(fn).parameters)
+    n_arrays = 3 if name.endswith("_backward") else 1
+    scalars = params[n_arrays:]
 
-
-def _activation_backward(name):
-    def check(dy, x, y, alpha=None):
-        dy, x, y = floats(f"{name}_backward", 2, dy, x, y)
-        _same_shape(f"{name}_backward", dy, x, y)
-        if alpha is None:
-            return (dy, x, y), {}
-        return (dy, x, y), {"alpha": _scalar(alpha, "alpha")}
+    def check(*args, **kwargs):
+        if not n_arrays <= len(args) <= len(params):
+            raise TypeError(f"{name} takes {', '.join(params[:n_arrays])}"
+                            + (f" and optionally {', '.join(scalars)}" if scalars else "")
+                            + f", got {len(args)} positional arguments")
+        given = dict(zip(scalars, args[n_arrays:]))
+        for key, value in kwargs.items():
+            if key not in scalars or key in given:
+                raise TypeError(f"{name} got an unexpected or repeated argument {key!r}")
+            given[key] = value
+        if n_arrays == 1:
+            x = _array(args[0], f"{name} x")
+            if x.ndim != 2:
+                raise ValueError(f"{name} x must be 2-D (batch, features), got shape {x.shape}")
+            arrays = (_cast(x, common_dtype(x)),)
+        else:
+            arrays = tuple(floats(name, 2, *args[:3]))
+            _same_shape(name, *arrays)
+        return arrays, {key: _scalar(value, key) for key, value in given.items()}
     return check
 
 
@@ -295,13 +307,7 @@ def _geometry(kernel, dims, kernel_size, stride, padding, input_size):
     ks = spatial(kernel_size, f"{kernel} kernel_size", dims)
     st = spatial(stride, f"{kernel} stride", dims)
     pd = spatial(padding, f"{kernel} padding", dims, minimum=0)
-    for k, p, size in zip(ks, pd, input_size):
-        if k > size + 2 * p:
-            raise ValueError(
-                f"{kernel}: kernel size {k} is larger than the padded input "
-                f"({size} + 2 * {p} = {size + 2 * p})")
-    out = tuple((size + 2 * p - k) // s + 1 for size, k, s, p in zip(input_size, ks, st, pd))
-    return ks, st, pd, out
+    return ks, st, pd, window_output_sizes(kernel, tuple(input_size), ks, st, pd)
 
 
 def _unpack(dims, values):
@@ -309,7 +315,8 @@ def _unpack(dims, values):
     return values[0] if dims == 1 else values
 
 
-def _conv(dims):
+def conv(dims):
+    """(forward check, backward check) of the dims-D convolution."""
     kernel = f"conv{dims}d"
     rank = dims + 2
 
@@ -349,7 +356,8 @@ def _conv(dims):
     return forward, backward
 
 
-def _pool(kind, dims):
+def pool(kind, dims):
+    """(forward check, backward check) of dims-D max or avg pooling."""
     kernel = f"{kind}pool{dims}d"
     rank = dims + 2
 
@@ -429,7 +437,8 @@ def _recurrent_weights(kernel, x, w_ih, w_hh, biases):
     return out, hid
 
 
-def _recurrent(kernel):
+def recurrent(kernel):
+    """(forward check, backward check) of kernel: rnn, lstm or gru."""
     def forward(x, w_ih, w_hh, b_ih, b_hh):
         x = _sequence(x, f"{kernel} x")
         arrays, _ = _recurrent_weights(kernel, x, w_ih, w_hh, [("b_ih", b_ih), ("b_hh", b_hh)])
@@ -459,20 +468,8 @@ def _recurrent(kernel):
     return forward, backward
 
 
-CHECKS = {
-    "matmul": matmul, "bias_add": bias_add, "bias_grad": bias_grad,
-    "linear": linear, "linear_backward": linear_backward,
-    "linear_act": linear_act, "linear_backward_into": linear_backward_into,
-    "mse": mse, "cross_entropy": cross_entropy,
-    "binary_cross_entropy": binary_cross_entropy,
-    "sgd_step": sgd_step, "adam_step": adam_step,
-}
-for _name in ("step", "sigmoid", "tanh", "relu", "leaky_relu", "softmax"):
-    CHECKS[_name] = _activation(_name)
-    CHECKS[_name + "_backward"] = _activation_backward(_name)
-for _dims in (1, 2):
-    CHECKS[f"conv{_dims}d"], CHECKS[f"conv{_dims}d_backward"] = _conv(_dims)
-    for _kind in ("max", "avg"):
-        CHECKS[f"{_kind}pool{_dims}d"], CHECKS[f"{_kind}pool{_dims}d_backward"] = _pool(_kind, _dims)
-for _name in GATES:
-    CHECKS[_name], CHECKS[_name + "_backward"] = _recurrent(_name)
+def __getattr__(name):
+    if name == "CHECKS":   # kernel name -> check, from the registry (imported late: it imports us)
+        from .registry import KERNELS
+        return {k: v.check for k, v in KERNELS.items()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,12 +12,18 @@ enforces it in front of every backend):
   * forward kernels return new arrays; ``*_step`` optimizer kernels update their
     first arguments in place and return None.
 
+Which kernels exist, with their checks and fallbacks, is declared once in
+registry.py; KERNELS, LOSSES, CONV and RECURRENT here are derived from it. A new
+activation is its pair of functions below and its name in ACTIVATIONS.
+
 Weights use PyTorch's layout: a Dense weight is (out_features, in_features).
 Losses reduce by the mean, as PyTorch's defaults do.
 """
 import sys
 
 import numpy as np
+
+from .shapes import window_output_sizes
 
 # ---------------------------------------------------------------- matmul
 
@@ -113,6 +119,7 @@ def softmax_backward(dy, x, y):
     return y * (dy - (dy * y).sum(axis=-1, keepdims=True))
 
 
+# The activation family: each name has name(x, ...) and name_backward(dy, x, y, ...) above.
 ACTIVATIONS = ("step", "sigmoid", "tanh", "relu", "leaky_relu", "softmax")
 
 # ---------------------------------------------------------------- losses
@@ -154,8 +161,6 @@ def binary_cross_entropy(logits, target):
     return float(loss.mean()), (sigmoid(logits) - target) / logits.size
 
 
-LOSSES = ("mse", "cross_entropy", "binary_cross_entropy")
-
 # ------------------------------------------------------------ optimizers
 # Updates act in place on flat 1-D buffers that hold every parameter, every
 # gradient and every piece of optimizer state. PyTorch's update rules.
@@ -186,18 +191,14 @@ def adam_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, t):
 # Whole-batch kernels, weights in PyTorch's layout: conv weight (C_out, C_in, k)
 # or (C_out, C_in, kh, kw). 1-D kernels take ints, 2-D kernels (h, w) pairs of
 # ints for kernel_size, stride and padding. Output sizes use floor mode:
-# L_out = (L + 2 * padding - k) // stride + 1.
-
-
-def _out_size(size, k, stride, padding=0):
-    return (size + 2 * padding - k) // stride + 1
+# L_out = (L + 2 * padding - k) // stride + 1 (shapes.window_output_sizes).
 
 
 def _im2col(x, kh, kw, stride, padding):
     """x (N, C, H, W) -> cols (N * Ho * Wo, C * kh * kw), rows ordered (n, i, j)."""
     (sh, sw), (ph, pw) = stride, padding
     n, c, h, w = x.shape
-    ho, wo = _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw)
+    ho, wo = window_output_sizes("conv2d", (h, w), (kh, kw), stride, padding)
     xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
     cols = np.empty((n, c, kh, kw, ho, wo), dtype=x.dtype)
     for i in range(kh):
@@ -324,8 +325,6 @@ def avgpool1d_backward(dy, x, kernel_size, stride):
     return avgpool2d_backward(dy[:, :, None, :], x[:, :, None, :],
                               (1, kernel_size), (1, stride))[:, :, 0, :]
 
-
-CONV = ("conv1d", "conv2d", "maxpool1d", "maxpool2d", "avgpool1d", "avgpool2d")
 
 # ------------------------------------------------------------ recurrent
 # Forward over a whole sequence x (N, T, F) from zero initial states; PyTorch's
@@ -456,13 +455,11 @@ def gru_backward(dh, x, h, gates, hn, w_ih, w_hh, need_dx=True):
     return _rnn_weight_grads(x, h_prev, d_in, d_hid, w_ih, need_dx)
 
 
-RECURRENT = ("rnn", "lstm", "gru")
-
 # ------------------------------------------------------------ fused dense
 # A Dense layer and the activation after it, and its backward written straight
 # into the gradient buffers. Each is defined by composing the kernels above; a
 # backend without its own version gets this composition of *its own* kernels
-# (see COMPOSED and backend.Backend), never a silent fall back to NumPy.
+# (the registry's compose, see backend.Backend), never a silent fall back to NumPy.
 
 FUSABLE_ACTIVATIONS = ("relu", "sigmoid", "tanh", "leaky_relu")
 
@@ -491,7 +488,6 @@ def compose_linear_backward_into(k):
     return linear_backward_into
 
 
-COMPOSED = {"linear_act": compose_linear_act, "linear_backward_into": compose_linear_backward_into}
 linear_act = compose_linear_act(sys.modules[__name__])
 linear_backward_into = compose_linear_backward_into(sys.modules[__name__])
 
@@ -518,11 +514,13 @@ def zeros(shape, dtype):
 
 HELPERS = ("to_device", "to_host", "zeros")
 
-KERNELS = (
-    ("matmul", "bias_add", "bias_grad", "linear", "linear_backward", "linear_act",
-     "linear_backward_into")
-    + tuple(n for a in ACTIVATIONS for n in (a, a + "_backward"))
-    + LOSSES
-    + ("sgd_step", "adam_step")
-    + tuple(n for k in CONV + RECURRENT for n in (k, k + "_backward"))
-)
+_DERIVED = {   # name -> (family, with backward kernels): lists that registry.py owns
+    "KERNELS": (None, True), "LOSSES": ("loss", False), "CONV": ("conv", False),
+    "RECURRENT": ("recurrent", False)}
+
+
+def __getattr__(name):
+    if name in _DERIVED:
+        from .registry import names   # imported late: the registry imports this module
+        return names(*_DERIVED[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,10 +17,11 @@ backend's ``to_device`` / ``zeros``), the optimizer keeps its state there, and
 the Trainer copies each batch in once and takes back only the loss and, for
 classifiers, the batch's outputs for accuracy.
 
-Every kernel of reference.KERNELS has a CUDA version, so CNNs and recurrent
-models also train with activations and weights on the device. A kernel named
-in reference.KERNELS but in no file here would run the NumPy reference on the
-host (``_host_fallback``: device arguments copied back, results copied in).
+Every kernel of the registry but the fused linear_act and linear_backward_into
+(composed from the ones here) has a CUDA version, so CNNs and recurrent models
+also train with activations and weights on the device. A registry kernel in no
+file here would run the NumPy reference on the host (``fallback``: device
+arguments copied back, results copied in).
 
 Importing this package does not import numba.cuda; ``available()`` does, only
 when a CUDA driver is present or NUMBA_ENABLE_CUDASIM=1 (Numba's CUDA simulator,
@@ -31,19 +32,13 @@ import importlib
 import importlib.util
 import os
 
-from .. import reference
+from .. import reference, registry
 
-NATIVE = {
-    "gemm": ("matmul", "bias_add", "bias_grad", "linear", "linear_backward"),
-    "activations": tuple(n for a in reference.ACTIVATIONS for n in (a, a + "_backward")),
-    "losses": reference.LOSSES,
-    "optim": ("sgd_step", "adam_step"),
-    "conv": tuple(n for k in ("conv1d", "conv2d", "maxpool1d", "maxpool2d", "avgpool1d", "avgpool2d")
-                  for n in (k, k + "_backward")),
-    "recurrent": ("rnn", "rnn_backward", "lstm", "lstm_backward", "gru", "gru_backward"),
-    "_device": ("to_device", "to_host", "zeros", "DeviceArray", "is_device", "SIMULATED"),
-}
-_WHERE = {name: module for module, names in NATIVE.items() for name in names}
+# Every public function of these topic files is a kernel of the registry (checked when
+# NATIVE is first read: a misspelled one raises registry.UnknownKernelError), except HELPERS.
+TOPICS = ("gemm", "activations", "losses", "optim", "conv", "recurrent")
+HELPERS = ("sm_count", "choose_config", "bias_add_device", "bias_grad_device")   # in gemm.py
+DEVICE = ("to_device", "to_host", "zeros", "DeviceArray", "is_device", "SIMULATED")   # in _device.py
 INSTALL = "pip install 'fastnn[cuda]' (the numba-cuda package)"
 
 
@@ -136,12 +131,24 @@ def _host_fallback(name):
     return run
 
 
+fallback = _host_fallback   # backend.Backend's fallback for kernels without a CUDA version
+
+
+def _native():
+    """{kernel: function} of the topic files (imports numba.cuda: call after available())."""
+    modules = [importlib.import_module(f"{__name__}.{topic}") for topic in TOPICS]
+    return registry.overrides("cuda", modules, HELPERS)
+
+
 def __getattr__(name):
     """Kernels load on first use (after available()): numba.cuda is imported then."""
-    if name in _WHERE:
-        value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
-    elif name in reference.KERNELS:
-        value = _host_fallback(name)
+    if name == "NATIVE":
+        value = _native()
+    elif name in DEVICE:
+        value = getattr(importlib.import_module(f"{__name__}._device"), name)
+    elif name in registry.KERNELS:
+        native = __getattr__("NATIVE")
+        value = native[name] if name in native else _host_fallback(name)
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = value
@@ -149,4 +156,4 @@ def __getattr__(name):
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_WHERE) | set(reference.KERNELS))
+    return sorted(set(globals()) | set(DEVICE) | set(registry.KERNELS) | {"NATIVE"})

@@ -4,27 +4,18 @@ setup.py compiles the same kernel source (kernels.pxi and its topic files)
 three times, as _avx512 (AVX-512 F/DQ/BW/VL + FMA), _avx2 (AVX2 + FMA) and
 _generic (no ISA flags). At import this package picks the best module the
 running CPU supports, from NumPy's view of the CPU features, and exposes its
-kernels under the reference names. FASTNN_CYTHON_ISA=avx512|avx2|generic
+kernels under their registry names (NATIVE). FASTNN_CYTHON_ISA=avx512|avx2|generic
 forces a choice (falling back, with a warning, if this CPU cannot run it).
 """
 import importlib
 import os
 import warnings
 
+from .. import registry
+
 ISAS = ("avx512", "avx2", "generic")
-KERNEL_NAMES = (
-    "matmul", "bias_add", "bias_grad", "linear", "linear_backward",
-    "linear_act", "linear_backward_into",
-    "step", "step_backward", "sigmoid", "sigmoid_backward", "tanh", "tanh_backward",
-    "relu", "relu_backward", "leaky_relu", "leaky_relu_backward",
-    "softmax", "softmax_backward",
-    "mse", "cross_entropy", "binary_cross_entropy",
-    "sgd_step", "adam_step",
-    "conv1d", "conv1d_backward", "conv2d", "conv2d_backward",
-    "maxpool1d", "maxpool1d_backward", "maxpool2d", "maxpool2d_backward",
-    "avgpool1d", "avgpool1d_backward", "avgpool2d", "avgpool2d_backward",
-    "rnn", "rnn_backward", "lstm", "lstm_backward", "gru", "gru_backward",
-)
+# The compiled modules' public functions are kernels of the registry, except these.
+HELPERS = ("has_openmp", "isa")
 
 
 def _cpu_features():
@@ -155,19 +146,8 @@ def available():
     return True, ""
 
 
-def _bind():
-    g = globals()
-    for name in KERNEL_NAMES:
-        g[name] = getattr(_mod, name)
-
-
-matmul = bias_add = bias_grad = linear = linear_backward = None
-linear_act = linear_backward_into = None
-step = step_backward = sigmoid = sigmoid_backward = tanh = tanh_backward = None
-relu = relu_backward = leaky_relu = leaky_relu_backward = softmax = softmax_backward = None
-mse = cross_entropy = binary_cross_entropy = sgd_step = adam_step = None
-conv1d = conv1d_backward = conv2d = conv2d_backward = None
-maxpool1d = maxpool1d_backward = maxpool2d = maxpool2d_backward = None
-avgpool1d = avgpool1d_backward = avgpool2d = avgpool2d_backward = None
-rnn = rnn_backward = lstm = lstm_backward = gru = gru_backward = None
-_bind()
+# Checked against the registry: a misspelled kernel in the .pxi files raises
+# registry.UnknownKernelError here instead of leaving the reference in its place.
+NATIVE = registry.overrides("cython", [_mod], HELPERS)
+KERNEL_NAMES = tuple(NATIVE)
+globals().update(NATIVE)

@@ -1,0 +1,352 @@
+"""Example inputs for every kernel: the parity tests run ``Cases.tests``, the benchmarks ``Cases.bench``.
+
+An Example's make(rng, dtype) returns (args, kwargs) for one call, drawn from rng, so
+one seed gives the same values twice: the tests draw them for the backend in dtype and
+again, upcast to float64, for the reference. The shapes reach the edges: sizes 1, 7,
+33, 257, transposed and strided operands, stride and padding, a single time step, and
+need_dx=False. Backward examples hold what the reference's forward saved.
+"""
+import inspect
+import itertools
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from . import reference as ref
+from .shapes import window_output_sizes
+
+SIZES = (1, 7, 33, 257)
+
+
+@dataclass(frozen=True)
+class Example:
+    id: str
+    make: Callable     # make(rng, dtype) -> (args, kwargs)
+    depth: int = 1     # the longest sum behind one output element (a GEMM's k): scales the tolerance
+
+
+@dataclass(frozen=True)
+class Cases:
+    tests: tuple
+    bench: tuple = ()
+
+
+def example(id, fn, *params, depth=1, **kwargs):
+    """An Example calling fn(rng, dtype, *params, **kwargs)."""
+    return Example(id, lambda rng, dtype: fn(rng, dtype, *params, **kwargs), depth)
+
+
+def rand(rng, dtype, *shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(dtype)
+
+
+# ------------------------------------------------------------------ linear
+
+MATMUL_SHAPES = ((1, 1, 1), (7, 33, 1), (33, 7, 257), (257, 33, 7), (1, 257, 33), (64, 64, 64), (100, 130, 70))
+TRANS = ((False, False), (True, False), (False, True), (True, True))
+
+
+def _matmul(rng, dtype, m, k, n, ta=False, tb=False):
+    a = rand(rng, dtype, *((k, m) if ta else (m, k)))
+    b = rand(rng, dtype, *((n, k) if tb else (k, n)))
+    return (a, b, ta, tb), {}
+
+
+def _matmul_view(rng, dtype, kind):
+    a, b = rand(rng, dtype, 40, 30), rand(rng, dtype, 50, 40)
+    if kind == "F-order":                  # a.T, b.T: F-contiguous, absorbed as trans flags
+        return (a.T, b.T), {}
+    return (a[::2], b[:, ::2][:30]), {}    # strided: copied by the check
+
+
+def matmul():
+    tests = [example(f"{m}x{k}x{n}-{'TN'[ta]}{'TN'[tb]}", _matmul, m, k, n, ta, tb, depth=k)
+             for (m, k, n), (ta, tb) in itertools.product(MATMUL_SHAPES, TRANS)]
+    tests += [example("F-order", _matmul_view, "F-order", depth=40),
+              example("strided", _matmul_view, "strided", depth=30)]
+    bench = [example(f"{m}x{k}x{n}", _matmul, m, k, n, depth=k)
+             for m, k, n in ((128, 784, 256), (256, 256, 256), (512, 512, 512))]
+    bench.append(example("dy.T@x 256x128x784", _matmul, 256, 128, 784, True, depth=128))
+    return Cases(tuple(tests), tuple(bench))
+
+
+def _rows_and_features():
+    return itertools.product(SIZES, (1, 7, 33))
+
+
+def _bias_add(rng, dtype, n, f):
+    return (rand(rng, dtype, n, f), rand(rng, dtype, f)), {}
+
+
+def bias_add():
+    return Cases(tuple(example(f"{n}x{f}", _bias_add, n, f) for n, f in _rows_and_features()),
+                 (example("128x256", _bias_add, 128, 256),))
+
+
+def _bias_grad(rng, dtype, n, f):
+    return (rand(rng, dtype, n, f),), {}
+
+
+def bias_grad():
+    return Cases(tuple(example(f"{n}x{f}", _bias_grad, n, f, depth=n) for n, f in _rows_and_features()),
+                 (example("128x256", _bias_grad, 128, 256, depth=128),))
+
+
+def _linear(rng, dtype, n, f, k=33, bias=True, order="C"):
+    x, w, b = rand(rng, dtype, n, k), rand(rng, dtype, f, k), rand(rng, dtype, f)
+    return (np.asarray(x, order=order), w, b if bias else None), {}
+
+
+def linear():
+    tests = [example(f"{n}x33->{f}", _linear, n, f, depth=33) for n, f in _rows_and_features()]
+    tests += [example(f"{n}x33->7-no-bias", _linear, n, 7, bias=False, depth=33) for n in SIZES]
+    tests.append(example("F-order-x", _linear, 7, 33, order="F", depth=33))
+    return Cases(tuple(tests), (example("128x784->256", _linear, 128, 256, 784, depth=784),))
+
+
+def _linear_backward(rng, dtype, n, f, k=33, need_dx=True):
+    dy, x, w = rand(rng, dtype, n, f), rand(rng, dtype, n, k), rand(rng, dtype, f, k)
+    return (dy, x, w, need_dx), {}
+
+
+def linear_backward():
+    tests = [example(f"{n}x33->{f}", _linear_backward, n, f, depth=max(n, f)) for n, f in _rows_and_features()]
+    tests.append(example("no-dx", _linear_backward, 33, 7, need_dx=False, depth=33))
+    return Cases(tuple(tests), (example("128x784->256", _linear_backward, 128, 256, 784, depth=256),))
+
+
+def _linear_act(rng, dtype, n, f, activation, bias=True, k=33):
+    (x, w, b), _ = _linear(rng, dtype, n, f, k, bias)
+    return (x, w, b, activation), {"alpha": 0.1}
+
+
+def linear_act():
+    tests = [example(f"{a}-{n}x33->{f}{'' if bias else '-no-bias'}", _linear_act, n, f, a, bias, depth=33)
+             for a in ref.FUSABLE_ACTIVATIONS for n, f in ((1, 1), (7, 33), (257, 7)) for bias in (True, False)]
+    return Cases(tuple(tests), (example("relu-128x784->256", _linear_act, 128, 256, "relu", k=784, depth=784),))
+
+
+def _linear_backward_into(rng, dtype, n, f, accumulate, k=33, bias=True, need_dx=True):
+    (dy, x, w, _), _ = _linear_backward(rng, dtype, n, f, k)
+    dw, db = rand(rng, dtype, f, k), rand(rng, dtype, f)
+    return (dy, x, w, dw, db if bias else None, need_dx, accumulate), {}
+
+
+def linear_backward_into():
+    tests = [example(f"{n}x33->{f}-{'add' if acc else 'set'}", _linear_backward_into, n, f, acc, depth=max(n, f))
+             for n, f in ((1, 1), (7, 33), (257, 7)) for acc in (True, False)]
+    tests.append(example("no-bias-no-dx", _linear_backward_into, 7, 33, True, bias=False, need_dx=False, depth=33))
+    return Cases(tuple(tests), (example("128x784->256", _linear_backward_into, 128, 256, True, 784, depth=256),))
+
+
+# ------------------------------------------------------------- activations
+
+ACTIVATION_SHAPES = ((1, 1), (7, 33), (257, 10), (33, 257))
+
+
+def _activation_input(rng, dtype, shape):
+    if shape == "extreme":
+        return np.array([[-1e4, -50.0, 0.0, 50.0, 1e4]], dtype=dtype)
+    x = rand(rng, dtype, *shape, scale=3.0)
+    x.flat[0] = 0.0   # the kink of relu and step
+    return x
+
+
+def _activation(rng, dtype, name, shape, params):
+    x = _activation_input(rng, dtype, shape)
+    if not name.endswith("_backward"):
+        return (x,), dict(params)
+    y = getattr(ref, name[:-len("_backward")])(x, **params)
+    return (rand(rng, dtype, *x.shape), x, y), dict(params)
+
+
+def activation(name, fn):
+    """Every activation alike; a keyword of the reference (leaky_relu's alpha) gets one case at 0.2."""
+    shapes = ACTIVATION_SHAPES + ("extreme",)
+    tests = [example("x".join(map(str, s)) if s != "extreme" else s, _activation, name, s, {}) for s in shapes]
+    for p in inspect.signature(fn).parameters.values():
+        if isinstance(p.default, (int, float)) and not isinstance(p.default, bool):
+            tests.append(example(f"{p.name}=0.2", _activation, name, (7, 33), {p.name: 0.2}))
+    return Cases(tuple(tests), (example("128x256", _activation, name, (128, 256), {}),))
+
+
+# ------------------------------------------------------------------ losses
+
+LOSS_SHAPES = ((1, 1), (7, 3), (33, 10), (257, 7))
+HUGE_LOGITS = ((1e4, -1e4, 0.0), (-1e4, 1e4, 5.0))
+
+
+def _loss(rng, dtype, name, n, c, target):
+    logits = np.array(HUGE_LOGITS, dtype=dtype) if n == "huge" else rand(rng, dtype, n, c, scale=3.0)
+    n, c = logits.shape
+    if target == "labels":
+        t = rng.integers(0, c, n)
+    elif target == "soft":
+        t = rng.random((n, c)).astype(dtype)
+        t /= t.sum(axis=1, keepdims=True)
+    elif target == "probs":
+        t = rng.random((n, c)).astype(dtype)
+    else:
+        t = rand(rng, dtype, n, c)
+    return (logits, t), {}
+
+
+def loss(name):
+    targets = {"mse": ("values",), "cross_entropy": ("labels", "soft"), "binary_cross_entropy": ("probs",)}
+    kinds = targets.get(name, ("values",))
+    tests = [example(f"{n}x{c}-{t}", _loss, name, n, c, t, depth=n) for (n, c) in LOSS_SHAPES for t in kinds]
+    if name != "mse":
+        tests += [example(f"huge-logits-{t}", _loss, name, "huge", 3, t) for t in kinds]
+    return Cases(tuple(tests), (example("128x10", _loss, name, 128, 10, kinds[0], depth=128),))
+
+
+# -------------------------------------------------------------- optimizers
+
+BENCH_PARAMS = 269_322   # the 784-256-128-10 MLP's parameters
+
+
+def _sgd(rng, dtype, size, momentum, nesterov, wd, lr=0.1):
+    p, g, v = (rand(rng, dtype, size) for _ in range(3))
+    return (p, g, v, lr, momentum, nesterov, wd), {}
+
+
+def sgd_step():
+    tests = [example(f"{size}-m{m}{'-nesterov' if nest else ''}-wd{wd}", _sgd, size, m, nest, wd)
+             for size in (1, 7, 33, 1000, 270_000)
+             for m, nest, wd in ((0.0, False, 0.0), (0.9, False, 0.0), (0.9, True, 1e-3), (0.5, False, 0.1))]
+    return Cases(tuple(tests), (example("momentum-269k", _sgd, BENCH_PARAMS, 0.9, False, 0.0, lr=1e-9),))
+
+
+def _adam(rng, dtype, size, wd, t, lr=1e-3):
+    p, g = rand(rng, dtype, size), rand(rng, dtype, size)
+    m, v = rand(rng, dtype, size) * 0.1, np.abs(rand(rng, dtype, size)) * 0.1
+    return (p, g, m, v, lr, 0.9, 0.999, 1e-8, wd, t), {}
+
+
+def adam_step():
+    tests = [example(f"{size}-wd{wd}-t{t}", _adam, size, wd, t)
+             for size in (1, 7, 33, 270_000) for wd, t in ((0.0, 1), (0.01, 5))]
+    return Cases(tuple(tests), (example("269k", _adam, BENCH_PARAMS, 0.0, 1, lr=1e-9),))
+
+
+# ------------------------------------------------ convolution and pooling
+# (batch, channels in, spatial size, channels out, kernel, stride, padding, bias, layout)
+
+CONV_CASES = {
+    1: (("3x2x9-k3", 3, 2, (9,), 5, (3,), 1, 0, True, "C"),
+        ("s2-p1-F-order", 3, 2, (9,), 5, (3,), 2, 1, True, "F"),
+        ("1x1x1-k1", 1, 1, (1,), 1, (1,), 1, 0, True, "C"),
+        ("k4-s3-p2-no-bias", 2, 3, (7,), 4, (4,), 3, 2, False, "C"),
+        ("33-channels", 2, 33, (7,), 7, (3,), 1, 1, True, "C")),
+    2: (("3x2x9x7-k3x2", 3, 2, (9, 7), 5, (3, 2), (1, 1), (0, 0), True, "C"),
+        ("s2x1-p1x0-F-order", 3, 2, (9, 7), 5, (3, 2), (2, 1), (1, 0), True, "F"),
+        ("1x1x1x1-k1", 1, 1, (1, 1), 1, (1, 1), (1, 1), (0, 0), True, "C"),
+        ("s2-p2-no-bias", 2, 3, (7, 8), 4, (3, 3), (2, 2), (2, 2), False, "C"),
+        ("7-channels-to-33", 2, 7, (7, 7), 33, (3, 3), (1, 1), (1, 1), True, "C")),
+}
+CONV_BENCH = {1: ("32x16x128-k5", 32, 16, (128,), 32, (5,), 1, 2, True, "C"),
+              2: ("32x8x28x28-k3", 32, 8, (28, 28), 16, (3, 3), (1, 1), (1, 1), True, "C")}
+
+
+def _tuple(v, dims):
+    return tuple(v) if isinstance(v, tuple) else (v,) * dims
+
+
+def _conv(rng, dtype, backward, dims, spec, need_dx=True):
+    _, n, c, size, c_out, k, stride, padding, bias, layout = spec
+    x = np.asarray(rand(rng, dtype, n, c, *size), order=layout)
+    w, b = rand(rng, dtype, c_out, c, *k), rand(rng, dtype, c_out)
+    if not backward:
+        return (x, w, b if bias else None, stride, padding), {}
+    out = window_output_sizes(f"conv{dims}d", size, k, _tuple(stride, dims), _tuple(padding, dims))
+    return (rand(rng, dtype, n, c_out, *out), x, w, stride, padding, need_dx), {}
+
+
+def _conv_depth(spec):
+    _, n, c, size, _, k, _, _, _, _ = spec
+    return max(c * int(np.prod(k)), n * int(np.prod(size)))
+
+
+def conv(dims, backward=False):
+    tests = [example(s[0], _conv, backward, dims, s, depth=_conv_depth(s)) for s in CONV_CASES[dims]]
+    if backward:
+        s = CONV_CASES[dims][1]
+        tests.append(example(s[0] + "-no-dx", _conv, True, dims, s, need_dx=False, depth=_conv_depth(s)))
+    s = CONV_BENCH[dims]
+    return Cases(tuple(tests), (example(s[0], _conv, backward, dims, s, depth=_conv_depth(s)),))
+
+
+# (batch, channels, spatial size, kernel, stride (None: the kernel), layout)
+POOL_CASES = {
+    1: (("2x3x9-k3-s2", 2, 3, (9,), 3, 2, "C"),
+        ("k2-default-stride", 2, 3, (8,), 2, None, "C"),
+        ("1x1x1-k1", 1, 1, (1,), 1, 1, "C"),
+        ("F-order-k3-s1", 3, 2, (7,), 3, 1, "F")),
+    2: (("2x3x9x7-k3-s2", 2, 3, (9, 7), 3, 2, "C"),
+        ("k2-default-stride", 2, 3, (8, 6), 2, None, "C"),
+        ("k3x2-s1x2-overlap", 2, 3, (9, 8), (3, 2), (1, 2), "C"),
+        ("1x1x1x1-k1", 1, 1, (1, 1), 1, 1, "C"),
+        ("F-order-k2-s1", 3, 2, (5, 7), 2, 1, "F")),
+}
+POOL_BENCH = {1: ("32x16x128-k2", 32, 16, (128,), 2, None, "C"),
+              2: ("32x16x28x28-k2", 32, 16, (28, 28), 2, None, "C")}
+
+
+def _pool(rng, dtype, name, spec):
+    _, n, c, size, k, stride, layout = spec
+    x = np.asarray(rand(rng, dtype, n, c, *size), order=layout)
+    if not name.endswith("_backward"):
+        return (x, k, stride), {}
+    dims = len(size)
+    ks = _tuple(k, dims)
+    st = ks if stride is None else _tuple(stride, dims)
+    dy = rand(rng, dtype, n, c, *window_output_sizes(name, size, ks, st))
+    if name.startswith("max"):
+        one = (lambda v: v[0]) if dims == 1 else (lambda v: v)   # 1-D kernels take ints
+        _, idx = getattr(ref, name[:-len("_backward")])(np.ascontiguousarray(x), one(ks), one(st))
+        return (dy, x, idx, k, stride), {}
+    return (dy, x, k, stride), {}
+
+
+def pool(name):
+    dims = int(name[len("maxpool")])
+    tests = tuple(example(s[0], _pool, name, s, depth=int(np.prod(_tuple(s[4], dims)))) for s in POOL_CASES[dims])
+    return Cases(tests, (example(POOL_BENCH[dims][0], _pool, name, POOL_BENCH[dims]),))
+
+
+# --------------------------------------------------------------- recurrent
+# (batch, time, features, hidden, layout of x)
+
+RECURRENT_CASES = (("3x7x5-h6-F-order", 3, 7, 5, 6, "F"), ("1x1x1-h1", 1, 1, 1, 1, "C"),
+                   ("2x3x33-h7", 2, 3, 33, 7, "C"), ("7x4x3-h33", 7, 4, 3, 33, "C"))
+RECURRENT_BENCH = ("32x16x32-h64", 32, 16, 32, 64, "C")
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+
+
+def _recurrent(rng, dtype, name, spec, need_dx=True):
+    _, n, t, f, h, layout = spec
+    cell = name.replace("_backward", "")
+    g = GATES[cell]
+    x = np.asarray(rand(rng, dtype, n, t, f), order=layout)
+    w_ih, w_hh = rand(rng, dtype, g * h, f, scale=0.5), rand(rng, dtype, g * h, h, scale=0.5)
+    if cell == name:
+        return (x, w_ih, w_hh, rand(rng, dtype, g * h, scale=0.5), rand(rng, dtype, g * h, scale=0.5)), {}
+    saved = getattr(ref, cell)(np.ascontiguousarray(x), w_ih, w_hh,
+                               rand(rng, dtype, g * h, scale=0.5), rand(rng, dtype, g * h, scale=0.5))
+    saved = saved if isinstance(saved, tuple) else (saved,)
+    return (rand(rng, dtype, n, t, h), x, *saved, w_ih, w_hh), {"need_dx": need_dx}
+
+
+def _recurrent_depth(spec):
+    _, n, t, f, h, _ = spec
+    return max(n * t, t * h + f)
+
+
+def recurrent(name):
+    tests = [example(s[0], _recurrent, name, s, depth=_recurrent_depth(s)) for s in RECURRENT_CASES]
+    if name.endswith("_backward"):
+        s = RECURRENT_CASES[2]
+        tests.append(example(s[0] + "-no-dx", _recurrent, name, s, need_dx=False, depth=_recurrent_depth(s)))
+    s = RECURRENT_BENCH
+    return Cases(tuple(tests), (example(s[0], _recurrent, name, s, depth=_recurrent_depth(s)),))
