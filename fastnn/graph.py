@@ -142,7 +142,7 @@ class Graph:
                 skip.add(id(act_node))
                 self._release(node, values, remaining, keep)
                 continue
-            values[id(node)] = node.layer.forward(ctx, args if node.layer.n_inputs != 1 else args[0])
+            values[id(node)] = node.layer._forward_impl(ctx, args if node.layer.n_inputs != 1 else args[0])
             if record:
                 tape.records.append((node, ctx))
             self._release(node, values, remaining, keep)
@@ -172,7 +172,7 @@ class Graph:
             dy = flowing.pop(id(node), None)
             if dy is None:
                 continue
-            dx = node.layer.backward(ctx, dy)
+            dx = node.layer._backward_impl(ctx, dy)
             if not ctx.need_dx:
                 continue
             dxs = dx if node.layer.n_inputs != 1 else [dx]

@@ -532,8 +532,7 @@ def _architecture(config):
                 sequence.append(sequence[ref])
             else:
                 sequence.append(build_layer(spec))
-        unique = list({id(l): l for l in sequence}.values())
-        return unique, lambda **kw: Sequential(*sequence, **kw)
+        return sequence, lambda **kw: Sequential(*sequence, **kw)
     if kind != "Model":
         raise ValueError(f"unknown model class {kind!r}")
     layers = [build_layer(spec) for spec in config["layers"]]

@@ -6,18 +6,44 @@ from .backend import get_backend
 
 
 def _buffers(params):
-    """(data, grad) 1-D buffer pairs: the model's flat buffers when given
-    model.parameters(), else one pair per parameter."""
+    """(data, grad) 1-D buffer pairs, validated: the model's flat buffers when
+    given model.parameters(), else one pair per parameter. The kernels trust
+    these buffers, so every shape, dtype and layout is checked here."""
     flat = getattr(params, "flat_data", None)
     if flat is not None:
-        return [(params.flat_data, params.flat_grad)]
+        return [(params.flat_data,) + _pair("model.parameters()", params.flat_data, params.flat_grad)]
+    if isinstance(params, (str, bytes)) or not hasattr(params, "__iter__"):
+        raise TypeError(f"step() takes model.parameters() or an iterable of Parameters, got {type(params).__name__}")
     pairs = []
     for p in params:
-        data, grad = p.data.reshape(-1), p.grad.reshape(-1)
-        if isinstance(data, np.ndarray) and not np.shares_memory(data, p.data):
-            raise ValueError(f"{p!r} is not contiguous: the optimizer cannot update it in place")
-        pairs.append((data, grad))
+        if not (hasattr(p, "data") and hasattr(p, "grad")):
+            raise TypeError(f"step() takes Parameters (with .data and .grad), got {type(p).__name__}")
+        name = repr(getattr(p, "name", p))
+        # The state is keyed by p.data itself: its 1-D view is a new object each step.
+        pairs.append((p.data,) + _pair(name, p.data, p.grad))
     return pairs
+
+
+def _pair(name, data, grad):
+    for what, a in (("data", data), ("grad", grad)):
+        if not hasattr(a, "dtype") or not hasattr(a, "shape"):
+            raise TypeError(f"{name}: .{what} must be an array, got {type(a).__name__}")
+        if np.dtype(a.dtype) not in (np.float32, np.float64):
+            raise TypeError(f"{name}: .{what} has dtype {a.dtype}; optimizers update float32 or float64")
+    if tuple(data.shape) != tuple(grad.shape):
+        raise ValueError(f"{name}: .grad has shape {tuple(grad.shape)} but .data has {tuple(data.shape)}")
+    if np.dtype(data.dtype) != np.dtype(grad.dtype):
+        raise TypeError(f"{name}: .grad is {grad.dtype} but .data is {data.dtype}")
+    if isinstance(data, np.ndarray) != isinstance(grad, np.ndarray):
+        raise TypeError(f"{name}: .data and .grad must live on the same device")
+    if isinstance(data, np.ndarray):
+        if not (data.flags.c_contiguous and grad.flags.c_contiguous):
+            raise ValueError(f"{name} is not contiguous: the optimizer cannot update it in place")
+        if not data.flags.writeable:
+            raise ValueError(f"{name}: .data is read-only")
+        if np.shares_memory(data, grad):
+            raise ValueError(f"{name}: .data and .grad share memory")
+    return data.reshape(-1), grad.reshape(-1)
 
 
 def _check(value, name, low=0.0, high=None, low_open=False):
@@ -33,19 +59,21 @@ class Optimizer:
         self._state = {}   # id(data buffer) -> (data buffer, state arrays)
         self.iterations = 0
 
-    def _state_for(self, backend, data, count):
-        """The state buffers for data, allocated where data lives (backend.zeros)."""
-        entry = self._state.get(id(data))
-        if entry is None or entry[0] is not data:
-            entry = (data, [backend.zeros(data.shape, data.dtype) for _ in range(count)])
-            self._state[id(data)] = entry
+    def _state_for(self, backend, key, data, count):
+        """The state buffers for the parameter ``key`` (1-D like data), allocated
+        where data lives (backend.zeros)."""
+        entry = self._state.get(id(key))
+        if entry is None or entry[0] is not key:
+            entry = (key, [backend.zeros(data.shape, data.dtype) for _ in range(count)])
+            self._state[id(key)] = entry
         return entry[1]
 
     def step(self, params):
         backend = getattr(params, "backend", None) or get_backend()
+        pairs = _buffers(params)
         self.iterations += 1
-        for data, grad in _buffers(params):
-            self._update(backend, data, grad)
+        for key, data, grad in pairs:
+            self._update(backend, key, data, grad)
 
     def zero_grad(self, params):
         for p in params:
@@ -64,8 +92,8 @@ class SGD(Optimizer):
             raise ValueError("Nesterov momentum needs momentum > 0")
         self.nesterov = bool(nesterov)
 
-    def _update(self, backend, data, grad):
-        (velocity,) = self._state_for(backend, data, 1)
+    def _update(self, backend, key, data, grad):
+        (velocity,) = self._state_for(backend, key, data, 1)
         backend.raw.sgd_step(data, grad, velocity, self.lr, self.momentum, self.nesterov, self.weight_decay)
 
 
@@ -80,8 +108,8 @@ class Adam(Optimizer):
         self.eps = _check(eps, "eps")
         self.weight_decay = _check(weight_decay, "weight_decay")
 
-    def _update(self, backend, data, grad):
-        m, v = self._state_for(backend, data, 2)
+    def _update(self, backend, key, data, grad):
+        m, v = self._state_for(backend, key, data, 2)
         backend.raw.adam_step(data, grad, m, v, self.lr, self.beta1, self.beta2, self.eps,
                           self.weight_decay, self.iterations)
 

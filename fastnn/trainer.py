@@ -69,8 +69,8 @@ class _OutputLoss:
             if np.dtype(getattr(grad, "dtype", None)) != np.dtype(out.dtype):
                 grad = np.asarray(grad, dtype=out.dtype)
             loss = float(loss)
-        if self.weight != 1.0:
-            loss, grad = loss * self.weight, grad * self.weight
+        if self.weight != 1.0:   # the gradient of weight * loss; the loss is logged unweighted
+            grad = grad * self.weight
         return loss, grad
 
 
@@ -139,7 +139,8 @@ class Trainer:
     def _step_losses(self, outs, ys_dev):
         """(total loss, [per-output losses], [gradients]) of one batch."""
         results = [loss(o, y) for loss, o, y in zip(self._losses, outs, ys_dev)]
-        return sum(r[0] for r in results), [r[0] for r in results], [r[1] for r in results]
+        total = sum(loss.weight * r[0] for loss, r in zip(self._losses, results))
+        return total, [r[0] for r in results], [r[1] for r in results]
 
     def _logs(self, total, per_output, correct, n):
         """{'loss', 'accuracy'} (one output) or also '<k>_loss', '<k>_accuracy' per output k."""

@@ -51,6 +51,13 @@ class Layer:
         if not cls.__name__.startswith("_"):
             # The newest definition of a name wins (a notebook re-running a cell).
             _registry[cls.__name__] = cls
+        # The model's executor calls the unchecked implementations (it validated the
+        # batch once); a user calling forward/backward directly gets them checked.
+        for name in ("forward", "backward"):
+            impl = cls.__dict__.get(name)
+            if impl is not None and not getattr(impl, "_checked", False):
+                setattr(cls, f"_{name}_impl", impl)
+                setattr(cls, name, _CHECKED[name])
 
     def __init__(self):
         self.params, self.grads, self.buffers = {}, {}, {}
@@ -102,11 +109,13 @@ class Layer:
         return cls(**config)
 
     # ------------------------------------------------------------- compute
-    def forward(self, ctx, x):
+    def _forward_impl(self, ctx, x):
         raise NotImplementedError(f"{type(self).__name__} does not define forward(ctx, x)")
 
-    def backward(self, ctx, dy):
+    def _backward_impl(self, ctx, dy):
         raise NotImplementedError(f"{type(self).__name__} does not define backward(ctx, dy)")
+
+    # forward / backward: set below to the checked entry points (see __init_subclass__)
 
     def __call__(self, x, training=False):
         """On a symbolic tensor (fnn.Input or a layer's output): a graph node.
@@ -126,11 +135,51 @@ class Layer:
         shapes = [a.shape[1:] for a in checked]
         self.output_shape(shapes if self.n_inputs != 1 else shapes[0])
         ctx = Context(training=bool(training), need_dx=False)
-        return self.forward(ctx, checked if self.n_inputs != 1 else checked[0])
+        return self._forward_impl(ctx, checked if self.n_inputs != 1 else checked[0])
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
         return f"{type(self).__name__}({args})"
+
+
+def _checked_forward(self, ctx, x=None):
+    """forward(ctx, x) with ctx, built state, dtype and input shape checked."""
+    who = type(self).__name__
+    if not isinstance(ctx, Context) or x is None:
+        raise TypeError(f"{who}.forward takes (ctx, x) with ctx a fnn.layers.Context; "
+                        f"to run a layer on its own, call it: layer(x)")
+    if not self.built:
+        raise RuntimeError(f"{who} is not built: put it in a model first")
+    xs = list(x) if self.n_inputs != 1 else [x]
+    for a in xs:
+        if not hasattr(a, "dtype") or np.dtype(a.dtype) != self.dtype:
+            raise TypeError(f"{who}.forward: input dtype {getattr(a, 'dtype', type(a).__name__)} "
+                            f"does not match the layer's {self.dtype}")
+        if a.ndim < 2 or (isinstance(a, np.ndarray) and not a.flags.c_contiguous):
+            raise ValueError(f"{who}.forward needs a C-contiguous batch (batch axis first), got shape {a.shape}")
+    shapes = [tuple(a.shape[1:]) for a in xs]
+    self.output_shape(shapes if self.n_inputs != 1 else shapes[0])
+    y = self._forward_impl(ctx, x)
+    ctx._output = (tuple(y.shape), np.dtype(y.dtype))
+    return y
+
+
+def _checked_backward(self, ctx, dy=None):
+    """backward(ctx, dy) with dy checked against what this ctx's forward returned."""
+    who = type(self).__name__
+    out = getattr(ctx, "_output", None) if isinstance(ctx, Context) else None
+    if out is None or dy is None:
+        raise TypeError(f"{who}.backward takes (ctx, dy) with the ctx its forward(ctx, x) filled")
+    if tuple(getattr(dy, "shape", ())) != out[0] or np.dtype(getattr(dy, "dtype", None)) != out[1]:
+        raise ValueError(f"{who}.backward: dy has shape {getattr(dy, 'shape', None)} and dtype "
+                         f"{getattr(dy, 'dtype', None)}; the forward output was {out[0]} {out[1]}")
+    if isinstance(dy, np.ndarray) and not dy.flags.c_contiguous:
+        dy = np.ascontiguousarray(dy)
+    return self._backward_impl(ctx, dy)
+
+
+_checked_forward._checked = _checked_backward._checked = True
+_CHECKED = {"forward": _checked_forward, "backward": _checked_backward}
 
 
 def _check_array(x, dtype, who):
@@ -171,3 +220,6 @@ def finite_float(value, name):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not np.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     return float(value)
+
+
+Layer.forward, Layer.backward = _checked_forward, _checked_backward

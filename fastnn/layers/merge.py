@@ -114,12 +114,12 @@ class Residual(Layer):
         ctx.inner, h = [], x
         for layer in self.layers:
             c = ctx.child()
-            h = layer.forward(c, h)
+            h = layer._forward_impl(c, h)
             ctx.inner.append(c)
         return x + h
 
     def backward(self, ctx, dy):
         g = dy
         for layer, c in zip(reversed(self.layers), reversed(ctx.inner)):
-            g = layer.backward(c, g)
+            g = layer._backward_impl(c, g)
         return dy + g if ctx.need_dx else None
