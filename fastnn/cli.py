@@ -1,4 +1,4 @@
-"""Command line: `fastnn digits` (the main job) and `fastnn backends`."""
+"""Command line: `fastnn digits` (the main job), `fastnn backends [--kernels]` and `fastnn warmup`."""
 import argparse
 import sys
 import time
@@ -77,6 +77,25 @@ def format_table(rows, epochs, n_train):
     return "\n".join(lines)
 
 
+def kernel_table(names=None):
+    """Per kernel and backend: native (its own), composed (the registry's composition of the
+    backend's own kernels) or reference (the NumPy reference; on cuda, run on the host)."""
+    from .backend import backends, get_backend
+    from ._kernels.registry import KERNELS
+    bes = [get_backend(n) for n in (names or backends())]
+    width = max(map(len, KERNELS))
+    cols = [max(len(be.name), len("reference")) for be in bes]
+    lines = ["  ".join([f"{'kernel':<{width}}"] + [f"{be.name:<{c}}" for be, c in zip(bes, cols)]).rstrip()]
+    for kernel in KERNELS:
+        cells = [f"{be.sources[kernel]:<{c}}" for be, c in zip(bes, cols)]
+        lines.append("  ".join([f"{kernel:<{width}}"] + cells).rstrip())
+    lines.append("")
+    for be in bes:
+        counts = {s: sum(v == s for v in be.sources.values()) for s in ("native", "composed", "reference")}
+        lines.append(f"{be.name}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="fastnn", description=__doc__)
     sub = parser.add_subparsers(dest="command")
@@ -89,7 +108,9 @@ def main(argv=None):
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--no-progress", action="store_true")
     d.add_argument("--plot", default="digits_curves.png", help="where to save the training curves")
-    sub.add_parser("backends", help="list the backends usable here")
+    b = sub.add_parser("backends", help="list the backends usable here")
+    b.add_argument("--kernels", action="store_true",
+                   help="and per backend which kernels are native and which fall back")
     sub.add_parser("warmup", help="compile and cache the Numba kernels a Dense network uses "
                                   "(once per install; later processes load them in well under a second)")
     args = parser.parse_args(argv)
@@ -97,6 +118,9 @@ def main(argv=None):
     if args.command == "backends":
         from .backend import backends, default_backend
         print("usable backends:", ", ".join(backends()), f"(default: {default_backend()})")
+        if args.kernels:
+            print()
+            print(kernel_table())
         return 0
     if args.command == "warmup":
         warmup()
