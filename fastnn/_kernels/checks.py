@@ -167,27 +167,34 @@ def activation(name, fn):
     (leaky_relu's alpha) is a real number, given by position or keyword."""
     params = list(inspect.signature(fn).parameters)
     n_arrays = 3 if name.endswith("_backward") else 1
-    scalars = params[n_arrays:]
+    options = params[n_arrays:]
 
-    def check(*args, **kwargs):
-        if not n_arrays <= len(args) <= len(params):
-            raise TypeError(f"{name} takes {', '.join(params[:n_arrays])}"
-                            + (f" and optionally {', '.join(scalars)}" if scalars else "")
-                            + f", got {len(args)} positional arguments")
-        given = dict(zip(scalars, args[n_arrays:]))
+    def scalars(args, kwargs):
+        if len(args) > len(params):
+            raise TypeError(f"{name} takes {', '.join(params)}, got {len(args)} positional arguments")
+        given = dict(zip(options, args[n_arrays:]))
         for key, value in kwargs.items():
-            if key not in scalars or key in given:
+            if key not in options or key in given:
                 raise TypeError(f"{name} got an unexpected or repeated argument {key!r}")
             given[key] = value
-        if n_arrays == 1:
-            x = _array(args[0], f"{name} x")
-            if x.ndim != 2:
-                raise ValueError(f"{name} x must be 2-D (batch, features), got shape {x.shape}")
-            arrays = (_cast(x, common_dtype(x)),)
-        else:
-            arrays = tuple(floats(name, 2, *args[:3]))
-            _same_shape(name, *arrays)
-        return arrays, {key: _scalar(value, key) for key, value in given.items()}
+        return {key: _scalar(value, key) for key, value in given.items()}
+
+    def forward(x, *extra, **kwargs):
+        if extra or kwargs:                 # the common call, x alone, skips this
+            kwargs = scalars((x,) + extra, kwargs)
+        x = _array(x, f"{name} x")
+        if x.ndim != 2:
+            raise ValueError(f"{name} x must be 2-D (batch, features), got shape {x.shape}")
+        return (_cast(x, common_dtype(x)),), kwargs
+
+    def backward(dy, x, y, *extra, **kwargs):
+        if extra or kwargs:
+            kwargs = scalars((dy, x, y) + extra, kwargs)
+        arrays = floats(name, 2, dy, x, y)
+        _same_shape(name, *arrays)
+        return tuple(arrays), kwargs
+    check = backward if n_arrays == 3 else forward
+    check.__name__ = check.__qualname__ = name   # "relu_backward() missing 2 required ..."
     return check
 
 
