@@ -311,7 +311,7 @@ class Model:
                 out.append(None)
                 continue
             what = f"gradient {i}" if many else "gradient"
-            if hasattr(g, "__cuda_array_interface__") and not isinstance(g, np.ndarray):
+            if _on_device(g):
                 if tuple(g.shape) != shape or np.dtype(g.dtype) != self.dtype:
                     raise ValueError(f"{what}: shape {tuple(g.shape)} / dtype {g.dtype} do not match the "
                                      f"forward output {shape} / {self.dtype}")
@@ -502,6 +502,11 @@ def _as_batch(x, name):
     if x.ndim < 2:
         raise ValueError(f"{name} must have a batch axis first, got shape {x.shape}")
     return x
+
+
+def _on_device(x):
+    """Whether x is a device array (the cuda backend's), which np.asarray would copy to the host."""
+    return not isinstance(x, np.ndarray) and hasattr(x, "copy_to_host") and hasattr(x, "dtype")
 
 
 def _finite(x, name):

@@ -1,4 +1,4 @@
-"""Export a Sequential to ONNX, to run it in onnxruntime, OpenVINO, TensorRT, a browser...
+"""Export a model (Sequential or graph) to ONNX, to run it in onnxruntime, OpenVINO, TensorRT, a browser...
 
     model.export_onnx("model.onnx")                  # needs: pip install 'fastnn[onnx]'
     import onnxruntime as ort
@@ -14,6 +14,7 @@ One ONNX node (or two) per layer, weights as initializers in the model's dtype:
     Reshape        Reshape(x, [0, *shape])          (0 keeps the batch axis)
     Conv1D/Conv2D  Conv(strides, pads, kernel_shape)
     Max/AvgPool    MaxPool / AveragePool (kernel_shape, strides, no padding, floor mode)
+    Add / Concatenate / Residual   Add / Concat(axis) / the inner layers, then Add
 
 The batch axis is named "N" (any size). The other input axes come from
 ``input_shape`` (without the batch axis) when given, else from the first layer
@@ -25,6 +26,7 @@ float32 only; float64 models with Dense and activation layers run there too.
 import numpy as np
 
 from . import layers as L
+from .model import Sequential
 
 DEFAULT_OPSET = 17
 
@@ -94,10 +96,24 @@ class _Graph:
 _SIMPLE = {L.Sigmoid: "Sigmoid", L.Tanh: "Tanh", L.ReLU: "Relu"}
 
 
-def _layer(graph, index, layer, x, weights):
-    stem = f"l{index}"
+def _layer(graph, prefix, layer, xs, weights, prefixes):
+    """The ONNX nodes of one layer call on input names xs; returns the output name."""
+    stem = f"l{prefix}"
     kind = type(layer)
-    params = {name: weights[f"{index}.{name}"] for name in layer.param_shapes()}
+    params = {name: weights[f"{prefix}.{name}"] for name in layer.param_shapes()}
+    if kind is L.Add:
+        out = xs[0]
+        for other in xs[1:]:
+            out = graph.node("Add", [out, other], stem)
+        return out
+    if kind is L.Concatenate:
+        return graph.node("Concat", list(xs), stem, axis=layer.axis)
+    if kind is L.Residual:
+        h = xs[0]
+        for sub in layer.layers:
+            h = _layer(graph, prefixes[id(sub)], sub, [h], weights, prefixes)
+        return graph.node("Add", [xs[0], h], stem)
+    x = xs[0]
     if kind is L.Dense:
         inputs = [x, graph.const(f"{stem}.weight", params["weight"])]
         if layer.use_bias:
@@ -133,31 +149,50 @@ def _layer(graph, index, layer, x, weights):
 
 
 def to_onnx(model, input_shape=None, opset=DEFAULT_OPSET):
-    """The model as an onnx.ModelProto (checked by onnx.checker), input "input", output "output"."""
+    """The model as an onnx.ModelProto (checked by onnx.checker): inputs "input" (or
+    "input_0", "input_1", ... for a graph with several), outputs "output" (or "output_k")."""
     onnx = _onnx()
     helper = onnx.helper
     opset = int(opset)
     if opset < 13:
         raise ValueError(f"ONNX export needs opset 13 or later (Softmax over the last axis), got {opset}")
-    dims = _input_dims(model, input_shape)
+    g_nodes = model._graph
+    sequential = isinstance(model, Sequential)
+    if sequential:
+        in_dims = [_input_dims(model, input_shape)]
+        out_dims = [_output_dims(model, in_dims[0])]
+    else:
+        in_dims = [list(n.shape) for n in g_nodes.inputs]
+        out_dims = [list(n.shape) for n in g_nodes.outputs]
+    in_names = ["input"] if len(in_dims) == 1 else [f"input_{i}" for i in range(len(in_dims))]
+    out_names = ["output"] if len(out_dims) == 1 else [f"output_{i}" for i in range(len(out_dims))]
     graph = _Graph(onnx, model.dtype)
-    x = "input"
     weights = model.state_dict()  # host copies, whatever the backend
-    for index, layer in enumerate(model.layers):
-        x = _layer(graph, index, layer, x, weights)
-    # name the last node's output "output"
-    graph.nodes[-1].output[0] = "output"
+    names = {id(n): name for n, name in zip(g_nodes.inputs, in_names)}
+    for node in g_nodes.nodes:
+        if node.layer is not None:
+            names[id(node)] = _layer(graph, model._prefix[id(node.layer)], node.layer,
+                                     [names[id(i)] for i in node.inputs], weights, model._prefix)
+    renamed = {}
+    for node, out in zip(g_nodes.outputs, out_names):
+        produced = names[id(node)]
+        producer = next((n for n in graph.nodes if n.output[0] == produced), None)
+        if producer is None or produced in renamed:   # an input, or an output named already
+            graph.node("Identity", [renamed.get(produced, produced)], "out", out=out)
+            continue
+        producer.output[0] = renamed[produced] = out
+        for n in graph.nodes:
+            n.input[:] = [out if i == produced else i for i in n.input]
     elem = helper.np_dtype_to_tensor_dtype(model.dtype)
-    out_dims = ["N", *_output_dims(model, dims)]
     g = helper.make_graph(
-        graph.nodes, "fastnn_sequential",
-        [helper.make_tensor_value_info("input", elem, ["N", *dims])],
-        [helper.make_tensor_value_info("output", elem, out_dims)],
+        graph.nodes, "fastnn_" + type(model).__name__.lower(),
+        [helper.make_tensor_value_info(n, elem, ["N", *d]) for n, d in zip(in_names, in_dims)],
+        [helper.make_tensor_value_info(n, elem, ["N", *d]) for n, d in zip(out_names, out_dims)],
         initializer=graph.inits)
     opset_import = [helper.make_opsetid("", opset)]
     proto = helper.make_model(g, opset_imports=opset_import, producer_name="fastnn",
                               ir_version=helper.find_min_ir_version_for(opset_import))
-    proto.doc_string = f"fastnn Sequential: {[type(l).__name__ for l in model.layers]}"
+    proto.doc_string = f"fastnn {type(model).__name__}: {[type(l).__name__ for l in model.layers]}"
     onnx.checker.check_model(proto, full_check=True)
     return proto
 

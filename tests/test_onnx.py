@@ -84,3 +84,30 @@ def test_unsupported_and_bad_input(tmp_path):
         dense.export_onnx(tmp_path / "m.onnx", input_shape=(4,))
     with pytest.raises(ValueError, match="opset"):
         dense.export_onnx(tmp_path / "m.onnx", opset=11)
+
+
+def test_graph_model_with_merges_residual_and_two_outputs(tmp_path, backend):
+    """A two-input, two-output graph (shared layer, Add, Concatenate, Residual) runs in
+    onnxruntime as it predicts."""
+    a, b = fnn.Input((4,)), fnn.Input((3,))
+    shared = L.Dense(6, 6)
+    ha, hb = L.ReLU()(L.Dense(4, 6)(a)), L.Tanh()(L.Dense(3, 6)(b))
+    merged = L.Add()([shared(ha), shared(hb), ha])
+    out1 = L.Dense(12, 3)(L.Concatenate()([merged, hb]))
+    out2 = L.Residual(L.Dense(6, 6), L.Tanh())(merged)
+    model = fnn.Model(inputs=[a, b], outputs=[out1, out2], backend=backend, seed=2)
+    rng = np.random.default_rng(5)
+    xa, xb = rng.normal(size=(9, 4)).astype(np.float32), rng.normal(size=(9, 3)).astype(np.float32)
+    path = tmp_path / "g.onnx"
+    proto = model.export_onnx(path)
+    assert [i.name for i in proto.graph.input] == ["input_0", "input_1"]
+    assert [o.name for o in proto.graph.output] == ["output_0", "output_1"]
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"input_0": xa, "input_1": xb})
+    for g, w in zip(got, model.predict([xa, xb])):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
+def test_sequential_with_residual(tmp_path):
+    model = fnn.Sequential(L.Dense(5, 8), L.Residual(L.Dense(8, 8), L.ReLU(), L.Dense(8, 8)), L.Dense(8, 2), seed=1)
+    _check(model, np.random.default_rng(3).normal(size=(11, 5)), tmp_path)

@@ -184,7 +184,7 @@ _CHECKED = {"forward": _checked_forward, "backward": _checked_backward}
 
 def _check_array(x, dtype, who):
     """A C-contiguous array of exactly dtype, or a TypeError/ValueError naming the problem."""
-    if hasattr(x, "__cuda_array_interface__") and not isinstance(x, np.ndarray):
+    if not isinstance(x, np.ndarray) and hasattr(x, "copy_to_host"):   # a device array
         if np.dtype(x.dtype) != dtype:
             raise TypeError(f"{who}: input dtype {x.dtype} does not match the layer's {dtype}")
         return x
