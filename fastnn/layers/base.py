@@ -63,7 +63,6 @@ class Layer:
         self.params, self.grads, self.buffers = {}, {}, {}
         self.kernels = None
         self.dtype = None
-        self.trainable = True
 
     # ------------------------------------------------------------ building
     def param_shapes(self):
@@ -89,6 +88,16 @@ class Layer:
         self.kernels = backend.raw
         self.dtype = np.dtype(dtype)
         self.params, self.grads, self.buffers = params, grads, buffers or {}
+
+    @property
+    def trainable(self):
+        """Every layer trains; freezing (trainable = False) is not built yet."""
+        return True
+
+    @trainable.setter
+    def trainable(self, value):
+        if not value:
+            raise NotImplementedError("freezing a layer (trainable = False) is not supported yet")
 
     @property
     def built(self):
