@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 nb = pytest.importorskip("fastnn._kernels.numba_cpu")
+from fastnn._kernels import tiles  # noqa: E402
 from fastnn._kernels.numba_cpu import _math, gemm  # noqa: E402
 
 DTYPES = [np.float32, np.float64]
@@ -56,6 +57,42 @@ def test_gemm_thread_splits(dtype, shape, monkeypatch):
         for threads in range(1, old + 1):
             nb.set_num_threads(threads)
             _close(nb.matmul(a, b), a @ b, dtype)
+    finally:
+        nb.set_num_threads(old)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_thread_split_uses_the_dtypes_tile(dtype):
+    """_gemm_into shares C among threads in units of the dtype's MR x NR tile
+    (it once used 8 x 32 for every dtype: float64 products 2 tiles wide ran on
+    one thread, and wider ones in half as many column strips as they have)."""
+    t = tiles.tile("numba", dtype)
+    big_k = gemm.PARALLEL_MIN_WORK
+    assert gemm._split(t.mr, 3 * t.nr, big_k, dtype, 3) == (False, 3)
+    assert gemm._split(t.mr, 2 * t.nr - 1, big_k, dtype, 3) == (True, 1)
+    assert gemm._split(3 * t.mr, t.nr, big_k, dtype, 4) == (True, 3)
+    assert gemm._split(64, 64, 64, dtype, 1) == (True, 1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (8, 257, 48), (7, 33, 80), (33, 7, 257),
+                                   (257, 33, 7), (9, 300, 47)])
+def test_threaded_gemm_matches_numpy_on_odd_shapes(dtype, m, k, n, monkeypatch):
+    """Every split of every odd shape, against numpy.matmul: |got - ref| <= atol + rtol*|ref|."""
+    monkeypatch.setattr(gemm, "PARALLEL_MIN_WORK", 1)
+    rng = np.random.default_rng(m + 7 * k + 11 * n)
+    a, b = rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype)
+    ref = np.matmul(a.astype(np.float64), b.astype(np.float64))
+    rtol, atol = (2e-5, 2e-5 * np.sqrt(k)) if dtype == np.float32 else (1e-12, 1e-12 * np.sqrt(k))
+    old = nb.get_num_threads()
+    try:
+        for threads in sorted({1, min(2, old), old}):
+            nb.set_num_threads(threads)
+            for ta, tb in [(False, False), (True, True)]:
+                got = nb.matmul(a.T.copy() if ta else a, b.T.copy() if tb else b, ta, tb)
+                assert got.dtype == dtype
+                err = np.abs(got - ref)
+                assert np.all(err <= atol + rtol * np.abs(ref)), (threads, ta, tb, err.max())
     finally:
         nb.set_num_threads(old)
 

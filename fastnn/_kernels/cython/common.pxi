@@ -9,10 +9,16 @@ cnp.import_array()
 
 cdef extern from "fnn_simd.h" nogil:
     enum:
-        FNN_MR_S
+        FNN_MR_S    # tile and block sizes: fnn_tiles.h, generated from _kernels/tiles.py
         FNN_NR_S
+        FNN_KC_S
+        FNN_MC_S
+        FNN_NC_S
         FNN_MR_D
         FNN_NR_D
+        FNN_KC_D
+        FNN_MC_D
+        FNN_NC_D
         FNN_DIRECT_B_TILES
     const char *fnn_isa_name()
     int fnn_have_openmp()

@@ -85,25 +85,9 @@ static void fnn_aligned_free(void *p) {
 
 /* ------------------------------------------------------------ tile sizes */
 
-#if defined(FNN_ISA_AVX512)
-#define FNN_MR_S 8
-#define FNN_NR_S 32
-#define FNN_MR_D 8
-#define FNN_NR_D 16
-#define FNN_DIRECT_B_TILES 32   /* read B in place when M <= 32 * MR (measured on Zen4) */
-#elif defined(FNN_ISA_AVX2)
-#define FNN_MR_S 6
-#define FNN_NR_S 16
-#define FNN_MR_D 6
-#define FNN_NR_D 8
-#define FNN_DIRECT_B_TILES 8
-#else
-#define FNN_MR_S 4
-#define FNN_NR_S 8
-#define FNN_MR_D 4
-#define FNN_NR_D 4
-#define FNN_DIRECT_B_TILES 0
-#endif
+/* MR x NR register tiles, MC/KC/NC cache blocks and FNN_DIRECT_B_TILES per ISA:
+ * generated from the table in fastnn/_kernels/tiles.py (shared with the Numba GEMM). */
+#include "fnn_tiles.h"
 
 /* Edge tiles (m < MR or n < NR): add/store a full tile kept in t. */
 #define FNN_EDGE_STORE(T, t, NR, c, ldc, m, n, acc)                      \
@@ -118,6 +102,9 @@ static void fnn_aligned_free(void *p) {
 
 /* ====================================================== AVX-512 kernels */
 #if defined(FNN_ISA_AVX512)
+#if FNN_MR_S != 8 || FNN_NR_S != 32 || FNN_MR_D != 8 || FNN_NR_D != 16
+#error "tiles.py disagrees with the AVX-512 microkernels below (8x32 float, 8x16 double)"
+#endif
 
 /* C[0:m, 0:n] (+)= sum_p a[p*8 + i] * b[p*ldb + j]   (8x32 float tile). b is a packed
  * micro-panel (ldb = NR) or, for full-width tiles, op(B) read in place (ldb = its row stride). */
@@ -240,6 +227,9 @@ static void fnn_ukr_d(long k, const double *FNN_RESTRICT a, const double *FNN_RE
 
 /* ========================================================= AVX2 kernels */
 #elif defined(FNN_ISA_AVX2)
+#if FNN_MR_S != 6 || FNN_NR_S != 16 || FNN_MR_D != 6 || FNN_NR_D != 8
+#error "tiles.py disagrees with the AVX2 microkernels below (6x16 float, 6x8 double)"
+#endif
 
 /* 6x16 float tile in 12 ymm accumulators */
 static void fnn_ukr_s(long k, const float *FNN_RESTRICT a, const float *FNN_RESTRICT b, long ldb,

@@ -1,8 +1,9 @@
 # Cache-blocked GEMM (BLIS loops jc->pc->ic->jr->ir over packed panels) plus the Dense kernels built on it: reference.matmul, bias_add, bias_grad, linear, linear_backward.
 
-# Block sizes (elements): KC x NC panel of op(B), MC x KC block of op(A).
-cdef Py_ssize_t _MC_S = 128, _KC_S = 384, _NC_S = 3072
-cdef Py_ssize_t _MC_D = 96, _KC_D = 256, _NC_D = 2048
+# Block sizes (elements): KC x NC panel of op(B), MC x KC block of op(A); the
+# defaults are this ISA's row of fastnn/_kernels/tiles.py (via fnn_tiles.h).
+cdef Py_ssize_t _MC_S = FNN_MC_S, _KC_S = FNN_KC_S, _NC_S = FNN_NC_S
+cdef Py_ssize_t _MC_D = FNN_MC_D, _KC_D = FNN_KC_D, _NC_D = FNN_NC_D
 # Below this many multiply-adds (M*N*K) the GEMM stays on one thread.
 cdef Py_ssize_t _PAR_MIN_WORK = 1 << 20
 # Strips per thread when they are big enough (see _gemm).

@@ -9,12 +9,16 @@ flags, so x.T @ g and g @ W.T run without copies. Edge tiles are zero-padded in
 the packed buffers and computed into a scratch tile, of which only the valid
 part reaches C. Two threads or more split C's rows (or columns, when that
 duplicates less packing) between them when the product is big enough.
+
+Tile (MR x NR) and block (KC, MC, NC) sizes are TILES["numba"] of
+fastnn/_kernels/tiles.py, the table _micro.py is generated from.
 """
 import numba
 import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
+from .. import tiles as _tiles
 from . import _micro
 
 # Explicit fast-math flags: 'contract' lets LLVM fuse a*b+c into an FMA. The
@@ -22,10 +26,14 @@ from . import _micro
 # ruins its vectorization, so it stays off.
 FM = {"contract"}
 
-# Cache blocking, per dtype: KC x NR strip of B in L1, MC x KC block of A in
-# L2, KC x NC panel of B in L3 (Zen 4: 32 KiB L1d, 1 MiB L2 per core).
-BLOCKS = {np.dtype(np.float32): (192, 256, 4096),   # MC, KC, NC
-          np.dtype(np.float64): (96, 256, 2048)}
+TILES = {np.dtype(d): t for d, t in _tiles.TILES["numba"].items()}
+for _dt, _t in TILES.items():
+    _tag = {"float32": "f32", "float64": "f64"}[_dt.name]
+    if (getattr(_micro, "MR_" + _tag), getattr(_micro, "NR_" + _tag)) != (_t.mr, _t.nr):
+        raise ImportError(f"numba_cpu/_micro.py was generated for other {_dt.name} tiles than "
+                          "tiles.py holds: run python -m fastnn._kernels.generate")
+# Cache blocking, per dtype: (MC, KC, NC) from the table (tests shrink them here).
+BLOCKS = {dt: (t.mc, t.kc, t.nc) for dt, t in TILES.items()}
 # Below this many multiply-adds (M*N*K) one thread does the whole product.
 PARALLEL_MIN_WORK = 1 << 21
 
@@ -45,11 +53,15 @@ def _tile(x):
     raise NotImplementedError
 
 
+_MR32, _NR32 = _micro.MR_f32, _micro.NR_f32
+_MR64, _NR64 = _micro.MR_f64, _micro.NR_f64
+
+
 @overload(_tile)
 def _tile_impl(x):
     if x.dtype == types.float32:
-        return lambda x: (8, 32)
-    return lambda x: (8, 16)
+        return lambda x: (_MR32, _NR32)
+    return lambda x: (_MR64, _NR64)
 
 
 @njit(cache=True, fastmath=FM, error_model="numpy")
@@ -175,22 +187,29 @@ def _gemm_parallel(a, b, c, ta, tb, split_rows, chunks, accumulate, mc_max, kc_m
             _gemm_block(a, b, c, ta, tb, 0, m, lo, hi, accumulate, mc_max, kc_max, nc_max)
 
 
+def _split(m, n, k, dtype, threads):
+    """(split_rows, chunks): how _gemm_into shares an (m, n, k) product of dtype
+    among threads; chunks == 1 runs it on this thread."""
+    if threads < 2 or m * n * k < PARALLEL_MIN_WORK:
+        return True, 1
+    t = TILES[np.dtype(dtype)]
+    # Split C along the dimension whose split duplicates less packing:
+    # splitting rows makes every thread pack all of op(B) (k*n values).
+    split_rows = m >= n or n < 2 * t.nr
+    extent, unit = (m, t.mr) if split_rows else (n, t.nr)
+    return split_rows, min(threads, (extent + unit - 1) // unit)
+
+
 def _gemm_into(a, b, c, trans_a, trans_b, accumulate=False):
     """c (+)= op(a) @ op(b), on as many threads as the size deserves."""
     m, n = c.shape
     k = a.shape[0] if trans_a else a.shape[1]
     mc, kc, nc = BLOCKS[a.dtype]
-    threads = numba.get_num_threads()
-    if threads > 1 and m * n * k >= PARALLEL_MIN_WORK:
-        # Split C along the dimension whose split duplicates less packing:
-        # splitting rows makes every thread pack all of op(B) (k*n values).
-        split_rows = m >= n or n < 2 * 32
-        extent, unit = (m, 8) if split_rows else (n, 32)
-        chunks = min(threads, (extent + unit - 1) // unit)
-        if chunks > 1:
-            _gemm_parallel(a, b, c, trans_a, trans_b, split_rows, chunks, accumulate, mc, kc, nc)
-            return c
-    _gemm_block(a, b, c, trans_a, trans_b, 0, m, 0, n, accumulate, mc, kc, nc)
+    split_rows, chunks = _split(m, n, k, a.dtype, numba.get_num_threads())
+    if chunks > 1:
+        _gemm_parallel(a, b, c, trans_a, trans_b, split_rows, chunks, accumulate, mc, kc, nc)
+    else:
+        _gemm_block(a, b, c, trans_a, trans_b, 0, m, 0, n, accumulate, mc, kc, nc)
     return c
 
 
