@@ -22,6 +22,7 @@ cdef extern from "fnn_simd.h" nogil:
         FNN_DIRECT_B_TILES
     const char *fnn_isa_name()
     int fnn_have_openmp()
+    int fnn_omp_pause()
     int fnn_team_size()
     int fnn_team_rank()
     long fnn_atomic_next(long *counter)
@@ -54,10 +55,15 @@ cdef enum:
 cdef double _LATE = 0.0005
 cdef double _solo_until = 0.0
 cdef double _solo_span = 0.02
+# Set in a forked child whose inherited OpenMP pool could not be paused before
+# the fork (fastnn/_kernels/forksafe.py): a parallel region there would hang.
+cdef bint _threads_forbidden = 0
 
 
 cdef inline int _team_size(int nthreads) noexcept nogil:
     """The threads to use now: nthreads, or 1 while backing off after a straggler."""
+    if _threads_forbidden:
+        return 1
     if nthreads > _MAX_TEAM:
         nthreads = _MAX_TEAM
     if nthreads > 1 and _solo_until > 0 and fnn_now() < _solo_until:
@@ -106,6 +112,19 @@ def isa():
 def has_openmp():
     """Whether this module was built with OpenMP (else it runs on one thread)."""
     return bool(fnn_have_openmp())
+
+
+def _omp_pause():
+    """Before fork: end this thread's OpenMP thread pool (fnn_omp_pause in
+    fnn_simd.h), so a forked child starts its own. True if done (or no pool)."""
+    return fnn_omp_pause() == 0
+
+
+def _forbid_threads():
+    """In a forked child with a stale OpenMP pool: every kernel on one thread, for good."""
+    global _threads_forbidden, _num_threads
+    _threads_forbidden = 1
+    _num_threads = 1
 
 
 cdef inline bint _is_f32(cnp.ndarray x) noexcept:

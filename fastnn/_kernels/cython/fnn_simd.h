@@ -55,6 +55,21 @@ static int fnn_team_size(void) { return 1; }
 static int fnn_team_rank(void) { return 0; }
 #endif
 
+/* Before fork (fastnn/_kernels/forksafe.py): end the calling thread's OpenMP
+ * pool; its threads exit and the next parallel region starts a fresh pool, in
+ * the parent and in the child alike. GNU libgomp has no fork handler: a child
+ * that inherits a live pool waits forever for threads that do not exist in it.
+ * 0 on success (or nothing to do), -1 where the runtime cannot pause. */
+static int fnn_omp_pause(void) {
+#if !defined(_OPENMP)
+    return 0;
+#elif !defined(_MSC_VER) && (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 9))
+    return omp_pause_resource_all(omp_pause_hard) == 0 ? 0 : -1;
+#else
+    return -1;
+#endif
+}
+
 /* Hand out the next work item: a relaxed atomic fetch-and-add on a shared counter. */
 static long fnn_atomic_next(long *counter) {
 #if defined(_MSC_VER)

@@ -27,10 +27,10 @@ reach PARALLEL_MIN_WORK (not at the target sizes: the thread start costs more);
 the GEMM path parallelises inside the GEMM by its own rule. Pooling is
 memory-bound and stays on one thread.
 """
-import numba
 import numpy as np
 from numba import njit, prange
 
+from . import _threads
 from .gemm import _gemm_into
 
 # 'contract' for FMAs; 'reassoc' only where a reduction needs it (none of the
@@ -261,7 +261,7 @@ def _conv_gemm_backward(dy, x, w, sh, sw, ph, pw, need_dx):
 
 def _chunks(x, w, out_hw):
     """How many sample ranges to run at once (1: on this thread)."""
-    threads = numba.get_num_threads()
+    threads = _threads.usable()
     if threads < 2 or x.shape[0] < 2:
         return 1
     work = x.shape[0] * w.size * out_hw[0] * out_hw[1]

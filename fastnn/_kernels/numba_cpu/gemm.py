@@ -13,13 +13,12 @@ duplicates less packing) between them when the product is big enough.
 Tile (MR x NR) and block (KC, MC, NC) sizes are TILES["numba"] of
 fastnn/_kernels/tiles.py, the table _micro.py is generated from.
 """
-import numba
 import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
 from .. import tiles as _tiles
-from . import _micro
+from . import _micro, _threads
 
 # Explicit fast-math flags: 'contract' lets LLVM fuse a*b+c into an FMA. The
 # 'reassoc' flag of fastmath=True reorders the microkernel's accumulators and
@@ -205,7 +204,7 @@ def _gemm_into(a, b, c, trans_a, trans_b, accumulate=False):
     m, n = c.shape
     k = a.shape[0] if trans_a else a.shape[1]
     mc, kc, nc = BLOCKS[a.dtype]
-    split_rows, chunks = _split(m, n, k, a.dtype, numba.get_num_threads())
+    split_rows, chunks = _split(m, n, k, a.dtype, _threads.usable())
     if chunks > 1:
         _gemm_parallel(a, b, c, trans_a, trans_b, split_rows, chunks, accumulate, mc, kc, nc)
     else:

@@ -31,11 +31,11 @@ Blocks run in parallel (prange) only above PARALLEL_MIN_WORK, which the target
 sizes (batch 100, 40 steps, hidden <= 32) stay below: on the shared 2-core
 machine two Numba threads made these kernels 2-20x slower, not faster.
 """
-import numba
 import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
+from . import _threads
 from ._lanes import LB, _rows1, _rows4  # generated: see _gen_lanes.py
 from ._math import exp, exp32
 from .gemm import _gemm_into
@@ -148,7 +148,7 @@ def _blocks(n):
 
 def _use_parallel(n, t, g, f, h):
     blocks = _blocks(n)
-    return (numba.get_num_threads() > 1 and blocks > 1
+    return (_threads.usable() > 1 and blocks > 1
             and blocks * t * g * (f + h) * LB >= PARALLEL_MIN_WORK)
 
 
