@@ -66,7 +66,8 @@ def call_layer(layer, x):
 
 
 class Tape:
-    """What one training forward recorded: (node, ctx) in run order, and its outputs."""
+    """What one training forward recorded: a (layer, ctx, input slots, output slot)
+    per layer call in run order, and its outputs' shapes and dtypes."""
 
     def __init__(self):
         self.records = []
@@ -113,80 +114,106 @@ class Graph:
                 if fusion is not None:
                     self.fused[id(n)] = (after[0], fusion)
         self.fuse = True
+        self._plans = {}
 
     def lock(self, backend):
         return _LOCKS.get(backend.name) or _NoLock()
 
-    def run(self, xs, training, record):
-        """Outputs (a list) for the input arrays xs; with record, also the Tape."""
-        tape = Tape() if record else None
-        values = {id(n): x for n, x in zip(self.inputs, xs)}
-        remaining = {id(n): len(self.consumers[id(n)]) for n in self.nodes}
+    def _plan(self):
+        """The run as slot-indexed steps (built once per fuse setting):
+        (layer, input slots, output slot, need_dx, fusion or None, slots to free after)."""
+        plan = self._plans.get(self.fuse)
+        if plan is not None:
+            return plan
+        slot = {id(n): i for i, n in enumerate(self.nodes)}
         keep = {id(n) for n in self.outputs}
-        skip = set()
+        skip, steps = set(), []
         for node in self.nodes:
             if node.layer is None or id(node) in skip:
                 continue
-            args = [values[id(i)] for i in node.inputs]
-            ctx = Context(training, self.need_dx[id(node)])
             fusion = self.fused.get(id(node)) if self.fuse else None
-            if fusion is not None and args[0].ndim == 2:
+            if fusion is not None:
                 act_node, (kernel, alpha) = fusion
-                y = node.layer.forward_fused(ctx, args[0], kernel, alpha)
-                act_ctx = Context(training, True)
-                act_node.layer.record_fused(act_ctx, y)
-                if record:
-                    tape.records.append((node, ctx))
-                    tape.records.append((act_node, act_ctx))
-                values[id(act_node)] = y
                 skip.add(id(act_node))
-                self._release(node, values, remaining, keep)
-                continue
-            values[id(node)] = node.layer._forward_impl(ctx, args if node.layer.n_inputs != 1 else args[0])
-            if record:
-                tape.records.append((node, ctx))
-            self._release(node, values, remaining, keep)
-        outs = [values[id(n)] for n in self.outputs]
+                fusion = (act_node.layer, slot[id(act_node)], kernel, alpha)
+            steps.append([node.layer, tuple(slot[id(i)] for i in node.inputs), slot[id(node)],
+                          self.need_dx[id(node)], fusion, ()])
+        # Free each value after its last reader (inference keeps only what it needs).
+        last = {}
+        for k, step in enumerate(steps):
+            for i in step[1]:
+                last[i] = k
+        for i, k in last.items():
+            if id(self.nodes[i]) not in keep:
+                steps[k][5] += (i,)
+        plan = (tuple(tuple(s) for s in steps), [slot[id(n)] for n in self.inputs],
+                [slot[id(n)] for n in self.outputs])
+        self._plans[self.fuse] = plan
+        return plan
+
+    def run(self, xs, training, record):
+        """Outputs (a list) for the input arrays xs; with record, also the Tape:
+        (layer, ctx, input slots, output slot) per layer call."""
+        steps, in_slots, out_slots = self._plan()
+        tape = Tape() if record else None
+        values = [None] * len(self.nodes)
+        for i, x in zip(in_slots, xs):
+            values[i] = x
+        for layer, ins, out, need_dx, fusion, frees in steps:
+            ctx = Context(training, need_dx)
+            if fusion is not None and values[ins[0]].ndim == 2:
+                act, act_slot, kernel, alpha = fusion
+                y = layer.forward_fused(ctx, values[ins[0]], kernel, alpha)
+                act_ctx = Context(training, True)
+                act.record_fused(act_ctx, y)
+                values[act_slot] = y
+                if record:
+                    tape.records.append((layer, ctx, ins, out))
+                    tape.records.append((act, act_ctx, (out,), act_slot))
+            else:
+                arg = values[ins[0]] if layer.n_inputs == 1 else [values[i] for i in ins]
+                values[out] = layer._forward_impl(ctx, arg)
+                if record:
+                    tape.records.append((layer, ctx, ins, out))
+                if fusion is not None:   # a batch of rank > 2: the activation runs on its own
+                    act, act_slot = fusion[0], fusion[1]
+                    act_ctx = Context(training, True)
+                    values[act_slot] = act._forward_impl(act_ctx, values[out])
+                    if record:
+                        tape.records.append((act, act_ctx, (out,), act_slot))
+            for i in frees:
+                values[i] = None
+        outs = [values[i] for i in out_slots]
         if record:
             tape.outputs = [(tuple(o.shape), np.dtype(o.dtype)) for o in outs]
         return outs, tape
 
-    def _release(self, node, values, remaining, keep):
-        """Drop inputs no later node reads (inference keeps only what it needs)."""
-        for i in node.inputs:
-            remaining[id(i)] -= 1
-            if remaining[id(i)] == 0 and id(i) not in keep:
-                values.pop(id(i), None)
-
     def backprop(self, tape, grads, input_grads=False):
         """Walk the tape in reverse from d loss / d output (None: no gradient);
         with input_grads, also compute and return d loss / d each input."""
-        flowing = {}
+        _, in_slots, out_slots = self._plan()
+        flowing = [None] * len(self.nodes)
         if input_grads:
-            for _, ctx in tape.records:
-                ctx.need_dx = True
-        for node, g in zip(self.outputs, grads):
+            for record in tape.records:
+                record[1].need_dx = True
+        for i, g in zip(out_slots, grads):
             if g is not None:
-                _accumulate(flowing, node, g)
-        for node, ctx in reversed(tape.records):
-            dy = flowing.pop(id(node), None)
+                flowing[i] = g if flowing[i] is None else flowing[i] + g
+        inputs = set(in_slots)
+        for layer, ctx, ins, out in reversed(tape.records):
+            dy = flowing[out]
             if dy is None:
                 continue
-            dx = node.layer._backward_impl(ctx, dy)
+            flowing[out] = None
+            dx = layer._backward_impl(ctx, dy)
             if not ctx.need_dx:
                 continue
-            dxs = dx if node.layer.n_inputs != 1 else [dx]
-            for inp, d in zip(node.inputs, dxs):
-                if d is not None and (inp.layer is not None or input_grads):
-                    _accumulate(flowing, inp, d)
+            for i, d in zip(ins, dx if layer.n_inputs != 1 else (dx,)):
+                # Gradients that reach a node from several consumers add up.
+                if d is not None and (input_grads or i not in inputs):
+                    flowing[i] = d if flowing[i] is None else flowing[i] + d
         if input_grads:
-            return [flowing.get(id(n)) for n in self.inputs]
-
-
-def _accumulate(flowing, node, g):
-    """Sum the gradients of a node's output that reach it from several consumers."""
-    prev = flowing.get(id(node))
-    flowing[id(node)] = g if prev is None else prev + g
+            return [flowing[i] for i in in_slots]
 
 
 def _topological(inputs, outputs):

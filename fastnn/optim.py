@@ -11,7 +11,12 @@ def _buffers(params):
     these buffers, so every shape, dtype and layout is checked here."""
     flat = getattr(params, "flat_data", None)
     if flat is not None:
-        return [(params.flat_data,) + _pair("model.parameters()", params.flat_data, params.flat_grad)]
+        # A model's own flat buffers: checked once per parameters() list, not every step.
+        checked = getattr(params, "_checked", None)
+        if checked is None or checked[0] is not params.flat_data or checked[1] is not params.flat_grad:
+            pairs = [(params.flat_data,) + _pair("model.parameters()", params.flat_data, params.flat_grad)]
+            checked = params._checked = (params.flat_data, params.flat_grad, pairs)
+        return checked[2]
     if isinstance(params, (str, bytes)) or not hasattr(params, "__iter__"):
         raise TypeError(f"step() takes model.parameters() or an iterable of Parameters, got {type(params).__name__}")
     pairs = []
