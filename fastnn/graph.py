@@ -87,6 +87,9 @@ class _NoLock:
         return False
 
 
+_NO_LOCK = _NoLock()
+
+
 class Graph:
     """Nodes in run order between the given input and output nodes."""
 
@@ -117,7 +120,7 @@ class Graph:
         self._plans = {}
 
     def lock(self, backend):
-        return _LOCKS.get(backend.name) or _NoLock()
+        return _LOCKS.get(backend.name) or _NO_LOCK
 
     def _plan(self):
         """The run as slot-indexed steps (built once per fuse setting):
