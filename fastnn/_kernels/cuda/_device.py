@@ -165,6 +165,17 @@ class DeviceArray:
         out += other
         return out
 
+    def __mul__(self, scalar):
+        """A scaled copy (a loss weight on a gradient); scalars only."""
+        if not isinstance(scalar, (int, float, np.integer, np.floating)):
+            return NotImplemented
+        out = self._copy()
+        n = out.size
+        _scale_kernel[launch(n)](out.arr.reshape(n), self.dtype.type(scalar))
+        return out
+
+    __rmul__ = __mul__
+
     def copy(self):
         if not self.is_c_contiguous():
             return self._copy()
@@ -263,6 +274,13 @@ def _add_kernel(x, y):
     start, stride = cuda.grid(1), cuda.gridsize(1)
     for i in range(start, x.shape[0], stride):
         x[i] += y[i]
+
+
+@cuda.jit
+def _scale_kernel(x, value):
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for i in range(start, x.shape[0], stride):
+        x[i] *= value
 
 
 @cuda.jit
