@@ -2,7 +2,7 @@
 
 Every GEMM reads its sizes from here, directly or through generated code:
 
-  * numba_cpu/_gen_micro.py writes numba_cpu/_micro.py, the MR x NR register
+  * numba_cpu/_gen_micro.py makes numba_cpu/_micro.py, the MR x NR register
     microkernels, from TILES["numba"]; numba_cpu/gemm.py reads the same entry
     (MR, NR for its thread split, KC, MC, NC for its cache blocking);
   * c_header() renders the Cython entries as cython/fnn_tiles.h (#defines that

@@ -1,4 +1,4 @@
-"""Writes _lanes.py: the row-times-lanes products of the recurrent kernels (numba_cpu/recurrent.py).
+"""Makes the text of _lanes.py: the row-times-lanes products of the recurrent kernels (recurrent.py).
 
 recurrent.py holds a batch block as (rows, LB) arrays, LB samples in the
 lanes. _rows4 / _rows1 compute out[g:g+R, :] (+)= b[g:g+R] + w[g:g+R] @ src

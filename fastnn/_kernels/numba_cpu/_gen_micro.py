@@ -1,4 +1,4 @@
-"""Writes _micro.py: the GEMM register-tile microkernels, one per dtype.
+"""Makes the text of _micro.py: the GEMM register-tile microkernels, one per dtype.
 
 A microkernel keeps an MR x NR tile of C in MR*NR scalar accumulators, which
 LLVM's SLP vectorizer packs into vector registers (2 per tile row: 16 zmm for
