@@ -69,10 +69,11 @@ def fastnn_step(kind, hidden, backend, x, y):
     opt, loss, params = fnn.optim.Adam(lr=1e-3), model.backend.raw.cross_entropy, model.parameters()
 
     def step():
-        out = model._forward(x)
+        # The step as Trainer.fit runs it: a tape of its own, batches checked once per fit.
+        (out,), tape = model._train_forward([x])
         _, grad = loss(out, y)
         model.zero_grad()
-        model.backward(grad)
+        model._backprop(tape, [grad])
         opt.step(params)
     return step
 

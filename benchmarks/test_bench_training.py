@@ -20,10 +20,11 @@ def _step_fn(backend, batch, sizes):
     loss_fn, params = backend.raw.cross_entropy, model.parameters()
 
     def step():
-        out = model._forward(x)
+        # The step as Trainer.fit runs it: a tape of its own, batches checked once per fit.
+        (out,), tape = model._train_forward([x])
         _, grad = loss_fn(out, y)
         model.zero_grad()
-        model.backward(grad)
+        model._backprop(tape, [grad])
         trainer.optimizer.step(params)
     step()
     return step
