@@ -7,6 +7,7 @@
     history = trainer.fit(X, y, epochs=10, batch_size=100)
 """
 from . import data, layers, losses, optim
+from . import threads  # noqa: F401  (installs the at-fork hooks of the thread pools)
 from .backend import BackendUnavailable, backends, default_backend, get_backend
 from .graph import Input
 from .io import ModelFileError
