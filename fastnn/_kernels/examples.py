@@ -177,8 +177,8 @@ LOSS_SHAPES = ((1, 1), (7, 3), (33, 10), (257, 7))
 HUGE_LOGITS = ((1e4, -1e4, 0.0), (-1e4, 1e4, 5.0))
 
 
-def _loss(rng, dtype, name, n, c, target):
-    logits = np.array(HUGE_LOGITS, dtype=dtype) if n == "huge" else rand(rng, dtype, n, c, scale=3.0)
+def _loss(rng, dtype, shape, target):
+    logits = np.array(HUGE_LOGITS, dtype=dtype) if shape == "huge" else rand(rng, dtype, *shape, scale=3.0)
     n, c = logits.shape
     if target == "labels":
         t = rng.integers(0, c, n)
@@ -195,10 +195,10 @@ def _loss(rng, dtype, name, n, c, target):
 def loss(name):
     targets = {"mse": ("values",), "cross_entropy": ("labels", "soft"), "binary_cross_entropy": ("probs",)}
     kinds = targets.get(name, ("values",))
-    tests = [example(f"{n}x{c}-{t}", _loss, name, n, c, t, depth=n) for (n, c) in LOSS_SHAPES for t in kinds]
+    tests = [example(f"{n}x{c}-{t}", _loss, (n, c), t, depth=n) for (n, c) in LOSS_SHAPES for t in kinds]
     if name != "mse":
-        tests += [example(f"huge-logits-{t}", _loss, name, "huge", 3, t) for t in kinds]
-    return Cases(tuple(tests), (example("128x10", _loss, name, 128, 10, kinds[0], depth=128),))
+        tests += [example(f"huge-logits-{t}", _loss, "huge", t) for t in kinds]
+    return Cases(tuple(tests), (example("128x10", _loss, (128, 10), kinds[0], depth=128),))
 
 
 # -------------------------------------------------------------- optimizers
