@@ -5,6 +5,9 @@ import fastnn as fnn
 from fastnn._kernels import registry
 
 BACKENDS = fnn.backends()
+# Backends other than the reference: what parity tests compare with it.
+COMPILED = [b for b in BACKENDS if b != "numpy"]
+compiled_backends = pytest.mark.parametrize("backend", [fnn.get_backend(b) for b in COMPILED], ids=COMPILED)
 
 
 def pytest_report_header(config):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import fastnn as fnn
+from conftest import compiled_backends
 from conftest import assert_close
 from seq_helpers import LRDecay, digits, gradcheck, one_blas_thread  # noqa: F401 (fixtures)
 from fastnn.layers import (AvgPool1D, AvgPool2D, Conv1D, Conv2D, Dense, Flatten, MaxPool1D,
@@ -41,6 +42,7 @@ def _conv_args(rng, dims, dtype):
     return [rng.standard_normal(shape), rng.standard_normal((5, 2) + k), rng.standard_normal(5)]
 
 
+@compiled_backends   # the reference against itself proves nothing
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("dims", [1, 2])
 def test_conv_kernels_match_reference(backend, dims, dtype):
@@ -63,6 +65,7 @@ def test_conv_kernels_match_reference(backend, dims, dtype):
     assert getattr(backend, name + "_backward")(dy, x, w, stride, padding, need_dx=False)[0] is None
 
 
+@compiled_backends   # the reference against itself proves nothing
 @pytest.mark.parametrize("kind", ["max", "avg"])
 @pytest.mark.parametrize("dims", [1, 2])
 def test_pool_kernels_match_reference(backend, kind, dims):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from fastnn._kernels import reference as ref
+from conftest import assert_close
 
 cy = pytest.importorskip("fastnn._kernels.cython")
 
@@ -13,16 +14,9 @@ DTYPES = (np.float32, np.float64)
 
 
 def close(actual, expected, dtype, rtol=None, atol=None):
-    if rtol is None:
-        rtol = 2e-4 if dtype == np.float32 else 1e-10
-    if atol is None:
-        atol = 1e-5 if dtype == np.float32 else 1e-12
-    actual, expected = np.asarray(actual), np.asarray(expected)
-    assert actual.shape == expected.shape, (actual.shape, expected.shape)
-    assert actual.dtype == expected.dtype, (actual.dtype, expected.dtype)
-    err = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
-    bound = atol + rtol * np.abs(expected.astype(np.float64))
-    assert np.all(err <= bound), f"max excess {np.max(err - bound):.3g}"
+    """conftest.assert_close, and the dtype must be the expected one."""
+    assert np.asarray(actual).dtype == np.asarray(expected).dtype, (np.asarray(actual).dtype, expected.dtype)
+    assert_close(actual, expected, dtype, rtol=rtol, atol=atol)
 
 
 @pytest.fixture(params=ISAS)

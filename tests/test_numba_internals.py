@@ -10,6 +10,7 @@ import pytest
 
 nb = pytest.importorskip("fastnn._kernels.numba_cpu")
 from fastnn._kernels import tiles  # noqa: E402
+from conftest import assert_close  # noqa: E402
 from fastnn._kernels.numba_cpu import _math, gemm  # noqa: E402
 
 DTYPES = [np.float32, np.float64]
@@ -17,7 +18,7 @@ DTYPES = [np.float32, np.float64]
 
 def _close(got, want, dtype):
     rtol, atol = (1e-4, 1e-4) if dtype == np.float32 else (1e-10, 1e-10)
-    np.testing.assert_allclose(got, want, rtol=rtol, atol=atol * np.sqrt(want.size))
+    assert_close(got, want, dtype, rtol=rtol, atol=atol * np.sqrt(want.size))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
