@@ -74,7 +74,7 @@ class Tape:
         self.outputs = None   # [(shape, dtype)] of the outputs, to check backward's gradients
 
 
-# Numba's default (workqueue) thread pool aborts the process when two threads
+# Numba's workqueue threading layer (its fallback without OpenMP or TBB) aborts when two threads
 # launch parallel kernels at once: calls into it are serialised.
 _LOCKS = {"numba": threading.RLock()}
 
