@@ -351,19 +351,10 @@ class Model:
             return self._graph.run(xs, True, record=True)
 
     # ------------------------------------------------------------- summary
-    def summary(self, print_fn=print):
-        """A table of layers, output shapes and parameter counts; returns it as a string."""
-        counts = {}
-        for p in self._params:
-            counts[p.name.split(".")[0]] = counts.get(p.name.split(".")[0], 0) + p.data.size
-        rows = [("layer", "output shape", "params")]
-        for node in self._graph.nodes:
-            if node.layer is None:
-                rows.append(("Input", _shape_text(node.shape), "0"))
-                continue
-            prefix = self._prefix[id(node.layer)]
-            rows.append((f"{prefix}: {type(node.layer).__name__}", _shape_text(node.shape),
-                         f"{counts.pop(prefix, 0):,}"))
+    def summary(self, print_fn=print, input_shape=None):
+        """A table of layers, output shapes and parameter counts; returns it as a string.
+        (A Sequential shows output shapes when given input_shape, without the batch axis.)"""
+        rows = [("layer", "output shape", "params")] + self._summary_rows(input_shape)
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
         lines.insert(1, "-" * len(lines[0]))
@@ -372,6 +363,20 @@ class Model:
         if print_fn is not None:
             print_fn(text)
         return text
+
+    def _summary_rows(self, input_shape):
+        counts = {}
+        for p in self._params:
+            counts[p.name.split(".")[0]] = counts.get(p.name.split(".")[0], 0) + p.data.size
+        rows = []
+        for node in self._graph.nodes:
+            if node.layer is None:
+                rows.append(("Input", _shape_text(node.shape), "0"))
+                continue
+            prefix = self._prefix[id(node.layer)]
+            rows.append((f"{prefix}: {type(node.layer).__name__}", _shape_text(node.shape),
+                         f"{counts.pop(prefix, 0):,}"))   # a shared layer's weights count once
+        return rows
 
     # --------------------------------------------------------- save / load
     def config(self):
@@ -444,8 +449,8 @@ class Sequential(Model):
     def _output_shapes(self, xs):
         return [self.output_shape(xs[0].shape[1:])]
 
-    def summary(self, print_fn=print, input_shape=None):
-        rows = [("layer", "output shape", "params")]
+    def _summary_rows(self, input_shape):
+        rows = []
         shape = None if input_shape is None else tuple(input_shape)
         done = set()
         for index, layer in enumerate(self._sequence):
@@ -456,14 +461,7 @@ class Sequential(Model):
             shape = None if shape is None else tuple(layer.output_shape(shape))
             rows.append((f"{index}: {type(layer).__name__}" + ("" if prefix == str(index) else f" (= {prefix})"),
                          "?" if shape is None else _shape_text(shape), f"{count:,}"))
-        widths = [max(len(r[i]) for r in rows) for i in range(3)]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-        lines.insert(1, "-" * len(lines[0]))
-        lines.append(f"total parameters: {self.count_params():,}")
-        text = "\n".join(lines)
-        if print_fn is not None:
-            print_fn(text)
-        return text
+        return rows
 
     def config(self):
         first = {}
