@@ -71,7 +71,7 @@ class Tape:
 
     def __init__(self):
         self.records = []
-        self.outputs = None   # [(shape, dtype)] of the outputs, to check backward's gradients
+        self.outputs = None   # [(shape, dtype)] of the outputs, for model.backward's checks
 
 
 # Numba's workqueue threading layer (its fallback without OpenMP or TBB) aborts when two threads
@@ -87,7 +87,12 @@ class _NoLock:
         return False
 
 
-_NO_LOCK = _NoLock()
+NO_LOCK = _NoLock()
+
+
+def backend_lock(backend):
+    """The lock that serialises calls into backend's kernels, or None."""
+    return _LOCKS.get(backend.name)
 
 
 class Graph:
@@ -116,16 +121,24 @@ class Graph:
                 fusion = after[0].layer.fusable()
                 if fusion is not None:
                     self.fused[id(n)] = (after[0], fusion)
-        self.fuse = True
         self._plans = {}
+        self.fuse = True
 
-    def lock(self, backend):
-        return _LOCKS.get(backend.name) or _NO_LOCK
+    @property
+    def fuse(self):
+        """Whether the plan fuses Dense + activation (linear_act)."""
+        return self._fuse
+
+    @fuse.setter
+    def fuse(self, value):
+        self._fuse = bool(value)
+        self.plan = self._plan()
+
 
     def _plan(self):
         """The run as slot-indexed steps (built once per fuse setting):
         (layer, input slots, output slot, need_dx, fusion or None, slots to free after)."""
-        plan = self._plans.get(self.fuse)
+        plan = self._plans.get(self._fuse)
         if plan is not None:
             return plan
         slot = {id(n): i for i, n in enumerate(self.nodes)}
@@ -134,7 +147,7 @@ class Graph:
         for node in self.nodes:
             if node.layer is None or id(node) in skip:
                 continue
-            fusion = self.fused.get(id(node)) if self.fuse else None
+            fusion = self.fused.get(id(node)) if self._fuse else None
             if fusion is not None:
                 act_node, (kernel, alpha) = fusion
                 skip.add(id(act_node))
@@ -151,23 +164,23 @@ class Graph:
                 steps[k][5] += (i,)
         plan = (tuple(tuple(s) for s in steps), [slot[id(n)] for n in self.inputs],
                 [slot[id(n)] for n in self.outputs])
-        self._plans[self.fuse] = plan
+        self._plans[self._fuse] = plan
         return plan
 
     def run(self, xs, training, record):
         """Outputs (a list) for the input arrays xs; with record, also the Tape:
         (layer, ctx, input slots, output slot) per layer call."""
-        steps, in_slots, out_slots = self._plan()
+        steps, in_slots, out_slots = self.plan
         tape = Tape() if record else None
         values = [None] * len(self.nodes)
         for i, x in zip(in_slots, xs):
             values[i] = x
         for layer, ins, out, need_dx, fusion, frees in steps:
-            ctx = Context(training, need_dx)
+            ctx = Context(training=training, need_dx=need_dx)
             if fusion is not None and values[ins[0]].ndim == 2:
                 act, act_slot, kernel, alpha = fusion
                 y = layer.forward_fused(ctx, values[ins[0]], kernel, alpha)
-                act_ctx = Context(training, True)
+                act_ctx = Context(training=training, need_dx=True)
                 act.record_fused(act_ctx, y)
                 values[act_slot] = y
                 if record:
@@ -180,21 +193,18 @@ class Graph:
                     tape.records.append((layer, ctx, ins, out))
                 if fusion is not None:   # a batch of rank > 2: the activation runs on its own
                     act, act_slot = fusion[0], fusion[1]
-                    act_ctx = Context(training, True)
+                    act_ctx = Context(training=training, need_dx=True)
                     values[act_slot] = act._forward_impl(act_ctx, values[out])
                     if record:
                         tape.records.append((act, act_ctx, (out,), act_slot))
             for i in frees:
                 values[i] = None
-        outs = [values[i] for i in out_slots]
-        if record:
-            tape.outputs = [(tuple(o.shape), np.dtype(o.dtype)) for o in outs]
-        return outs, tape
+        return [values[i] for i in out_slots], tape
 
     def backprop(self, tape, grads, input_grads=False):
         """Walk the tape in reverse from d loss / d output (None: no gradient);
         with input_grads, also compute and return d loss / d each input."""
-        _, in_slots, out_slots = self._plan()
+        _, in_slots, out_slots = self.plan
         flowing = [None] * len(self.nodes)
         if input_grads:
             for record in tape.records:

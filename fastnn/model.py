@@ -107,6 +107,7 @@ class Model:
         self.seed = seed
         self.training = True
         self._pending = threading.local()
+        self._lock = G.backend_lock(self.backend)   # None: the backend needs none
         self._build(np.random.default_rng(seed))
 
     @property
@@ -265,8 +266,9 @@ class Model:
     def _forward(self, X):
         """forward for inputs already checked (host or device arrays)."""
         xs = [self.backend.to_device(x) for x in self._inputs_list(X)]
-        with self._graph.lock(self.backend):
+        with self._lock or G.NO_LOCK:
             outs, tape = self._graph.run(xs, self.training, record=True)
+        tape.outputs = [(tuple(o.shape), np.dtype(o.dtype)) for o in outs]
         self._pending.tape = tape
         return self._outputs(outs)
 
@@ -288,7 +290,9 @@ class Model:
         return list(dxs) if self._multi_in else dxs[0]
 
     def _backprop(self, tape, grads, input_grads=False):
-        with self._graph.lock(self.backend):
+        if self._lock is None:
+            return self._graph.backprop(tape, grads, input_grads)
+        with self._lock:
             return self._graph.backprop(tape, grads, input_grads)
 
     @property
@@ -341,13 +345,15 @@ class Model:
     def _infer(self, xs):
         """Host outputs (a list) for one checked batch, inference mode, no tape."""
         xs = [self.backend.to_device(x) for x in xs]
-        with self._graph.lock(self.backend):
+        with self._lock or G.NO_LOCK:
             outs, _ = self._graph.run(xs, False, record=False)
         return [self.backend.to_host(o) for o in outs]
 
     def _train_forward(self, xs):
         """(outputs list, tape) for one checked device batch in training mode (the Trainer's step)."""
-        with self._graph.lock(self.backend):
+        if self._lock is None:
+            return self._graph.run(xs, True, record=True)
+        with self._lock:
             return self._graph.run(xs, True, record=True)
 
     # ------------------------------------------------------------- summary

@@ -178,6 +178,8 @@ class Trainer:
         to_device, to_host = model.backend.to_device, model.backend.to_host
         params = model.parameters()   # views of the flat buffers: the same every step
         n_out = len(self._losses)
+        loss0 = self._losses[0]
+        classify0 = loss0.name in CLASSIFICATION
         for epoch in range(epochs):
             start = time.perf_counter()
             order = rng.permutation(n) if shuffle else None
@@ -186,9 +188,21 @@ class Trainer:
                 idx = order[lo:lo + batch_size] if shuffle else slice(lo, lo + batch_size)
                 # On a device backend the batch is copied in once; only the loss
                 # and (for classifiers) the outputs come back.
-                xb = [to_device(x[idx]) for x in xs]
+                if n_out == 1:   # one output: no per-output lists in the hot loop
+                    yb = ys[0][idx]
+                    outs, tape = model._train_forward([to_device(x[idx]) for x in xs])
+                    part, grad = loss0(outs[0], to_device(yb))
+                    model.zero_grad()
+                    model._backprop(tape, [grad])
+                    self.optimizer.step(params)
+                    size = len(yb)
+                    total_loss += loss0.weight * part * size
+                    per_output[0] += part * size
+                    if classify0:
+                        correct[0] += self._correct(loss0, to_host(outs[0]), yb)
+                    continue
                 yb = [y[idx] for y in ys]
-                outs, tape = model._train_forward(xb)
+                outs, tape = model._train_forward([to_device(x[idx]) for x in xs])
                 loss, parts, grads = self._step_losses(outs, [to_device(t) for t in yb])
                 model.zero_grad()
                 model._backprop(tape, grads)

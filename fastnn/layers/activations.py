@@ -5,17 +5,13 @@ from .base import Layer, finite_float
 class _Activation(Layer):
     kernel = None  # the reference kernel's name
 
-    def _flat(self, x):
-        # Kernels take (rows, features); any rank folds into that, last axis kept.
-        return x.reshape(-1, x.shape[-1]) if x.ndim != 2 else x
-
-    def _extra(self):
-        return {}
+    _kwargs = {}   # the kernel's extra arguments (LeakyReLU's alpha)
 
     def forward(self, ctx, x):
-        ctx.x = self._flat(x)
-        ctx.y = getattr(self.kernels, self.kernel)(ctx.x, **self._extra())
-        return ctx.y.reshape(x.shape)
+        # Kernels take (rows, features); any rank folds into that, last axis kept.
+        ctx.x = x if x.ndim == 2 else x.reshape(-1, x.shape[-1])
+        ctx.y = getattr(self.kernels, self.kernel)(ctx.x, **self._kwargs)
+        return ctx.y if x.ndim == 2 else ctx.y.reshape(x.shape)
 
     def record_fused(self, ctx, y):
         """The Dense before this layer computed y = act(Dense(x)) in one kernel (the
@@ -26,12 +22,14 @@ class _Activation(Layer):
     def fusable(self):
         """(kernel, alpha) if a Dense before this layer may apply it in its own kernel."""
         from .._kernels.reference import FUSABLE_ACTIVATIONS
-        alpha = self._extra().get("alpha", 0.0)
+        alpha = self._kwargs.get("alpha", 0.0)
         return (self.kernel, alpha) if self.kernel in FUSABLE_ACTIVATIONS and alpha >= 0 else None
 
     def backward(self, ctx, dy):
         backward = getattr(self.kernels, self.kernel + "_backward")
-        return backward(self._flat(dy), ctx.x, ctx.y, **self._extra()).reshape(dy.shape)
+        if dy.ndim == 2:
+            return backward(dy, ctx.x, ctx.y, **self._kwargs)
+        return backward(dy.reshape(-1, dy.shape[-1]), ctx.x, ctx.y, **self._kwargs).reshape(dy.shape)
 
 
 class Step(_Activation):
@@ -59,9 +57,7 @@ class LeakyReLU(_Activation):
     def __init__(self, alpha=0.01):
         super().__init__()
         self.alpha = finite_float(alpha, "LeakyReLU alpha")
-
-    def _extra(self):
-        return {"alpha": self.alpha}
+        self._kwargs = {"alpha": self.alpha}
 
     def config(self):
         return {"alpha": self.alpha}

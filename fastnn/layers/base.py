@@ -12,22 +12,22 @@ Layers never import a backend: ``build`` hands them ``self.kernels`` (the
 backend's raw kernels, which trust their inputs; the model validates first).
 """
 import numbers
+import types
 
 import numpy as np
 
 _registry = {}   # class name -> Layer subclass, for fnn.load
 
 
-class Context:
-    """One layer call's record on the tape."""
-
-    def __init__(self, training=False, need_dx=True):
-        self.training = training
-        self.need_dx = need_dx
+class Context(types.SimpleNamespace):
+    """One layer call's record on the tape: Context(training=..., need_dx=...);
+    forward sets whatever else backward needs (a C-level init: one per layer call)."""
+    training = False
+    need_dx = True
 
     def child(self):
         """A context for a sublayer's call inside this one (Residual)."""
-        return Context(self.training, True)
+        return Context(training=self.training, need_dx=True)
 
 
 class Layer:
