@@ -66,8 +66,8 @@ def call_layer(layer, x):
 
 
 class Tape:
-    """What one training forward recorded: a (layer, ctx, input slots, output slot)
-    per layer call in run order, and its outputs' shapes and dtypes."""
+    """What one training forward recorded: per layer call in run order, (layer, ctx,
+    input slots, output slot), or (layer, ctx) for a chain; and the outputs' shapes."""
 
     def __init__(self):
         self.records = []
@@ -133,7 +133,24 @@ class Graph:
     def fuse(self, value):
         self._fuse = bool(value)
         self.plan = self._plan()
+        self.chain = self._chain_plan()
 
+    def _chain_plan(self):
+        """For a plain chain (Sequential: one input, one output, each node feeding only
+        the next), the steps as (layer, need_dx, (activation, kernel, alpha) or None);
+        run and backprop then pass one array along. None for any other graph."""
+        if len(self.inputs) != 1 or len(self.outputs) != 1:
+            return None
+        path = [n for n in self.nodes if n.layer is not None]
+        prev = self.inputs[0]
+        for n in path:
+            if n.inputs != (prev,) or len(self.consumers[id(prev)]) != 1 or n.layer.n_inputs != 1:
+                return None
+            prev = n
+        if prev is not self.outputs[0]:
+            return None
+        return tuple((layer, need_dx, None if fusion is None else (fusion[0], fusion[2], fusion[3]))
+                     for layer, _, _, need_dx, fusion, _ in self.plan[0])
 
     def _plan(self):
         """The run as slot-indexed steps (built once per fuse setting):
@@ -170,6 +187,8 @@ class Graph:
     def run(self, xs, training, record):
         """Outputs (a list) for the input arrays xs; with record, also the Tape:
         (layer, ctx, input slots, output slot) per layer call."""
+        if self.chain is not None:
+            return self._run_chain(xs[0], training, record)
         steps, in_slots, out_slots = self.plan
         tape = Tape() if record else None
         values = [None] * len(self.nodes)
@@ -201,19 +220,53 @@ class Graph:
                 values[i] = None
         return [values[i] for i in out_slots], tape
 
+    def _run_chain(self, h, training, record):
+        tape = Tape() if record else None
+        for layer, need_dx, fusion in self.chain:
+            ctx = Context(training=training, need_dx=need_dx)
+            if fusion is not None and h.ndim == 2:
+                act, kernel, alpha = fusion
+                h = layer.forward_fused(ctx, h, kernel, alpha)
+                act_ctx = Context(training=training, need_dx=True)
+                act.record_fused(act_ctx, h)
+                if record:
+                    tape.records += ((layer, ctx), (act, act_ctx))
+                continue
+            h = layer._forward_impl(ctx, h)
+            if record:
+                tape.records.append((layer, ctx))
+            if fusion is not None:   # a batch of rank > 2: the activation runs on its own
+                act_ctx = Context(training=training, need_dx=True)
+                h = fusion[0]._forward_impl(act_ctx, h)
+                if record:
+                    tape.records.append((fusion[0], act_ctx))
+        return [h], tape
+
+    def _backprop_chain(self, records, g, input_grads):
+        while records and g is not None:
+            layer, ctx = records.pop()
+            g = layer._backward_impl(ctx, g)
+        return [g] if input_grads else None
+
     def backprop(self, tape, grads, input_grads=False):
         """Walk the tape in reverse from d loss / d output (None: no gradient);
         with input_grads, also compute and return d loss / d each input."""
-        _, in_slots, out_slots = self.plan
-        flowing = [None] * len(self.nodes)
         if input_grads:
             for record in tape.records:
                 record[1].need_dx = True
+        if self.chain is not None:
+            return self._backprop_chain(tape.records, grads[0], input_grads)
+        _, in_slots, out_slots = self.plan
+        flowing = [None] * len(self.nodes)
         for i, g in zip(out_slots, grads):
             if g is not None:
                 flowing[i] = g if flowing[i] is None else flowing[i] + g
         inputs = set(in_slots)
-        for layer, ctx, ins, out in reversed(tape.records):
+        records = tape.records
+        while records:
+            # Popping drops each call's saved activations as soon as its backward ran:
+            # less memory held, and the allocator reuses it for the next step.
+            layer, ctx, ins, out = records.pop()
             dy = flowing[out]
             if dy is None:
                 continue
