@@ -472,3 +472,21 @@ def test_graph_output_without_a_gradient_and_unused_branches(backend):
     last = [n for n in grads if n.startswith(model._prefix[id(model._graph.outputs[1].layer)] + ".")]
     assert last and all(not grads[n].any() for n in last)
     assert any(grads[n].any() for n in grads if n not in last)
+
+
+def test_losses_and_weights_by_dict_equal_the_list_form(backend):
+    rng = np.random.default_rng(2)
+    a, b = rng.standard_normal((40, 4)).astype(np.float32), rng.standard_normal((40, 3)).astype(np.float32)
+    ys = [rng.integers(0, 3, 40), rng.standard_normal((40, 1)).astype(np.float32)]
+    results = []
+    for loss, weights in ((["cross_entropy", "mse"], [1.0, 0.25]),
+                          ({1: "mse", 0: "cross_entropy"}, {0: 1.0, 1: 0.25})):
+        model = two_in_two_out(backend)
+        trainer = fnn.Trainer(model, loss=loss, loss_weights=weights, optimizer=fnn.optim.SGD(lr=0.05), seed=0)
+        trainer.fit([a, b], ys, epochs=2, batch_size=8, progress=False)
+        results.append(model.parameters().flat_data.copy())
+    np.testing.assert_array_equal(results[0], results[1])
+    with pytest.raises(ValueError, match="keys"):
+        fnn.Trainer(two_in_two_out(backend), loss={0: "mse"})
+    with pytest.raises(ValueError, match="2 outputs"):
+        fnn.Trainer(two_in_two_out(backend)).fit([a, b], ys[0], progress=False)
