@@ -14,7 +14,10 @@ pytestmark = pytest.mark.skipif(
     "fork" not in mp.get_all_start_methods() or not os.path.isdir("/proc/self/task"),
     reason="needs the fork start method and Linux's /proc/self/task")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Where the fastnn under test was imported from (the source tree in an editable install,
+# site-packages otherwise; a source tree without built modules would lack the Cython backend).
+import fastnn  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fastnn.__file__)))
 
 # argv: backend, then "pause-fails" to make the Cython pool pause unavailable.
 SCRIPT = r"""
@@ -111,7 +114,7 @@ def _run(backend, mode="plain", script=SCRIPT, **env):
                    NUMBA_NUM_THREADS="2", **env)
     try:
         r = subprocess.run([sys.executable, "-c", script, backend, mode], env=environ,
-                           capture_output=True, text=True, timeout=60)
+                           capture_output=True, text=True, timeout=60, cwd=os.path.expanduser("~"))
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"{backend}: hung after fork (timeout)\n{exc.stderr}")
     assert r.returncode == 0, r.stderr[-3000:]

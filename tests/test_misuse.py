@@ -4,8 +4,10 @@ beside a numpy-backend twin that gets the same calls. None may end by a signal o
 hang; every call either works or raises ValueError/TypeError, the same on both;
 and the weights end equal to the twin's (no silent wrong number)."""
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import pytest
@@ -93,6 +95,9 @@ SCRIPT = textwrap.dedent(r"""
 """)
 
 BACKENDS = [b for b in fnn.backends() if b in ("numpy", "numba", "cython")]
+# The children import the fastnn under test (not a source tree without built modules).
+HERE = tempfile.gettempdir()
+ENV = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(fnn.__file__))))
 sequences = st.lists(st.lists(st.sampled_from(OPS), min_size=1, max_size=14), min_size=1, max_size=8)
 
 
@@ -101,7 +106,7 @@ sequences = st.lists(st.lists(st.sampled_from(OPS), min_size=1, max_size=14), mi
 @given(seqs=sequences)
 def test_random_api_sequences_never_crash(backend, seqs):
     proc = subprocess.run([sys.executable, "-c", SCRIPT, backend, json.dumps(seqs)],
-                          capture_output=True, text=True, timeout=180)
+                          capture_output=True, text=True, timeout=180, cwd=HERE, env=ENV)
     assert proc.returncode >= 0, f"killed by signal {-proc.returncode}: {proc.stderr[-2000:]}"
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
 
