@@ -490,3 +490,17 @@ def test_losses_and_weights_by_dict_equal_the_list_form(backend):
         fnn.Trainer(two_in_two_out(backend), loss={0: "mse"})
     with pytest.raises(ValueError, match="2 outputs"):
         fnn.Trainer(two_in_two_out(backend)).fit([a, b], ys[0], progress=False)
+
+
+def test_a_layer_belongs_to_one_live_model(backend):
+    dense = Dense(4, 3)
+    first = fnn.Sequential(dense, backend=backend.name)
+    with pytest.raises(ValueError, match="already belongs to another model"):
+        fnn.Sequential(dense, ReLU(), backend=backend.name)
+    x, _ = data()
+    np.testing.assert_allclose(first.predict(x), x @ dense.params["weight"].T + dense.params["bias"], rtol=1e-5,
+                               atol=1e-6)
+    del first                       # once that model is gone the layer can be built again
+    import gc
+    gc.collect()
+    fnn.Sequential(dense, backend=backend.name)
