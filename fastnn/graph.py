@@ -2,8 +2,8 @@
 
 ``fnn.Input(shape)`` is a symbolic tensor; calling a layer on symbolic tensors
 makes a Node and returns its output tensor. A Graph is the nodes in run order;
-``Graph.run`` executes them and, when training, returns a Tape: one
-(node, Context) per layer call, which ``Graph.backprop`` walks in reverse.
+``Graph.run`` executes them and, when training, returns a Tape: a record (the
+layer and its Context) per layer call, which ``Graph.backprop`` walks in reverse.
 The tape belongs to the caller, so a predict between a forward and its
 backward, or in another thread, never touches it.
 
@@ -87,12 +87,9 @@ class _NoLock:
         return False
 
 
-NO_LOCK = _NoLock()
-
-
 def backend_lock(backend):
-    """The lock that serialises calls into backend's kernels, or None."""
-    return _LOCKS.get(backend.name)
+    """The lock that serialises calls into backend's kernels (a no-op for most)."""
+    return _LOCKS.get(backend.name) or _NoLock()
 
 
 class Graph:
@@ -121,7 +118,6 @@ class Graph:
                 fusion = after[0].layer.fusable()
                 if fusion is not None:
                     self.fused[id(n)] = (after[0], fusion)
-        self._plans = {}
         self.fuse = True
 
     @property
@@ -153,11 +149,8 @@ class Graph:
                      for layer, _, _, need_dx, fusion, _ in self.plan[0])
 
     def _plan(self):
-        """The run as slot-indexed steps (built once per fuse setting):
+        """The run as slot-indexed steps (built when fuse is set):
         (layer, input slots, output slot, need_dx, fusion or None, slots to free after)."""
-        plan = self._plans.get(self._fuse)
-        if plan is not None:
-            return plan
         slot = {id(n): i for i, n in enumerate(self.nodes)}
         keep = {id(n) for n in self.outputs}
         skip, steps = set(), []
@@ -179,10 +172,8 @@ class Graph:
         for i, k in last.items():
             if id(self.nodes[i]) not in keep:
                 steps[k][5] += (i,)
-        plan = (tuple(tuple(s) for s in steps), [slot[id(n)] for n in self.inputs],
+        return (tuple(tuple(s) for s in steps), [slot[id(n)] for n in self.inputs],
                 [slot[id(n)] for n in self.outputs])
-        self._plans[self._fuse] = plan
-        return plan
 
     def run(self, xs, training, record):
         """Outputs (a list) for the input arrays xs; with record, also the Tape:

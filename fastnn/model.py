@@ -16,7 +16,7 @@ import numpy as np
 from . import graph as G
 from ._kernels import checks
 from .backend import get_backend
-from .layers.base import Layer
+from .layers.base import Layer, positive_int
 from .threads import backend_threads
 
 DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
@@ -107,7 +107,7 @@ class Model:
         self.seed = seed
         self.training = True
         self._pending = threading.local()
-        self._lock = G.backend_lock(self.backend)   # None: the backend needs none
+        self._lock = G.backend_lock(self.backend)
         self._build(np.random.default_rng(seed))
 
     @property
@@ -266,7 +266,7 @@ class Model:
     def _forward(self, X):
         """forward for inputs already checked (host or device arrays)."""
         xs = [self.backend.to_device(x) for x in self._inputs_list(X)]
-        with self._lock or G.NO_LOCK:
+        with self._lock:
             outs, tape = self._graph.run(xs, self.training, record=True)
         tape.outputs = [(tuple(o.shape), np.dtype(o.dtype)) for o in outs]
         self._pending.tape = tape
@@ -290,8 +290,6 @@ class Model:
         return list(dxs) if self._multi_in else dxs[0]
 
     def _backprop(self, tape, grads, input_grads=False):
-        if self._lock is None:
-            return self._graph.backprop(tape, grads, input_grads)
         with self._lock:
             return self._graph.backprop(tape, grads, input_grads)
 
@@ -331,7 +329,7 @@ class Model:
 
     def predict(self, X, batch_size=1024):
         """Outputs in inference mode (logits for a classifier) as numpy arrays, in batches."""
-        batch_size = _positive_int(batch_size, "batch_size")
+        batch_size = positive_int(batch_size, "batch_size")
         xs = self._inputs_list(self.check_input(X))
         n = len(xs[0])
         with backend_threads(self.backend):
@@ -345,14 +343,12 @@ class Model:
     def _infer(self, xs):
         """Host outputs (a list) for one checked batch, inference mode, no tape."""
         xs = [self.backend.to_device(x) for x in xs]
-        with self._lock or G.NO_LOCK:
+        with self._lock:
             outs, _ = self._graph.run(xs, False, record=False)
         return [self.backend.to_host(o) for o in outs]
 
     def _train_forward(self, xs):
         """(outputs list, tape) for one checked device batch in training mode (the Trainer's step)."""
-        if self._lock is None:
-            return self._graph.run(xs, True, record=True)
         with self._lock:
             return self._graph.run(xs, True, record=True)
 
@@ -489,12 +485,6 @@ def layer_spec(layer):
 
 def _shape_text(shape):
     return "(batch, " + ", ".join(map(str, shape)) + ")"
-
-
-def _positive_int(value, name):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _as_batch(x, name):

@@ -5,6 +5,7 @@ import numpy as np
 
 from . import losses, optim
 from ._kernels import checks
+from .layers.base import positive_int
 from .threads import backend_threads
 
 CLASSIFICATION = ("cross_entropy", "binary_cross_entropy")
@@ -167,7 +168,7 @@ class Trainer:
             val = self._check_data(*validation_data, what="X_val")
         if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
             raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
-        batch_size = _batch_size(batch_size)
+        batch_size = positive_int(batch_size, "batch_size")
         rng = np.random.default_rng(self.seed)
         history = History()
         self.stop_training = False
@@ -238,7 +239,7 @@ class Trainer:
     # ---------------------------------------------------------- evaluate
     def evaluate(self, X, y, batch_size=1024):
         """{'loss': mean loss, 'accuracy': fraction correct (classification losses)}."""
-        batch_size = _batch_size(batch_size)
+        batch_size = positive_int(batch_size, "batch_size")
         xs, ys = self._check_data(X, y)
         with backend_threads(self.model.backend):
             return self._evaluate(xs, ys, batch_size)
@@ -271,12 +272,6 @@ def _per_output(value, n_out, what):
             raise ValueError(f"{what}: {len(value)} given for a model with {n_out} outputs")
         return list(value)
     return [value] * n_out
-
-
-def _batch_size(value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _progress(epochs):

@@ -4,7 +4,7 @@ import numpy as np
 from .._kernels.checks import spatial
 from .._kernels.shapes import window_output_sizes
 from .base import Layer
-from .dense import _positive_int
+from .base import positive_int
 
 
 def _config_value(values):
@@ -18,8 +18,8 @@ class _Conv(Layer):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0):
         super().__init__()
         name = type(self).__name__
-        self.in_channels = _positive_int(in_channels, f"{name} in_channels")
-        self.out_channels = _positive_int(out_channels, f"{name} out_channels")
+        self.in_channels = positive_int(in_channels, f"{name} in_channels")
+        self.out_channels = positive_int(out_channels, f"{name} out_channels")
         try:
             self.kernel_size = spatial(kernel_size, f"{name} kernel_size", self.dims)
             self.stride = spatial(stride, f"{name} stride", self.dims)

@@ -3,8 +3,6 @@ import numpy as np
 
 from .base import Layer, positive_int
 
-_positive_int = positive_int   # the name conv.py and recurrent.py import
-
 
 class Dense(Layer):
     def __init__(self, in_features, out_features, bias=True):

@@ -8,7 +8,7 @@ sequence with its own *_reverse weights and concatenates the two, as torch does.
 import numpy as np
 
 from .base import Layer
-from .base import positive_int as _positive_int
+from .base import positive_int
 
 
 def _contiguous(a):
@@ -25,8 +25,8 @@ class _Recurrent(Layer):
     def __init__(self, input_size, hidden_size, return_sequences=False, bidirectional=False):
         super().__init__()
         name = type(self).__name__
-        self.input_size = _positive_int(input_size, f"{name} input_size")
-        self.hidden_size = _positive_int(hidden_size, f"{name} hidden_size")
+        self.input_size = positive_int(input_size, f"{name} input_size")
+        self.hidden_size = positive_int(hidden_size, f"{name} hidden_size")
         self.return_sequences = bool(return_sequences)
         self.bidirectional = bool(bidirectional)
         self._suffixes = ("", "_reverse") if self.bidirectional else ("",)
