@@ -140,7 +140,8 @@ class _BatchNorm(Layer):
                 raise ValueError(f"{type(self).__name__}: training needs more than 1 value per channel, "
                                  f"got input shape {tuple(x.shape)} (use a larger batch, or eval mode)")
             count = self.buffers["num_batches_tracked"]
-            count += 1
+            one = count.reshape(1)   # a view: in place on a NumPy 0-d array and on a device array
+            one += np.ones(1, self.dtype)
             # momentum None: torch's cumulative average, factor 1 / batches seen
             factor = self.momentum if self.momentum is not None else 1.0 / float(np.asarray(count))
         y, ctx.mean, ctx.rstd = self.kernels.batch_norm(
