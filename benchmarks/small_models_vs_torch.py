@@ -6,6 +6,10 @@ Models (the convolutional/recurrent issue's speed targets):
   bilstm: bidirectional LSTM(1,H) - Dense(2H,10), 40 steps, 1 feature
   gru:    GRU(1,H) - Dense(H,10), 40 steps, 1 feature
   mlp:    40-100-100-10 ReLU MLP
+  bncnn:  Conv2D(1,16,3,p1)-BatchNorm2D-ReLU-MaxPool2D(2)-Conv2D(16,32,3,p1)-BatchNorm2D-ReLU-GlobalAvgPool2D
+          -Dense(32,10), 8x8 digits-size images
+  bncnn1d: Conv1D(1,25,5,s2)-BatchNorm1D-ReLU-Conv1D(25,25,3,s2)-BatchNorm1D-ReLU-GlobalAvgPool1D-Dense(25,10),
+          length 40
 
     python benchmarks/small_models_vs_torch.py [--models cnn bilstm gru mlp] [--hidden 6 32]
 """
@@ -25,6 +29,13 @@ def fastnn_model(kind, hidden, backend):
     if kind == "cnn":
         layers = [L.Conv1D(1, 25, 5, stride=2), L.ReLU(), L.Conv1D(25, 25, 3, stride=2), L.ReLU(),
                   L.Conv1D(25, 25, 3, stride=2), L.ReLU(), L.Flatten(), L.Dense(75, 10)]
+    elif kind == "bncnn":
+        layers = [L.Conv2D(1, 16, 3, padding=1), L.BatchNorm2D(16), L.ReLU(), L.MaxPool2D(2),
+                  L.Conv2D(16, 32, 3, padding=1), L.BatchNorm2D(32), L.ReLU(), L.GlobalAvgPool2D(),
+                  L.Dense(32, 10)]
+    elif kind == "bncnn1d":
+        layers = [L.Conv1D(1, 25, 5, stride=2), L.BatchNorm1D(25), L.ReLU(), L.Conv1D(25, 25, 3, stride=2),
+                  L.BatchNorm1D(25), L.ReLU(), L.GlobalAvgPool1D(), L.Dense(25, 10)]
     elif kind == "bilstm":
         layers = [L.LSTM(1, hidden, bidirectional=True), L.Dense(2 * hidden, 10)]
     elif kind == "gru":
@@ -51,6 +62,14 @@ def torch_model(kind, hidden):
     if kind == "cnn":
         return nn.Sequential(nn.Conv1d(1, 25, 5, stride=2), nn.ReLU(), nn.Conv1d(25, 25, 3, stride=2), nn.ReLU(),
                              nn.Conv1d(25, 25, 3, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(75, 10))
+    if kind == "bncnn":
+        return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+                             nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+    if kind == "bncnn1d":
+        return nn.Sequential(nn.Conv1d(1, 25, 5, stride=2), nn.BatchNorm1d(25), nn.ReLU(),
+                             nn.Conv1d(25, 25, 3, stride=2), nn.BatchNorm1d(25), nn.ReLU(),
+                             nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(25, 10))
     if kind == "bilstm":
         return nn.Sequential(LastState(nn.LSTM(1, hidden, batch_first=True, bidirectional=True)),
                              nn.Linear(2 * hidden, 10))
@@ -60,7 +79,7 @@ def torch_model(kind, hidden):
 
 
 def batch_for(kind, rng):
-    shape = {"cnn": (BATCH, 1, 40), "bilstm": (BATCH, 40, 1), "gru": (BATCH, 40, 1)}.get(kind, (BATCH, 40))
+    shape = {"cnn": (BATCH, 1, 40), "bncnn": (BATCH, 1, 8, 8), "bncnn1d": (BATCH, 1, 40), "bilstm": (BATCH, 40, 1), "gru": (BATCH, 40, 1)}.get(kind, (BATCH, 40))
     return rng.standard_normal(shape).astype(np.float32), rng.integers(0, 10, BATCH)
 
 

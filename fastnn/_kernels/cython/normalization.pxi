@@ -12,6 +12,17 @@ cdef enum:
     _NL = 16    # reduction lanes
 
 
+cdef inline floating _tree(floating *a) noexcept nogil:
+    """a[0] + ... + a[15] as a tree (a is overwritten): a chain of 16 dependent adds
+    per row cost more than the row's own work at 64 features."""
+    cdef Py_ssize_t j
+    for j in range(8):
+        a[j] += a[j + 8]
+    for j in range(4):
+        a[j] += a[j + 4]
+    return (a[0] + a[2]) + (a[1] + a[3])
+
+
 cdef void _ln_fwd(const floating *x, const floating *w, const floating *b, floating eps,
                   Py_ssize_t rows, Py_ssize_t f, floating *y, floating *mean,
                   floating *rstd) noexcept nogil:
@@ -39,9 +50,8 @@ cdef void _ln_fwd(const floating *x, const floating *w, const floating *b, float
             d = row[i] - k
             s += d
             ss += d * d
-        for j in range(16):
-            s += s1[j]
-            ss += s2[j]
+        s += _tree(s1)
+        ss += _tree(s2)
         md = s * inv_f
         var = ss * inv_f - md * md
         if var < 0:
@@ -113,9 +123,8 @@ cdef void _ln_bwd(const floating *dy, const floating *x, const floating *mean,
             sgx += g * xh
         if dx == NULL:
             continue
-        for j in range(16):
-            sg += ag[j]
-            sgx += ax[j]
+        sg += _tree(ag)
+        sgx += _tree(ax)
         a = sg * inv_f
         c = sgx * inv_f
         out = dx + r * f
@@ -180,54 +189,57 @@ def layer_norm_backward(dy, x, mean, rstd, weight, need_dx=True):
 # ---------------------------------------------------------------- BatchNorm
 
 
-cdef inline void _lane_sums(const floating *row, Py_ssize_t n, floating k,
-                            floating *s, floating *ss) noexcept nogil:
-    """s += sum(row - k), ss += sum((row - k)**2), in lanes."""
+cdef inline void _chan_sums(const floating *x, Py_ssize_t n, Py_ssize_t stride, Py_ssize_t sl,
+                            floating k, floating *s, floating *ss) noexcept nogil:
+    """One channel's sum(x - k) and sum((x - k)**2) over n rows of sl values, stride apart;
+    the lanes run across the rows, so their reduction is paid once a channel."""
     cdef floating a1[_NL]
     cdef floating a2[_NL]
-    cdef Py_ssize_t i, j, n16 = n - n % _NL
+    cdef Py_ssize_t i, p, j, s16 = sl - sl % _NL
     cdef floating d, t1 = 0, t2 = 0
+    cdef const floating *row
     for j in range(16):
         a1[j] = 0
         a2[j] = 0
-    for i in range(0, n16, 16):
-        for j in range(16):
-            d = row[i + j] - k
-            a1[j] += d
-            a2[j] += d * d
-    for i in range(n16, n):
-        d = row[i] - k
-        t1 += d
-        t2 += d * d
-    for j in range(16):
-        t1 += a1[j]
-        t2 += a2[j]
-    s[0] += t1
-    ss[0] += t2
+    for i in range(n):
+        row = x + i * stride
+        for p in range(0, s16, 16):
+            for j in range(16):
+                d = row[p + j] - k
+                a1[j] += d
+                a2[j] += d * d
+        for p in range(s16, sl):
+            d = row[p] - k
+            t1 += d
+            t2 += d * d
+    s[0] = t1 + _tree(a1)
+    ss[0] = t2 + _tree(a2)
 
 
-cdef inline void _lane_dot(const floating *dy, const floating *row, Py_ssize_t n, floating mu,
-                           floating *sd, floating *sdx) noexcept nogil:
-    """sd += sum(dy), sdx += sum(dy * (row - mu)), in lanes."""
+cdef inline void _chan_dot(const floating *dy, const floating *x, Py_ssize_t n, Py_ssize_t stride,
+                           Py_ssize_t sl, floating mu, floating *sd, floating *sdx) noexcept nogil:
+    """One channel's sum(dy) and sum(dy * (x - mu)), laid out as in _chan_sums."""
     cdef floating a1[_NL]
     cdef floating a2[_NL]
-    cdef Py_ssize_t i, j, n16 = n - n % _NL
+    cdef Py_ssize_t i, p, j, s16 = sl - sl % _NL
     cdef floating t1 = 0, t2 = 0
+    cdef const floating *row
+    cdef const floating *d
     for j in range(16):
         a1[j] = 0
         a2[j] = 0
-    for i in range(0, n16, 16):
-        for j in range(16):
-            a1[j] += dy[i + j]
-            a2[j] += dy[i + j] * (row[i + j] - mu)
-    for i in range(n16, n):
-        t1 += dy[i]
-        t2 += dy[i] * (row[i] - mu)
-    for j in range(16):
-        t1 += a1[j]
-        t2 += a2[j]
-    sd[0] += t1
-    sdx[0] += t2
+    for i in range(n):
+        row = x + i * stride
+        d = dy + i * stride
+        for p in range(0, s16, 16):
+            for j in range(16):
+                a1[j] += d[p + j]
+                a2[j] += d[p + j] * (row[p + j] - mu)
+        for p in range(s16, sl):
+            t1 += d[p]
+            t2 += d[p] * (row[p] - mu)
+    sd[0] = t1 + _tree(a1)
+    sdx[0] = t2 + _tree(a2)
 
 
 cdef void _bn_fwd(const floating *x, const floating *w, const floating *b, floating *rm,
@@ -237,7 +249,7 @@ cdef void _bn_fwd(const floating *x, const floating *w, const floating *b, float
     """mean, rstd (and the running buffers in training), then y = x * scale[c] + offset[c].
     scale and offset are (C,) scratch; mean and rstd double as the sums while reducing."""
     cdef Py_ssize_t i, ch, p, base
-    cdef floating d, md, var, m = n * sl, one = 1
+    cdef floating d, md, var, a, o, m = n * sl, one = 1
     if training:
         for ch in range(c):
             offset[ch] = x[ch * sl]       # the shift k, per channel
@@ -251,9 +263,13 @@ cdef void _bn_fwd(const floating *x, const floating *w, const floating *b, float
                     mean[ch] += d
                     rstd[ch] += d * d
         else:
+            # in memory order: a channel's rows are C * S apart, often 4 KiB, which
+            # thrashes the L1 cache's sets when walked one channel at a time
             for i in range(n):
                 for ch in range(c):
-                    _lane_sums(x + (i * c + ch) * sl, sl, offset[ch], &mean[ch], &rstd[ch])
+                    _chan_sums(x + (i * c + ch) * sl, 1, 0, sl, offset[ch], &a, &o)
+                    mean[ch] += a
+                    rstd[ch] += o
         for ch in range(c):
             md = mean[ch] / m
             var = rstd[ch] / m - md * md
@@ -279,8 +295,9 @@ cdef void _bn_fwd(const floating *x, const floating *w, const floating *b, float
         for i in range(n):
             for ch in range(c):
                 base = (i * c + ch) * sl
+                a, o = scale[ch], offset[ch]     # locals: y might alias scale for all gcc knows
                 for p in range(sl):
-                    y[base + p] = x[base + p] * scale[ch] + offset[ch]
+                    y[base + p] = x[base + p] * a + o
 
 
 cdef void _bn_bwd(const floating *dy, const floating *x, const floating *mean,
@@ -289,7 +306,7 @@ cdef void _bn_bwd(const floating *dy, const floating *x, const floating *mean,
                   floating *scale, floating *q, floating *k2) noexcept nogil:
     """dweight, dbias (C,), then dx = scale[c] * (dy - q[c] - (x - mean[c]) * k2[c])."""
     cdef Py_ssize_t i, ch, p, base
-    cdef floating m = n * sl
+    cdef floating a, qq, mu, kk, m = n * sl
     for ch in range(c):
         db[ch] = 0
         dw[ch] = 0
@@ -300,10 +317,12 @@ cdef void _bn_bwd(const floating *dy, const floating *x, const floating *mean,
                 db[ch] += dy[base + ch]
                 dw[ch] += dy[base + ch] * (x[base + ch] - mean[ch])
     else:
-        for i in range(n):
+        for i in range(n):      # in memory order, as in _bn_fwd
             for ch in range(c):
                 base = (i * c + ch) * sl
-                _lane_dot(dy + base, x + base, sl, mean[ch], &db[ch], &dw[ch])
+                _chan_dot(dy + base, x + base, 1, 0, sl, mean[ch], &a, &qq)
+                db[ch] += a
+                dw[ch] += qq
     for ch in range(c):
         dw[ch] = dw[ch] * rstd[ch]
         scale[ch] = rstd[ch] * (w[ch] if w != NULL else 1)
@@ -320,8 +339,9 @@ cdef void _bn_bwd(const floating *dy, const floating *x, const floating *mean,
         for i in range(n):
             for ch in range(c):
                 base = (i * c + ch) * sl
+                a, qq, mu, kk = scale[ch], q[ch], mean[ch], k2[ch]
                 for p in range(sl):
-                    dx[base + p] = scale[ch] * (dy[base + p] - q[ch] - (x[base + p] - mean[ch]) * k2[ch])
+                    dx[base + p] = a * (dy[base + p] - qq - (x[base + p] - mu) * kk)
 
 
 def batch_norm(x, weight, bias, running_mean, running_var, momentum=0.1, eps=1e-5, training=True):
@@ -385,8 +405,21 @@ def batch_norm_backward(dy, x, mean, rstd, weight, training=True, need_dx=True):
 cdef void _gap_fwd(const floating *x, Py_ssize_t rows, Py_ssize_t sl, floating *y) noexcept nogil:
     cdef Py_ssize_t r
     cdef floating inv = (<floating> 1) / sl
+    cdef floating a[_NL]
+    cdef floating t
+    cdef Py_ssize_t p, j, s16 = sl - sl % _NL
+    cdef const floating *row
     for r in range(rows):
-        y[r] = _vsum(x + r * sl, sl) * inv
+        row = x + r * sl
+        for j in range(16):
+            a[j] = 0
+        t = 0
+        for p in range(0, s16, 16):
+            for j in range(16):
+                a[j] += row[p + j]
+        for p in range(s16, sl):
+            t += row[p]
+        y[r] = (t + _tree(a)) * inv
 
 
 cdef void _gap_bwd(const floating *dy, Py_ssize_t rows, Py_ssize_t sl, floating *dx) noexcept nogil:

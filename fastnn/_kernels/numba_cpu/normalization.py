@@ -98,9 +98,11 @@ def _bn_sums(x, shift):
     n, c, s_len = x.shape
     s1, s2 = np.zeros(c, x.dtype), np.zeros(c, x.dtype)
     if s_len == 1:
+        x2 = x.reshape(n, c)
         for i in range(n):
+            row = x2[i]
             for ch in range(c):
-                d = x[i, ch, 0] - shift[ch]
+                d = row[ch] - shift[ch]
                 s1[ch] += d
                 s2[ch] += d * d
     else:
@@ -122,6 +124,13 @@ def _bn_sums(x, shift):
 def _bn_apply(x, scale, offset, y):
     """y = x * scale[c] + offset[c]."""
     n, c, s_len = x.shape
+    if s_len == 1:               # (N, C): along the channels
+        x2, y2 = x.reshape(n, c), y.reshape(n, c)
+        for i in range(n):
+            row, out = x2[i], y2[i]
+            for ch in range(c):
+                out[ch] = row[ch] * scale[ch] + offset[ch]
+        return
     for i in range(n):
         for ch in range(c):
             a, b = scale[ch], offset[ch]
@@ -163,11 +172,12 @@ def _bn_backward_sums(dy, x, mean):
     n, c, s_len = x.shape
     sd, sdx = np.zeros(c, x.dtype), np.zeros(c, x.dtype)
     if s_len == 1:
+        x2, dy2 = x.reshape(n, c), dy.reshape(n, c)
         for i in range(n):
+            row, drow = x2[i], dy2[i]
             for ch in range(c):
-                d = dy[i, ch, 0]
-                sd[ch] += d
-                sdx[ch] += d * (x[i, ch, 0] - mean[ch])
+                sd[ch] += drow[ch]
+                sdx[ch] += drow[ch] * (row[ch] - mean[ch])
     else:
         for i in range(n):
             for ch in range(c):
@@ -186,6 +196,13 @@ def _bn_backward_sums(dy, x, mean):
 def _bn_dx(dy, x, mean, scale, mdb, k2, dx):
     """dx = scale[c] * (dy - mdb[c] - (x - mean[c]) * k2[c])."""
     n, c, s_len = x.shape
+    if s_len == 1:               # (N, C): along the channels
+        x2, dy2, dx2 = x.reshape(n, c), dy.reshape(n, c), dx.reshape(n, c)
+        for i in range(n):
+            row, drow, out = x2[i], dy2[i], dx2[i]
+            for ch in range(c):
+                out[ch] = scale[ch] * (drow[ch] - mdb[ch] - (row[ch] - mean[ch]) * k2[ch])
+        return
     for i in range(n):
         for ch in range(c):
             a, mu, q, k = scale[ch], mean[ch], mdb[ch], k2[ch]
