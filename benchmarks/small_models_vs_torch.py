@@ -11,7 +11,8 @@ Models (the convolutional/recurrent issue's speed targets):
   bncnn1d: Conv1D(1,25,5,s2)-BatchNorm1D-ReLU-Conv1D(25,25,3,s2)-BatchNorm1D-ReLU-GlobalAvgPool1D-Dense(25,10),
           length 40
 
-    python benchmarks/small_models_vs_torch.py [--models cnn bilstm gru mlp] [--hidden 6 32]
+    python benchmarks/small_models_vs_torch.py [--models cnn bilstm gru mlp bncnn bncnn1d] [--hidden 6 32]
+                                                [--torch-threads 1]
 """
 import argparse
 import statistics
@@ -131,7 +132,12 @@ def main():
     parser.add_argument("--hidden", type=int, nargs="+", default=[6, 32])
     parser.add_argument("--backends", nargs="+", default=[b for b in fnn.backends() if b != "cuda"])
     parser.add_argument("--seconds", type=float, default=1.0)
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="torch.set_num_threads (default: torch's own choice)")
     args = parser.parse_args()
+    if args.torch_threads:
+        import torch
+        torch.set_num_threads(args.torch_threads)
     rng = np.random.default_rng(0)
     print("| model | engine | steps/s | vs torch |\n|---|---|---|---|")
     from fastnn.threads import backend_threads
