@@ -7,3 +7,5 @@ include "losses.pxi"
 include "optim.pxi"
 include "conv.pxi"
 include "recurrent.pxi"
+include "losses_extra.pxi"    # issue 10 (optim)
+include "optim_extra.pxi"     # issue 10 (optim)
