@@ -154,7 +154,8 @@ class Model:
                 params[name] = self._flat_data[off:off + size(shape)].reshape(shape)
                 grads[name] = self._flat_grad[off:off + size(shape)].reshape(shape)
                 param = Parameter(f"{prefix}.{name}", params[name], grads[name])
-                param.offset, param.layer = off, layer   # where it lives in the flat buffer; its owner
+                # where it lives in the flat buffer, its owner and the backend its buffers are on
+                param.offset, param.layer, param.backend = off, layer, self.backend
                 self._params.append(param)
                 off += size(shape)
             for name, shape in bshapes.items():

@@ -98,6 +98,14 @@ def _betas(betas):
     return (_check(betas[0], "beta1", high=1.0), _check(betas[1], "beta2", high=1.0))
 
 
+def _backend_of(params):
+    """The backend of model.parameters(), else of the first Parameter that knows it, else the default."""
+    backend = getattr(params, "backend", None)
+    if backend is None and isinstance(params, (list, tuple)) and params:
+        backend = getattr(params[0], "backend", None)
+    return backend or get_backend()
+
+
 def _frozen(p):
     layer = getattr(p, "layer", None)
     return layer is not None and not layer.trainable
@@ -258,7 +266,9 @@ class Optimizer:
 
     # --------------------------------------------------------------- step
     def step(self, params):
-        backend = getattr(params, "backend", None) or get_backend()
+        if not isinstance(params, (list, tuple)) and getattr(params, "flat_data", None) is None:
+            params = list(params) if hasattr(params, "__iter__") and not isinstance(params, (str, bytes)) else params
+        backend = _backend_of(params)
         pairs = _buffers(params)
         if self.clip_norm is not None:
             clip_grad_norm(params, self.clip_norm)
@@ -278,8 +288,7 @@ class Optimizer:
                 self._kernel(backend, run.data, run.grad, [s[run.start:run.stop] for s in state],
                              self._hyper(run.group))
             return
-        plist = list(params) if not isinstance(params, list) else params
-        for p, (key, data, grad) in zip(plist, pairs):
+        for p, (key, data, grad) in zip(params, pairs):
             if _frozen(p):
                 continue
             group = self._group_of(p) if self.param_groups else None
@@ -428,7 +437,9 @@ def clip_grad_norm(params, max_norm, norm_type=2.0, error_if_nonfinite=False):
     from ._kernels import checks
     max_norm = _check(max_norm, "max_norm")
     order = checks.norm_order(norm_type)
-    backend = getattr(params, "backend", None) or get_backend()
+    if not isinstance(params, (list, tuple)) and getattr(params, "flat_data", None) is None:
+        params = list(params) if hasattr(params, "__iter__") and not isinstance(params, (str, bytes)) else params
+    backend = _backend_of(params)
     pairs = _buffers(params)
     if getattr(params, "flat_data", None) is not None:
         if _layers.any_frozen():
@@ -436,8 +447,7 @@ def clip_grad_norm(params, max_norm, norm_type=2.0, error_if_nonfinite=False):
         else:
             grads = [pairs[0][2]]
     else:
-        plist = list(params)
-        grads = [grad for p, (_, _, grad) in zip(plist, pairs) if not _frozen(p)]
+        grads = [grad for p, (_, _, grad) in zip(params, pairs) if not _frozen(p)]
     norms = [backend.raw.grad_norm(g, order) for g in grads]
     if not norms:
         return 0.0

@@ -152,7 +152,7 @@ def grad_norm(grad, double norm_type=2.0):
     else:
         with nogil:
             s = _sum_pow_k(<const double *> cnp.PyArray_DATA(G), n, order)
-    return s if isinf(order) else s ** (1.0 / order)
+    return s if isinf(order) else c_pow(s, 1.0 / order)   # libc pow: NaN stays a float
 
 
 cdef void _scale_k(floating *g, Py_ssize_t n, floating f) noexcept nogil:
