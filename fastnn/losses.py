@@ -51,8 +51,10 @@ def binary_cross_entropy(logits, target, backend=None):
     return get_backend(backend).binary_cross_entropy(logits, target)
 
 
-# The loss kernels a name selects (cross_entropy_weighted is cross_entropy with options).
-NAMES = tuple(n for n in registry.names("loss") if n in globals())
+# Loss kernels that are another loss with options, reached through it (not by name).
+OPTION_KERNELS = ("cross_entropy_weighted",)
+# The loss kernels a name selects.
+NAMES = tuple(n for n in registry.names("loss") if n not in OPTION_KERNELS)
 
 
 class Loss:
