@@ -339,3 +339,27 @@ def test_bad_optimizer_arguments():
 def test_optimizers_by_name():
     for name, cls in (("adamw", fnn.optim.AdamW), ("rmsprop", fnn.optim.RMSprop), ("adagrad", fnn.optim.Adagrad)):
         assert isinstance(fnn.optim.get(name), cls)
+
+
+def test_a_list_of_parameters_steps_like_the_flat_buffer():
+    """step(list of Parameters): one kernel per parameter, with groups and a frozen layer."""
+    models = [fnn.Sequential(Dense(4, 5), Tanh(), Dense(5, 3), Dense(3, 2), dtype="float64", seed=0)
+              for _ in range(2)]
+    opts = [fnn.optim.RMSprop(lr=0.01, momentum=0.9, param_groups=[{"params": m.layers[2], "lr": 0.1}])
+            for m in models]
+    rng = np.random.default_rng(6)
+    for m in models:
+        m.layers[3].trainable = False
+    for _ in range(5):
+        g = rng.standard_normal(models[0].count_params())
+        for m in models:
+            m.parameters().flat_grad[...] = g
+        opts[0].step(models[0].parameters())
+        opts[1].step(list(models[1].parameters()))
+    for m in models:
+        m.layers[3].trainable = True
+    a, b = models[0].state_dict(), models[1].state_dict()
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-13, atol=1e-15)
+    assert np.array_equal(a["3.weight"], fnn.Sequential(Dense(4, 5), Tanh(), Dense(5, 3), Dense(3, 2),
+                                                        dtype="float64", seed=0).state_dict()["3.weight"])
