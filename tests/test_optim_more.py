@@ -226,6 +226,13 @@ def test_trainable_is_saved_and_loaded(tmp_path):
     loaded = fnn.load(tmp_path / "m.npz")
     assert [l.trainable for l in loaded.layers] == [False, True, True]
     model.layers[0].trainable = True
+    block = fnn.layers.Residual(Dense(4, 4), ReLU())
+    res = fnn.Sequential(block, Dense(4, 2), seed=0)
+    block.layers[0].trainable = False                  # a sublayer alone
+    res.save(tmp_path / "r.npz")
+    sub = fnn.load(tmp_path / "r.npz").layers[0]
+    assert sub.trainable and [l.trainable for l in sub.layers] == [False, True]
+    block.layers[0].trainable = True
 
 
 def test_freezing_a_residual_freezes_its_sublayers():
