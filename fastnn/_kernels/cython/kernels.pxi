@@ -7,4 +7,6 @@ include "losses.pxi"
 include "optim.pxi"
 include "conv.pxi"
 include "recurrent.pxi"
-include "normalization.pxi"
+include "losses_extra.pxi"    # issue 10 (optim)
+include "optim_extra.pxi"     # issue 10 (optim)
+include "normalization.pxi"   # issue 10 (norm)
