@@ -51,11 +51,12 @@ cdef void _gelu_k(const floating *x, floating *y, Py_ssize_t n) noexcept nogil:
 
 
 cdef void _gelu_tanh_k(const floating *x, floating *y, Py_ssize_t n) noexcept nogil:
+    # 0.5 (1 + tanh(u)) = sigmoid(2u): one exp, in the array's precision
     cdef Py_ssize_t i
-    cdef double v
+    cdef floating v, k2 = 2 * _GK, c = _GC
     for i in range(n):
         v = x[i]
-        y[i] = <floating> (0.5 * v * (1.0 + fnn_tanh(_GK * (v + _GC * v * v * v))))
+        y[i] = v * (1 / (1 + _exp(-k2 * (v + c * v * v * v))))
 
 
 cdef void _gelu_b(const floating *dy, const floating *x, const floating *y, floating *dx,
@@ -70,11 +71,11 @@ cdef void _gelu_b(const floating *dy, const floating *x, const floating *y, floa
 cdef void _gelu_tanh_b(const floating *dy, const floating *x, const floating *y, floating *dx,
                        Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i
-    cdef double v, t
+    cdef floating v, s, k2 = 2 * _GK, c = _GC, c3 = 3 * _GC
     for i in range(n):
         v = x[i]
-        t = fnn_tanh(_GK * (v + _GC * v * v * v))
-        dx[i] = <floating> (dy[i] * (0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * _GK * (1.0 + 3.0 * _GC * v * v)))
+        s = 1 / (1 + _exp(-k2 * (v + c * v * v * v)))
+        dx[i] = dy[i] * (s + v * s * (1 - s) * k2 * (1 + c3 * v * v))
 
 
 def gelu(x):
