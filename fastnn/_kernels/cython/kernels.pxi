@@ -8,3 +8,4 @@ include "optim.pxi"
 include "conv.pxi"
 include "recurrent.pxi"
 include "activations_more.pxi"   # issue 10: acts
+include "dropout_embedding.pxi"   # issue 10: acts
