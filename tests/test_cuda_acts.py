@@ -61,3 +61,25 @@ def test_dropout_same_masks_as_numpy_and_gradients():
     gradcheck_model(gpu, x, probe, before=rewind)
     gpu.eval()
     np.testing.assert_allclose(to_host(gpu.forward(x)), cpu.predict(x), rtol=1e-12, atol=1e-14)
+
+
+# --------------------------------------------------------------- embedding
+
+def test_embedding_matches_torch_and_central_differences():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(8)
+    idx = np.array([[3, 3, 0], [6, 3, 1]])                  # repeats and the padding row (3)
+    probe = rng.standard_normal((2, 3, 2))
+    tm = torch.nn.Sequential(torch.nn.Embedding(7, 4, padding_idx=3), torch.nn.Linear(4, 2)).double()
+    model = fnn.Sequential(fnn.layers.Embedding(7, 4, padding_idx=3), fnn.layers.Dense(4, 2),
+                           backend=BE, dtype="float64", seed=0)
+    model.load_state_dict({k: v.detach().numpy() for k, v in tm.state_dict().items()})
+    y, dx, grads = forward_backward(model, idx, probe)
+    yt = tm(torch.tensor(idx))
+    yt.backward(torch.tensor(probe))
+    assert dx is None
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-9, atol=1e-12)
+    for k, p in tm.named_parameters():
+        np.testing.assert_allclose(grads[k], p.grad.numpy(), rtol=1e-9, atol=1e-12)
+    plain = fnn.Sequential(fnn.layers.Embedding(5, 2), fnn.layers.Dense(2, 2), backend=BE, dtype="float64", seed=1)
+    gradcheck_model(plain, np.array([[0, 4, 4], [2, 0, 1]]), rng.standard_normal((2, 3, 2)), input_grad=False)

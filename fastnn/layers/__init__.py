@@ -2,6 +2,7 @@
 from .activations import LeakyReLU, ReLU, Sigmoid, Softmax, Step, Tanh
 from .activations import ELU, GELU, SiLU, Softplus  # issue 10: acts
 from .dropout import Dropout  # issue 10: acts
+from .embedding import Embedding  # issue 10: acts
 from .base import Context, Layer, layer_class
 from .conv import Conv1D, Conv2D
 from .dense import Dense
@@ -13,5 +14,5 @@ from .shape import Flatten, Reshape
 __all__ = ["Layer", "Context", "Dense", "Step", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Softmax",
            "Conv1D", "Conv2D", "MaxPool1D", "MaxPool2D", "AvgPool1D", "AvgPool2D",
            "Flatten", "Reshape", "RNN", "LSTM", "GRU", "Add", "Concatenate", "Residual"]
-__all__ += ["GELU", "SiLU", "ELU", "Softplus", "Dropout"]  # issue 10: acts
+__all__ += ["GELU", "SiLU", "ELU", "Softplus", "Dropout", "Embedding"]  # issue 10: acts
 
