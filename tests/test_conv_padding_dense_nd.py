@@ -114,3 +114,15 @@ def test_dense_any_rank_gradients_central_differences(backend):
     rng = np.random.default_rng(5)
     model = fnn.Sequential(L.Dense(3, 4), L.Tanh(), L.Dense(4, 2), backend=backend.name, dtype="float64", seed=0)
     gradcheck_model(model, rng.standard_normal((2, 3, 3)), rng.standard_normal((2, 3, 2)))
+
+
+def test_conv_same_exports_to_onnx(tmp_path):
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    model = fnn.Sequential(L.Conv2D(1, 2, (2, 3), padding="same"), L.ReLU(), backend="numpy",
+                           dtype="float32", seed=0)
+    x = np.random.default_rng(6).standard_normal((2, 1, 5, 4)).astype(np.float32)
+    model.export_onnx(tmp_path / "m.onnx", input_shape=(1, 5, 4))
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    np.testing.assert_allclose(got, model.predict(x), rtol=1e-5, atol=1e-6)
