@@ -229,8 +229,12 @@ def dropout_backward(dy, mask, p):
     return (_cast(dy, common_dtype(dy)), np.ascontiguousarray(mask), _probability(p, "dropout_backward")), {}
 
 
+class IndexOutOfRange(IndexError, ValueError):
+    """Indices outside [0, n): an IndexError, and a ValueError like every other bad argument."""
+
+
 def indices(idx, n, who):
-    """idx as C-contiguous int64 in [0, n), or TypeError (not integers) / IndexError (out of range)."""
+    """idx as C-contiguous int64 in [0, n), or TypeError (not integers) / IndexOutOfRange."""
     if not isinstance(idx, np.ndarray):
         idx = np.asarray(idx)
     if idx.dtype.kind not in "iu":
@@ -239,7 +243,7 @@ def indices(idx, n, who):
         raise ValueError(f"{who} indices are empty (shape {idx.shape})")
     lo, hi = int(idx.min()), int(idx.max())
     if lo < 0 or hi >= n:
-        raise IndexError(f"{who} indices must be in [0, {n}), got values in [{lo}, {hi}]")
+        raise IndexOutOfRange(f"{who} indices must be in [0, {n}), got values in [{lo}, {hi}]")
     return np.ascontiguousarray(idx, dtype=np.int64)
 
 

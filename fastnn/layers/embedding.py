@@ -3,12 +3,14 @@ N(0, 1) init, the padding row zero and without gradient).
 
 It takes integer indices of any shape and returns (*shape, embedding_dim). A model whose
 input feeds Embedding layers keeps that input as int64 (model.check_input) and checks its
-range here, with an IndexError naming it; float indices are a TypeError (also a ValueError).
+range here, with an IndexError (also a ValueError) naming it; float indices are a TypeError
+(also a ValueError).
 """
 import numbers
 
 import numpy as np
 
+from .._kernels.checks import IndexOutOfRange
 from .base import Context, Layer, positive_int
 
 
@@ -49,7 +51,7 @@ class Embedding(Layer):
                 "padding_idx": self.padding_idx}
 
     def check_indices(self, idx, name="Embedding input"):
-        """idx as C-contiguous int64 in [0, num_embeddings), or IndexDtypeError / IndexError."""
+        """idx as C-contiguous int64 in [0, num_embeddings), or IndexDtypeError / IndexOutOfRange."""
         if not isinstance(idx, np.ndarray) and hasattr(idx, "copy_to_host"):
             return idx                                   # a device array: the caller checked it
         idx = np.asarray(idx)
@@ -59,7 +61,7 @@ class Embedding(Layer):
             raise ValueError(f"{name}: Embedding indices are empty (shape {idx.shape})")
         lo, hi = int(idx.min()), int(idx.max())
         if lo < 0 or hi >= self.num_embeddings:
-            raise IndexError(f"{name}: Embedding indices must be in [0, {self.num_embeddings}), "
+            raise IndexOutOfRange(f"{name}: Embedding indices must be in [0, {self.num_embeddings}), "
                              f"got values in [{lo}, {hi}]")
         return np.ascontiguousarray(idx, dtype=np.int64)
 
