@@ -39,6 +39,10 @@ def _shapes(kernel, m, k, n):
         "grad_norm": ([(k,)], {"norm_type": 2.0}), "grad_scale": ([(k,)], {"factor": 0.5}),
     }
     table.update(act)
+    table.update({   # issue 10 (acts): dropout and embedding
+        "dropout": ([(m, n)], {"p": 0.3, "seed": 7}), "dropout_backward": ([(m, n), ("mask", (m, n))], {"p": 0.3}),
+        "embedding": ([(n, k), ("indices", m, n)], {}),
+        "embedding_backward_into": ([(m, k), ("indices", m, n), (n, k)], {"padding_idx": -1})})
     return table[kernel]
 
 
@@ -52,6 +56,12 @@ def kernel_calls(draw):
     for shape in shapes:
         if shape == "labels":
             args.append(rng.integers(0, n, m))
+            continue
+        if shape[0] == "mask":
+            args.append(rng.integers(0, 2, shape[1]).astype(np.uint8))
+            continue
+        if shape[0] == "indices":
+            args.append(rng.integers(0, shape[2], shape[1]))
             continue
         if draw(st.integers(0, 4)) == 0:   # now and then, a wrong shape
             shape = tuple(draw(st.lists(st.integers(0, 9), min_size=0, max_size=3)))

@@ -16,8 +16,9 @@ class _Activation(Layer):
     def record_fused(self, ctx, y):
         """The Dense before this layer computed y = act(Dense(x)) in one kernel (the
         model's plan). Backward needs only y, or x > 0, the same as y > 0 for the
-        fusable activations (leaky_relu with alpha >= 0): keep y as both."""
-        ctx.x = ctx.y = y
+        fusable activations (leaky_relu with alpha >= 0): keep y as both, as (rows, features)
+        like forward."""
+        ctx.x = ctx.y = y if y.ndim == 2 else y.reshape(-1, y.shape[-1])
 
     def fusable(self):
         """(kernel, alpha) if a Dense before this layer may apply it in its own kernel."""
@@ -67,3 +68,56 @@ class Softmax(_Activation):
     """Softmax over the last axis. For classification, train on logits with the
     cross_entropy loss instead (it applies softmax itself, stably)."""
     kernel = "softmax"
+
+
+# ------------------------------------------- more activations (issue 10: acts)
+
+
+class GELU(_Activation):
+    """x * Phi(x), Phi the standard normal CDF: torch.nn.GELU. approximate='tanh'
+    uses x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) instead of erf."""
+    kernel = "gelu"
+
+    def __init__(self, approximate="none"):
+        super().__init__()
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"GELU approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+        self.kernel = "gelu" if approximate == "none" else "gelu_tanh"
+
+    def config(self):
+        return {"approximate": self.approximate}
+
+
+class SiLU(_Activation):
+    """x * sigmoid(x) (swish): torch.nn.SiLU."""
+    kernel = "silu"
+
+
+class ELU(_Activation):
+    """x where x > 0, else alpha * (exp(x) - 1): torch.nn.ELU."""
+    kernel = "elu"
+
+    def __init__(self, alpha=1.0):
+        super().__init__()
+        self.alpha = finite_float(alpha, "ELU alpha")
+        self._kwargs = {"alpha": self.alpha}
+
+    def config(self):
+        return {"alpha": self.alpha}
+
+
+class Softplus(_Activation):
+    """log(1 + exp(beta x)) / beta, linear (x) where beta x > threshold: torch.nn.Softplus."""
+    kernel = "softplus"
+
+    def __init__(self, beta=1.0, threshold=20.0):
+        super().__init__()
+        self.beta = finite_float(beta, "Softplus beta")
+        if self.beta <= 0:
+            raise ValueError(f"Softplus beta must be > 0, got {beta!r}")
+        self.threshold = finite_float(threshold, "Softplus threshold")
+        self._kwargs = {"beta": self.beta, "threshold": self.threshold}
+
+    def config(self):
+        return {"beta": self.beta, "threshold": self.threshold}

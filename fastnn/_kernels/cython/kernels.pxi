@@ -10,3 +10,6 @@ include "recurrent.pxi"
 include "losses_extra.pxi"    # issue 10 (optim)
 include "optim_extra.pxi"     # issue 10 (optim)
 include "normalization.pxi"   # issue 10 (norm)
+include "activations_more.pxi"   # issue 10: acts
+include "dropout_embedding.pxi"   # issue 10: acts
+

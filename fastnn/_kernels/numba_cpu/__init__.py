@@ -59,9 +59,7 @@ TUNING = _tune()
 
 # Every public function of these topic files is a kernel of the registry (checked here:
 # a misspelled one raises registry.UnknownKernelError), except the helpers named below.
-TOPICS = ("gemm", "fused", "activations", "losses", "optim", "conv", "recurrent",
-          "losses_extra", "optim_extra",   # *_extra: issue 10 (optim)
-          "normalization")               # issue 10 (norm)
+TOPICS = ("gemm", "fused", "activations", "losses", "optim", "conv", "recurrent", "losses_extra", "optim_extra", "normalization", "activations_more", "dropout_embedding")
 HELPERS = ("row_max",)   # activations.row_max, shared with losses.py
 NATIVE = _registry.overrides(
     "numba", [importlib.import_module(f"{__name__}.{topic}") for topic in TOPICS], HELPERS)
