@@ -8,3 +8,4 @@ include "optim.pxi"
 include "conv.pxi"
 include "recurrent.pxi"
 include "attention.pxi"
+include "activations_more.pxi"   # issue 10: acts
