@@ -288,3 +288,106 @@ def test_kernel_checks():
         k.attention(q, np.zeros((2, 3, 4)), q, None, 2)
     with pytest.raises(ValueError, match="p has shape"):
         k.attention_backward(q, q, q, q, np.zeros((2, 2, 3, 4)), 2)
+
+
+# ------------------------------------------------------ TransformerEncoderLayer
+
+def _has_dropout():
+    return hasattr(fnn.layers, "Dropout")
+
+
+def check_encoder(backend, norm_first, activation, dropout=0.0, training=True, masked=False, causal=False,
+                  n=2, l=5, d=8, h=2, ff=12, seed=10):
+    torch = _torch()
+    from fastnn.layers import TransformerEncoderLayer
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(0)
+    tl = torch.nn.TransformerEncoderLayer(d, h, dim_feedforward=ff, dropout=dropout, activation=activation,
+                                          batch_first=True, norm_first=norm_first, dtype=torch.float64)
+    _randomize(tl, rng)
+    layer = TransformerEncoderLayer(d, h, dim_feedforward=ff, dropout=dropout, activation=activation,
+                                    norm_first=norm_first, causal=causal)
+    if masked:
+        x_in, m_in = fnn.Input((l, d)), fnn.Input((l,))
+        model = fnn.Model(inputs=[x_in, m_in], outputs=layer([x_in, m_in]), backend=backend,
+                          dtype="float64", seed=0)
+    else:
+        model = fnn.Sequential(layer, backend=backend, dtype="float64", seed=0)
+    _load(model, tl)
+    model.train(training)
+    tl.train(training)
+    x, probe = rng.standard_normal((n, l, d)), rng.standard_normal((n, l, d))
+    mask = np.zeros((n, l), bool)
+    mask[0, -2:] = True
+    y = model.forward([x, mask.astype(np.float64)] if masked else x)
+    model.zero_grad()
+    dx = model.backward(probe, return_input_grad=True)
+    dx = dx[0] if masked else dx
+    xt = torch.tensor(x, requires_grad=True)
+    kw = {}
+    if causal:
+        kw = dict(src_mask=torch.triu(torch.ones(l, l, dtype=torch.bool), 1), is_causal=True)
+    yt = tl(xt, src_key_padding_mask=torch.tensor(mask) if masked else None, **kw)
+    yt.backward(torch.tensor(probe))
+    close(y, yt.detach().numpy())
+    close(dx, xt.grad.numpy())
+    _check_grads(model, tl)
+
+
+@pytest.mark.parametrize("norm_first", [False, True], ids=["post-norm", "pre-norm"])
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+def test_encoder_layer_matches_torch_in_training(backend, norm_first, activation):
+    check_encoder(backend, norm_first, activation)
+
+
+@pytest.mark.parametrize("norm_first", [False, True], ids=["post-norm", "pre-norm"])
+def test_encoder_layer_mask_and_causal_match_torch(backend, norm_first):
+    check_encoder(backend, norm_first, "relu", masked=True, causal=True, seed=11)
+
+
+@pytest.mark.skipif(not _has_dropout(), reason="fnn.layers.Dropout (branch acts) is not merged yet")
+@pytest.mark.parametrize("norm_first", [False, True], ids=["post-norm", "pre-norm"])
+def test_encoder_layer_matches_torch_in_eval_with_dropout(backend, norm_first):
+    check_encoder(backend, norm_first, "gelu", dropout=0.1, training=False, seed=12)
+
+
+def test_encoder_layer_central_differences(backend):
+    from fastnn.layers import TransformerEncoderLayer
+    rng = np.random.default_rng(13)
+    for norm_first, act in ((False, "gelu"), (True, "relu")):
+        model = fnn.Sequential(TransformerEncoderLayer(4, 2, dim_feedforward=6, dropout=0.0, activation=act,
+                                                       norm_first=norm_first),
+                               backend=backend, dtype="float64", seed=1)
+        gradcheck_model(model, rng.standard_normal((2, 3, 4)), rng.standard_normal((2, 3, 4)))
+
+
+def test_encoder_state_dict_keys_and_save_load(tmp_path):
+    torch = _torch()
+    from fastnn.layers import TransformerEncoderLayer
+    tl = torch.nn.TransformerEncoderLayer(16, 4, dim_feedforward=32, batch_first=True)
+    model = fnn.Sequential(TransformerEncoderLayer(16, 4, dim_feedforward=32, dropout=0.0),
+                           TransformerEncoderLayer(16, 4, dim_feedforward=32, dropout=0.0, norm_first=True,
+                                                   activation="gelu"), backend="numpy", seed=0)
+    assert sorted(k.split(".", 1)[1] for k in model.state_dict() if k.startswith("0.")) == sorted(tl.state_dict())
+    for k, v in model.state_dict().items():
+        assert v.shape == tuple(tl.state_dict()[k.split(".", 1)[1]].shape)
+    x = np.random.default_rng(14).standard_normal((2, 5, 16)).astype(np.float32)
+    model.save(tmp_path / "enc.npz")
+    again = fnn.load(tmp_path / "enc.npz")
+    np.testing.assert_array_equal(again.predict(x), model.predict(x))
+
+
+def test_encoder_bad_arguments():
+    from fastnn.layers import TransformerEncoderLayer
+    with pytest.raises(ValueError, match="divisible"):
+        TransformerEncoderLayer(10, 3, dropout=0.0)
+    with pytest.raises(ValueError, match="activation"):
+        TransformerEncoderLayer(8, 2, dropout=0.0, activation="tanh")
+    with pytest.raises(ValueError, match="dropout"):
+        TransformerEncoderLayer(8, 2, dropout=1.5)
+    with pytest.raises(ValueError, match="dim_feedforward"):
+        TransformerEncoderLayer(8, 2, dropout=0.0, dim_feedforward=0)
+    with pytest.raises(ValueError, match="expects inputs"):
+        TransformerEncoderLayer(8, 2, dropout=0.0)(fnn.Input((5, 6)))
+    with pytest.raises(ValueError, match="src_key_padding_mask"):
+        TransformerEncoderLayer(8, 2, dropout=0.0)([fnn.Input((5, 8)), fnn.Input((4,))])

@@ -18,6 +18,6 @@ __all__ = ["Layer", "Context", "Dense", "Step", "Sigmoid", "Tanh", "ReLU", "Leak
 __all__ += ["LayerNorm", "BatchNorm1D", "BatchNorm2D", "GlobalAvgPool1D", "GlobalAvgPool2D"]   # norm
 __all__ += ["GELU"]  # issue 10: acts
 # attention and the Transformer encoder layer (issue 10, branch attn)
-from .attention import MultiHeadAttention  # noqa: E402
-__all__ += ["MultiHeadAttention"]
+from .attention import MultiHeadAttention, TransformerEncoderLayer  # noqa: E402
+__all__ += ["MultiHeadAttention", "TransformerEncoderLayer"]
 

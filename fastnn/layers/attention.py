@@ -193,3 +193,125 @@ class MultiHeadAttention(_OneOrList, Layer):
         if not ctx.need_dx:
             return None
         return [dq, dkv] + [None] * (ctx.n_in - 2)
+
+
+class TransformerEncoderLayer(_OneOrList, Layer):
+    """torch.nn.TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, activation,
+    layer_norm_eps, batch_first=True, norm_first): self-attention and a feed-forward block,
+    each with a residual connection and a LayerNorm (after it, or before with norm_first).
+    causal=True masks future positions (torch's is_causal with a causal src_mask); called on
+    a list [x, src_key_padding_mask (N, L)] in a graph it also ignores the masked positions.
+    Its parameters are torch's: self_attn.*, linear1.*, linear2.*, norm1.*, norm2.*."""
+
+    def __init__(self, d_model, nhead, dim_feedforward=2048, dropout=0.1, activation="relu",
+                 layer_norm_eps=1e-5, norm_first=False, causal=False):
+        super().__init__()
+        from . import GELU, LayerNorm, ReLU
+        self.d_model = positive_int(d_model, "TransformerEncoderLayer d_model")
+        self.nhead = positive_int(nhead, "TransformerEncoderLayer nhead")
+        self.dim_feedforward = positive_int(dim_feedforward, "TransformerEncoderLayer dim_feedforward")
+        if isinstance(dropout, (bool, np.bool_)) or not isinstance(dropout, (int, float, np.floating)) \
+                or not 0 <= dropout < 1:
+            raise ValueError(f"TransformerEncoderLayer dropout must be a probability in [0, 1), got {dropout!r}")
+        if activation not in ("relu", "gelu"):
+            raise ValueError(f"TransformerEncoderLayer activation must be 'relu' or 'gelu', got {activation!r}")
+        self.dropout_p, self.activation_name = float(dropout), activation
+        self.norm_first = bool(norm_first)
+        self.self_attn = MultiHeadAttention(self.d_model, self.nhead, causal=causal)
+        self.causal = self.self_attn.causal
+        self.linear1 = Dense(self.d_model, self.dim_feedforward)
+        self.linear2 = Dense(self.dim_feedforward, self.d_model)
+        self.norm1 = LayerNorm(self.d_model, eps=layer_norm_eps)
+        self.norm2 = LayerNorm(self.d_model, eps=layer_norm_eps)
+        self.layer_norm_eps = self.norm1.eps
+        self.activation = ReLU() if activation == "relu" else GELU()
+        # Dropout layers only where they do something (p = 0 is the identity).
+        self._drops = {}
+        if self.dropout_p > 0:
+            from . import Dropout
+            self._drops = {name: Dropout(self.dropout_p) for name in ("dropout", "dropout1", "dropout2")}
+        self._init_inputs(2, 2)
+
+    def sublayers(self):
+        return [("self_attn", self.self_attn), ("linear1", self.linear1), ("linear2", self.linear2),
+                ("norm1", self.norm1), ("norm2", self.norm2), ("activation", self.activation)] + \
+            list(self._drops.items())
+
+    def config(self):
+        return self._list_config({
+            "d_model": self.d_model, "nhead": self.nhead, "dim_feedforward": self.dim_feedforward,
+            "dropout": self.dropout_p, "activation": self.activation_name,
+            "layer_norm_eps": self.layer_norm_eps, "norm_first": self.norm_first, "causal": self.causal})
+
+    def output_shape(self, shapes):
+        x, rest = self._input_shapes(shapes)
+        if len(x) != 2 or x[1] != self.d_model:
+            raise ValueError(f"TransformerEncoderLayer(d_model={self.d_model}) expects inputs of shape "
+                             f"(batch, length, {self.d_model}), got (batch, {', '.join(map(str, x))})")
+        if rest and tuple(rest[0]) != (x[0],):
+            raise ValueError(f"TransformerEncoderLayer: src_key_padding_mask must have shape (batch, {x[0]}), "
+                             f"got (batch, {', '.join(map(str, rest[0]))})")
+        return tuple(x)
+
+    # ------------------------------------------------------------- compute
+    def _run(self, ctx, names, h):
+        """h through the named sublayers in order (a missing dropout is the identity)."""
+        for name in names:
+            layer = self._drops.get(name) if name.startswith("dropout") else getattr(self, name)
+            if layer is None:
+                continue
+            c = ctx.child()
+            h = layer._forward_impl(c, h)
+            ctx.records.append((layer, c))
+        return h
+
+    @staticmethod
+    def _back(ctx, count, g):
+        """g back through the last count records of ctx (popped)."""
+        for _ in range(count):
+            layer, c = ctx.records.pop()
+            g = layer._backward_impl(c, g)
+        return g
+
+    def _attention_block(self, ctx, h, mask):
+        c = ctx.child()
+        a = self.self_attn.attend(c, h, h, mask, self_attention=True)
+        ctx.attn = c
+        start = len(ctx.records)
+        a = self._run(ctx, ["dropout1"], a)
+        ctx.n_attn_drop = len(ctx.records) - start
+        return a
+
+    def _feed_forward(self, ctx, h):
+        start = len(ctx.records)
+        f = self._run(ctx, ["linear1", "activation", "dropout", "linear2", "dropout2"], h)
+        ctx.n_ff = len(ctx.records) - start
+        return f
+
+    def forward(self, ctx, x):
+        x, mask = (x[0], x[1]) if self._multi else (x, None)
+        ctx.records = []
+        if self.norm_first:
+            h = x + self._attention_block(ctx, self._run(ctx, ["norm1"], x), mask)
+            return h + self._feed_forward(ctx, self._run(ctx, ["norm2"], h))
+        h = self._run(ctx, ["norm1"], x + self._attention_block(ctx, x, mask))
+        return self._run(ctx, ["norm2"], h + self._feed_forward(ctx, h))
+
+    def _attention_back(self, ctx, g):
+        g = self._back(ctx, ctx.n_attn_drop, g)
+        return self.self_attn.backward_parts(ctx.attn, g, True)[0]
+
+    def backward(self, ctx, dy):
+        if self.norm_first:
+            # out = h + ff(norm2(h)); h = x + attn(norm1(x))
+            dh = dy + self._back(ctx, 1, self._back(ctx, ctx.n_ff, dy))
+            dx = dh + self._back(ctx, 1, self._attention_back(ctx, dh))
+        else:
+            # out = norm2(h + ff(h)); h = norm1(x + attn(x))
+            ds = self._back(ctx, 1, dy)
+            dh = ds + self._back(ctx, ctx.n_ff, ds)
+            dr = self._back(ctx, 1, dh)
+            dx = dr + self._attention_back(ctx, dr)
+        if not ctx.need_dx:
+            return None
+        return [dx, None] if self._multi else dx
