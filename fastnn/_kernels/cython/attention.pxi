@@ -5,55 +5,58 @@ from libc.math cimport INFINITY as _INF
 cdef void _attn_fwd(const floating *q, const floating *k, const floating *v, const floating *mask,
                     bint use_mask, bint causal, Py_ssize_t n, Py_ssize_t l, Py_ssize_t s, Py_ssize_t e,
                     Py_ssize_t heads, floating scale, floating *out, floating *p, floating *kt) noexcept nogil:
-    # kt: scratch of d * s (the head's keys, transposed) + s (a score row) + d (an output row)
-    cdef Py_ssize_t d = e // heads, b, h, i, j, c, o, jmax
-    cdef floating *row = kt + d * s
-    cdef floating *acc = row + s
-    cdef const floating *vj
-    cdef floating *pr
-    cdef floating qc, top, total, inv, w
+    # kt: scratch for the head's keys transposed (d x s), its values (s x d), a q row and an output row (d each)
+    cdef Py_ssize_t d = e // heads, b, h, i, j, c, o, jmax, live
+    cdef floating *vh = kt + d * s
+    cdef floating *qi = vh + s * d
+    cdef floating *acc = qi + d
+    cdef floating *row
+    cdef floating qc, top, total, inv, w, x
     for b in range(n):
         for h in range(heads):
             o = h * d
             for j in range(s):
                 for c in range(d):
                     kt[c * s + j] = k[(b * s + j) * e + o + c]
+                    vh[j * d + c] = v[(b * s + j) * e + o + c]
             for i in range(l):
-                jmax = (i + 1 if i + 1 < s else s) if causal else s
-                for j in range(jmax):
+                row = p + ((b * heads + h) * l + i) * s
+                for c in range(d):
+                    qi[c] = q[(b * l + i) * e + o + c] * scale
+                for j in range(s):
                     row[j] = 0
                 for c in range(d):
-                    qc = q[(b * l + i) * e + o + c] * scale
-                    for j in range(jmax):
+                    qc = qi[c]
+                    for j in range(s):
                         row[j] = row[j] + qc * kt[c * s + j]
+                jmax = (i + 1 if i + 1 < s else s) if causal else s
                 top = -_INF
-                for j in range(jmax):
-                    if use_mask and mask[b * s + j] != 0:
+                live = 0
+                for j in range(s):
+                    if j >= jmax or (use_mask and mask[b * s + j] != 0):
                         row[j] = -_INF
-                    elif row[j] > top:
-                        top = row[j]
-                if top == -_INF:
+                    else:
+                        live += 1
+                        if row[j] > top:
+                            top = row[j]
+                if live == 0:
                     top = 0
-                total = 0
-                for j in range(jmax):       # fnn_exp(-inf) = 0: masked keys drop out
+                for j in range(s):          # fnn_exp(-inf) = 0: masked keys drop out
                     if floating is float:
                         row[j] = fnn_expf(row[j] - top)
                     else:
                         row[j] = fnn_exp(row[j] - top)
+                total = 0
+                for j in range(s):
                     total = total + row[j]
-                inv = (1 / total) if total > 0 else 0
+                inv = (1 / total) if live > 0 else 0
                 for c in range(d):
                     acc[c] = 0
-                pr = p + ((b * heads + h) * l + i) * s
-                for j in range(jmax):
+                for j in range(s):
                     w = row[j] * inv
-                    pr[j] = w
-                    if w != 0:
-                        vj = v + (b * s + j) * e + o
-                        for c in range(d):
-                            acc[c] = acc[c] + w * vj[c]
-                for j in range(jmax, s):
-                    pr[j] = 0
+                    row[j] = w
+                    for c in range(d):
+                        acc[c] = acc[c] + w * vh[j * d + c]
                 for c in range(d):
                     out[(b * l + i) * e + o + c] = acc[c]
 
@@ -62,16 +65,17 @@ cdef void _attn_bwd(const floating *dout, const floating *q, const floating *k, 
                     const floating *p, Py_ssize_t n, Py_ssize_t l, Py_ssize_t s, Py_ssize_t e,
                     Py_ssize_t heads, floating scale, floating *dq, floating *dk, floating *dv,
                     floating *vt) noexcept nogil:
-    # vt: scratch of d * s (the head's values, transposed) + s (a dp row) + d (a dq row)
+    # vt: scratch for the head's values transposed (d x s), keys, dk, dv (s x d each), a dp row (s)
+    # and a q row, a dout row, a dq row (d each)
     cdef Py_ssize_t d = e // heads, b, h, i, j, c, o
-    cdef floating *dp = vt + d * s
-    cdef floating *acc = dp + s
-    cdef const floating *doi
-    cdef const floating *qi
+    cdef floating *kh = vt + d * s
+    cdef floating *dkh = kh + s * d
+    cdef floating *dvh = dkh + s * d
+    cdef floating *dp = dvh + s * d
+    cdef floating *qi = dp + s
+    cdef floating *gi = qi + d
+    cdef floating *acc = gi + d
     cdef const floating *pr
-    cdef const floating *kj
-    cdef floating *dkj
-    cdef floating *dvj
     cdef floating g, delta, w, ds
     for b in range(n):
         for h in range(heads):
@@ -79,35 +83,46 @@ cdef void _attn_bwd(const floating *dout, const floating *q, const floating *k, 
             for j in range(s):
                 for c in range(d):
                     vt[c * s + j] = v[(b * s + j) * e + o + c]
+                    kh[j * d + c] = k[(b * s + j) * e + o + c]
+                    dkh[j * d + c] = 0
+                    dvh[j * d + c] = 0
             for i in range(l):
-                doi = dout + (b * l + i) * e + o
-                qi = q + (b * l + i) * e + o
                 pr = p + ((b * heads + h) * l + i) * s
+                for c in range(d):
+                    qi[c] = q[(b * l + i) * e + o + c]
+                    gi[c] = dout[(b * l + i) * e + o + c]
                 for j in range(s):
                     dp[j] = 0
                 for c in range(d):
-                    g = doi[c]
+                    g = gi[c]
                     for j in range(s):
                         dp[j] = dp[j] + g * vt[c * s + j]
                 delta = 0
                 for j in range(s):
                     delta = delta + pr[j] * dp[j]
+                for j in range(s):
+                    dp[j] = pr[j] * (dp[j] - delta) * scale
                 for c in range(d):
                     acc[c] = 0
+                # three loops, one store stream each: GCC vectorizes them (one fused loop it did not)
+                for j in range(s):
+                    ds = dp[j]
+                    for c in range(d):
+                        acc[c] = acc[c] + ds * kh[j * d + c]
+                for j in range(s):
+                    ds = dp[j]
+                    for c in range(d):
+                        dkh[j * d + c] = dkh[j * d + c] + ds * qi[c]
                 for j in range(s):
                     w = pr[j]
-                    if w == 0:
-                        continue
-                    ds = w * (dp[j] - delta) * scale
-                    kj = k + (b * s + j) * e + o
-                    dkj = dk + (b * s + j) * e + o
-                    dvj = dv + (b * s + j) * e + o
                     for c in range(d):
-                        acc[c] = acc[c] + ds * kj[c]
-                        dkj[c] = dkj[c] + ds * qi[c]
-                        dvj[c] = dvj[c] + w * doi[c]
+                        dvh[j * d + c] = dvh[j * d + c] + w * gi[c]
                 for c in range(d):
                     dq[(b * l + i) * e + o + c] = acc[c]
+            for j in range(s):
+                for c in range(d):
+                    dk[(b * s + j) * e + o + c] = dkh[j * d + c]
+                    dv[(b * s + j) * e + o + c] = dvh[j * d + c]
 
 
 def attention(q, k, v, mask, num_heads, causal=False):
@@ -120,7 +135,7 @@ def attention(q, k, v, mask, num_heads, causal=False):
     pdims[0] = n; pdims[1] = heads; pdims[2] = l; pdims[3] = s
     cdef cnp.ndarray P = cnp.PyArray_EMPTY(4, pdims, typenum, 0)
     cdef cnp.npy_intp rdims[1]
-    rdims[0] = (e // heads + 1) * s + e // heads
+    rdims[0] = 2 * (e // heads) * s + 2 * (e // heads)
     cdef cnp.ndarray ROW = cnp.PyArray_EMPTY(1, rdims, typenum, 0)
     cdef bint use_mask = mask is not None, caus = causal
     cdef double scale = 1.0 / sqrt(<double> (e // heads))
@@ -147,10 +162,10 @@ def attention_backward(dout, q, k, v, p, num_heads):
     cdef Py_ssize_t n = Q.shape[0], l = Q.shape[1], e = Q.shape[2], s = K.shape[1], heads = num_heads
     cdef int typenum = cnp.PyArray_TYPE(Q)
     cdef cnp.ndarray DQ = cnp.PyArray_EMPTY(3, Q.shape, typenum, 0)
-    cdef cnp.ndarray DK = cnp.PyArray_ZEROS(3, K.shape, typenum, 0)
-    cdef cnp.ndarray DV = cnp.PyArray_ZEROS(3, K.shape, typenum, 0)
+    cdef cnp.ndarray DK = cnp.PyArray_EMPTY(3, K.shape, typenum, 0)
+    cdef cnp.ndarray DV = cnp.PyArray_EMPTY(3, K.shape, typenum, 0)
     cdef cnp.npy_intp rdims[1]
-    rdims[0] = (e // heads + 1) * s + e // heads
+    rdims[0] = 4 * (e // heads) * s + s + 3 * (e // heads)
     cdef cnp.ndarray DP = cnp.PyArray_EMPTY(1, rdims, typenum, 0)
     cdef double scale = 1.0 / sqrt(<double> (e // heads))
     if _is_f32(Q):
