@@ -123,7 +123,8 @@ def softmax_backward(dy, x, y):
 ACTIVATIONS = ("step", "sigmoid", "tanh", "relu", "leaky_relu", "softmax")
 
 # ------------------------------------------- more activations (issue 10: acts)
-# GELU (exact and tanh-approximated), SiLU, ELU and Softplus, as torch.nn's.
+# GELU (exact and tanh-approximated), SiLU, ELU and Softplus, as torch.nn's; alpha, beta and
+# threshold are Python floats (the layers validate them: beta > 0).
 # erf is fdlibm's s_erf.c (Sun Microsystems, 1993; also glibc's and musl's): four
 # rational approximations on |x| < 0.84375, < 1.25, < 1/0.35, < 6, and 1 beyond.
 # Every backend evaluates this same erf (all branches, then a select), to ~1e-16.
@@ -199,8 +200,100 @@ def gelu_tanh_backward(dy, x, y):
     return dy * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * GELU_K * (1 + 3 * GELU_C * x * x))
 
 
-ACTIVATIONS = ACTIVATIONS + ("gelu", "gelu_tanh")
+def silu(x):
+    """x * sigmoid(x): torch.nn.SiLU."""
+    return x * sigmoid(x)
+
+
+def silu_backward(dy, x, y):
+    s = sigmoid(x)
+    return dy * s * (1 + x * (1 - s))
+
+
+def elu(x, alpha=1.0):
+    """x where x > 0, else alpha * (exp(x) - 1): torch.nn.ELU."""
+    return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0)))
+
+
+def elu_backward(dy, x, y, alpha=1.0):
+    return np.where(x > 0, dy, dy * alpha * np.exp(np.minimum(x, 0)))
+
+
+def softplus(x, beta=1.0, threshold=20.0):
+    """log(1 + exp(beta x)) / beta, and x itself where beta x > threshold: torch.nn.Softplus."""
+    xb = x * beta
+    # log1p(exp(z)) = max(z, 0) + log1p(exp(-|z|)) never overflows
+    soft = (np.maximum(xb, 0) + np.log1p(np.exp(-np.abs(xb)))) / beta
+    return np.where(xb > threshold, x, soft).astype(x.dtype, copy=False)
+
+
+def softplus_backward(dy, x, y, beta=1.0, threshold=20.0):
+    xb = x * beta
+    return np.where(xb > threshold, dy, dy * sigmoid(xb)).astype(dy.dtype, copy=False)
+
+
+ACTIVATIONS = ACTIVATIONS + ("gelu", "gelu_tanh", "silu", "elu", "softplus")
 # ----------------------------------------- end of more activations (acts)
+
+# ------------------------------------------- dropout and embedding (issue 10: acts)
+# Dropout's mask comes from a counter-based hash, so every backend draws the same mask
+# for the same seed: element i (flat, from 0) of a call with stream seed s is kept when
+# the high 32 bits of splitmix64(s + (i + 1) * golden) are >= dropout_threshold(p).
+# The layer makes s from its key (from the model's seed) and its call count.
+
+SPLITMIX_GOLDEN, SPLITMIX_M1, SPLITMIX_M2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+
+
+def dropout_threshold(p):
+    """The integer that (hash >> 32) must reach to keep an element: keeps with probability 1 - p."""
+    return min(int(p * 4294967296.0 + 0.5), 4294967296)
+
+
+def splitmix64(z):
+    """SplitMix64's output function of a Python int (mod 2**64): how the layer mixes a stream seed."""
+    m = (1 << 64) - 1
+    z = (z + SPLITMIX_GOLDEN) & m
+    z = ((z ^ (z >> 30)) * SPLITMIX_M1) & m
+    z = ((z ^ (z >> 27)) * SPLITMIX_M2) & m
+    return z ^ (z >> 31)
+
+
+def dropout_mask(shape, p, seed):
+    """The uint8 keep-mask (1 kept, 0 dropped) of a dropout call with stream seed (0 <= seed < 2**64)."""
+    u = np.uint64
+    z = u(seed) + np.arange(1, int(np.prod(shape)) + 1, dtype=u) * u(SPLITMIX_GOLDEN)
+    z = (z ^ (z >> u(30))) * u(SPLITMIX_M1)
+    z = (z ^ (z >> u(27))) * u(SPLITMIX_M2)
+    z ^= z >> u(31)
+    return ((z >> u(32)) >= u(dropout_threshold(p))).astype(np.uint8).reshape(shape)
+
+
+def dropout(x, p, seed):
+    """Inverted dropout of x (any shape), 0 <= p < 1: (y, mask), y = x / (1 - p) where kept, else 0."""
+    mask = dropout_mask(x.shape, p, seed)
+    return np.where(mask != 0, x * (1.0 / (1.0 - p)), 0).astype(x.dtype, copy=False), mask
+
+
+def dropout_backward(dy, mask, p):
+    """dx = dy / (1 - p) where the mask kept, else 0."""
+    return np.where(mask != 0, dy * (1.0 / (1.0 - p)), 0).astype(dy.dtype, copy=False)
+
+
+def embedding(weight, idx):
+    """Rows of weight (V, D) at the int64 indices idx (any shape, 0 <= idx < V): (*idx.shape, D)."""
+    return np.ascontiguousarray(weight[idx])
+
+
+def embedding_backward_into(dy, idx, dw, padding_idx=-1):
+    """Adds each row of dy (*idx.shape, D) into dw (V, D) at its index (repeated indices add
+    up), skipping padding_idx (-1: none), as torch's embedding backward. Returns None."""
+    d = dw.shape[1]
+    flat, rows = idx.reshape(-1), dy.reshape(-1, d)
+    keep = flat != padding_idx
+    np.add.at(dw, flat[keep], rows[keep])
+
+
+# --------------------------------------- end of dropout and embedding (acts)
 
 # ---------------------------------------------------------------- losses
 # Each returns (loss as a Python float, d loss / d first argument).
@@ -583,6 +676,8 @@ def attention_backward(dout, q, k, v, p, num_heads):
     def merge(a):
         return np.ascontiguousarray(a.transpose(0, 2, 1, 3).reshape(a.shape[0], a.shape[2], e))
     return merge(dq), merge(dk), merge(dv)
+
+
 # -------------------------------------------------------- normalization
 # LayerNorm, BatchNorm and global average pooling (fastnn/layers/normalization.py,
 # pooling.py). LayerNorm normalises each row of x (R, F) over its F features;

@@ -1,4 +1,5 @@
-"""GELU (exact and tanh), their backwards: one vectorized pass each, matching reference.gelu* .
+"""GELU (exact and tanh), SiLU, ELU, Softplus and their backwards, one vectorized pass each:
+reference.gelu, gelu_tanh, silu, elu, softplus and *_backward.
 
 erf is the reference's (fdlibm's four rational approximations), evaluated branch-free
 (every piece, then a select) so LLVM vectorizes it; float32 inputs are computed in
@@ -8,7 +9,7 @@ import numpy as np
 from numba import njit
 
 from .. import reference as _r
-from ._math import exp
+from ._math import exp, exp32, log1p_unit
 
 # Only 'contract' (fused multiply-add): no reassociation inside erf's rational functions.
 _FM = {"contract"}
@@ -60,31 +61,118 @@ def _gelu_backward(dy, x):
     return out
 
 
-@njit(cache=True, fastmath=_FM, error_model="numpy", inline="always")
-def _tanh(u):
-    t = exp(-2.0 * abs(u))
-    r = (1.0 - t) / (1.0 + t)
-    return r if u >= 0 else -r
+# The tanh form as x * sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3): 0.5 (1 + tanh(u)) = sigmoid(2u)
+# needs one exp and no 1 + tanh cancellation; float32 runs in float32 arithmetic (exp32).
 
 
 @njit(cache=True, fastmath=_FM, error_model="numpy")
-def _gelu_tanh(x):
+def _gelu_tanh(x, expf):
     out = np.empty_like(x)
     xf, of = x.reshape(-1), out.reshape(-1)
+    one, k2, c = x.dtype.type(1), x.dtype.type(2 * _K), x.dtype.type(_C)
     for i in range(xf.size):
-        v = np.float64(xf[i])
-        of[i] = 0.5 * v * (1.0 + _tanh(_K * (v + _C * v * v * v)))
+        v = xf[i]
+        of[i] = v * (one / (one + expf(-k2 * (v + c * v * v * v))))
     return out
 
 
 @njit(cache=True, fastmath=_FM, error_model="numpy")
-def _gelu_tanh_backward(dy, x):
+def _gelu_tanh_backward(dy, x, expf):
+    out = np.empty_like(dy)
+    df, xf, of = dy.reshape(-1), x.reshape(-1), out.reshape(-1)
+    one, k2, c, c3 = x.dtype.type(1), x.dtype.type(2 * _K), x.dtype.type(_C), x.dtype.type(3 * _C)
+    for i in range(df.size):
+        v = xf[i]
+        s = one / (one + expf(-k2 * (v + c * v * v * v)))
+        of[i] = df[i] * (s + v * s * (one - s) * k2 * (one + c3 * v * v))
+    return out
+
+
+@njit(cache=True, fastmath=_FM, error_model="numpy", inline="always")
+def _sigmoid(v):
+    e = exp(-abs(v))                    # never overflows
+    r = 1.0 / (1.0 + e)
+    return r if v >= 0 else e * r
+
+
+_FACT = tuple(float(np.prod(np.arange(1, k + 1))) for k in range(13))   # k!
+
+
+@njit(cache=True, fastmath=_FM, error_model="numpy", inline="always")
+def _expm1(v):
+    """exp(v) - 1 without the cancellation near 0: Taylor to v**12 where |v| < 1/4."""
+    p = 1.0 / 479001600.0
+    for k in range(11, 0, -1):
+        p = p * v + 1.0 / _FACT[k]
+    small = p * v
+    return small if abs(v) < 0.25 else exp(v) - 1.0
+
+
+@njit(cache=True, fastmath=_FM, error_model="numpy")
+def _silu(x):
+    out = np.empty_like(x)
+    xf, of = x.reshape(-1), out.reshape(-1)
+    for i in range(xf.size):
+        v = np.float64(xf[i])
+        of[i] = v * _sigmoid(v)
+    return out
+
+
+@njit(cache=True, fastmath=_FM, error_model="numpy")
+def _silu_backward(dy, x):
     out = np.empty_like(dy)
     df, xf, of = dy.reshape(-1), x.reshape(-1), out.reshape(-1)
     for i in range(df.size):
         v = np.float64(xf[i])
-        t = _tanh(_K * (v + _C * v * v * v))
-        of[i] = df[i] * (0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * _K * (1.0 + 3.0 * _C * v * v))
+        s = _sigmoid(v)
+        of[i] = df[i] * (s * (1.0 + v * (1.0 - s)))
+    return out
+
+
+@njit(cache=True, fastmath=_FM, error_model="numpy")
+def _elu(x, alpha):
+    out = np.empty_like(x)
+    xf, of = x.reshape(-1), out.reshape(-1)
+    for i in range(xf.size):
+        v = np.float64(xf[i])
+        neg = alpha * _expm1(min(v, 0.0))
+        of[i] = v if v > 0 else neg
+    return out
+
+
+@njit(cache=True, fastmath=_FM, error_model="numpy")
+def _elu_backward(dy, x, alpha):
+    out = np.empty_like(dy)
+    df, xf, of = dy.reshape(-1), x.reshape(-1), out.reshape(-1)
+    for i in range(df.size):
+        v = np.float64(xf[i])
+        g = np.float64(df[i])
+        neg = g * alpha * exp(min(v, 0.0))
+        of[i] = g if v > 0 else neg
+    return out
+
+
+@njit(cache=True, fastmath=_FM, error_model="numpy")
+def _softplus(x, beta, threshold):
+    out = np.empty_like(x)
+    xf, of = x.reshape(-1), out.reshape(-1)
+    for i in range(xf.size):
+        v = np.float64(xf[i])
+        z = v * beta
+        soft = (max(z, 0.0) + log1p_unit(exp(-abs(z)))) / beta
+        of[i] = v if z > threshold else soft
+    return out
+
+
+@njit(cache=True, fastmath=_FM, error_model="numpy")
+def _softplus_backward(dy, x, beta, threshold):
+    out = np.empty_like(dy)
+    df, xf, of = dy.reshape(-1), x.reshape(-1), out.reshape(-1)
+    for i in range(df.size):
+        z = np.float64(xf[i]) * beta
+        g = np.float64(df[i])
+        soft = g * _sigmoid(z)
+        of[i] = g if z > threshold else soft
     return out
 
 
@@ -97,8 +185,32 @@ def gelu_backward(dy, x, y):
 
 
 def gelu_tanh(x):
-    return _gelu_tanh(x)
+    return _gelu_tanh(x, exp32 if x.dtype == np.float32 else exp)
 
 
 def gelu_tanh_backward(dy, x, y):
-    return _gelu_tanh_backward(dy, x)
+    return _gelu_tanh_backward(dy, x, exp32 if x.dtype == np.float32 else exp)
+
+
+def silu(x):
+    return _silu(x)
+
+
+def silu_backward(dy, x, y):
+    return _silu_backward(dy, x)
+
+
+def elu(x, alpha=1.0):
+    return _elu(x, float(alpha))
+
+
+def elu_backward(dy, x, y, alpha=1.0):
+    return _elu_backward(dy, x, float(alpha))
+
+
+def softplus(x, beta=1.0, threshold=20.0):
+    return _softplus(x, float(beta), float(threshold))
+
+
+def softplus_backward(dy, x, y, beta=1.0, threshold=20.0):
+    return _softplus_backward(dy, x, float(beta), float(threshold))
