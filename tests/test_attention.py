@@ -391,3 +391,25 @@ def test_encoder_bad_arguments():
         TransformerEncoderLayer(8, 2, dropout=0.0)(fnn.Input((5, 6)))
     with pytest.raises(ValueError, match="src_key_padding_mask"):
         TransformerEncoderLayer(8, 2, dropout=0.0)([fnn.Input((5, 8)), fnn.Input((4,))])
+
+
+def test_encoder_layer_dropout_in_training(backend):
+    """Dropout 0.5 in training: new masks every step, the same for the same seed; eval is deterministic."""
+    from fastnn.layers import TransformerEncoderLayer
+
+    def make():
+        return fnn.Sequential(TransformerEncoderLayer(8, 2, dim_feedforward=16, dropout=0.5),
+                              backend=backend, dtype="float64", seed=0)
+    x = np.random.default_rng(15).standard_normal((2, 5, 8))
+    model = make()
+    model.train()
+    y1 = to_host(model.forward(x))
+    model.zero_grad()
+    model.backward(np.ones_like(y1))
+    y2 = to_host(model.forward(x))
+    assert np.abs(y1 - y2).max() > 0
+    again = make()
+    again.train()
+    np.testing.assert_array_equal(to_host(again.forward(x)), y1)
+    model.eval()
+    np.testing.assert_array_equal(to_host(model.forward(x)), to_host(model.forward(x)))
