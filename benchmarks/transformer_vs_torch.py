@@ -1,5 +1,6 @@
 """Training steps (forward, MSE loss, backward, Adam) of a 2-layer Transformer encoder, fastnn's
-backends against PyTorch CPU in one process, interleaved: steps/s and the ratio to torch.
+backends against PyTorch CPU, each engine in its own process, rounds interleaved: steps/s and
+the ratio to torch.
 Also the fused attention kernels (forward, backward) against the NumPy reference.
 
 Model: 2 x TransformerEncoderLayer(d_model 64, 4 heads, dim_feedforward 256, dropout 0,
@@ -76,6 +77,25 @@ def rate(fn, seconds, repeats=5):
     return statistics.median(rates)
 
 
+def engine_rate(name, args):
+    """Steps/s of one engine, measured in this process alone."""
+    from threadpoolctl import threadpool_limits
+    from fastnn.threads import backend_threads
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((N, T, D)).astype(np.float32)
+    target = rng.standard_normal((N, T, D)).astype(np.float32)
+    if name == "torch":
+        import torch
+        torch.set_num_threads(args.threads)
+        with threadpool_limits(limits=args.threads, user_api="blas"):
+            return rate(torch_step(args.ff, x, target), args.seconds)
+    be = fnn.get_backend(name)
+    if hasattr(be.module, "set_num_threads"):
+        be.module.set_num_threads(args.threads)
+    with backend_threads(be):
+        return rate(fastnn_step(name, args.ff, x, target), args.seconds)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--backends", nargs="+", default=[b for b in fnn.backends() if b != "cuda"])
@@ -83,6 +103,7 @@ def main():
     parser.add_argument("--ff", type=int, default=256)
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--engine", help=argparse.SUPPRESS)   # internal: measure one engine
     parser.add_argument("--cpu-time", action="store_true",
                         help="rate by this process's CPU time (one thread: robust on a shared machine)")
     args = parser.parse_args()
@@ -90,33 +111,23 @@ def main():
     if args.cpu_time:
         CLOCK = time.process_time
     from threadpoolctl import threadpool_limits
-    from fastnn.threads import backend_threads
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((N, T, D)).astype(np.float32)
-    target = rng.standard_normal((N, T, D)).astype(np.float32)
-    steps = {}
-    try:
-        import torch
-        torch.set_num_threads(args.threads)
-        steps["torch"] = torch_step(args.ff, x, target)
-    except ImportError:
-        pass
-    for b in args.backends:
-        be = fnn.get_backend(b)
-        if hasattr(be.module, "set_num_threads"):
-            be.module.set_num_threads(args.threads)
-        steps[b] = fastnn_step(b, args.ff, x, target)
-    # Interleaved rounds: each engine's median over rounds, so drift on a shared machine hits all.
-    results = {k: [] for k in steps}
+    if args.engine:
+        print(engine_rate(args.engine, args), flush=True)
+        return
+    # Each engine in its own process, rounds interleaved: in one process torch's thread pool
+    # and the compiled backends' pools disturbed each other (torch ran 2-10x slower there).
+    import subprocess
+    import sys
+    engines = ["torch"] + list(args.backends)
+    results = {k: [] for k in engines}
     for _ in range(args.rounds):
-        for name, step in steps.items():
-            time.sleep(0.2)
-            if name == "torch":
-                with threadpool_limits(limits=args.threads, user_api="blas"):
-                    results[name].append(rate(step, args.seconds))
-            else:
-                with backend_threads(fnn.get_backend(name)):
-                    results[name].append(rate(step, args.seconds))
+        for name in engines:
+            cmd = [sys.executable, __file__, "--engine", name, "--threads", str(args.threads), "--ff", str(args.ff),
+                   "--seconds", str(args.seconds)] + (["--cpu-time"] if args.cpu_time else [])
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            if out.returncode == 0:
+                results[name].append(float(out.stdout.strip().splitlines()[-1]))
+    results = {k: v for k, v in results.items() if v}
     print(f"2-layer encoder training step (d_model {D}, {H} heads, ff {args.ff}, seq {T}, batch {N}, "
           f"{args.threads} thread(s))")
     print("| engine | steps/s | vs torch |\n|---|---|---|")
