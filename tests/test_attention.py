@@ -237,7 +237,7 @@ def test_save_and_load(tmp_path, suffix):
     seq.save(tmp_path / f"s{suffix}")
     x = xs[0]
     np.testing.assert_array_equal(fnn.load(tmp_path / f"s{suffix}").predict(x), seq.predict(x))
-    assert "inputs" not in repr(again.layers[-1]) if hasattr(again, "layers") else True
+    assert repr(MultiHeadAttention(8, 2)) == "MultiHeadAttention(embed_dim=8, num_heads=2, causal=False, bias=True)"
 
 
 # ------------------------------------------------------------------ bad input
@@ -255,8 +255,7 @@ def test_bad_constructor_arguments():
 
 def test_bad_shapes_and_masks():
     with pytest.raises(ValueError, match="query of shape"):
-        fnn.Sequential(MultiHeadAttention(8, 2), input_shape=(5, 6)) if False else \
-            MultiHeadAttention(8, 2)(fnn.Input((5, 6)))
+        MultiHeadAttention(8, 2)(fnn.Input((5, 6)))
     with pytest.raises(ValueError, match="query of shape"):
         MultiHeadAttention(8, 2)(fnn.Input((8,)))
     q, kv = fnn.Input((3, 8)), fnn.Input((4, 8))
