@@ -7,9 +7,9 @@ include "losses.pxi"
 include "optim.pxi"
 include "conv.pxi"
 include "recurrent.pxi"
-include "losses_extra.pxi"    # issue 10 (optim)
-include "optim_extra.pxi"     # issue 10 (optim)
-include "normalization.pxi"   # issue 10 (norm)
-include "activations_more.pxi"   # issue 10: acts
-include "dropout_embedding.pxi"   # issue 10: acts
-
+include "losses_extra.pxi"
+include "optim_extra.pxi"
+include "normalization.pxi"
+include "attention.pxi"
+include "activations_more.pxi"
+include "dropout_embedding.pxi"
