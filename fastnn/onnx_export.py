@@ -15,13 +15,18 @@ One ONNX node (or two) per layer, weights as initializers in the model's dtype:
     Conv1D/Conv2D  Conv(strides, pads, kernel_shape)
     Max/AvgPool    MaxPool / AveragePool (kernel_shape, strides, no padding, floor mode)
     Add / Concatenate / Residual   Add / Concat(axis) / the inner layers, then Add
+    Dense on (N, ..., F)           MatMul(x, W.T) + Add(b)
+    RNN / LSTM / GRU               Transpose to time-major, RNN / LSTM / GRU (gate blocks reordered
+                                   from PyTorch's: LSTM ifgo -> iofc, GRU rzn -> zrh with
+                                   linear_before_reset=1), Transpose + Reshape back to batch-first
 
 The batch axis is named "N" (any size). The other input axes come from
 ``input_shape`` (without the batch axis) when given, else from the first layer
 where it fixes them (Dense: in_features; Conv: channels, with the spatial axes
-left symbolic). The recurrent layers (RNN/LSTM/GRU) are not exported yet: they
-raise NotImplementedError. onnxruntime's CPU kernels for Conv and pooling take
-float32 only; float64 models with Dense and activation layers run there too.
+left symbolic; RNN/LSTM/GRU: a symbolic time axis "T" and input_size). onnxruntime's
+CPU kernels for Conv, pooling and RNN/LSTM/GRU take float32 only (a float64 model exports
+as valid ONNX that onnx.reference runs); float64 Dense and activation layers run there too.
+A layer the exporter does not know raises NotImplementedError.
 """
 import numpy as np
 
@@ -49,6 +54,8 @@ def _input_dims(model, input_shape):
         return [first.in_features]
     if isinstance(first, (L.Conv1D, L.Conv2D)):
         return [first.in_channels] + (["L"] if first.dims == 1 else ["H", "W"])
+    if isinstance(first, tuple(_GATE_ORDER)):
+        return ["T", first.input_size]
     raise ValueError(f"cannot tell the input shape of a model that starts with "
                      f"{type(first).__name__}: pass input_shape (without the batch axis)")
 
@@ -76,6 +83,7 @@ class _Graph:
     def __init__(self, onnx, dtype):
         self.onnx, self.dtype = onnx, np.dtype(dtype)
         self.nodes, self.inits, self.count = [], [], 0
+        self.rank = {}   # tensor name -> its rank, batch axis included
 
     def name(self, stem):
         self.count += 1
@@ -92,12 +100,71 @@ class _Graph:
         self.nodes.append(self.onnx.helper.make_node(op, inputs, [out], name=self.name(op), **attrs))
         return out
 
+    def nodes_out(self, op, inputs, outputs, **attrs):
+        """A node with several outputs; outputs: a stem per output, or None for an unused one."""
+        names = ["" if o is None else self.name(o) for o in outputs]
+        self.nodes.append(self.onnx.helper.make_node(op, inputs, names, name=self.name(op), **attrs))
+        return names
+
 
 _SIMPLE = {L.Sigmoid: "Sigmoid", L.Tanh: "Tanh", L.ReLU: "Relu"}
+
+# ONNX's gate blocks (rows of W, R and B) taken from ours (PyTorch's): LSTM i,f,g,o -> i,o,f,c;
+# GRU r,z,n -> z,r,h; RNN has one block.
+_GATE_ORDER = {L.RNN: ("RNN", [0]), L.LSTM: ("LSTM", [0, 3, 1, 2]), L.GRU: ("GRU", [1, 0, 2])}
+
+
+def _recurrent(graph, stem, layer, x, params):
+    """RNN/LSTM/GRU as ONNX's op of the same name on a time-major copy of x:
+    (N, T, F) -> (N, T, H*dirs) (return_sequences) or (N, H*dirs) (each direction's final state)."""
+    op, order = _GATE_ORDER[type(layer)]
+    hid = layer.hidden_size
+
+    def blocks(a):
+        return np.concatenate([a[k * hid:(k + 1) * hid] for k in order], axis=0)
+
+    w, r, b = [], [], []
+    for s in layer._suffixes:   # ONNX's direction axis: forward, then reverse, as our halves
+        w.append(blocks(params["weight_ih" + s]))
+        r.append(blocks(params["weight_hh" + s]))
+        b.append(np.concatenate([blocks(params["bias_ih" + s]), blocks(params["bias_hh" + s])]))
+    attrs = dict(hidden_size=hid, direction="bidirectional" if layer.bidirectional else "forward")
+    if op == "GRU":
+        attrs["linear_before_reset"] = 1   # PyTorch's n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
+    # onnxruntime's CPU kernels take only layout=0 (time-major): transpose around the op.
+    xt = graph.node("Transpose", [x], stem, perm=[1, 0, 2])
+    inputs = [xt, graph.const(f"{stem}.W", np.stack(w)), graph.const(f"{stem}.R", np.stack(r)),
+              graph.const(f"{stem}.B", np.stack(b))]
+    width = graph.const(f"{stem}.shape", [0, 0, hid * len(w)] if layer.return_sequences
+                        else [0, hid * len(w)], dtype=np.int64)
+    if layer.return_sequences:
+        y, = graph.nodes_out(op, inputs, [f"{stem}.Y"], **attrs)          # (T, dirs, N, H)
+        y = graph.node("Transpose", [y], stem, perm=[2, 0, 1, 3])          # (N, T, dirs, H)
+    else:
+        _, y = graph.nodes_out(op, inputs, [None, f"{stem}.Y_h"], **attrs)  # (dirs, N, H)
+        y = graph.node("Transpose", [y], stem, perm=[1, 0, 2])             # (N, dirs, H)
+    return graph.node("Reshape", [y, width], stem)                         # forward half first
+
+
+def _out_rank(layer, ranks):
+    """The rank (batch axis included) of what layer makes from inputs of the given ranks."""
+    if isinstance(layer, L.Flatten):
+        return 2
+    if isinstance(layer, L.Reshape):
+        return 1 + len(layer.shape)
+    if isinstance(layer, tuple(_GATE_ORDER)):
+        return 3 if layer.return_sequences else 2
+    return ranks[0]
 
 
 def _layer(graph, prefix, layer, xs, weights, prefixes):
     """The ONNX nodes of one layer call on input names xs; returns the output name."""
+    out = _layer_nodes(graph, prefix, layer, xs, weights, prefixes)
+    graph.rank[out] = _out_rank(layer, [graph.rank[x] for x in xs])
+    return out
+
+
+def _layer_nodes(graph, prefix, layer, xs, weights, prefixes):
     stem = f"l{prefix}"
     kind = type(layer)
     params = {name: weights[f"{prefix}.{name}"] for name in layer.param_shapes()}
@@ -114,6 +181,9 @@ def _layer(graph, prefix, layer, xs, weights, prefixes):
             h = _layer(graph, prefixes[id(sub)], sub, [h], weights, prefixes)
         return graph.node("Add", [xs[0], h], stem)
     x = xs[0]
+    if kind is L.Dense and graph.rank[x] != 2:   # any rank: the last axis, as Dense computes
+        y = graph.node("MatMul", [x, graph.const(f"{stem}.weight_t", params["weight"].T)], stem)
+        return graph.node("Add", [y, graph.const(f"{stem}.bias", params["bias"])], stem) if layer.use_bias else y
     if kind is L.Dense:
         inputs = [x, graph.const(f"{stem}.weight", params["weight"])]
         if layer.use_bias:
@@ -145,6 +215,8 @@ def _layer(graph, prefix, layer, xs, weights, prefixes):
         op = "MaxPool" if layer.kind == "max" else "AveragePool"
         return graph.node(op, [x], stem, kernel_shape=list(layer.kernel_size),
                           strides=list(layer.stride))
+    if kind in _GATE_ORDER:
+        return _recurrent(graph, stem, layer, x, params)
     raise NotImplementedError(f"ONNX export does not support {kind.__name__} layers yet")
 
 
@@ -169,6 +241,7 @@ def to_onnx(model, input_shape=None, opset=DEFAULT_OPSET):
     graph = _Graph(onnx, model.dtype)
     weights = model.state_dict()  # host copies, whatever the backend
     names = {id(n): name for n, name in zip(g_nodes.inputs, in_names)}
+    graph.rank.update({name: 1 + len(d) for name, d in zip(in_names, in_dims)})
     for node in g_nodes.nodes:
         if node.layer is not None:
             names[id(node)] = _layer(graph, model._prefix[id(node.layer)], node.layer,
