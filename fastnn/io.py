@@ -42,7 +42,8 @@ def save(path, config, tensors):
     path = os.fspath(path)
     kind = format_of(path)
     meta = json.dumps({"format": FORMAT, **config})
-    tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    # (reshaped back: ascontiguousarray makes a 0-d buffer, BatchNorm's num_batches_tracked, 1-D)
+    tensors = {k: np.ascontiguousarray(v).reshape(np.shape(v)) for k, v in tensors.items()}
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".fastnn-", suffix=".tmp", dir=folder)
     try:

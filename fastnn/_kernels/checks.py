@@ -475,6 +475,99 @@ def recurrent(kernel):
     return forward, backward
 
 
+# -------------------------------------------------------- normalization
+# LayerNorm (x (R, F)), BatchNorm (x (N, C, S)) and global average pooling (x (N, C, S)):
+# per-feature or per-channel vectors of the right length, the saved statistics of the
+# forward's shapes, running buffers updated in place that already conform.
+
+
+def _vector(v, name, length, optional=True):
+    if v is None and optional:
+        return None
+    v = _array(v, name)
+    if v.shape != (length,):
+        raise ValueError(f"{name} must have shape ({length},), got {v.shape}")
+    return v
+
+
+def _eps(eps):
+    eps = _scalar(eps, "eps")
+    if eps <= 0:
+        raise ValueError(f"eps must be positive, got {eps}")
+    return eps
+
+
+def layer_norm(x, weight, bias, eps=1e-5):
+    x = _array(x, "layer_norm x")
+    _rank(x, "layer_norm x (rows, features)", 2)
+    f = x.shape[1]
+    weight, bias = _vector(weight, "layer_norm weight", f), _vector(bias, "layer_norm bias", f)
+    dtype = common_dtype(*(a for a in (x, weight, bias) if a is not None))
+    cast = lambda a: None if a is None else _cast(a, dtype)
+    return (cast(x), cast(weight), cast(bias), _eps(eps)), {}
+
+
+def _saved_stats(kernel, dy, x, mean, rstd, weight, rank, axis):
+    dy, x = _array(dy, f"{kernel} dy"), _array(x, f"{kernel} x")
+    _rank(x, f"{kernel} x", rank)
+    if dy.shape != x.shape:
+        raise ValueError(f"{kernel}: dy has shape {dy.shape}, x has {x.shape}")
+    n = x.shape[axis]
+    mean, rstd = _vector(mean, f"{kernel} mean", n, False), _vector(rstd, f"{kernel} rstd", n, False)
+    weight = _vector(weight, f"{kernel} weight", x.shape[1])
+    arrays = [a for a in (dy, x, mean, rstd, weight) if a is not None]
+    dtype = common_dtype(*arrays)
+    return [None if a is None else _cast(a, dtype) for a in (dy, x, mean, rstd, weight)]
+
+
+def layer_norm_backward(dy, x, mean, rstd, weight, need_dx=True):
+    dy, x, mean, rstd, weight = _saved_stats("layer_norm_backward", dy, x, mean, rstd, weight, 2, 0)
+    return (dy, x, mean, rstd, weight, bool(need_dx)), {}
+
+
+def batch_norm(x, weight, bias, running_mean, running_var, momentum=0.1, eps=1e-5, training=True):
+    x = _array(x, "batch_norm x")
+    _rank(x, "batch_norm x (N, C, S)", 3)
+    c = x.shape[1]
+    weight, bias = _vector(weight, "batch_norm weight", c), _vector(bias, "batch_norm bias", c)
+    dtype = common_dtype(*(a for a in (x, weight, bias) if a is not None))
+    for name, buf in (("running_mean", running_mean), ("running_var", running_var)):
+        if not isinstance(buf, np.ndarray) or buf.dtype != dtype:
+            raise TypeError(f"batch_norm: {name} must be a {dtype} ndarray (updated in place)")
+        if buf.shape != (c,) or not buf.flags.c_contiguous or not buf.flags.writeable:
+            raise ValueError(f"batch_norm: {name} must be a writeable C-contiguous array of "
+                             f"shape ({c},) for {c} channels, got {buf.shape}")
+    momentum = _scalar(momentum, "momentum")
+    if not 0 <= momentum <= 1:
+        raise ValueError(f"batch_norm: momentum must lie in [0, 1], got {momentum}")
+    if training and x.shape[0] * x.shape[2] < 2:
+        raise ValueError(f"batch_norm: training needs more than 1 value per channel, got x of "
+                         f"shape {x.shape}")
+    cast = lambda a: None if a is None else _cast(a, dtype)
+    return (cast(x), cast(weight), cast(bias), running_mean, running_var, momentum, _eps(eps),
+            bool(training)), {}
+
+
+def batch_norm_backward(dy, x, mean, rstd, weight, training=True, need_dx=True):
+    dy, x, mean, rstd, weight = _saved_stats("batch_norm_backward", dy, x, mean, rstd, weight, 3, 1)
+    return (dy, x, mean, rstd, weight, bool(training), bool(need_dx)), {}
+
+
+def global_avgpool(x):
+    (x,) = floats("global_avgpool", 3, x)
+    return (x,), {}
+
+
+def global_avgpool_backward(dy, x):
+    x = _array(x, "global_avgpool_backward x")
+    _rank(x, "global_avgpool_backward x (N, C, S)", 3)
+    dy = _array(dy, "global_avgpool_backward dy")
+    if dy.shape != x.shape[:2]:
+        raise ValueError(f"global_avgpool_backward: dy has shape {dy.shape}, the output's is {x.shape[:2]}")
+    dtype = common_dtype(dy, x)
+    return (_cast(dy, dtype), _cast(x, dtype)), {}
+
+
 def __getattr__(name):
     if name == "CHECKS":   # kernel name -> check, from the registry (imported late: it imports us)
         from .registry import KERNELS

@@ -350,3 +350,71 @@ def recurrent(name):
         tests.append(example(s[0] + "-no-dx", _recurrent, name, s, need_dx=False, depth=_recurrent_depth(s)))
     s = RECURRENT_BENCH
     return Cases(tuple(tests), (example(s[0], _recurrent, name, s, depth=_recurrent_depth(s)),))
+
+
+# ----------------------------------------------------------- normalization
+# (rows, features, weight, bias, mean offset of x): the offset checks the one-pass statistics.
+
+LAYER_NORM_CASES = ((1, 1, True, True, 0.0), (7, 33, True, True, 3.0), (257, 7, False, False, 0.0),
+                    (33, 257, True, False, -5.0), (4, 64, False, True, 0.0))
+
+
+def _layer_norm(rng, dtype, r, f, weight, bias, offset, backward=False, need_dx=True):
+    x = rand(rng, dtype, r, f)
+    x += offset
+    w = rand(rng, dtype, f) if weight else None
+    b = rand(rng, dtype, f) if bias else None
+    if not backward:
+        return (x, w, b, 1e-5), {}
+    _, mean, rstd = ref.layer_norm(x, w, b)
+    return (rand(rng, dtype, r, f), x, mean, rstd, w, need_dx), {}
+
+
+def layer_norm(backward=False):
+    tests = [example(f"{r}x{f}{'' if w else '-no-weight'}{'' if b else '-no-bias'}", _layer_norm,
+                     r, f, w, b, off, backward, depth=max(r, f) if backward else f)
+             for r, f, w, b, off in LAYER_NORM_CASES]
+    if backward:
+        tests.append(example("7x33-no-dx", _layer_norm, 7, 33, True, True, 0.0, True, False, depth=33))
+    return Cases(tuple(tests), (example("1024x64", _layer_norm, 1024, 64, True, True, 0.0, backward,
+                                        depth=1024 if backward else 64),))
+
+
+# (batch, channels, spatial positions, affine, training, mean offset)
+BATCH_NORM_CASES = (("2x3x1-train", 2, 3, 1, True, True, 0.0), ("7x33x1-train", 7, 33, 1, True, True, 2.0),
+                    ("3x4x9-train", 3, 4, 9, True, True, -1.0), ("1x2x257-no-affine", 1, 2, 257, False, True, 0.0),
+                    ("5x7x33-eval", 5, 7, 33, True, False, 0.0), ("33x2x1-eval", 33, 2, 1, True, False, 1.0))
+
+
+def _batch_norm(rng, dtype, spec, backward=False, need_dx=True):
+    _, n, c, s, affine, training, offset = spec
+    x = rand(rng, dtype, n, c, s)
+    x += offset
+    w = rand(rng, dtype, c) if affine else None
+    b = rand(rng, dtype, c) if affine else None
+    rm, rv = rand(rng, dtype, c), np.abs(rand(rng, dtype, c))
+    rv += 0.5
+    if not backward:
+        return (x, w, b, rm, rv, 0.1, 1e-5, training), {}
+    _, mean, rstd = ref.batch_norm(x, w, b, rm, rv, 0.1, 1e-5, training)
+    return (rand(rng, dtype, n, c, s), x, mean, rstd, w, training, need_dx), {}
+
+
+def batch_norm(backward=False):
+    tests = [example(s[0], _batch_norm, s, backward, depth=s[1] * s[3]) for s in BATCH_NORM_CASES]
+    if backward:
+        s = BATCH_NORM_CASES[2]
+        tests.append(example(s[0] + "-no-dx", _batch_norm, s, True, False, depth=s[1] * s[3]))
+    bench = (("32x16x64-train", 32, 16, 64, True, True, 0.0), ("100x64x1-train", 100, 64, 1, True, True, 0.0))
+    return Cases(tuple(tests), tuple(example(s[0], _batch_norm, s, backward, depth=s[1] * s[3]) for s in bench))
+
+
+def _global_avgpool(rng, dtype, n, c, s, backward=False):
+    x = rand(rng, dtype, n, c, s)
+    return ((rand(rng, dtype, n, c), x) if backward else (x,)), {}
+
+
+def global_avgpool(backward=False):
+    shapes = ((1, 1, 1), (2, 3, 7), (3, 33, 16), (2, 2, 257))
+    tests = [example("x".join(map(str, sh)), _global_avgpool, *sh, backward, depth=sh[2]) for sh in shapes]
+    return Cases(tuple(tests), (example("32x64x64", _global_avgpool, 32, 64, 64, backward, depth=64),))

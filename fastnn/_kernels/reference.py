@@ -455,6 +455,98 @@ def gru_backward(dh, x, h, gates, hn, w_ih, w_hh, need_dx=True):
     return _rnn_weight_grads(x, h_prev, d_in, d_hid, w_ih, need_dx)
 
 
+# -------------------------------------------------------- normalization
+# LayerNorm, BatchNorm and global average pooling (fastnn/layers/normalization.py,
+# pooling.py). LayerNorm normalises each row of x (R, F) over its F features;
+# BatchNorm normalises x (N, C, S) per channel over N and the S spatial positions
+# ((N, C) is S = 1, images are S = H * W). Each forward returns the statistics it
+# used, mean and rstd = 1 / sqrt(var + eps) (biased variance), for its backward.
+
+
+def layer_norm(x, weight, bias, eps=1e-5):
+    """torch.nn.functional.layer_norm over the last axis of x (R, F), weight and
+    bias (F,) or None: (y (R, F), mean (R,), rstd (R,))."""
+    mean = x.mean(axis=1)
+    xc = x - mean[:, None]
+    rstd = 1 / np.sqrt((xc * xc).mean(axis=1) + x.dtype.type(eps))
+    y = xc * rstd[:, None]
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
+    return np.ascontiguousarray(y), mean, rstd
+
+
+def layer_norm_backward(dy, x, mean, rstd, weight, need_dx=True):
+    """From dy (R, F) and what layer_norm saw and saved: (dx or None, dweight, dbias),
+    dweight = sum over rows of dy * xhat, dbias = sum of dy (both (F,), given even
+    when the layer has no weight or bias; weight None means ones)."""
+    xhat = (x - mean[:, None]) * rstd[:, None]
+    dweight, dbias = (dy * xhat).sum(axis=0), dy.sum(axis=0)
+    dx = None
+    if need_dx:
+        g = dy if weight is None else dy * weight
+        dx = rstd[:, None] * (g - g.mean(axis=1, keepdims=True)
+                              - xhat * (g * xhat).mean(axis=1, keepdims=True))
+    return dx, dweight, dbias
+
+
+def batch_norm(x, weight, bias, running_mean, running_var, momentum=0.1, eps=1e-5, training=True):
+    """torch.nn.functional.batch_norm on x (N, C, S), weight and bias (C,) or None:
+    (y (N, C, S), mean (C,), rstd (C,)). Training: the batch's statistics over N and
+    S, and running_mean / running_var (C,) updated in place, running = (1 - momentum)
+    * running + momentum * batch, with the unbiased variance (N * S > 1). Eval: the
+    running statistics, buffers untouched."""
+    if training:
+        m = x.shape[0] * x.shape[2]
+        mean = x.mean(axis=(0, 2))
+        xc = x - mean[None, :, None]
+        var = (xc * xc).mean(axis=(0, 2))
+        running_mean *= 1 - momentum
+        running_mean += momentum * mean
+        running_var *= 1 - momentum
+        running_var += momentum * var * (m / (m - 1))
+    else:
+        mean, var = running_mean.copy(), running_var
+        xc = x - mean[None, :, None]
+    rstd = 1 / np.sqrt(var + x.dtype.type(eps))
+    y = xc * rstd[None, :, None]
+    if weight is not None:
+        y = y * weight[None, :, None]
+    if bias is not None:
+        y = y + bias[None, :, None]
+    return np.ascontiguousarray(y), mean, rstd
+
+
+def batch_norm_backward(dy, x, mean, rstd, weight, training=True, need_dx=True):
+    """From dy (N, C, S) and what batch_norm saw and returned: (dx or None, dweight,
+    dbias), each (C,) summed over N and S. training=False: the statistics were
+    constants (eval mode), so dx is dy * weight * rstd."""
+    xhat = (x - mean[None, :, None]) * rstd[None, :, None]
+    dweight, dbias = (dy * xhat).sum(axis=(0, 2)), dy.sum(axis=(0, 2))
+    dx = None
+    if need_dx:
+        scale = rstd if weight is None else weight * rstd
+        if training:
+            m = x.shape[0] * x.shape[2]
+            dx = scale[None, :, None] * (dy - (dbias / m)[None, :, None]
+                                         - xhat * (dweight / m)[None, :, None])
+        else:
+            dx = dy * scale[None, :, None]
+    return dx, dweight, dbias
+
+
+def global_avgpool(x):
+    """Mean of x (N, C, S) over its S positions: (N, C) (Keras' GlobalAveragePooling,
+    channels first)."""
+    return x.mean(axis=2)
+
+
+def global_avgpool_backward(dy, x):
+    """dx: each dy (N, C) spread evenly over the S positions of x (which gives only the shape)."""
+    return np.ascontiguousarray(np.broadcast_to((dy / dy.dtype.type(x.shape[2]))[:, :, None], x.shape))
+
+
 # ------------------------------------------------------------ fused dense
 # A Dense layer and the activation after it, and its backward written straight
 # into the gradient buffers. Each is defined by composing the kernels above; a

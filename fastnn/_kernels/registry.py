@@ -108,6 +108,11 @@ def _declare_all():
         declare(cell, "recurrent", forward, ex.recurrent(cell), tol=summed)
         declare(cell + "_backward", "recurrent", backward, ex.recurrent(cell + "_backward"), tol=summed)
 
+    # normalization (layers/normalization.py, the global pools of layers/pooling.py)
+    for name in ("layer_norm", "batch_norm", "global_avgpool"):
+        declare(name, "normalization", getattr(checks, name), getattr(ex, name)(), tol=summed)
+        declare(name + "_backward", "normalization", getattr(checks, name + "_backward"),
+                getattr(ex, name)(backward=True), tol=summed)
 
 _declare_all()
 

@@ -7,7 +7,11 @@ from .merge import Add, Concatenate, Residual
 from .pooling import AvgPool1D, AvgPool2D, MaxPool1D, MaxPool2D
 from .recurrent import GRU, LSTM, RNN
 from .shape import Flatten, Reshape
+# normalization and global pools (issue 10, branch norm)
+from .normalization import BatchNorm1D, BatchNorm2D, LayerNorm
+from .pooling import GlobalAvgPool1D, GlobalAvgPool2D
 
 __all__ = ["Layer", "Context", "Dense", "Step", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Softmax",
            "Conv1D", "Conv2D", "MaxPool1D", "MaxPool2D", "AvgPool1D", "AvgPool2D",
            "Flatten", "Reshape", "RNN", "LSTM", "GRU", "Add", "Concatenate", "Residual"]
+__all__ += ["LayerNorm", "BatchNorm1D", "BatchNorm2D", "GlobalAvgPool1D", "GlobalAvgPool2D"]   # norm

@@ -62,3 +62,37 @@ class AvgPool1D(_Pool):
 
 class AvgPool2D(_Pool):
     dims, kind = 2, "avg"
+
+
+# ------------------------------------------------------------ global pools
+
+
+class _GlobalAvgPool(Layer):
+    dims = None
+
+    def output_shape(self, shape):
+        if len(shape) != self.dims + 1:
+            axes = "L" if self.dims == 1 else "H, W"
+            raise ValueError(f"{type(self).__name__} expects inputs of shape (batch, C, {axes}), "
+                             f"got (batch, {', '.join(map(str, shape))})")
+        return (shape[0],)
+
+    def forward(self, ctx, x):
+        ctx.x = x if x.ndim == 3 else x.reshape(x.shape[0], x.shape[1], -1)
+        ctx.shape = x.shape
+        return self.kernels.global_avgpool(ctx.x)
+
+    def backward(self, ctx, dy):
+        if not ctx.need_dx:
+            return None
+        return self.kernels.global_avgpool_backward(dy, ctx.x).reshape(ctx.shape)
+
+
+class GlobalAvgPool1D(_GlobalAvgPool):
+    """(N, C, L) -> (N, C): the mean over L (Keras' GlobalAveragePooling1D, channels first)."""
+    dims = 1
+
+
+class GlobalAvgPool2D(_GlobalAvgPool):
+    """(N, C, H, W) -> (N, C): the mean over H and W (Keras' GlobalAveragePooling2D, channels first)."""
+    dims = 2

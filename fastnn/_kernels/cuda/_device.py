@@ -375,7 +375,8 @@ def as_device(x, dtype=None):
             raise ValueError("device arrays given to fastnn's cuda kernels must be C-contiguous")
         d = DeviceArray(arr)
     else:
-        return DeviceArray(cuda.to_device(np.ascontiguousarray(x, dtype=dtype)))
+        # (reshaped back: ascontiguousarray makes a 0-d array, a BatchNorm counter, 1-D)
+        return DeviceArray(cuda.to_device(np.ascontiguousarray(x, dtype=dtype).reshape(np.shape(x))))
     if dtype is not None and d.dtype != np.dtype(dtype):
         # A rare path (a user's device array of another dtype): cast on the host.
         return DeviceArray(cuda.to_device(d.copy_to_host().astype(dtype)))

@@ -59,7 +59,8 @@ TUNING = _tune()
 
 # Every public function of these topic files is a kernel of the registry (checked here:
 # a misspelled one raises registry.UnknownKernelError), except the helpers named below.
-TOPICS = ("gemm", "fused", "activations", "losses", "optim", "conv", "recurrent")
+TOPICS = ("gemm", "fused", "activations", "losses", "optim", "conv", "recurrent",
+          "normalization")
 HELPERS = ("row_max",)   # activations.row_max, shared with losses.py
 NATIVE = _registry.overrides(
     "numba", [importlib.import_module(f"{__name__}.{topic}") for topic in TOPICS], HELPERS)

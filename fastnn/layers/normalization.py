@@ -1,0 +1,168 @@
+"""Normalization layers: LayerNorm and BatchNorm1D / BatchNorm2D, PyTorch's semantics,
+parameters (weight, bias) and buffers (running_mean, running_var, num_batches_tracked).
+
+LayerNorm normalises the trailing ``normalized_shape`` axes of each sample: the
+kernels see x as (rows, features). BatchNorm normalises per channel over the batch
+and the spatial axes: the kernels see x as (N, C, S), S = 1 for (N, C) inputs,
+L for (N, C, L), H * W for (N, C, H, W). In training it uses the batch's
+statistics (biased variance) and moves the running ones (unbiased variance) by
+``momentum``; in eval (``ctx.training`` False) it uses the running ones.
+"""
+import numbers
+
+import numpy as np
+
+from .base import Layer, finite_float, positive_int
+
+
+def _eps(value, who):
+    eps = finite_float(value, f"{who} eps")
+    if eps <= 0:
+        raise ValueError(f"{who} eps must be positive, got {value!r}")
+    return eps
+
+
+class LayerNorm(Layer):
+    """torch.nn.LayerNorm: y = (x - mean) / sqrt(var + eps) * weight + bias, the
+    statistics over the trailing ``normalized_shape`` axes (an int or a tuple)."""
+
+    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True):
+        super().__init__()
+        if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
+            normalized_shape = (normalized_shape,)
+        if not isinstance(normalized_shape, (tuple, list)) or not normalized_shape:
+            raise ValueError(f"LayerNorm normalized_shape must be a positive int or a non-empty "
+                             f"tuple of them, got {normalized_shape!r}")
+        self.normalized_shape = tuple(positive_int(d, "LayerNorm normalized_shape") for d in normalized_shape)
+        self.eps = _eps(eps, "LayerNorm")
+        self.elementwise_affine = bool(elementwise_affine)
+        self.use_bias = bool(bias) and self.elementwise_affine
+        self._features = int(np.prod(self.normalized_shape))
+
+    def param_shapes(self):
+        if not self.elementwise_affine:
+            return {}
+        shapes = {"weight": self.normalized_shape}
+        if self.use_bias:
+            shapes["bias"] = self.normalized_shape
+        return shapes
+
+    def init_params(self, rng):
+        return {name: (np.ones if name == "weight" else np.zeros)(shape)
+                for name, shape in self.param_shapes().items()}
+
+    def output_shape(self, shape):
+        k = len(self.normalized_shape)
+        if len(shape) < k or tuple(shape[len(shape) - k:]) != self.normalized_shape:
+            raise ValueError(f"LayerNorm({self.normalized_shape}) expects inputs of shape "
+                             f"(batch, ..., {', '.join(map(str, self.normalized_shape))}), "
+                             f"got (batch, {', '.join(map(str, shape))})")
+        return tuple(shape)
+
+    def config(self):
+        ns = self.normalized_shape
+        return {"normalized_shape": ns[0] if len(ns) == 1 else list(ns), "eps": self.eps,
+                "elementwise_affine": self.elementwise_affine, "bias": self.use_bias}
+
+    def _flat(self, name):
+        p = self.params.get(name)
+        return None if p is None else p.reshape(self._features)
+
+    def forward(self, ctx, x):
+        x2 = x.reshape(-1, self._features)
+        y, ctx.mean, ctx.rstd = self.kernels.layer_norm(x2, self._flat("weight"), self._flat("bias"),
+                                                        self.eps)
+        ctx.x = x2
+        return y.reshape(x.shape)
+
+    def backward(self, ctx, dy):
+        dx, dw, db = self.kernels.layer_norm_backward(
+            dy.reshape(-1, self._features), ctx.x, ctx.mean, ctx.rstd, self._flat("weight"), ctx.need_dx)
+        if "weight" in self.grads:
+            self.grads["weight"] += dw.reshape(self.normalized_shape)
+        if "bias" in self.grads:
+            self.grads["bias"] += db.reshape(self.normalized_shape)
+        return None if dx is None else dx.reshape(dy.shape)
+
+
+class _BatchNorm(Layer):
+    dims = None   # spatial axes: BatchNorm1D takes 0 or 1, BatchNorm2D 2
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1):
+        super().__init__()
+        who = type(self).__name__
+        self.num_features = positive_int(num_features, f"{who} num_features")
+        self.eps = _eps(eps, who)
+        if momentum is not None:
+            momentum = finite_float(momentum, f"{who} momentum")
+            if not 0 <= momentum <= 1:
+                raise ValueError(f"{who} momentum must lie in [0, 1] (or be None for a "
+                                 f"cumulative average), got {momentum!r}")
+        self.momentum = momentum
+
+    def param_shapes(self):
+        return {"weight": (self.num_features,), "bias": (self.num_features,)}
+
+    def init_params(self, rng):
+        return {"weight": np.ones(self.num_features), "bias": np.zeros(self.num_features)}
+
+    def buffer_shapes(self):
+        # num_batches_tracked is torch's counter, kept so that torch's state_dict loads
+        # unchanged (and ours loads into torch); stored in the model's float buffer, it
+        # counts exactly up to 2**24 steps in float32.
+        c = (self.num_features,)
+        return {"running_mean": c, "running_var": c, "num_batches_tracked": ()}
+
+    def init_buffers(self):
+        return {"running_mean": np.zeros(self.num_features), "running_var": np.ones(self.num_features),
+                "num_batches_tracked": np.zeros(())}
+
+    def output_shape(self, shape):
+        who = f"{type(self).__name__}({self.num_features})"
+        c = self.num_features
+        ranks, want = ((1, 2), f"(batch, {c}) or (batch, {c}, L)") if self.dims == 1 else ((3,), f"(batch, {c}, H, W)")
+        if len(shape) not in ranks or shape[0] != c:
+            raise ValueError(f"{who} expects inputs of shape {want}, got (batch, {', '.join(map(str, shape))})")
+        return tuple(shape)
+
+    def config(self):
+        return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum}
+
+    def _as3d(self, x):
+        return x.reshape(x.shape[0], x.shape[1], -1) if x.ndim != 3 else x
+
+    def forward(self, ctx, x):
+        x3 = self._as3d(x)
+        training = bool(ctx.training)
+        factor = 0.0
+        if training:
+            if x3.shape[0] * x3.shape[2] < 2:
+                raise ValueError(f"{type(self).__name__}: training needs more than 1 value per channel, "
+                                 f"got input shape {tuple(x.shape)} (use a larger batch, or eval mode)")
+            count = self.buffers["num_batches_tracked"]
+            one = count.reshape(1)   # a view: in place on a NumPy 0-d array and on a device array
+            one += np.ones(1, self.dtype)
+            # momentum None: torch's cumulative average, factor 1 / batches seen
+            factor = self.momentum if self.momentum is not None else 1.0 / float(np.asarray(count))
+        y, ctx.mean, ctx.rstd = self.kernels.batch_norm(
+            x3, self.params["weight"], self.params["bias"], self.buffers["running_mean"],
+            self.buffers["running_var"], factor, self.eps, training)
+        ctx.x, ctx.batch_stats = x3, training
+        return y.reshape(x.shape)
+
+    def backward(self, ctx, dy):
+        dx, dw, db = self.kernels.batch_norm_backward(
+            self._as3d(dy), ctx.x, ctx.mean, ctx.rstd, self.params["weight"], ctx.batch_stats, ctx.need_dx)
+        self.grads["weight"] += dw
+        self.grads["bias"] += db
+        return None if dx is None else dx.reshape(dy.shape)
+
+
+class BatchNorm1D(_BatchNorm):
+    """torch.nn.BatchNorm1d on (N, C) or (N, C, L): statistics per channel over N (and L)."""
+    dims = 1
+
+
+class BatchNorm2D(_BatchNorm):
+    """torch.nn.BatchNorm2d on (N, C, H, W): statistics per channel over N, H and W."""
+    dims = 2
