@@ -122,6 +122,86 @@ def softmax_backward(dy, x, y):
 # The activation family: each name has name(x, ...) and name_backward(dy, x, y, ...) above.
 ACTIVATIONS = ("step", "sigmoid", "tanh", "relu", "leaky_relu", "softmax")
 
+# ------------------------------------------- more activations (issue 10: acts)
+# GELU (exact and tanh-approximated), SiLU, ELU and Softplus, as torch.nn's.
+# erf is fdlibm's s_erf.c (Sun Microsystems, 1993; also glibc's and musl's): four
+# rational approximations on |x| < 0.84375, < 1.25, < 1/0.35, < 6, and 1 beyond.
+# Every backend evaluates this same erf (all branches, then a select), to ~1e-16.
+
+ERF_ERX = 8.45062911510467529297e-01
+ERF_PP = (1.28379167095512558561e-01, -3.25042107247001499370e-01, -2.84817495755985104766e-02,
+          -5.77027029648944159157e-03, -2.37630166566501626084e-05)
+ERF_QQ = (1.0, 3.97917223959155352819e-01, 6.50222499887672944485e-02, 5.08130628187576562776e-03,
+          1.32494738004321644526e-04, -3.96022827877536812320e-06)
+ERF_PA = (-2.36211856075265944077e-03, 4.14856118683748331666e-01, -3.72207876035701323847e-01,
+          3.18346619901161753674e-01, -1.10894694282396677476e-01, 3.54783043256182359371e-02,
+          -2.16637559486879084300e-03)
+ERF_QA = (1.0, 1.06420880400844228286e-01, 5.40397917702171048937e-01, 7.18286544141962662868e-02,
+          1.26171219808761642112e-01, 1.36370839120290507362e-02, 1.19844998467991074170e-02)
+ERF_RA = (-9.86494403484714822705e-03, -6.93858572707181764372e-01, -1.05586262253232909814e+01,
+          -6.23753324503260060396e+01, -1.62396669462573470355e+02, -1.84605092906711035994e+02,
+          -8.12874355063065934246e+01, -9.81432934416914548592e+00)
+ERF_SA = (1.0, 1.96512716674392571292e+01, 1.37657754143519042600e+02, 4.34565877475229228821e+02,
+          6.45387271733267880336e+02, 4.29008140027567833386e+02, 1.08635005541779435134e+02,
+          6.57024977031928170135e+00, -6.04244152148580987438e-02)
+ERF_RB = (-9.86494292470009928597e-03, -7.99283237680523006574e-01, -1.77579549177547519889e+01,
+          -1.60636384855821916062e+02, -6.37566443368389627722e+02, -1.02509513161107724954e+03,
+          -4.83519191608651397019e+02)
+ERF_SB = (1.0, 3.03380607434824582924e+01, 3.25792512996573918826e+02, 1.53672958608443695994e+03,
+          3.19985821950859553908e+03, 2.55305040643316442583e+03, 4.74528541206955367215e+02,
+          -2.24409524465858183362e+01)
+SQRT1_2 = 0.7071067811865476            # 1 / sqrt(2)
+INV_SQRT_2PI = 0.3989422804014327       # 1 / sqrt(2 pi)
+GELU_K = 0.7978845608028654             # sqrt(2 / pi), the tanh approximation's scale
+GELU_C = 0.044715
+
+
+def _horner(z, coefs):
+    p = coefs[-1]
+    for c in coefs[-2::-1]:
+        p = p * z + c
+    return p
+
+
+def erf(x):
+    """The error function, elementwise (fdlibm's approximations, above)."""
+    a = np.abs(x)
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        z = a * a
+        small = a + a * (_horner(z, ERF_PP) / _horner(z, ERF_QQ))
+        s = a - 1
+        mid = ERF_ERX + _horner(s, ERF_PA) / _horner(s, ERF_QA)
+        r = 1 / z
+        ratio = np.where(a < 1 / 0.35, _horner(r, ERF_RA) / _horner(r, ERF_SA),
+                         _horner(r, ERF_RB) / _horner(r, ERF_SB))
+        tail = 1 - np.exp(-z - 0.5625 + ratio) / a
+        # NaN fails every comparison and falls through to tail, which stays NaN.
+        y = np.where(a < 0.84375, small, np.where(a < 1.25, mid, np.where(a >= 6, 1.0, tail)))
+    return np.copysign(y, x).astype(x.dtype, copy=False)
+
+
+def gelu(x):
+    """x * Phi(x) = x / 2 * (1 + erf(x / sqrt(2))): torch.nn.GELU()."""
+    return 0.5 * x * (1 + erf(x * SQRT1_2))
+
+
+def gelu_backward(dy, x, y):
+    return dy * (0.5 * (1 + erf(x * SQRT1_2)) + x * np.exp(-0.5 * x * x) * INV_SQRT_2PI)
+
+
+def gelu_tanh(x):
+    """x / 2 * (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))): torch.nn.GELU(approximate='tanh')."""
+    return 0.5 * x * (1 + np.tanh(GELU_K * (x + GELU_C * x * x * x)))
+
+
+def gelu_tanh_backward(dy, x, y):
+    t = np.tanh(GELU_K * (x + GELU_C * x * x * x))
+    return dy * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * GELU_K * (1 + 3 * GELU_C * x * x))
+
+
+ACTIVATIONS = ACTIVATIONS + ("gelu", "gelu_tanh")
+# ----------------------------------------- end of more activations (acts)
+
 # ---------------------------------------------------------------- losses
 # Each returns (loss as a Python float, d loss / d first argument).
 

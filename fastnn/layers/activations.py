@@ -67,3 +67,22 @@ class Softmax(_Activation):
     """Softmax over the last axis. For classification, train on logits with the
     cross_entropy loss instead (it applies softmax itself, stably)."""
     kernel = "softmax"
+
+
+# ------------------------------------------- more activations (issue 10: acts)
+
+
+class GELU(_Activation):
+    """x * Phi(x), Phi the standard normal CDF: torch.nn.GELU. approximate='tanh'
+    uses x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) instead of erf."""
+    kernel = "gelu"
+
+    def __init__(self, approximate="none"):
+        super().__init__()
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"GELU approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+        self.kernel = "gelu" if approximate == "none" else "gelu_tanh"
+
+    def config(self):
+        return {"approximate": self.approximate}

@@ -7,3 +7,4 @@ include "losses.pxi"
 include "optim.pxi"
 include "conv.pxi"
 include "recurrent.pxi"
+include "activations_more.pxi"   # issue 10: acts

@@ -61,6 +61,7 @@ TUNING = _tune()
 # a misspelled one raises registry.UnknownKernelError), except the helpers named below.
 TOPICS = ("gemm", "fused", "activations", "losses", "optim", "conv", "recurrent",
           "normalization")
+TOPICS += ("activations_more",)   # issue 10: acts (GELU, SiLU, ELU, Softplus, Dropout, Embedding)
 HELPERS = ("row_max",)   # activations.row_max, shared with losses.py
 NATIVE = _registry.overrides(
     "numba", [importlib.import_module(f"{__name__}.{topic}") for topic in TOPICS], HELPERS)

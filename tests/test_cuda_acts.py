@@ -1,0 +1,42 @@
+"""The issue-10 activations on the cuda backend (Numba's CUDA simulator where there is no GPU):
+kernels against the reference, torch agreement and central-difference gradients at tiny sizes."""
+import numpy as np
+import pytest
+
+import fastnn as fnn
+from fastnn._kernels import reference as ref
+from acts_helpers import forward_backward, gradcheck_model
+from conftest import assert_close
+from test_cuda import BE, K
+from test_activations_more import CASES, _x
+
+KERNELS = ("gelu", "gelu_tanh")
+
+
+@pytest.mark.parametrize("dtype", (np.float32, np.float64))
+@pytest.mark.parametrize("name", KERNELS)
+def test_kernel_and_backward_match_reference(dtype, name):
+    rng = np.random.default_rng(5)
+    x = _x(rng, (3, 7)).astype(dtype)
+    dy = rng.standard_normal((3, 7)).astype(dtype)
+    y = ref.__dict__[name](x.astype(np.float64))
+    tol = (2e-4, 1e-5) if dtype == np.float32 else (1e-10, 1e-12)
+    assert_close(getattr(K, name)(x), y, dtype, *tol)
+    assert_close(getattr(K, name + "_backward")(dy, x, y.astype(dtype)),
+                 getattr(ref, name + "_backward")(dy.astype(np.float64), x.astype(np.float64), y), dtype, *tol)
+
+
+@pytest.mark.parametrize("make,make_torch,name", CASES, ids=[c[2] for c in CASES])
+def test_matches_torch_and_central_differences(make, make_torch, name):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(6)
+    x, probe = _x(rng, (2, 6)), rng.standard_normal((2, 6))
+    model = fnn.Sequential(make(), backend=BE, dtype="float64", seed=0)
+    y, dx, _ = forward_backward(model, x, probe)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = make_torch(torch.nn)(xt)
+    yt.backward(torch.tensor(probe))
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-9, atol=1e-12)
+    dense = fnn.Sequential(fnn.layers.Dense(3, 2), make(), backend=BE, dtype="float64", seed=1)
+    gradcheck_model(dense, rng.standard_normal((2, 3)), rng.standard_normal((2, 2)))
