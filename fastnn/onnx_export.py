@@ -19,6 +19,11 @@ One ONNX node (or two) per layer, weights as initializers in the model's dtype:
     RNN / LSTM / GRU               Transpose to time-major, RNN / LSTM / GRU (gate blocks reordered
                                    from PyTorch's: LSTM ifgo -> iofc, GRU rzn -> zrh with
                                    linear_before_reset=1), Transpose + Reshape back to batch-first
+    GELU           x/2 (1 + Erf(x / sqrt 2)), or the tanh form (ONNX's Gelu op is opset 20)
+    LayerNorm      LayerNormalization(axis=-k) (float32, opset 17+); else ReduceMean, Sub, Sqrt, Div, ...
+    BatchNorm1D/2D BatchNormalization with the running statistics (float32); float64: Mul + Add
+                   by per-channel scale and shift folded in float64 (ONNX's epsilon is a float32)
+    GlobalAvgPool  ReduceMean over the spatial axes (keepdims=0)
 
 The batch axis is named "N" (any size). The other input axes come from
 ``input_shape`` (without the batch axis) when given, else from the first layer
@@ -154,6 +159,8 @@ def _out_rank(layer, ranks):
         return 1 + len(layer.shape)
     if isinstance(layer, tuple(_GATE_ORDER)):
         return 3 if layer.return_sequences else 2
+    if isinstance(layer, _GLOBAL_POOLS):
+        return 2
     return ranks[0]
 
 
@@ -167,7 +174,7 @@ def _layer(graph, prefix, layer, xs, weights, prefixes):
 def _layer_nodes(graph, prefix, layer, xs, weights, prefixes):
     stem = f"l{prefix}"
     kind = type(layer)
-    params = {name: weights[f"{prefix}.{name}"] for name in layer.param_shapes()}
+    params = {name: weights[f"{prefix}.{name}"] for name in (*layer.param_shapes(), *layer.buffer_shapes())}
     if kind is L.Add:
         out = xs[0]
         for other in xs[1:]:
@@ -217,7 +224,81 @@ def _layer_nodes(graph, prefix, layer, xs, weights, prefixes):
                           strides=list(layer.stride))
     if kind in _GATE_ORDER:
         return _recurrent(graph, stem, layer, x, params)
+    new = _new_layer(graph, stem, layer, x, params)
+    if new is not None:
+        return new
     raise NotImplementedError(f"ONNX export does not support {kind.__name__} layers yet")
+
+
+# ---------------------------------------------------------------- issue 10's layers (branch onnx)
+_GLOBAL_POOLS = tuple(getattr(L, n) for n in ("GlobalAvgPool1D", "GlobalAvgPool2D") if hasattr(L, n))
+
+
+def _gelu(graph, stem, layer, x):
+    """torch's GELU from elementary ops (ONNX's Gelu op is opset 20):
+    x/2 (1 + erf(x / sqrt 2)), or x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    if layer.approximate == "tanh":
+        x3 = graph.node("Mul", [graph.node("Mul", [x, x], stem), x], stem)
+        inner = graph.node("Add", [x, graph.node("Mul", [x3, graph.const(f"{stem}.c", 0.044715)], stem)], stem)
+        u = graph.node("Mul", [inner, graph.const(f"{stem}.k", np.sqrt(2.0 / np.pi))], stem)
+        t = graph.node("Tanh", [u], stem)
+    else:
+        t = graph.node("Erf", [graph.node("Mul", [x, graph.const(f"{stem}.k", np.sqrt(0.5))], stem)], stem)
+    half_x = graph.node("Mul", [x, graph.const(f"{stem}.half", 0.5)], stem)
+    return graph.node("Mul", [half_x, graph.node("Add", [t, graph.const(f"{stem}.one", 1.0)], stem)], stem)
+
+
+def _reduce_mean(graph, stem, x, axes, keepdims):
+    if graph.opset >= 18:   # axes became an input in opset 18
+        return graph.node("ReduceMean", [x, graph.const(f"{stem}.axes", axes, dtype=np.int64)], stem,
+                          keepdims=keepdims)
+    return graph.node("ReduceMean", [x], stem, axes=axes, keepdims=keepdims)
+
+
+def _layer_norm(graph, stem, layer, x, params):
+    """LayerNormalization (opset 17) in float32; composed from ReduceMean, Sub, Sqrt, ... in float64
+    (its epsilon attribute is a float32) and before opset 17."""
+    k = len(layer.normalized_shape)
+    weight, bias = params.get("weight"), params.get("bias")
+    if graph.dtype == np.float32 and graph.opset >= 17:
+        inputs = [x, graph.const(f"{stem}.weight", np.ones(layer.normalized_shape) if weight is None else weight)]
+        if bias is not None:
+            inputs.append(graph.const(f"{stem}.bias", bias))
+        return graph.node("LayerNormalization", inputs, stem, axis=-k, epsilon=float(layer.eps))
+    axes = list(range(-k, 0))
+    d = graph.node("Sub", [x, _reduce_mean(graph, stem, x, axes, keepdims=1)], stem)
+    var = _reduce_mean(graph, stem, graph.node("Mul", [d, d], stem), axes, keepdims=1)
+    std = graph.node("Sqrt", [graph.node("Add", [var, graph.const(f"{stem}.eps", layer.eps)], stem)], stem)
+    y = graph.node("Div", [d, std], stem)
+    if weight is not None:
+        y = graph.node("Mul", [y, graph.const(f"{stem}.weight", weight)], stem)
+    if bias is not None:
+        y = graph.node("Add", [y, graph.const(f"{stem}.bias", bias)], stem)
+    return y
+
+
+def _new_layer(graph, stem, layer, x, params):
+    """The nodes of issue 10's layers, or None for a layer this does not know."""
+    kind = type(layer).__name__
+    if kind == "GELU":
+        return _gelu(graph, stem, layer, x)
+    if kind == "LayerNorm":
+        return _layer_norm(graph, stem, layer, x, params)
+    if kind in ("BatchNorm1D", "BatchNorm2D"):   # inference: the running statistics
+        names = ("weight", "bias", "running_mean", "running_var")
+        if graph.dtype == np.float32:
+            return graph.node("BatchNormalization", [x] + [graph.const(f"{stem}.{n}", params[n]) for n in names],
+                              stem, epsilon=float(layer.eps))
+        # float64: folded into y = x * scale + shift, computed here in float64 (epsilon is a float32 attribute)
+        w, b, mean, var = (np.asarray(params[n], np.float64) for n in names)
+        scale = w / np.sqrt(var + layer.eps)
+        per_channel = (-1,) + (1,) * (graph.rank[x] - 2)   # broadcast over (N, C, ...)
+        y = graph.node("Mul", [x, graph.const(f"{stem}.scale", scale.reshape(per_channel))], stem)
+        return graph.node("Add", [y, graph.const(f"{stem}.shift", (b - mean * scale).reshape(per_channel))], stem)
+    if kind in ("GlobalAvgPool1D", "GlobalAvgPool2D"):
+        # ReduceMean, not GlobalAveragePool: onnxruntime runs it in float64 too
+        return _reduce_mean(graph, stem, x, list(range(2, 2 + layer.dims)), keepdims=0)
+    return None
 
 
 def to_onnx(model, input_shape=None, opset=DEFAULT_OPSET):
@@ -239,6 +320,7 @@ def to_onnx(model, input_shape=None, opset=DEFAULT_OPSET):
     in_names = ["input"] if len(in_dims) == 1 else [f"input_{i}" for i in range(len(in_dims))]
     out_names = ["output"] if len(out_dims) == 1 else [f"output_{i}" for i in range(len(out_dims))]
     graph = _Graph(onnx, model.dtype)
+    graph.opset = opset
     weights = model.state_dict()  # host copies, whatever the backend
     names = {id(n): name for n, name in zip(g_nodes.inputs, in_names)}
     graph.rank.update({name: 1 + len(d) for name, d in zip(in_names, in_dims)})

@@ -1,6 +1,8 @@
 """ONNX export of the recurrent layers (and, as the other layers land, the rest of issue 10's):
 onnxruntime (float32) and onnx's reference evaluator (float64, which onnxruntime's CPU RNN/LSTM/GRU
 kernels do not take) reproduce model.predict."""
+import math
+
 import numpy as np
 import pytest
 
@@ -10,31 +12,45 @@ from fastnn import layers as L
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 from onnx.reference import ReferenceEvaluator  # noqa: E402
+from onnx.reference.ops._op import OpRunUnaryNum  # noqa: E402
 
 TOL = {"float32": dict(rtol=1e-4, atol=1e-5), "float64": dict(rtol=1e-10, atol=1e-12)}
+
+
+class Erf(OpRunUnaryNum):
+    """Erf in the input's precision: onnx.reference's own computes in float32."""
+
+    def _run(self, x):
+        return (np.vectorize(math.erf, otypes=[x.dtype])(x),)
 
 
 def _run(proto, path, x, engine):
     feed = {"input": x} if not isinstance(x, list) else {f"input_{i}": a for i, a in enumerate(x)}
     if engine == "reference":
-        return ReferenceEvaluator(proto).run(None, feed)
+        return ReferenceEvaluator(proto, new_ops=[Erf]).run(None, feed)
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feed)
 
 
-def _check(model, x, tmp_path, engine=None, **kwargs):
-    """Export model, reload and check the file, run it on x and compare with predict."""
+def _check(model, x, tmp_path, engines=None, **kwargs):
+    """Export model, reload and check the file, run it on x in each engine ("ort": onnxruntime,
+    "reference": onnx.reference; default: onnxruntime) and compare with predict."""
     path = tmp_path / "m.onnx"
     proto = model.export_onnx(path, **kwargs)
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
-    engine = engine or ("ort" if model.dtype == np.float32 else "reference")
     x = [np.ascontiguousarray(a, dtype=model.dtype) for a in x] if isinstance(x, list) \
         else np.ascontiguousarray(x, dtype=model.dtype)
     want = model.predict(x)
-    got = _run(proto, path, x, engine)
-    for g, w in zip(got, want if isinstance(want, list) else [want]):
-        assert g.dtype == w.dtype and g.shape == w.shape
-        np.testing.assert_allclose(g, w, **TOL[str(model.dtype)])
+    for engine in engines or ("ort",):
+        got = _run(proto, path, x, engine)
+        for g, w in zip(got, want if isinstance(want, list) else [want]):
+            assert g.dtype == w.dtype and g.shape == w.shape
+            np.testing.assert_allclose(g, w, **TOL[str(model.dtype)], err_msg=engine)
     return proto
+
+
+# onnxruntime's CPU RNN/LSTM/GRU and Erf (GELU) kernels take float32 only: float64 goes to onnx.reference
+F32_ONLY = {"float32": ("ort",), "float64": ("reference",)}
+BOTH = {"float32": ("ort",), "float64": ("ort", "reference")}
 
 
 RECURRENT = [L.RNN, L.LSTM, L.GRU]
@@ -47,7 +63,7 @@ MODES = [(False, False), (False, True), (True, False), (True, True)]
 def test_recurrent(cls, seq, bi, dtype, tmp_path):
     model = fnn.Sequential(cls(3, 5, return_sequences=seq, bidirectional=bi), dtype=dtype, seed=1)
     x = np.random.default_rng(0).normal(size=(4, 6, 3))
-    proto = _check(model, x, tmp_path)
+    proto = _check(model, x, tmp_path, F32_ONLY[dtype])
     op = cls.__name__
     node = next(n for n in proto.graph.node if n.op_type == op)
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
@@ -78,7 +94,7 @@ def test_stacked_recurrent_and_dense_on_sequences(dtype, tmp_path, backend):
         L.LSTM(4, 6, return_sequences=True, bidirectional=True), L.Dense(12, 7), L.Tanh(),
         L.GRU(7, 5, return_sequences=True), L.RNN(5, 3, bidirectional=True), L.Dense(6, 2),
         backend=backend, dtype=dtype, seed=2)
-    proto = _check(model, np.random.default_rng(2).normal(size=(5, 7, 4)), tmp_path)
+    proto = _check(model, np.random.default_rng(2).normal(size=(5, 7, 4)), tmp_path, F32_ONLY[dtype])
     ops = [n.op_type for n in proto.graph.node]
     assert ops.count("MatMul") == 1 and ops.count("Gemm") == 1
 
@@ -109,3 +125,74 @@ def test_recurrent_input_shape_is_checked(tmp_path):
         model.export_onnx(tmp_path / "m.onnx", input_shape=(5, 2))
     with pytest.raises(ValueError, match="LSTM"):
         model.export_onnx(tmp_path / "m.onnx", input_shape=(3,))
+
+
+# ---------------------------------------------------------------- issue 10's new layers
+def _trained_stats(model, x):
+    """A few training forwards so BatchNorm's running statistics are not their initial 0 and 1."""
+    for _ in range(3):
+        model.forward(np.ascontiguousarray(x, dtype=model.dtype))
+        model.zero_grad()
+    model.eval()
+    stats = [v for k, v in model.state_dict().items() if k.endswith("running_mean")]
+    assert stats and all(np.abs(v).min() > 1e-3 for v in stats)
+    return model
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_layernorm(dtype, tmp_path, backend):
+    rng = np.random.default_rng(4)
+    model = fnn.Sequential(L.Dense(6, 8), L.LayerNorm(8), L.GELU(), L.LayerNorm(8, eps=1e-3, bias=False),
+                           L.Dense(8, 3), backend=backend, dtype=dtype, seed=4)
+    sd = model.state_dict()
+    sd = {k: rng.normal(size=v.shape) if "1." in k or "3." in k else v for k, v in sd.items()}
+    model.load_state_dict(sd)   # affine parameters away from 1 and 0
+    _check(model, rng.normal(size=(7, 6)) * 3, tmp_path, F32_ONLY[dtype])
+    seq = fnn.Sequential(L.LayerNorm((4, 3), elementwise_affine=False), L.Reshape((12,)),
+                         dtype=dtype, seed=0)   # two normalised axes, no parameters
+    proto = _check(seq, rng.normal(size=(5, 4, 3)), tmp_path, BOTH[dtype], input_shape=(4, 3))
+    # float32: LayerNormalization; float64: composed (ONNX's epsilon attribute is a float32)
+    assert ("LayerNormalization" in [n.op_type for n in proto.graph.node]) == (dtype == "float32")
+    # before opset 17 (no LayerNormalization) composed too
+    proto = _check(seq, rng.normal(size=(5, 4, 3)), tmp_path, BOTH[dtype], input_shape=(4, 3), opset=16)
+    assert "LayerNormalization" not in [n.op_type for n in proto.graph.node]
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_gelu(approximate, dtype, tmp_path):
+    model = fnn.Sequential(L.Dense(5, 9), L.GELU(approximate=approximate), L.Dense(9, 2), dtype=dtype, seed=5)
+    x = np.random.default_rng(5).normal(size=(11, 5)) * 3
+    _check(model, x, tmp_path, F32_ONLY[dtype])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_batchnorm_in_inference_mode(dtype, tmp_path, backend):
+    rng = np.random.default_rng(6)
+    model = fnn.Sequential(L.Dense(4, 6), L.BatchNorm1D(6), L.ReLU(), L.Reshape((2, 3)), L.BatchNorm1D(2),
+                           L.Flatten(), L.Dense(6, 2), backend=backend, dtype=dtype, seed=6)
+    x = rng.normal(size=(16, 4)) * 2 + 1
+    _check(_trained_stats(model, x), x, tmp_path, BOTH[dtype])
+
+
+def test_conv_batchnorm2d_global_pools(tmp_path, backend):
+    rng = np.random.default_rng(7)
+    model = fnn.Sequential(L.Conv2D(2, 5, 3, padding=1), L.BatchNorm2D(5), L.ReLU(), L.GlobalAvgPool2D(),
+                           L.Dense(5, 3), backend=backend, seed=7)
+    x = rng.normal(size=(6, 2, 7, 5))
+    _check(_trained_stats(model, x), x, tmp_path)
+    model1 = fnn.Sequential(L.Conv1D(3, 4, 3), L.BatchNorm1D(4), L.Tanh(), L.GlobalAvgPool1D(),
+                            L.Dense(4, 2), backend=backend, seed=8)
+    x1 = rng.normal(size=(6, 3, 9))
+    proto = _check(_trained_stats(model1, x1), x1, tmp_path)
+    assert [n.op_type for n in proto.graph.node][1:5] == ["BatchNormalization", "Tanh", "ReduceMean", "Gemm"]
+
+
+@pytest.mark.parametrize("opset", [17, 18])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_global_pools_as_reduce_mean(opset, dtype, tmp_path):
+    """ReduceMean over the spatial axes (its axes an attribute before opset 18, an input since)."""
+    x = np.random.default_rng(9).normal(size=(4, 24))
+    for pool, shape in ((L.GlobalAvgPool2D(), (2, 3, 4)), (L.GlobalAvgPool1D(), (3, 8))):
+        model = fnn.Sequential(L.Reshape(shape), pool, L.Dense(shape[0], 2), dtype=dtype, seed=9)
+        _check(model, x, tmp_path, BOTH[dtype], input_shape=(24,), opset=opset)
