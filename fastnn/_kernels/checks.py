@@ -475,6 +475,55 @@ def recurrent(kernel):
     return forward, backward
 
 
+# ------------------------------------------------------------ attention
+# Attention checks: q (N, L, E), k and v (N, S, E) with E divisible by num_heads,
+# the key mask (N, S) (bool, 0/1 or float; nonzero = ignored) or None, and the
+# saved probabilities (N, H, L, S).
+
+
+def _heads_count(num_heads, e, name):
+    if isinstance(num_heads, (bool, np.bool_)) or not isinstance(num_heads, numbers.Integral) or num_heads < 1:
+        raise ValueError(f"{name}: num_heads must be a positive integer, got {num_heads!r}")
+    if e % num_heads:
+        raise ValueError(f"{name}: the feature size {e} is not divisible by num_heads={num_heads}")
+    return int(num_heads)
+
+
+def _qkv(name, q, k, v):
+    q, k, v = (_array(a, f"{name} {w}") for a, w in ((q, "q"), (k, "k"), (v, "v")))
+    for a, w in ((q, "q"), (k, "k"), (v, "v")):
+        _rank(a, f"{name} {w}", 3)
+    if k.shape != v.shape or k.shape[0] != q.shape[0] or k.shape[2] != q.shape[2]:
+        raise ValueError(f"{name}: q {q.shape} must be (N, L, E) and k, v (N, S, E), got k {k.shape}, v {v.shape}")
+    return q, k, v
+
+
+def attention(q, k, v, mask, num_heads, causal=False):
+    q, k, v = _qkv("attention", q, k, v)
+    heads = _heads_count(num_heads, q.shape[2], "attention")
+    dtype = common_dtype(q, k, v)
+    if mask is not None:
+        mask = _array(mask, "attention mask")
+        if mask.shape != (q.shape[0], k.shape[1]):
+            raise ValueError(f"attention: the key mask must have shape (N, S) = {(q.shape[0], k.shape[1])}, "
+                             f"got {mask.shape}")
+        if not np.isfinite(mask).all():
+            raise ValueError("attention: the key mask contains NaN or inf")
+        mask = _cast(mask != 0, dtype)
+    return tuple(_cast(a, dtype) for a in (q, k, v)) + (mask, heads, bool(causal)), {}
+
+
+def attention_backward(dout, q, k, v, p, num_heads):
+    q, k, v = _qkv("attention_backward", q, k, v)
+    heads = _heads_count(num_heads, q.shape[2], "attention_backward")
+    dout, p = _array(dout, "attention_backward dout"), _array(p, "attention_backward p")
+    if dout.shape != q.shape:
+        raise ValueError(f"attention_backward: dout has shape {dout.shape}, expected q's {q.shape}")
+    want = (q.shape[0], heads, q.shape[1], k.shape[1])
+    if p.shape != want:
+        raise ValueError(f"attention_backward: p has shape {p.shape}, expected (N, H, L, S) = {want}")
+    dtype = common_dtype(dout, q, k, v, p)
+    return tuple(_cast(a, dtype) for a in (dout, q, k, v, p)) + (heads,), {}
 # -------------------------------------------------------- normalization
 # LayerNorm (x (R, F)), BatchNorm (x (N, C, S)) and global average pooling (x (N, C, S)):
 # per-feature or per-channel vectors of the right length, the saved statistics of the

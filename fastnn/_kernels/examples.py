@@ -352,6 +352,33 @@ def recurrent(name):
     return Cases(tuple(tests), (example(s[0], _recurrent, name, s, depth=_recurrent_depth(s)),))
 
 
+# --------------------------------------------------------------- attention
+# (id, batch, query length, key length, features, heads, causal, mask)
+
+ATTENTION_CASES = (("1x1x1-e1-h1", 1, 1, 1, 1, 1, False, False), ("2x7x7-e6-h3-causal", 2, 7, 7, 6, 3, True, False),
+                   ("3x5x9-e8-h2-mask", 3, 5, 9, 8, 2, False, True),
+                   ("2x9x4-e4-h4-causal-mask", 2, 9, 4, 4, 4, True, True),
+                   ("2x33x33-e16-h2", 2, 33, 33, 16, 2, False, False))
+ATTENTION_BENCH = ("32x32x32-e64-h4", 32, 32, 32, 64, 4, False, False)
+
+
+def _attention(rng, dtype, name, spec):
+    _, n, l, s, e, h, causal, masked = spec
+    q, k, v = rand(rng, dtype, n, l, e), rand(rng, dtype, n, s, e), rand(rng, dtype, n, s, e)
+    mask = None
+    if masked:
+        mask = (rng.random((n, s)) < 0.3).astype(dtype)
+        mask[0] = 1          # a sample whose keys are all ignored: zero output
+    if name == "attention":
+        return (q, k, v, mask, h, causal), {}
+    _, p = ref.attention(q, k, v, mask, h, causal)
+    return (rand(rng, dtype, n, l, e), q, k, v, p, h), {}
+
+
+def attention(name):
+    tests = tuple(example(s[0], _attention, name, s, depth=max(s[2], s[3], s[4])) for s in ATTENTION_CASES)
+    s = ATTENTION_BENCH
+    return Cases(tests, (example(s[0], _attention, name, s, depth=max(s[2], s[3], s[4])),))
 # ----------------------------------------------------------- normalization
 # (rows, features, weight, bias, mean offset of x): the offset checks the one-pass statistics.
 

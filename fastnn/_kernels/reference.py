@@ -535,6 +535,54 @@ def gru_backward(dh, x, h, gates, hn, w_ih, w_hh, need_dx=True):
     return _rnn_weight_grads(x, h_prev, d_in, d_hid, w_ih, need_dx)
 
 
+# ------------------------------------------------------------ attention
+# Scaled dot-product attention over heads (torch.nn.MultiheadAttention's core,
+# after the input projections): q (N, L, E), k and v (N, S, E), the E features
+# split into num_heads heads of E // num_heads (head h: columns h*D .. h*D+D-1).
+# mask (N, S) of the dtype or None: nonzero = that key is ignored (torch's
+# key_padding_mask); causal: query i ignores keys j > i (torch's triu attn_mask).
+# A query row whose keys are all ignored gets all-zero probabilities and a zero
+# output (torch gives NaN there). The forward returns (out (N, L, E), p (N, H, L, S)),
+# p the probabilities its backward needs.
+
+
+def _heads(x, num_heads):
+    n, t, e = x.shape
+    return x.reshape(n, t, num_heads, e // num_heads).transpose(0, 2, 1, 3)
+
+
+def attention(q, k, v, mask, num_heads, causal=False):
+    n, l, e = q.shape
+    s = k.shape[1]
+    scale = 1.0 / np.sqrt(e // num_heads)
+    scores = (_heads(q, num_heads) * scale) @ _heads(k, num_heads).transpose(0, 1, 3, 2)
+    ignored = np.zeros((n, 1, l, s), dtype=bool)
+    if mask is not None:
+        ignored |= (mask != 0)[:, None, None, :]
+    if causal:
+        ignored |= np.triu(np.ones((l, s), dtype=bool), 1)
+    scores = np.where(ignored, -np.inf, scores)
+    top = scores.max(axis=-1, keepdims=True)
+    ex = np.exp(scores - np.where(np.isfinite(top), top, 0))
+    total = ex.sum(axis=-1, keepdims=True)
+    p = (ex / np.where(total > 0, total, 1)).astype(q.dtype)
+    out = (p @ _heads(v, num_heads)).transpose(0, 2, 1, 3).reshape(n, l, e)
+    return np.ascontiguousarray(out), np.ascontiguousarray(p)
+
+
+def attention_backward(dout, q, k, v, p, num_heads):
+    """(dq, dk, dv) from d loss / d out and the forward's probabilities p."""
+    n, l, e = q.shape
+    scale = 1.0 / np.sqrt(e // num_heads)
+    do, qh, kh, vh = (_heads(a, num_heads) for a in (dout, q, k, v))
+    dv = p.transpose(0, 1, 3, 2) @ do                      # (N, H, S, D)
+    dp = do @ vh.transpose(0, 1, 3, 2)                     # (N, H, L, S)
+    ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True)) * scale
+    dq, dk = ds @ kh, ds.transpose(0, 1, 3, 2) @ qh
+
+    def merge(a):
+        return np.ascontiguousarray(a.transpose(0, 2, 1, 3).reshape(a.shape[0], a.shape[2], e))
+    return merge(dq), merge(dk), merge(dv)
 # -------------------------------------------------------- normalization
 # LayerNorm, BatchNorm and global average pooling (fastnn/layers/normalization.py,
 # pooling.py). LayerNorm normalises each row of x (R, F) over its F features;

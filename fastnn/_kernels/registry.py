@@ -52,7 +52,7 @@ def loss_and_grad(dtype, example=None):
 @dataclass(frozen=True)
 class Kernel:
     name: str
-    family: str                        # linear, activation, loss, optim, conv, recurrent
+    family: str                        # linear, activation, loss, optim, conv, recurrent, attention
     reference: Callable
     check: Callable                    # check(*args, **kwargs) -> (args, kwargs) for the raw kernel
     examples: ex.Cases
@@ -107,6 +107,10 @@ def _declare_all():
         forward, backward = checks.recurrent(cell)
         declare(cell, "recurrent", forward, ex.recurrent(cell), tol=summed)
         declare(cell + "_backward", "recurrent", backward, ex.recurrent(cell + "_backward"), tol=summed)
+    # attention: fused scaled-dot-product attention (layers/attention.py)
+    declare("attention", "attention", checks.attention, ex.attention("attention"), tol=summed)
+    declare("attention_backward", "attention", checks.attention_backward, ex.attention("attention_backward"),
+            tol=summed)
 
     # normalization (layers/normalization.py, the global pools of layers/pooling.py)
     for name in ("layer_norm", "batch_norm", "global_avgpool"):

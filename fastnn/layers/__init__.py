@@ -17,4 +17,7 @@ __all__ = ["Layer", "Context", "Dense", "Step", "Sigmoid", "Tanh", "ReLU", "Leak
            "Flatten", "Reshape", "RNN", "LSTM", "GRU", "Add", "Concatenate", "Residual"]
 __all__ += ["LayerNorm", "BatchNorm1D", "BatchNorm2D", "GlobalAvgPool1D", "GlobalAvgPool2D"]   # norm
 __all__ += ["GELU"]  # issue 10: acts
+# attention and the Transformer encoder layer (issue 10, branch attn)
+from .attention import MultiHeadAttention, TransformerEncoderLayer  # noqa: E402
+__all__ += ["MultiHeadAttention", "TransformerEncoderLayer"]
 

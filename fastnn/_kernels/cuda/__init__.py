@@ -38,6 +38,7 @@ from .. import reference, registry
 # NATIVE is first read: a misspelled one raises registry.UnknownKernelError), except HELPERS.
 TOPICS = ("gemm", "activations", "losses", "optim", "conv", "recurrent", "normalization")
 TOPICS += ("activations_more",)   # issue 10: acts (GELU, SiLU, ELU, Softplus, Dropout, Embedding)
+TOPICS += ("attention",)   # issue 10: attn
 HELPERS = ("sm_count", "choose_config", "bias_add_device", "bias_grad_device")   # in gemm.py
 DEVICE = ("to_device", "to_host", "zeros", "DeviceArray", "is_device", "SIMULATED")   # in _device.py
 INSTALL = "pip install 'fastnn[cuda]' (the numba-cuda package)"

@@ -7,4 +7,5 @@ include "losses.pxi"
 include "optim.pxi"
 include "conv.pxi"
 include "recurrent.pxi"
+include "attention.pxi"
 include "activations_more.pxi"   # issue 10: acts

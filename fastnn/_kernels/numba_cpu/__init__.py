@@ -62,6 +62,7 @@ TUNING = _tune()
 TOPICS = ("gemm", "fused", "activations", "losses", "optim", "conv", "recurrent",
           "normalization")
 TOPICS += ("activations_more",)   # issue 10: acts (GELU, SiLU, ELU, Softplus, Dropout, Embedding)
+TOPICS += ("attention",)   # issue 10: attn
 HELPERS = ("row_max",)   # activations.row_max, shared with losses.py
 NATIVE = _registry.overrides(
     "numba", [importlib.import_module(f"{__name__}.{topic}") for topic in TOPICS], HELPERS)
