@@ -24,6 +24,10 @@ One ONNX node (or two) per layer, weights as initializers in the model's dtype:
     BatchNorm1D/2D BatchNormalization with the running statistics (float32); float64: Mul + Add
                    by per-channel scale and shift folded in float64 (ONNX's epsilon is a float32)
     GlobalAvgPool  ReduceMean over the spatial axes (keepdims=0)
+    MultiHeadAttention   MatMul projections, Reshape/Transpose into heads, scaled MatMul scores,
+                   Trilu (causal) / the key_padding_mask input as -inf by Where, Softmax (a fully
+                   masked row zeroed, as fastnn does), MatMul with v, heads merged, out_proj
+    TransformerEncoderLayer  its sublayers' nodes (dropout: the identity) and the residual Adds
 
 The batch axis is named "N" (any size). The other input axes come from
 ``input_shape`` (without the batch axis) when given, else from the first layer
@@ -61,6 +65,8 @@ def _input_dims(model, input_shape):
         return [first.in_channels] + (["L"] if first.dims == 1 else ["H", "W"])
     if isinstance(first, tuple(_GATE_ORDER)):
         return ["T", first.input_size]
+    if type(first).__name__ in ("MultiHeadAttention", "TransformerEncoderLayer"):
+        return ["L", getattr(first, "embed_dim", None) or first.d_model]
     raise ValueError(f"cannot tell the input shape of a model that starts with "
                      f"{type(first).__name__}: pass input_shape (without the batch axis)")
 
@@ -188,6 +194,8 @@ def _layer_nodes(graph, prefix, layer, xs, weights, prefixes):
             h = _layer(graph, prefixes[id(sub)], sub, [h], weights, prefixes)
         return graph.node("Add", [xs[0], h], stem)
     x = xs[0]
+    if isinstance(layer, L.Dense) and kind.forward is L.Dense.forward:
+        kind = L.Dense   # a subclass that computes as Dense (e.g. MultiHeadAttention's out_proj)
     if kind is L.Dense and graph.rank[x] != 2:   # any rank: the last axis, as Dense computes
         y = graph.node("MatMul", [x, graph.const(f"{stem}.weight_t", params["weight"].T)], stem)
         return graph.node("Add", [y, graph.const(f"{stem}.bias", params["bias"])], stem) if layer.use_bias else y
@@ -224,7 +232,8 @@ def _layer_nodes(graph, prefix, layer, xs, weights, prefixes):
                           strides=list(layer.stride))
     if kind in _GATE_ORDER:
         return _recurrent(graph, stem, layer, x, params)
-    new = _new_layer(graph, stem, layer, x, params)
+    new = _new_layer(graph, stem, layer, xs, params,
+                     lambda sub, ins: _layer(graph, prefixes[id(sub)], sub, ins, weights, prefixes))
     if new is not None:
         return new
     raise NotImplementedError(f"ONNX export does not support {kind.__name__} layers yet")
@@ -277,9 +286,83 @@ def _layer_norm(graph, stem, layer, x, params):
     return y
 
 
-def _new_layer(graph, stem, layer, x, params):
-    """The nodes of issue 10's layers, or None for a layer this does not know."""
+def _attention(graph, stem, layer, xs, params, sub):
+    """MultiHeadAttention from MatMul, Softmax, ...: q, k, v projections, per-head scaled scores,
+    the causal and key-padding masks (-inf), softmax (a row with every key masked: zeros, as
+    fastnn computes it), p @ v, heads merged, out_proj."""
+    e, h = layer.embed_dim, layer.num_heads
+    d = e // h
+    query = xs[0]
+    key_value = xs[1] if len(xs) > 1 else query
+    w, b = params["in_proj_weight"], params.get("in_proj_bias")
+
+    def project(x, i, perm):
+        y = graph.node("MatMul", [x, graph.const(f"{stem}.w{'qkv'[i]}", w[i * e:(i + 1) * e].T)], stem)
+        if b is not None:
+            y = graph.node("Add", [y, graph.const(f"{stem}.b{'qkv'[i]}", b[i * e:(i + 1) * e])], stem)
+        y = graph.node("Reshape", [y, graph.const(f"{stem}.heads", [0, 0, h, d], dtype=np.int64)], stem)
+        return graph.node("Transpose", [y], stem, perm=perm)   # heads second
+
+    q = graph.node("Mul", [project(query, 0, [0, 2, 1, 3]), graph.const(f"{stem}.scale", 1.0 / np.sqrt(d))], stem)
+    scores = graph.node("MatMul", [q, project(key_value, 1, [0, 2, 3, 1])], stem)   # (N, h, L, S)
+    ignored = None
+    if layer.causal:   # key j > query i: Trilu over ones the size of the scores' last two axes
+        size = graph.node("Slice", [graph.node("Shape", [scores], stem),
+                                    graph.const(f"{stem}.from", [2], dtype=np.int64),
+                                    graph.const(f"{stem}.to", [4], dtype=np.int64)], stem)
+        ones = graph.node("ConstantOfShape", [size], stem,
+                          value=graph.onnx.numpy_helper.from_array(np.ones(1, graph.dtype)))
+        above = graph.node("Trilu", [ones, graph.const(f"{stem}.k", 1, dtype=np.int64)], stem, upper=1)
+        ignored = graph.node("Cast", [above], stem, to=graph.onnx.TensorProto.BOOL)
+    if len(xs) > 2:    # key_padding_mask (N, S): nonzero = that key is ignored
+        pad = graph.node("Not", [graph.node("Equal", [xs[2], graph.const(f"{stem}.zero", 0)], stem)], stem)
+        pad = graph.node("Unsqueeze", [pad, graph.const(f"{stem}.axes", [1, 2], dtype=np.int64)], stem)
+        ignored = pad if ignored is None else graph.node("Or", [ignored, pad], stem)
+    if ignored is not None:
+        scores = graph.node("Where", [ignored, graph.const(f"{stem}.ninf", -np.inf), scores], stem)
+    p = graph.node("Softmax", [scores], stem, axis=-1)
+    if len(xs) > 2:    # every key masked: softmax gives NaN, fastnn zeros
+        p = graph.node("Where", [graph.node("IsNaN", [p], stem), graph.const(f"{stem}.zero", 0), p], stem)
+    out = graph.node("MatMul", [p, project(key_value, 2, [0, 2, 1, 3])], stem)      # (N, h, L, d)
+    out = graph.node("Transpose", [out], stem, perm=[0, 2, 1, 3])
+    out = graph.node("Reshape", [out, graph.const(f"{stem}.merge", [0, 0, e], dtype=np.int64)], stem)
+    graph.rank[out] = 3
+    return sub(layer.out_proj, [out])
+
+
+def _encoder_layer(graph, stem, layer, xs, sub):
+    """TransformerEncoderLayer from its sublayers' exports (dropout is the identity in inference)."""
+    x, extra = xs[0], list(xs[1:])
+
+    def attention(h):
+        return sub(layer.self_attn, [h, h, *extra] if extra else [h])
+
+    def feed_forward(h):
+        for part in (layer.linear1, layer.activation, layer.linear2):
+            h = sub(part, [h])
+        return h
+
+    def add(a, c):
+        out = graph.node("Add", [a, c], stem)
+        graph.rank[out] = 3
+        return out
+
+    if layer.norm_first:
+        h = add(x, attention(sub(layer.norm1, [x])))
+        return add(h, feed_forward(sub(layer.norm2, [h])))
+    h = sub(layer.norm1, [add(x, attention(x))])
+    return sub(layer.norm2, [add(h, feed_forward(h))])
+
+
+def _new_layer(graph, stem, layer, xs, params, sub):
+    """The nodes of issue 10's layers, or None for a layer this does not know.
+    sub(sublayer, inputs) exports a sublayer (its own prefix and weights)."""
     kind = type(layer).__name__
+    if kind == "MultiHeadAttention":
+        return _attention(graph, stem, layer, xs, params, sub)
+    if kind == "TransformerEncoderLayer":
+        return _encoder_layer(graph, stem, layer, xs, sub)
+    x = xs[0]
     if kind == "GELU":
         return _gelu(graph, stem, layer, x)
     if kind == "LayerNorm":

@@ -196,3 +196,62 @@ def test_global_pools_as_reduce_mean(opset, dtype, tmp_path):
     for pool, shape in ((L.GlobalAvgPool2D(), (2, 3, 4)), (L.GlobalAvgPool1D(), (3, 8))):
         model = fnn.Sequential(L.Reshape(shape), pool, L.Dense(shape[0], 2), dtype=dtype, seed=9)
         _check(model, x, tmp_path, BOTH[dtype], input_shape=(24,), opset=opset)
+
+
+def _randomise(model, rng, scale=0.5):
+    """Every parameter random (biases and LayerNorm affines away from their 0 and 1 starts)."""
+    model.load_state_dict({k: rng.normal(size=v.shape) * scale for k, v in model.state_dict().items()})
+    return model
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_self_attention(causal, dtype, tmp_path, backend):
+    rng = np.random.default_rng(10)
+    model = _randomise(fnn.Sequential(L.MultiHeadAttention(8, 2, causal=causal), L.Dense(8, 3),
+                                      backend=backend, dtype=dtype, seed=10), rng)
+    _check(model, rng.normal(size=(3, 5, 8)), tmp_path, BOTH[dtype])
+    # the sequence axis stays symbolic: other lengths run (the causal mask follows them)
+    proto = model.export_onnx(tmp_path / "m.onnx")
+    dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["N", "L", 8]
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    for length in (1, 9):
+        x = rng.normal(size=(2, length, 8)).astype(dtype)
+        np.testing.assert_allclose(sess.run(None, {"input": x})[0], model.predict(x), **TOL[dtype])
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")   # onnx.reference's
+@pytest.mark.parametrize("dtype", ["float32", "float64"])                          # softmax of -inf
+def test_cross_attention_with_key_padding_mask(dtype, tmp_path):
+    """[query, key_value, key_padding_mask] in a graph; a query batch row with every key masked
+    gets fastnn's zero attention (its output is out_proj's bias)."""
+    rng = np.random.default_rng(11)
+    q, kv, mask = fnn.Input((4, 6)), fnn.Input((7, 6)), fnn.Input((7,))
+    out = L.MultiHeadAttention(6, 3, bias=True)([q, kv, mask])
+    model = _randomise(fnn.Model(inputs=[q, kv, mask], outputs=out, dtype=dtype, seed=11), rng)
+    m = (rng.random((5, 7)) < 0.4).astype(float)
+    m[2] = 1.0   # every key of sample 2 ignored
+    _check(model, [rng.normal(size=(5, 4, 6)), rng.normal(size=(5, 7, 6)), m], tmp_path, BOTH[dtype])
+
+
+@pytest.mark.parametrize("activation,norm_first,causal", [("relu", False, False), ("gelu", True, True)])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_transformer_encoder_layer(activation, norm_first, causal, dtype, tmp_path, backend):
+    rng = np.random.default_rng(12)
+    model = _randomise(fnn.Sequential(
+        L.TransformerEncoderLayer(8, 2, 16, dropout=0.0, activation=activation, norm_first=norm_first,
+                                  causal=causal), L.Flatten(),
+        L.Dense(5 * 8, 3), backend=backend, dtype=dtype, seed=12), rng)
+    engines = F32_ONLY[dtype] if activation == "gelu" else BOTH[dtype]
+    _check(model, rng.normal(size=(4, 5, 8)), tmp_path, engines, input_shape=(5, 8))
+
+
+def test_transformer_encoder_layer_with_padding_mask(tmp_path):
+    rng = np.random.default_rng(13)
+    x, mask = fnn.Input((6, 8)), fnn.Input((6,))
+    h = L.TransformerEncoderLayer(8, 4, 12, dropout=0.0)([x, mask])
+    model = _randomise(fnn.Model(inputs=[x, mask], outputs=L.Dense(8, 2)(h), seed=13), rng)
+    m = np.zeros((3, 6))
+    m[0, 4:] = 1   # the last two positions of sample 0 are padding
+    _check(model, [rng.normal(size=(3, 6, 8)), m], tmp_path)
