@@ -1,4 +1,5 @@
-"""Command line: `fastnn digits` (the main job), `fastnn backends [--kernels]` and `fastnn warmup`."""
+"""Command line: `fastnn digits [--model mlp|cnn|lstm|transformer]` (the main job),
+`fastnn backends [--kernels]` and `fastnn warmup`."""
 import argparse
 import sys
 import time
@@ -24,11 +25,22 @@ def _lstm_layers():
     return [Reshape((8, 8)), LSTM(8, 64), Dense(64, 10)]
 
 
+def _transformer_layers():
+    # the 8 rows as 8 tokens, each embedded to 32 features; one post-norm encoder layer (4 heads,
+    # feed-forward 64, no dropout); the tokens flattened into the classifier, whose weights per
+    # token tell the rows apart (fastnn has no positional embedding layer)
+    from .layers import Dense, Flatten, Reshape, TransformerEncoderLayer
+    return [Reshape((8, 8)), Dense(8, 32), TransformerEncoderLayer(32, 4, 64, dropout=0.0),
+            Flatten(), Dense(8 * 32, 10)]
+
+
 # --model name: (title in the table's heading, layers, default epochs, default SGD lr)
 FAMILIES = {
     "mlp": ("MLP 64-256-128-10", _mlp_layers, 30, 0.05),
     "cnn": ("CNN Conv3x3(16)-MaxPool-Conv3x3(32)-MaxPool-Dense(128, 10) on 1x8x8 images", _cnn_layers, 10, 0.05),
     "lstm": ("LSTM(8, 64)-Dense(64, 10) reading the 8 rows as a sequence", _lstm_layers, 30, 0.1),
+    "transformer": ("Transformer: 8 row tokens, Dense(8, 32), TransformerEncoderLayer(32, 4 heads, ff 64), "
+                    "Flatten, Dense(256, 10)", _transformer_layers, 15, 0.02),
 }
 
 

@@ -1,4 +1,4 @@
-"""`fastnn digits --model mlp|cnn|lstm|...`: each family trains briefly and prints its table."""
+"""`fastnn digits --model mlp|cnn|lstm|transformer`: each family trains briefly and prints its table."""
 import pytest
 
 import fastnn as fnn

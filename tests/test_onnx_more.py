@@ -255,3 +255,14 @@ def test_transformer_encoder_layer_with_padding_mask(tmp_path):
     m = np.zeros((3, 6))
     m[0, 4:] = 1   # the last two positions of sample 0 are padding
     _check(model, [rng.normal(size=(3, 6, 8)), m], tmp_path)
+
+
+@pytest.mark.parametrize("family", ["mlp", "cnn", "lstm", "transformer"])
+def test_digits_families_export(family, tmp_path):
+    """Each `fastnn digits --model` family, trained for one epoch, runs in onnxruntime as it predicts."""
+    from fastnn import cli
+    X, y, Xt, yt = fnn.data.load_digits()
+    model = cli._digits_model("numpy", "float32", 0, family)
+    fnn.Trainer(model, optimizer=fnn.optim.SGD(lr=cli.FAMILIES[family][3], momentum=0.9)).fit(
+        X[:320], y[:320], epochs=1, batch_size=32, progress=False)
+    _check(model, Xt[:100], tmp_path, input_shape=(64,))
