@@ -15,7 +15,13 @@ L = fnn.layers
 CASES = [
     (lambda: L.GELU(), lambda nn: nn.GELU(), "gelu"),
     (lambda: L.GELU(approximate="tanh"), lambda nn: nn.GELU(approximate="tanh"), "gelu_tanh"),
+    (lambda: L.SiLU(), lambda nn: nn.SiLU(), "silu"),
+    (lambda: L.ELU(), lambda nn: nn.ELU(), "elu"),
+    (lambda: L.ELU(alpha=0.3), lambda nn: nn.ELU(alpha=0.3), "elu_0.3"),
+    (lambda: L.Softplus(), lambda nn: nn.Softplus(), "softplus"),
+    (lambda: L.Softplus(beta=2.0, threshold=5.0), lambda nn: nn.Softplus(beta=2.0, threshold=5.0), "softplus_2_5"),
 ]
+KERNELS = ("gelu", "gelu_tanh", "silu", "elu", "softplus")
 
 
 def _x(rng, shape=(6, 9)):
@@ -88,7 +94,7 @@ def test_save_load_roundtrip(tmp_path, make, make_torch, name):
 def test_float32_close_to_float64(backend_name):
     x = _x(np.random.default_rng(4)).astype(np.float32)
     be = fnn.get_backend(backend_name)
-    for name in ("gelu", "gelu_tanh"):
+    for name in KERNELS:
         got = getattr(be, name)(x)
         assert got.dtype == np.float32
         np.testing.assert_allclose(got, getattr(ref, name)(x.astype(np.float64)), rtol=1e-5, atol=1e-6)
@@ -98,6 +104,22 @@ def test_bad_arguments():
     for bad in ("exact", None, "Tanh", 1):
         with pytest.raises(ValueError, match="approximate"):
             L.GELU(approximate=bad)
+    for bad in (0.0, -1.0, float("nan"), "1", None):
+        with pytest.raises(ValueError, match="beta"):
+            L.Softplus(beta=bad)
+    for bad in (float("inf"), "x", None):
+        with pytest.raises(ValueError, match="threshold"):
+            L.Softplus(threshold=bad)
+        with pytest.raises(ValueError, match="alpha"):
+            L.ELU(alpha=bad)
     model = fnn.Sequential(L.GELU(), backend="numpy", dtype="float64")
     with pytest.raises(ValueError, match="NaN"):
         model.predict(np.array([[np.nan, 1.0]]))
+
+
+def test_small_inputs_keep_relative_accuracy(backend):
+    """ELU's exp(x) - 1 and Softplus's log1p near 0 keep full relative precision."""
+    x = np.array([[-1e-9, -3e-5, -0.2, -0.3, 1e-9]])
+    got = backend.elu(x)
+    np.testing.assert_allclose(got, np.where(x > 0, x, np.expm1(x)), rtol=1e-14, atol=0)
+    np.testing.assert_allclose(backend.softplus(x, 1.0, 20.0), np.log1p(np.exp(x)), rtol=1e-14)

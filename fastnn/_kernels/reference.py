@@ -123,7 +123,8 @@ def softmax_backward(dy, x, y):
 ACTIVATIONS = ("step", "sigmoid", "tanh", "relu", "leaky_relu", "softmax")
 
 # ------------------------------------------- more activations (issue 10: acts)
-# GELU (exact and tanh-approximated), SiLU, ELU and Softplus, as torch.nn's.
+# GELU (exact and tanh-approximated), SiLU, ELU and Softplus, as torch.nn's; alpha, beta and
+# threshold are Python floats (the layers validate them: beta > 0).
 # erf is fdlibm's s_erf.c (Sun Microsystems, 1993; also glibc's and musl's): four
 # rational approximations on |x| < 0.84375, < 1.25, < 1/0.35, < 6, and 1 beyond.
 # Every backend evaluates this same erf (all branches, then a select), to ~1e-16.
@@ -199,7 +200,39 @@ def gelu_tanh_backward(dy, x, y):
     return dy * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * GELU_K * (1 + 3 * GELU_C * x * x))
 
 
-ACTIVATIONS = ACTIVATIONS + ("gelu", "gelu_tanh")
+def silu(x):
+    """x * sigmoid(x): torch.nn.SiLU."""
+    return x * sigmoid(x)
+
+
+def silu_backward(dy, x, y):
+    s = sigmoid(x)
+    return dy * s * (1 + x * (1 - s))
+
+
+def elu(x, alpha=1.0):
+    """x where x > 0, else alpha * (exp(x) - 1): torch.nn.ELU."""
+    return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0)))
+
+
+def elu_backward(dy, x, y, alpha=1.0):
+    return np.where(x > 0, dy, dy * alpha * np.exp(np.minimum(x, 0)))
+
+
+def softplus(x, beta=1.0, threshold=20.0):
+    """log(1 + exp(beta x)) / beta, and x itself where beta x > threshold: torch.nn.Softplus."""
+    xb = x * beta
+    # log1p(exp(z)) = max(z, 0) + log1p(exp(-|z|)) never overflows
+    soft = (np.maximum(xb, 0) + np.log1p(np.exp(-np.abs(xb)))) / beta
+    return np.where(xb > threshold, x, soft).astype(x.dtype, copy=False)
+
+
+def softplus_backward(dy, x, y, beta=1.0, threshold=20.0):
+    xb = x * beta
+    return np.where(xb > threshold, dy, dy * sigmoid(xb)).astype(dy.dtype, copy=False)
+
+
+ACTIVATIONS = ACTIVATIONS + ("gelu", "gelu_tanh", "silu", "elu", "softplus")
 # ----------------------------------------- end of more activations (acts)
 
 # ---------------------------------------------------------------- losses

@@ -86,3 +86,37 @@ class GELU(_Activation):
 
     def config(self):
         return {"approximate": self.approximate}
+
+
+class SiLU(_Activation):
+    """x * sigmoid(x) (swish): torch.nn.SiLU."""
+    kernel = "silu"
+
+
+class ELU(_Activation):
+    """x where x > 0, else alpha * (exp(x) - 1): torch.nn.ELU."""
+    kernel = "elu"
+
+    def __init__(self, alpha=1.0):
+        super().__init__()
+        self.alpha = finite_float(alpha, "ELU alpha")
+        self._kwargs = {"alpha": self.alpha}
+
+    def config(self):
+        return {"alpha": self.alpha}
+
+
+class Softplus(_Activation):
+    """log(1 + exp(beta x)) / beta, linear (x) where beta x > threshold: torch.nn.Softplus."""
+    kernel = "softplus"
+
+    def __init__(self, beta=1.0, threshold=20.0):
+        super().__init__()
+        self.beta = finite_float(beta, "Softplus beta")
+        if self.beta <= 0:
+            raise ValueError(f"Softplus beta must be > 0, got {beta!r}")
+        self.threshold = finite_float(threshold, "Softplus threshold")
+        self._kwargs = {"beta": self.beta, "threshold": self.threshold}
+
+    def config(self):
+        return {"beta": self.beta, "threshold": self.threshold}

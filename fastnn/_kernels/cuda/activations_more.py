@@ -1,4 +1,4 @@
-"""numba.cuda GELU (exact and tanh) and their backwards, reference.gelu* : grid-stride elementwise loops.
+"""numba.cuda GELU (exact and tanh), SiLU, ELU, Softplus and their backwards (reference.py's): grid-stride elementwise loops.
 
 erf is CUDA's own (libdevice erf / erff, within 2 ulp); kernels are built per dtype so
 that float32 math stays float32 on the GPU.
@@ -48,8 +48,60 @@ def _kernels(dtype):
             th = math.tanh(k * (v + c * v * v * v))
             dx[i] = dy[i] * (half * (one + th) + half * v * (one - th * th) * k * (one + three * c * v * v))
 
+    zero = t(0)
+
+    @cuda.jit(device=True)
+    def sig(v):
+        e = math.exp(-abs(v))           # never overflows
+        r = one / (one + e)
+        return r if v >= zero else e * r
+
+    @cuda.jit
+    def silu(x, y):
+        s, d = cuda.grid(1), cuda.gridsize(1)
+        for i in range(s, x.shape[0], d):
+            y[i] = x[i] * sig(x[i])
+
+    @cuda.jit
+    def silu_backward(dy, x, dx):
+        s, d = cuda.grid(1), cuda.gridsize(1)
+        for i in range(s, dy.shape[0], d):
+            v = x[i]
+            g = sig(v)
+            dx[i] = dy[i] * (g * (one + v * (one - g)))
+
+    @cuda.jit
+    def elu(x, alpha, y):
+        s, d = cuda.grid(1), cuda.gridsize(1)
+        for i in range(s, x.shape[0], d):
+            v = x[i]
+            y[i] = v if v > zero else alpha * math.expm1(v)
+
+    @cuda.jit
+    def elu_backward(dy, x, alpha, dx):
+        s, d = cuda.grid(1), cuda.gridsize(1)
+        for i in range(s, dy.shape[0], d):
+            v = x[i]
+            dx[i] = dy[i] if v > zero else dy[i] * alpha * math.exp(v)
+
+    @cuda.jit
+    def softplus(x, beta, threshold, y):
+        s, d = cuda.grid(1), cuda.gridsize(1)
+        for i in range(s, x.shape[0], d):
+            v = x[i]
+            z = v * beta
+            y[i] = v if z > threshold else (max(z, zero) + math.log1p(math.exp(-abs(z)))) / beta
+
+    @cuda.jit
+    def softplus_backward(dy, x, beta, threshold, dx):
+        s, d = cuda.grid(1), cuda.gridsize(1)
+        for i in range(s, dy.shape[0], d):
+            z = x[i] * beta
+            dx[i] = dy[i] if z > threshold else dy[i] * sig(z)
+
     return dict(gelu=gelu, gelu_backward=gelu_backward, gelu_tanh=gelu_tanh,
-                gelu_tanh_backward=gelu_tanh_backward)
+                gelu_tanh_backward=gelu_tanh_backward, silu=silu, silu_backward=silu_backward,
+                elu=elu, elu_backward=elu_backward, softplus=softplus, softplus_backward=softplus_backward)
 
 
 def _flat(a):
@@ -81,3 +133,27 @@ def gelu_tanh(x):
 
 def gelu_tanh_backward(dy, x, y):
     return _map("gelu_tanh_backward", Call(dy, x, y), dy, x)
+
+
+def silu(x):
+    return _map("silu", Call(x), x)
+
+
+def silu_backward(dy, x, y):
+    return _map("silu_backward", Call(dy, x, y), dy, x)
+
+
+def elu(x, alpha=1.0):
+    return _map("elu", Call(x), x, scalars=(alpha,))
+
+
+def elu_backward(dy, x, y, alpha=1.0):
+    return _map("elu_backward", Call(dy, x, y), dy, x, scalars=(alpha,))
+
+
+def softplus(x, beta=1.0, threshold=20.0):
+    return _map("softplus", Call(x), x, scalars=(beta, threshold))
+
+
+def softplus_backward(dy, x, y, beta=1.0, threshold=20.0):
+    return _map("softplus_backward", Call(dy, x, y), dy, x, scalars=(beta, threshold))

@@ -1,4 +1,4 @@
-# GELU (exact and tanh) and their backwards, one vectorizable pass each: reference.gelu, gelu_tanh and *_backward.
+# GELU (exact and tanh), SiLU, ELU, Softplus and their backwards, one vectorizable pass each: reference.gelu, gelu_tanh, silu, elu, softplus and *_backward.
 # erf is the reference's (fdlibm's rational approximations, coefficients in reference.ERF_*), evaluated
 # branch-free: every piece, then selects, so the compiler vectorizes the loop. float32 goes through double.
 
@@ -96,3 +96,150 @@ def gelu_tanh(x):
 def gelu_tanh_backward(dy, x, y):
     """reference.gelu_tanh_backward."""
     return _backward(dy, x, y, _gelu_tanh_b[float], _gelu_tanh_b[double])
+
+
+# ------------------------------------------------------ SiLU, ELU, Softplus
+
+cdef inline double _sig_d(double v) noexcept nogil:
+    cdef double e = fnn_exp(-v if v >= 0 else v)       # exp(-|v|) never overflows
+    cdef double r = 1.0 / (1.0 + e)
+    return r if v >= 0 else e * r
+
+
+cdef inline double _expm1_d(double v) noexcept nogil:
+    """exp(v) - 1 without the cancellation near 0: Taylor to v**12 where |v| < 1/4."""
+    cdef double p = 1.0 / 479001600.0
+    cdef double f = 479001600.0
+    cdef int k
+    for k in range(12, 1, -1):
+        f = f / k
+        p = p * v + 1.0 / f
+    cdef double small = p * v
+    cdef double a = v if v >= 0 else -v
+    return small if a < 0.25 else fnn_exp(v) - 1.0
+
+
+cdef void _silu_k(const floating *x, floating *y, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef double v
+    for i in range(n):
+        v = x[i]
+        y[i] = <floating> (v * _sig_d(v))
+
+
+cdef void _silu_b(const floating *dy, const floating *x, const floating *y, floating *dx,
+                  Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef double v, s
+    for i in range(n):
+        v = x[i]
+        s = _sig_d(v)
+        dx[i] = <floating> (dy[i] * (s * (1.0 + v * (1.0 - s))))
+
+
+def silu(x):
+    """x * sigmoid(x) (reference.silu)."""
+    return _unary(x, _silu_k[float], _silu_k[double])
+
+
+def silu_backward(dy, x, y):
+    """dy s (1 + x (1 - s)), s = sigmoid(x) (reference.silu_backward)."""
+    return _backward(dy, x, y, _silu_b[float], _silu_b[double])
+
+
+cdef void _elu_k(const floating *x, floating *y, Py_ssize_t n, double alpha) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef double v, neg
+    for i in range(n):
+        v = x[i]
+        neg = alpha * _expm1_d(v if v < 0 else 0.0)
+        y[i] = <floating> (v if v > 0 else neg)
+
+
+cdef void _elu_b(const floating *dy, const floating *x, floating *dx, Py_ssize_t n,
+                 double alpha) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef double v, g, neg
+    for i in range(n):
+        v = x[i]
+        g = dy[i]
+        neg = g * alpha * fnn_exp(v if v < 0 else 0.0)
+        dx[i] = <floating> (g if v > 0 else neg)
+
+
+cdef void _softplus_k(const floating *x, floating *y, Py_ssize_t n, double beta,
+                      double threshold) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef double v, z, soft
+    for i in range(n):
+        v = x[i]
+        z = v * beta
+        soft = ((z if z > 0 else 0.0) + fnn_log1p01(fnn_exp(-z if z >= 0 else z))) / beta
+        y[i] = <floating> (v if z > threshold else soft)
+
+
+cdef void _softplus_b(const floating *dy, const floating *x, floating *dx, Py_ssize_t n,
+                      double beta, double threshold) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef double z, g, soft
+    for i in range(n):
+        z = x[i] * beta
+        g = dy[i]
+        soft = g * _sig_d(z)
+        dx[i] = <floating> (g if z > threshold else soft)
+
+
+def elu(x, alpha=1.0):
+    """x where x > 0 else alpha (exp(x) - 1) (reference.elu)."""
+    cdef double a = alpha
+    cdef cnp.ndarray X = x
+    cdef cnp.ndarray Y = _empty_like(X)
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(X)
+    if _is_f32(X):
+        _elu_k(<const float *> cnp.PyArray_DATA(X), <float *> cnp.PyArray_DATA(Y), n, a)
+    else:
+        _elu_k(<const double *> cnp.PyArray_DATA(X), <double *> cnp.PyArray_DATA(Y), n, a)
+    return Y
+
+
+def elu_backward(dy, x, y, alpha=1.0):
+    """dy where x > 0 else dy alpha exp(x) (reference.elu_backward)."""
+    cdef double a = alpha
+    cdef cnp.ndarray DY = dy, X = x
+    cdef cnp.ndarray DX = _empty_like(DY)
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(DY)
+    if _is_f32(DY):
+        _elu_b(<const float *> cnp.PyArray_DATA(DY), <const float *> cnp.PyArray_DATA(X),
+               <float *> cnp.PyArray_DATA(DX), n, a)
+    else:
+        _elu_b(<const double *> cnp.PyArray_DATA(DY), <const double *> cnp.PyArray_DATA(X),
+               <double *> cnp.PyArray_DATA(DX), n, a)
+    return DX
+
+
+def softplus(x, beta=1.0, threshold=20.0):
+    """log(1 + exp(beta x)) / beta, x where beta x > threshold (reference.softplus)."""
+    cdef double b = beta, t = threshold
+    cdef cnp.ndarray X = x
+    cdef cnp.ndarray Y = _empty_like(X)
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(X)
+    if _is_f32(X):
+        _softplus_k(<const float *> cnp.PyArray_DATA(X), <float *> cnp.PyArray_DATA(Y), n, b, t)
+    else:
+        _softplus_k(<const double *> cnp.PyArray_DATA(X), <double *> cnp.PyArray_DATA(Y), n, b, t)
+    return Y
+
+
+def softplus_backward(dy, x, y, beta=1.0, threshold=20.0):
+    """dy sigmoid(beta x), dy where beta x > threshold (reference.softplus_backward)."""
+    cdef double b = beta, t = threshold
+    cdef cnp.ndarray DY = dy, X = x
+    cdef cnp.ndarray DX = _empty_like(DY)
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(DY)
+    if _is_f32(DY):
+        _softplus_b(<const float *> cnp.PyArray_DATA(DY), <const float *> cnp.PyArray_DATA(X),
+                    <float *> cnp.PyArray_DATA(DX), n, b, t)
+    else:
+        _softplus_b(<const double *> cnp.PyArray_DATA(DY), <const double *> cnp.PyArray_DATA(X),
+                    <double *> cnp.PyArray_DATA(DX), n, b, t)
+    return DX

@@ -1,4 +1,5 @@
-"""GELU (exact and tanh), their backwards: one vectorized pass each, matching reference.gelu* .
+"""GELU (exact and tanh), SiLU, ELU, Softplus and their backwards, one vectorized pass each:
+reference.gelu, gelu_tanh, silu, elu, softplus and *_backward.
 
 erf is the reference's (fdlibm's four rational approximations), evaluated branch-free
 (every piece, then a select) so LLVM vectorizes it; float32 inputs are computed in
@@ -8,7 +9,7 @@ import numpy as np
 from numba import njit
 
 from .. import reference as _r
-from ._math import exp, exp32
+from ._math import exp, exp32, log1p_unit
 
 # Only 'contract' (fused multiply-add): no reassociation inside erf's rational functions.
 _FM = {"contract"}
@@ -87,6 +88,94 @@ def _gelu_tanh_backward(dy, x, expf):
     return out
 
 
+@njit(cache=True, fastmath=_FM, error_model="numpy", inline="always")
+def _sigmoid(v):
+    e = exp(-abs(v))                    # never overflows
+    r = 1.0 / (1.0 + e)
+    return r if v >= 0 else e * r
+
+
+_FACT = tuple(float(np.prod(np.arange(1, k + 1))) for k in range(13))   # k!
+
+
+@njit(cache=True, fastmath=_FM, error_model="numpy", inline="always")
+def _expm1(v):
+    """exp(v) - 1 without the cancellation near 0: Taylor to v**12 where |v| < 1/4."""
+    p = 1.0 / 479001600.0
+    for k in range(11, 0, -1):
+        p = p * v + 1.0 / _FACT[k]
+    small = p * v
+    return small if abs(v) < 0.25 else exp(v) - 1.0
+
+
+@njit(cache=True, fastmath=_FM, error_model="numpy")
+def _silu(x):
+    out = np.empty_like(x)
+    xf, of = x.reshape(-1), out.reshape(-1)
+    for i in range(xf.size):
+        v = np.float64(xf[i])
+        of[i] = v * _sigmoid(v)
+    return out
+
+
+@njit(cache=True, fastmath=_FM, error_model="numpy")
+def _silu_backward(dy, x):
+    out = np.empty_like(dy)
+    df, xf, of = dy.reshape(-1), x.reshape(-1), out.reshape(-1)
+    for i in range(df.size):
+        v = np.float64(xf[i])
+        s = _sigmoid(v)
+        of[i] = df[i] * (s * (1.0 + v * (1.0 - s)))
+    return out
+
+
+@njit(cache=True, fastmath=_FM, error_model="numpy")
+def _elu(x, alpha):
+    out = np.empty_like(x)
+    xf, of = x.reshape(-1), out.reshape(-1)
+    for i in range(xf.size):
+        v = np.float64(xf[i])
+        neg = alpha * _expm1(min(v, 0.0))
+        of[i] = v if v > 0 else neg
+    return out
+
+
+@njit(cache=True, fastmath=_FM, error_model="numpy")
+def _elu_backward(dy, x, alpha):
+    out = np.empty_like(dy)
+    df, xf, of = dy.reshape(-1), x.reshape(-1), out.reshape(-1)
+    for i in range(df.size):
+        v = np.float64(xf[i])
+        g = np.float64(df[i])
+        neg = g * alpha * exp(min(v, 0.0))
+        of[i] = g if v > 0 else neg
+    return out
+
+
+@njit(cache=True, fastmath=_FM, error_model="numpy")
+def _softplus(x, beta, threshold):
+    out = np.empty_like(x)
+    xf, of = x.reshape(-1), out.reshape(-1)
+    for i in range(xf.size):
+        v = np.float64(xf[i])
+        z = v * beta
+        soft = (max(z, 0.0) + log1p_unit(exp(-abs(z)))) / beta
+        of[i] = v if z > threshold else soft
+    return out
+
+
+@njit(cache=True, fastmath=_FM, error_model="numpy")
+def _softplus_backward(dy, x, beta, threshold):
+    out = np.empty_like(dy)
+    df, xf, of = dy.reshape(-1), x.reshape(-1), out.reshape(-1)
+    for i in range(df.size):
+        z = np.float64(xf[i]) * beta
+        g = np.float64(df[i])
+        soft = g * _sigmoid(z)
+        of[i] = g if z > threshold else soft
+    return out
+
+
 def gelu(x):
     return _gelu(x)
 
@@ -101,3 +190,27 @@ def gelu_tanh(x):
 
 def gelu_tanh_backward(dy, x, y):
     return _gelu_tanh_backward(dy, x, exp32 if x.dtype == np.float32 else exp)
+
+
+def silu(x):
+    return _silu(x)
+
+
+def silu_backward(dy, x, y):
+    return _silu_backward(dy, x)
+
+
+def elu(x, alpha=1.0):
+    return _elu(x, float(alpha))
+
+
+def elu_backward(dy, x, y, alpha=1.0):
+    return _elu_backward(dy, x, float(alpha))
+
+
+def softplus(x, beta=1.0, threshold=20.0):
+    return _softplus(x, float(beta), float(threshold))
+
+
+def softplus_backward(dy, x, y, beta=1.0, threshold=20.0):
+    return _softplus_backward(dy, x, float(beta), float(threshold))
