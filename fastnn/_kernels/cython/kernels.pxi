@@ -9,3 +9,4 @@ include "conv.pxi"
 include "recurrent.pxi"
 include "attention.pxi"
 include "activations_more.pxi"   # issue 10: acts
+include "normalization.pxi"

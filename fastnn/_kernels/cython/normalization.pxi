@@ -1,0 +1,426 @@
+# LayerNorm, BatchNorm and global average pooling forward and backward; match the "normalization" section of fastnn/_kernels/reference.py.
+#
+# Statistics in one sweep: sums of d = x - k and d * d, k the first value of the row
+# (channel), so the variance does not cancel when the mean dwarfs the spread. Every
+# reduction runs in 16 independent lanes (the compiler vectorizes those; it may not
+# reorder one running sum). LayerNorm's backward is one fused pass per row (dweight and
+# dbias accumulated, sum(g) and sum(g * xhat) reduced), then dx from the row in cache.
+# BatchNorm's (N, C, S) with S == 1 (an (N, C) batch) runs along the channels instead.
+# Memory-bound and small at the sizes they meet: one thread.
+
+cdef enum:
+    _NL = 16    # reduction lanes
+
+
+cdef void _ln_fwd(const floating *x, const floating *w, const floating *b, floating eps,
+                  Py_ssize_t rows, Py_ssize_t f, floating *y, floating *mean,
+                  floating *rstd) noexcept nogil:
+    cdef floating s1[_NL]
+    cdef floating s2[_NL]
+    cdef Py_ssize_t r, i, j, f16 = f - f % _NL
+    cdef floating k, d, s, ss, md, var, mu, rs, inv_f = (<floating> 1) / f
+    cdef const floating *row
+    cdef floating *out
+    for r in range(rows):
+        row = x + r * f
+        out = y + r * f
+        k = row[0]
+        for j in range(16):
+            s1[j] = 0
+            s2[j] = 0
+        for i in range(0, f16, 16):
+            for j in range(16):
+                d = row[i + j] - k
+                s1[j] += d
+                s2[j] += d * d
+        s = 0
+        ss = 0
+        for i in range(f16, f):
+            d = row[i] - k
+            s += d
+            ss += d * d
+        for j in range(16):
+            s += s1[j]
+            ss += s2[j]
+        md = s * inv_f
+        var = ss * inv_f - md * md
+        if var < 0:
+            var = 0
+        mu = k + md
+        rs = (<floating> 1) / sqrt(var + eps)
+        mean[r] = mu
+        rstd[r] = rs
+        if w != NULL and b != NULL:
+            for i in range(f):
+                out[i] = (row[i] - mu) * rs * w[i] + b[i]
+        else:
+            for i in range(f):
+                out[i] = (row[i] - mu) * rs
+            if w != NULL:
+                for i in range(f):
+                    out[i] = out[i] * w[i]
+            if b != NULL:
+                for i in range(f):
+                    out[i] = out[i] + b[i]
+
+
+cdef void _ln_bwd(const floating *dy, const floating *x, const floating *mean,
+                  const floating *rstd, const floating *w, Py_ssize_t rows, Py_ssize_t f,
+                  floating *dx, floating *dw, floating *db) noexcept nogil:
+    cdef floating ag[_NL]
+    cdef floating ax[_NL]
+    cdef Py_ssize_t r, i, j, f16 = f - f % _NL
+    cdef floating mu, rs, xh, g, sg, sgx, a, c, inv_f = (<floating> 1) / f
+    cdef const floating *row
+    cdef const floating *d
+    cdef floating *out
+    for i in range(f):
+        dw[i] = 0
+        db[i] = 0
+    for r in range(rows):
+        row = x + r * f
+        d = dy + r * f
+        mu = mean[r]
+        rs = rstd[r]
+        for j in range(16):
+            ag[j] = 0
+            ax[j] = 0
+        if w != NULL:
+            for i in range(0, f16, 16):
+                for j in range(16):
+                    xh = (row[i + j] - mu) * rs
+                    dw[i + j] += d[i + j] * xh
+                    db[i + j] += d[i + j]
+                    g = d[i + j] * w[i + j]
+                    ag[j] += g
+                    ax[j] += g * xh
+        else:
+            for i in range(0, f16, 16):
+                for j in range(16):
+                    xh = (row[i + j] - mu) * rs
+                    dw[i + j] += d[i + j] * xh
+                    db[i + j] += d[i + j]
+                    ag[j] += d[i + j]
+                    ax[j] += d[i + j] * xh
+        sg = 0
+        sgx = 0
+        for i in range(f16, f):
+            xh = (row[i] - mu) * rs
+            dw[i] += d[i] * xh
+            db[i] += d[i]
+            g = d[i] * w[i] if w != NULL else d[i]
+            sg += g
+            sgx += g * xh
+        if dx == NULL:
+            continue
+        for j in range(16):
+            sg += ag[j]
+            sgx += ax[j]
+        a = sg * inv_f
+        c = sgx * inv_f
+        out = dx + r * f
+        if w != NULL:
+            for i in range(f):
+                out[i] = rs * (d[i] * w[i] - a - (row[i] - mu) * rs * c)
+        else:
+            for i in range(f):
+                out[i] = rs * (d[i] - a - (row[i] - mu) * rs * c)
+
+
+cdef inline const void *_ptr_or_null(object a):
+    return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray> a)
+
+
+def layer_norm(x, weight, bias, eps=1e-5):
+    """Each row of x (R, F) normalised over its features: (y, mean (R,), rstd (R,))."""
+    cdef cnp.ndarray X = x
+    cdef Py_ssize_t rows = X.shape[0], f = X.shape[1]
+    cdef int typ = cnp.PyArray_TYPE(X)
+    cdef cnp.ndarray Y = _empty_like(X), M = _empty1(rows, typ), R = _empty1(rows, typ)
+    cdef const void *w = _ptr_or_null(weight)
+    cdef const void *b = _ptr_or_null(bias)
+    cdef double e = eps
+    if _is_f32(X):
+        with nogil:
+            _ln_fwd(<const float *> cnp.PyArray_DATA(X), <const float *> w, <const float *> b, <float> e,
+                    rows, f, <float *> cnp.PyArray_DATA(Y), <float *> cnp.PyArray_DATA(M),
+                    <float *> cnp.PyArray_DATA(R))
+    else:
+        with nogil:
+            _ln_fwd(<const double *> cnp.PyArray_DATA(X), <const double *> w, <const double *> b,
+                    <double> e, rows, f, <double *> cnp.PyArray_DATA(Y),
+                    <double *> cnp.PyArray_DATA(M), <double *> cnp.PyArray_DATA(R))
+    return Y, M, R
+
+
+def layer_norm_backward(dy, x, mean, rstd, weight, need_dx=True):
+    """(dx or None, dweight, dbias) of layer_norm, one fused pass per row."""
+    cdef cnp.ndarray X = x, DY = dy, M = mean, R = rstd
+    cdef Py_ssize_t rows = X.shape[0], f = X.shape[1]
+    cdef int typ = cnp.PyArray_TYPE(X)
+    cdef cnp.ndarray DW = _empty1(f, typ), DB = _empty1(f, typ)
+    cdef cnp.ndarray DX = _empty_like(X) if need_dx else None
+    cdef void *dxp = NULL if DX is None else cnp.PyArray_DATA(DX)
+    cdef const void *w = _ptr_or_null(weight)
+    if _is_f32(X):
+        with nogil:
+            _ln_bwd(<const float *> cnp.PyArray_DATA(DY), <const float *> cnp.PyArray_DATA(X),
+                    <const float *> cnp.PyArray_DATA(M), <const float *> cnp.PyArray_DATA(R),
+                    <const float *> w, rows, f, <float *> dxp, <float *> cnp.PyArray_DATA(DW),
+                    <float *> cnp.PyArray_DATA(DB))
+    else:
+        with nogil:
+            _ln_bwd(<const double *> cnp.PyArray_DATA(DY), <const double *> cnp.PyArray_DATA(X),
+                    <const double *> cnp.PyArray_DATA(M), <const double *> cnp.PyArray_DATA(R),
+                    <const double *> w, rows, f, <double *> dxp, <double *> cnp.PyArray_DATA(DW),
+                    <double *> cnp.PyArray_DATA(DB))
+    return DX, DW, DB
+
+
+# ---------------------------------------------------------------- BatchNorm
+
+
+cdef inline void _lane_sums(const floating *row, Py_ssize_t n, floating k,
+                            floating *s, floating *ss) noexcept nogil:
+    """s += sum(row - k), ss += sum((row - k)**2), in lanes."""
+    cdef floating a1[_NL]
+    cdef floating a2[_NL]
+    cdef Py_ssize_t i, j, n16 = n - n % _NL
+    cdef floating d, t1 = 0, t2 = 0
+    for j in range(16):
+        a1[j] = 0
+        a2[j] = 0
+    for i in range(0, n16, 16):
+        for j in range(16):
+            d = row[i + j] - k
+            a1[j] += d
+            a2[j] += d * d
+    for i in range(n16, n):
+        d = row[i] - k
+        t1 += d
+        t2 += d * d
+    for j in range(16):
+        t1 += a1[j]
+        t2 += a2[j]
+    s[0] += t1
+    ss[0] += t2
+
+
+cdef inline void _lane_dot(const floating *dy, const floating *row, Py_ssize_t n, floating mu,
+                           floating *sd, floating *sdx) noexcept nogil:
+    """sd += sum(dy), sdx += sum(dy * (row - mu)), in lanes."""
+    cdef floating a1[_NL]
+    cdef floating a2[_NL]
+    cdef Py_ssize_t i, j, n16 = n - n % _NL
+    cdef floating t1 = 0, t2 = 0
+    for j in range(16):
+        a1[j] = 0
+        a2[j] = 0
+    for i in range(0, n16, 16):
+        for j in range(16):
+            a1[j] += dy[i + j]
+            a2[j] += dy[i + j] * (row[i + j] - mu)
+    for i in range(n16, n):
+        t1 += dy[i]
+        t2 += dy[i] * (row[i] - mu)
+    for j in range(16):
+        t1 += a1[j]
+        t2 += a2[j]
+    sd[0] += t1
+    sdx[0] += t2
+
+
+cdef void _bn_fwd(const floating *x, const floating *w, const floating *b, floating *rm,
+                  floating *rv, floating momentum, floating eps, bint training, Py_ssize_t n,
+                  Py_ssize_t c, Py_ssize_t sl, floating *y, floating *mean, floating *rstd,
+                  floating *scale, floating *offset) noexcept nogil:
+    """mean, rstd (and the running buffers in training), then y = x * scale[c] + offset[c].
+    scale and offset are (C,) scratch; mean and rstd double as the sums while reducing."""
+    cdef Py_ssize_t i, ch, p, base
+    cdef floating d, md, var, m = n * sl, one = 1
+    if training:
+        for ch in range(c):
+            offset[ch] = x[ch * sl]       # the shift k, per channel
+            mean[ch] = 0
+            rstd[ch] = 0
+        if sl == 1:
+            for i in range(n):
+                base = i * c
+                for ch in range(c):
+                    d = x[base + ch] - offset[ch]
+                    mean[ch] += d
+                    rstd[ch] += d * d
+        else:
+            for i in range(n):
+                for ch in range(c):
+                    _lane_sums(x + (i * c + ch) * sl, sl, offset[ch], &mean[ch], &rstd[ch])
+        for ch in range(c):
+            md = mean[ch] / m
+            var = rstd[ch] / m - md * md
+            if var < 0:
+                var = 0
+            mean[ch] = offset[ch] + md
+            rstd[ch] = one / sqrt(var + eps)
+            rm[ch] = (one - momentum) * rm[ch] + momentum * mean[ch]
+            rv[ch] = (one - momentum) * rv[ch] + momentum * var * (m / (m - one))
+    else:
+        for ch in range(c):
+            mean[ch] = rm[ch]
+            rstd[ch] = one / sqrt(rv[ch] + eps)
+    for ch in range(c):
+        scale[ch] = rstd[ch] * (w[ch] if w != NULL else one)
+        offset[ch] = (b[ch] if b != NULL else 0) - mean[ch] * scale[ch]
+    if sl == 1:
+        for i in range(n):
+            base = i * c
+            for ch in range(c):
+                y[base + ch] = x[base + ch] * scale[ch] + offset[ch]
+    else:
+        for i in range(n):
+            for ch in range(c):
+                base = (i * c + ch) * sl
+                for p in range(sl):
+                    y[base + p] = x[base + p] * scale[ch] + offset[ch]
+
+
+cdef void _bn_bwd(const floating *dy, const floating *x, const floating *mean,
+                  const floating *rstd, const floating *w, bint training, Py_ssize_t n,
+                  Py_ssize_t c, Py_ssize_t sl, floating *dx, floating *dw, floating *db,
+                  floating *scale, floating *q, floating *k2) noexcept nogil:
+    """dweight, dbias (C,), then dx = scale[c] * (dy - q[c] - (x - mean[c]) * k2[c])."""
+    cdef Py_ssize_t i, ch, p, base
+    cdef floating m = n * sl
+    for ch in range(c):
+        db[ch] = 0
+        dw[ch] = 0
+    if sl == 1:
+        for i in range(n):
+            base = i * c
+            for ch in range(c):
+                db[ch] += dy[base + ch]
+                dw[ch] += dy[base + ch] * (x[base + ch] - mean[ch])
+    else:
+        for i in range(n):
+            for ch in range(c):
+                base = (i * c + ch) * sl
+                _lane_dot(dy + base, x + base, sl, mean[ch], &db[ch], &dw[ch])
+    for ch in range(c):
+        dw[ch] = dw[ch] * rstd[ch]
+        scale[ch] = rstd[ch] * (w[ch] if w != NULL else 1)
+        q[ch] = db[ch] / m if training else 0
+        k2[ch] = rstd[ch] * dw[ch] / m if training else 0
+    if dx == NULL:
+        return
+    if sl == 1:
+        for i in range(n):
+            base = i * c
+            for ch in range(c):
+                dx[base + ch] = scale[ch] * (dy[base + ch] - q[ch] - (x[base + ch] - mean[ch]) * k2[ch])
+    else:
+        for i in range(n):
+            for ch in range(c):
+                base = (i * c + ch) * sl
+                for p in range(sl):
+                    dx[base + p] = scale[ch] * (dy[base + p] - q[ch] - (x[base + p] - mean[ch]) * k2[ch])
+
+
+def batch_norm(x, weight, bias, running_mean, running_var, momentum=0.1, eps=1e-5, training=True):
+    """x (N, C, S) normalised per channel: (y, mean, rstd); training moves the running buffers."""
+    cdef cnp.ndarray X = x, RM = running_mean, RV = running_var
+    cdef Py_ssize_t n = X.shape[0], c = X.shape[1], sl = X.shape[2]
+    cdef int typ = cnp.PyArray_TYPE(X)
+    cdef cnp.ndarray Y = _empty_like(X), M = _empty1(c, typ), R = _empty1(c, typ)
+    cdef cnp.ndarray S = _empty1(c, typ), O = _empty1(c, typ)
+    cdef const void *w = _ptr_or_null(weight)
+    cdef const void *b = _ptr_or_null(bias)
+    cdef bint tr = bool(training)
+    cdef double e = eps, mom = momentum
+    if _is_f32(X):
+        with nogil:
+            _bn_fwd(<const float *> cnp.PyArray_DATA(X), <const float *> w, <const float *> b,
+                    <float *> cnp.PyArray_DATA(RM), <float *> cnp.PyArray_DATA(RV), <float> mom,
+                    <float> e, tr, n, c, sl, <float *> cnp.PyArray_DATA(Y), <float *> cnp.PyArray_DATA(M),
+                    <float *> cnp.PyArray_DATA(R), <float *> cnp.PyArray_DATA(S), <float *> cnp.PyArray_DATA(O))
+    else:
+        with nogil:
+            _bn_fwd(<const double *> cnp.PyArray_DATA(X), <const double *> w, <const double *> b,
+                    <double *> cnp.PyArray_DATA(RM), <double *> cnp.PyArray_DATA(RV), <double> mom,
+                    <double> e, tr, n, c, sl, <double *> cnp.PyArray_DATA(Y),
+                    <double *> cnp.PyArray_DATA(M), <double *> cnp.PyArray_DATA(R),
+                    <double *> cnp.PyArray_DATA(S), <double *> cnp.PyArray_DATA(O))
+    return Y, M, R
+
+
+def batch_norm_backward(dy, x, mean, rstd, weight, training=True, need_dx=True):
+    """(dx or None, dweight, dbias) of batch_norm: one reduction sweep, one elementwise sweep."""
+    cdef cnp.ndarray X = x, DY = dy, M = mean, R = rstd
+    cdef Py_ssize_t n = X.shape[0], c = X.shape[1], sl = X.shape[2]
+    cdef int typ = cnp.PyArray_TYPE(X)
+    cdef cnp.ndarray DW = _empty1(c, typ), DB = _empty1(c, typ)
+    cdef cnp.ndarray S = _empty1(c, typ), Q = _empty1(c, typ), K2 = _empty1(c, typ)
+    cdef cnp.ndarray DX = _empty_like(X) if need_dx else None
+    cdef void *dxp = NULL if DX is None else cnp.PyArray_DATA(DX)
+    cdef const void *w = _ptr_or_null(weight)
+    cdef bint tr = bool(training)
+    if _is_f32(X):
+        with nogil:
+            _bn_bwd(<const float *> cnp.PyArray_DATA(DY), <const float *> cnp.PyArray_DATA(X),
+                    <const float *> cnp.PyArray_DATA(M), <const float *> cnp.PyArray_DATA(R),
+                    <const float *> w, tr, n, c, sl, <float *> dxp, <float *> cnp.PyArray_DATA(DW),
+                    <float *> cnp.PyArray_DATA(DB), <float *> cnp.PyArray_DATA(S),
+                    <float *> cnp.PyArray_DATA(Q), <float *> cnp.PyArray_DATA(K2))
+    else:
+        with nogil:
+            _bn_bwd(<const double *> cnp.PyArray_DATA(DY), <const double *> cnp.PyArray_DATA(X),
+                    <const double *> cnp.PyArray_DATA(M), <const double *> cnp.PyArray_DATA(R),
+                    <const double *> w, tr, n, c, sl, <double *> dxp, <double *> cnp.PyArray_DATA(DW),
+                    <double *> cnp.PyArray_DATA(DB), <double *> cnp.PyArray_DATA(S),
+                    <double *> cnp.PyArray_DATA(Q), <double *> cnp.PyArray_DATA(K2))
+    return DX, DW, DB
+
+
+# -------------------------------------------------------- global avg pooling
+
+
+cdef void _gap_fwd(const floating *x, Py_ssize_t rows, Py_ssize_t sl, floating *y) noexcept nogil:
+    cdef Py_ssize_t r
+    cdef floating inv = (<floating> 1) / sl
+    for r in range(rows):
+        y[r] = _vsum(x + r * sl, sl) * inv
+
+
+cdef void _gap_bwd(const floating *dy, Py_ssize_t rows, Py_ssize_t sl, floating *dx) noexcept nogil:
+    cdef Py_ssize_t r, p
+    cdef floating v, inv = (<floating> 1) / sl
+    for r in range(rows):
+        v = dy[r] * inv
+        for p in range(sl):
+            dx[r * sl + p] = v
+
+
+def global_avgpool(x):
+    """Mean of x (N, C, S) over S: (N, C)."""
+    cdef cnp.ndarray X = x
+    cdef Py_ssize_t n = X.shape[0], c = X.shape[1], sl = X.shape[2]
+    cdef cnp.ndarray Y = _empty2(n, c, cnp.PyArray_TYPE(X))
+    if _is_f32(X):
+        with nogil:
+            _gap_fwd(<const float *> cnp.PyArray_DATA(X), n * c, sl, <float *> cnp.PyArray_DATA(Y))
+    else:
+        with nogil:
+            _gap_fwd(<const double *> cnp.PyArray_DATA(X), n * c, sl, <double *> cnp.PyArray_DATA(Y))
+    return Y
+
+
+def global_avgpool_backward(dy, x):
+    """dx (N, C, S): each dy spread evenly over the S positions."""
+    cdef cnp.ndarray X = x, DY = dy
+    cdef Py_ssize_t n = X.shape[0], c = X.shape[1], sl = X.shape[2]
+    cdef cnp.ndarray DX = _empty_like(X)
+    if _is_f32(X):
+        with nogil:
+            _gap_bwd(<const float *> cnp.PyArray_DATA(DY), n * c, sl, <float *> cnp.PyArray_DATA(DX))
+    else:
+        with nogil:
+            _gap_bwd(<const double *> cnp.PyArray_DATA(DY), n * c, sl, <double *> cnp.PyArray_DATA(DX))
+    return DX
