@@ -20,6 +20,8 @@ One ONNX node (or two) per layer, weights as initializers in the model's dtype:
                                    from PyTorch's: LSTM ifgo -> iofc, GRU rzn -> zrh with
                                    linear_before_reset=1), Transpose + Reshape back to batch-first
     GELU           x/2 (1 + Erf(x / sqrt 2)), or the tanh form (ONNX's Gelu op is opset 20)
+    SiLU / ELU     Mul(x, Sigmoid(x)) / Elu(alpha) (float64: Where, Exp, ... to keep alpha float64)
+    Softplus       (Relu(z) + Log(1 + Exp(-|z|))) / beta, z = beta x; x itself where z > threshold
     LayerNorm      LayerNormalization(axis=-k) (float32, opset 17+); else ReduceMean, Sub, Sqrt, Div, ...
     BatchNorm1D/2D BatchNormalization with the running statistics (float32); float64: Mul + Add
                    by per-channel scale and shift folded in float64 (ONNX's epsilon is a float32)
@@ -365,6 +367,24 @@ def _new_layer(graph, stem, layer, xs, params, sub):
     x = xs[0]
     if kind == "GELU":
         return _gelu(graph, stem, layer, x)
+    if kind == "SiLU":
+        return graph.node("Mul", [x, graph.node("Sigmoid", [x], stem)], stem)
+    if kind == "ELU":
+        if graph.dtype == np.float32:
+            return graph.node("Elu", [x], stem, alpha=float(layer.alpha))
+        # float64: composed, so alpha stays float64 (ONNX's attribute is a float32)
+        neg = graph.node("Sub", [graph.node("Exp", [graph.node("Min", [x, graph.const(f"{stem}.zero", 0)], stem)], stem),
+                                 graph.const(f"{stem}.one", 1)], stem)
+        neg = graph.node("Mul", [neg, graph.const(f"{stem}.alpha", layer.alpha)], stem)
+        return graph.node("Where", [graph.node("Greater", [x, graph.const(f"{stem}.zero", 0)], stem), x, neg], stem)
+    if kind == "Softplus":   # ONNX's Softplus has no beta or threshold: log(1 + exp(-|z|)) + max(z, 0)
+        z = graph.node("Mul", [x, graph.const(f"{stem}.beta", layer.beta)], stem)
+        tail = graph.node("Exp", [graph.node("Neg", [graph.node("Abs", [z], stem)], stem)], stem)
+        soft = graph.node("Add", [graph.node("Relu", [z], stem),
+                                  graph.node("Log", [graph.node("Add", [tail, graph.const(f"{stem}.one", 1)], stem)], stem)], stem)
+        soft = graph.node("Div", [soft, graph.const(f"{stem}.beta", layer.beta)], stem)
+        linear = graph.node("Greater", [z, graph.const(f"{stem}.threshold", layer.threshold)], stem)
+        return graph.node("Where", [linear, x, soft], stem)
     if kind == "LayerNorm":
         return _layer_norm(graph, stem, layer, x, params)
     if kind in ("BatchNorm1D", "BatchNorm2D"):   # inference: the running statistics

@@ -266,3 +266,17 @@ def test_digits_families_export(family, tmp_path):
     fnn.Trainer(model, optimizer=fnn.optim.SGD(lr=cli.FAMILIES[family][3], momentum=0.9)).fit(
         X[:320], y[:320], epochs=1, batch_size=32, progress=False)
     _check(model, Xt[:100], tmp_path, input_shape=(64,))
+
+
+@pytest.mark.parametrize("act,op", [(lambda: L.SiLU(), "Sigmoid"), (lambda: L.ELU(), "Elu"),
+                                    (lambda: L.ELU(alpha=0.3), "Elu"),
+                                    (lambda: L.Softplus(), "Log"), (lambda: L.Softplus(beta=2.5, threshold=3.0), "Log")],
+                         ids=["silu", "elu", "elu-0.3", "softplus", "softplus-beta-threshold"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_more_activations(act, op, dtype, tmp_path):
+    """Wide inputs reach both branches (ELU's x > 0, Softplus' linear part past its threshold)."""
+    model = fnn.Sequential(L.Dense(5, 9), act(), L.Dense(9, 2), dtype=dtype, seed=14)
+    x = np.random.default_rng(14).normal(size=(13, 5)) * 6
+    proto = _check(model, x, tmp_path, BOTH[dtype])
+    ops = [n.op_type for n in proto.graph.node]
+    assert (op in ops) if (op != "Elu" or dtype == "float32") else ("Where" in ops)
