@@ -162,6 +162,9 @@ class Model:
             layer.build(self.backend, self.dtype, params, grads, buffers)
             layer._owner = weakref.ref(self)
             self._prefix[id(layer)] = prefix
+            seed_rng = getattr(layer, "seed_rng", None)   # issue 10 (acts): Dropout's key from the seed
+            if seed_rng is not None:
+                seed_rng(self.seed, prefix)
 
     # ------------------------------------------------------- parameters
     def parameters(self):

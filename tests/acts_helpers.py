@@ -19,13 +19,17 @@ def forward_backward(model, x, probe):
     return y, (None if dx is None else to_host(dx)), {p.name: to_host(p.grad).copy() for p in model.parameters()}
 
 
-def gradcheck_model(model, x, probe, tol=1e-6, input_grad=True, eps=1e-6):
+def gradcheck_model(model, x, probe, tol=1e-6, input_grad=True, eps=1e-6, before=None):
     """Every parameter's gradient (and the input's) of sum(model(x) * probe) against
     central differences in float64. Parameters are perturbed through state_dict /
-    load_state_dict, so device-resident parameters (cuda) are checked the same way."""
+    load_state_dict, so device-resident parameters (cuda) are checked the same way.
+    before() runs before every forward (Dropout: rewind its RNG to fix the mask)."""
+    before = before or (lambda: None)
+    before()
     _, dx, grads = forward_backward(model, x, probe)
 
     def f():
+        before()
         return float((to_host(model.forward(x)) * probe).sum())
     state = model.state_dict()
     cases = [(p.name, grads[p.name]) for p in model.parameters()]

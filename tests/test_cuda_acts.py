@@ -5,7 +5,7 @@ import pytest
 
 import fastnn as fnn
 from fastnn._kernels import reference as ref
-from acts_helpers import forward_backward, gradcheck_model
+from acts_helpers import forward_backward, gradcheck_model, to_host
 from conftest import assert_close
 from test_cuda import BE, K
 from test_activations_more import CASES, _x
@@ -40,3 +40,24 @@ def test_matches_torch_and_central_differences(make, make_torch, name):
     np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-9, atol=1e-12)
     dense = fnn.Sequential(fnn.layers.Dense(3, 2), make(), backend=BE, dtype="float64", seed=1)
     gradcheck_model(dense, rng.standard_normal((2, 3)), rng.standard_normal((2, 2)))
+
+
+# ----------------------------------------------------------------- dropout
+
+def test_dropout_same_masks_as_numpy_and_gradients():
+    from test_dropout_embedding import _two_dropouts
+    rng = np.random.default_rng(7)
+    x, probe = rng.standard_normal((3, 6)), rng.standard_normal((3, 6))
+    gpu, cpu = _two_dropouts(BE, seed=2, p=0.4), _two_dropouts("numpy", seed=2, p=0.4)
+    for _ in range(2):                                     # two steps: new masks, the same on both
+        got, want = forward_backward(gpu, x, probe), forward_backward(cpu, x, probe)
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(got[1], want[1], rtol=1e-12, atol=1e-14)
+    layers = [gpu.layers[0], gpu.layers[2]]
+
+    def rewind():
+        for layer in layers:
+            layer.calls = 0
+    gradcheck_model(gpu, x, probe, before=rewind)
+    gpu.eval()
+    np.testing.assert_allclose(to_host(gpu.forward(x)), cpu.predict(x), rtol=1e-12, atol=1e-14)

@@ -198,6 +198,72 @@ def activation(name, fn):
     return check
 
 
+# ------------------------------------------- dropout and embedding (issue 10: acts)
+
+
+def _probability(p, who):
+    p = _scalar(p, f"{who} p")
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"{who} p must be in [0, 1), got {p}")
+    return p
+
+
+def _seed64(seed, who):
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2 ** 64:
+        raise ValueError(f"{who} seed must be an integer in [0, 2**64), got {seed!r}")
+    return int(seed)
+
+
+def dropout(x, p, seed):
+    x = _array(x, "dropout x")
+    if x.ndim < 1:
+        raise ValueError("dropout x must have at least one axis")
+    return (_cast(x, common_dtype(x)), _probability(p, "dropout"), _seed64(seed, "dropout")), {}
+
+
+def dropout_backward(dy, mask, p):
+    dy = _array(dy, "dropout_backward dy")
+    if not isinstance(mask, np.ndarray) or mask.dtype != np.uint8:
+        raise TypeError("dropout_backward mask must be the uint8 array dropout returned")
+    _same_shape("dropout_backward", dy, mask)
+    return (_cast(dy, common_dtype(dy)), np.ascontiguousarray(mask), _probability(p, "dropout_backward")), {}
+
+
+def indices(idx, n, who):
+    """idx as C-contiguous int64 in [0, n), or TypeError (not integers) / IndexError (out of range)."""
+    if not isinstance(idx, np.ndarray):
+        idx = np.asarray(idx)
+    if idx.dtype.kind not in "iu":
+        raise TypeError(f"{who} indices must be integers, got dtype {idx.dtype}")
+    if idx.size == 0:
+        raise ValueError(f"{who} indices are empty (shape {idx.shape})")
+    lo, hi = int(idx.min()), int(idx.max())
+    if lo < 0 or hi >= n:
+        raise IndexError(f"{who} indices must be in [0, {n}), got values in [{lo}, {hi}]")
+    return np.ascontiguousarray(idx, dtype=np.int64)
+
+
+def embedding(weight, idx):
+    (weight,) = floats("embedding weight", 2, weight)
+    return (weight, indices(idx, weight.shape[0], "embedding")), {}
+
+
+def embedding_backward_into(dy, idx, dw, padding_idx=-1):
+    if not isinstance(dw, np.ndarray) or dw.dtype not in FLOAT_DTYPES or dw.ndim != 2:
+        raise TypeError("embedding_backward_into dw must be a 2-D float32 or float64 ndarray")
+    if not dw.flags.c_contiguous or not dw.flags.writeable:
+        raise ValueError("embedding_backward_into dw must be writeable and C-contiguous")
+    idx = indices(idx, dw.shape[0], "embedding_backward_into")
+    dy = _array(dy, "embedding_backward_into dy")
+    if dy.shape != idx.shape + (dw.shape[1],):
+        raise ValueError(f"embedding_backward_into: dy has shape {dy.shape}, expected {idx.shape + (dw.shape[1],)}")
+    if isinstance(padding_idx, (bool, np.bool_)) or not isinstance(padding_idx, numbers.Integral) \
+            or not -1 <= padding_idx < dw.shape[0]:
+        raise ValueError(f"embedding_backward_into padding_idx must be -1 (none) or in [0, {dw.shape[0]}), "
+                         f"got {padding_idx!r}")
+    return (_cast(dy, dw.dtype), idx, dw, int(padding_idx)), {}
+
+
 # ---------------------------------------------------------------- losses
 
 

@@ -171,6 +171,42 @@ def activation(name, fn):
     return Cases(tuple(tests), (example("128x256", _activation, name, (128, 256), {}),))
 
 
+# ------------------------------------------- dropout and embedding (issue 10: acts)
+
+DROPOUT_SEED = 0x0123456789ABCDEF
+
+
+def _dropout(rng, dtype, shape, p, backward):
+    x = rand(rng, dtype, *shape)
+    if not backward:
+        return (x, p, DROPOUT_SEED), {}
+    return (rand(rng, dtype, *shape), ref.dropout_mask(shape, p, DROPOUT_SEED), p), {}
+
+
+def dropout(backward=False):
+    tests = [example(f"{'x'.join(map(str, s))}-p{p}", _dropout, s, p, backward)
+             for s, p in (((1,), 0.5), ((7, 33), 0.0), ((257, 10), 0.5), ((3, 5, 17), 0.9), ((33, 257), 0.1))]
+    return Cases(tuple(tests), (example("1024x256-p0.1", _dropout, (1024, 256), 0.1, backward),))
+
+
+def _embedding(rng, dtype, v, d, idx_shape, backward, padding_idx=-1):
+    w = rand(rng, dtype, v, d)
+    idx = rng.integers(0, v, idx_shape)
+    if not backward:
+        return (w, idx), {}
+    return (rand(rng, dtype, *idx_shape, d), idx, w, padding_idx), {}
+
+
+def embedding(backward=False):
+    cases = (("1x1-(1,)", 1, 1, (1,)), ("7x33-(5,)", 7, 33, (5,)), ("10x8-(4,9)", 10, 8, (4, 9)),
+             ("3x257-(2,3,4)", 3, 257, (2, 3, 4)))
+    tests = [example(i, _embedding, v, d, s, backward, depth=int(np.prod(s))) for i, v, d, s in cases]
+    if backward:
+        tests.append(example("padding-5x7-(6,6)", _embedding, 5, 7, (6, 6), True, 2, depth=36))
+    return Cases(tuple(tests), (example("1000x256-(64,32)", _embedding, 1000, 256, (64, 32), backward,
+                                        depth=64 * 32),))
+
+
 # ------------------------------------------------------------------ losses
 
 LOSS_SHAPES = ((1, 1), (7, 3), (33, 10), (257, 7))

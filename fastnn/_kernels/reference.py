@@ -235,6 +235,66 @@ def softplus_backward(dy, x, y, beta=1.0, threshold=20.0):
 ACTIVATIONS = ACTIVATIONS + ("gelu", "gelu_tanh", "silu", "elu", "softplus")
 # ----------------------------------------- end of more activations (acts)
 
+# ------------------------------------------- dropout and embedding (issue 10: acts)
+# Dropout's mask comes from a counter-based hash, so every backend draws the same mask
+# for the same seed: element i (flat, from 0) of a call with stream seed s is kept when
+# the high 32 bits of splitmix64(s + (i + 1) * golden) are >= dropout_threshold(p).
+# The layer makes s from its key (from the model's seed) and its call count.
+
+SPLITMIX_GOLDEN, SPLITMIX_M1, SPLITMIX_M2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+
+
+def dropout_threshold(p):
+    """The integer that (hash >> 32) must reach to keep an element: keeps with probability 1 - p."""
+    return min(int(p * 4294967296.0 + 0.5), 4294967296)
+
+
+def splitmix64(z):
+    """SplitMix64's output function of a Python int (mod 2**64): how the layer mixes a stream seed."""
+    m = (1 << 64) - 1
+    z = (z + SPLITMIX_GOLDEN) & m
+    z = ((z ^ (z >> 30)) * SPLITMIX_M1) & m
+    z = ((z ^ (z >> 27)) * SPLITMIX_M2) & m
+    return z ^ (z >> 31)
+
+
+def dropout_mask(shape, p, seed):
+    """The uint8 keep-mask (1 kept, 0 dropped) of a dropout call with stream seed (0 <= seed < 2**64)."""
+    u = np.uint64
+    z = u(seed) + np.arange(1, int(np.prod(shape)) + 1, dtype=u) * u(SPLITMIX_GOLDEN)
+    z = (z ^ (z >> u(30))) * u(SPLITMIX_M1)
+    z = (z ^ (z >> u(27))) * u(SPLITMIX_M2)
+    z ^= z >> u(31)
+    return ((z >> u(32)) >= u(dropout_threshold(p))).astype(np.uint8).reshape(shape)
+
+
+def dropout(x, p, seed):
+    """Inverted dropout of x (any shape), 0 <= p < 1: (y, mask), y = x / (1 - p) where kept, else 0."""
+    mask = dropout_mask(x.shape, p, seed)
+    return np.where(mask != 0, x * (1.0 / (1.0 - p)), 0).astype(x.dtype, copy=False), mask
+
+
+def dropout_backward(dy, mask, p):
+    """dx = dy / (1 - p) where the mask kept, else 0."""
+    return np.where(mask != 0, dy * (1.0 / (1.0 - p)), 0).astype(dy.dtype, copy=False)
+
+
+def embedding(weight, idx):
+    """Rows of weight (V, D) at the int64 indices idx (any shape, 0 <= idx < V): (*idx.shape, D)."""
+    return np.ascontiguousarray(weight[idx])
+
+
+def embedding_backward_into(dy, idx, dw, padding_idx=-1):
+    """Adds each row of dy (*idx.shape, D) into dw (V, D) at its index (repeated indices add
+    up), skipping padding_idx (-1: none), as torch's embedding backward. Returns None."""
+    d = dw.shape[1]
+    flat, rows = idx.reshape(-1), dy.reshape(-1, d)
+    keep = flat != padding_idx
+    np.add.at(dw, flat[keep], rows[keep])
+
+
+# --------------------------------------- end of dropout and embedding (acts)
+
 # ---------------------------------------------------------------- losses
 # Each returns (loss as a Python float, d loss / d first argument).
 

@@ -52,7 +52,7 @@ def loss_and_grad(dtype, example=None):
 @dataclass(frozen=True)
 class Kernel:
     name: str
-    family: str                        # linear, activation, loss, optim, conv, recurrent, attention
+    family: str                        # linear, activation, loss, optim, conv, recurrent, attention, dropout, embedding
     reference: Callable
     check: Callable                    # check(*args, **kwargs) -> (args, kwargs) for the raw kernel
     examples: ex.Cases
@@ -89,6 +89,12 @@ def _declare_all():
         for name in (act, act + "_backward"):
             fn = getattr(reference, name)
             declare(name, "activation", checks.activation(name, fn), ex.activation(name, fn))
+    # dropout and embedding (issue 10: acts)
+    declare("dropout", "dropout", checks.dropout, ex.dropout())
+    declare("dropout_backward", "dropout", checks.dropout_backward, ex.dropout(backward=True))
+    declare("embedding", "embedding", checks.embedding, ex.embedding())
+    declare("embedding_backward_into", "embedding", checks.embedding_backward_into,
+            ex.embedding(backward=True), tol=summed)
     for name in ("mse", "cross_entropy", "binary_cross_entropy"):
         declare(name, "loss", getattr(checks, name), ex.loss(name), tol=loss_and_grad)
     declare("sgd_step", "optim", checks.sgd_step, ex.sgd_step())

@@ -16,8 +16,9 @@ class _Activation(Layer):
     def record_fused(self, ctx, y):
         """The Dense before this layer computed y = act(Dense(x)) in one kernel (the
         model's plan). Backward needs only y, or x > 0, the same as y > 0 for the
-        fusable activations (leaky_relu with alpha >= 0): keep y as both."""
-        ctx.x = ctx.y = y
+        fusable activations (leaky_relu with alpha >= 0): keep y as both, as (rows, features)
+        like forward."""
+        ctx.x = ctx.y = y if y.ndim == 2 else y.reshape(-1, y.shape[-1])
 
     def fusable(self):
         """(kernel, alpha) if a Dense before this layer may apply it in its own kernel."""

@@ -42,9 +42,11 @@ class Dense(Layer):
 
     def forward_fused(self, ctx, x, activation, alpha):
         """activation(forward(x)) in one kernel: the model's execution plan calls
-        this when the next node is that activation (see graph.Plan)."""
-        ctx.x = x
-        return self.kernels.linear_act(x, self.params["weight"], self.params.get("bias"), activation, alpha)
+        this when the next node is that activation (see graph.Plan). Any rank, as forward."""
+        x2 = x if x.ndim == 2 else x.reshape(-1, self.in_features)
+        ctx.x = x2
+        y = self.kernels.linear_act(x2, self.params["weight"], self.params.get("bias"), activation, alpha)
+        return y if x.ndim == 2 else y.reshape(x.shape[:-1] + (self.out_features,))
 
     def backward(self, ctx, dy):
         dy2 = dy if dy.ndim == 2 else dy.reshape(-1, self.out_features)

@@ -37,7 +37,7 @@ from .. import reference, registry
 # Every public function of these topic files is a kernel of the registry (checked when
 # NATIVE is first read: a misspelled one raises registry.UnknownKernelError), except HELPERS.
 TOPICS = ("gemm", "activations", "losses", "optim", "conv", "recurrent", "normalization")
-TOPICS += ("activations_more",)   # issue 10: acts (GELU, SiLU, ELU, Softplus, Dropout, Embedding)
+TOPICS += ("activations_more", "dropout_embedding")   # issue 10: acts
 TOPICS += ("attention",)   # issue 10: attn
 HELPERS = ("sm_count", "choose_config", "bias_add_device", "bias_grad_device")   # in gemm.py
 DEVICE = ("to_device", "to_host", "zeros", "DeviceArray", "is_device", "SIMULATED")   # in _device.py

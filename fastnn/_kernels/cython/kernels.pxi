@@ -10,3 +10,4 @@ include "recurrent.pxi"
 include "attention.pxi"
 include "activations_more.pxi"   # issue 10: acts
 include "normalization.pxi"
+include "dropout_embedding.pxi"   # issue 10: acts

@@ -61,7 +61,7 @@ TUNING = _tune()
 # a misspelled one raises registry.UnknownKernelError), except the helpers named below.
 TOPICS = ("gemm", "fused", "activations", "losses", "optim", "conv", "recurrent",
           "normalization")
-TOPICS += ("activations_more",)   # issue 10: acts (GELU, SiLU, ELU, Softplus, Dropout, Embedding)
+TOPICS += ("activations_more", "dropout_embedding")   # issue 10: acts
 TOPICS += ("attention",)   # issue 10: attn
 HELPERS = ("row_max",)   # activations.row_max, shared with losses.py
 NATIVE = _registry.overrides(
