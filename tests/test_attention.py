@@ -165,7 +165,7 @@ def check_gradients(backend, n=2, l=3, s=4, e=4, h=2):
     gradcheck_model(model, rng.standard_normal((n, l, e)), rng.standard_normal((n, l, e)))
     graph = _cross_model(backend, e, h, l, s, True)
     mask = np.zeros((n, s))
-    mask[0, 1] = mask[1, 3] = 1
+    mask[0, 1] = mask[-1, -1] = 1
     q, kv, probe = rng.standard_normal((n, l, e)), rng.standard_normal((n, s, e)), rng.standard_normal((n, l, e))
     graph.forward([q, kv, mask])
     graph.zero_grad()

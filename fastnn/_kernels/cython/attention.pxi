@@ -1,93 +1,99 @@
-# Fused scaled-dot-product attention forward and backward (reference.attention, reference.attention_backward): per (sample, head, query row) the scores, masked softmax and p @ v in one pass; only p is written.
-from libc.math cimport exp as _c_exp, expf as _c_expf, INFINITY as _INF
-from libc.string cimport memset as _memset
+# Fused scaled-dot-product attention forward and backward (reference.attention, reference.attention_backward): per (sample, head, query row) the scores, masked softmax and p @ v in one pass; only p is written. The head's keys (values in the backward) are packed transposed so every inner loop is an axpy over contiguous memory.
+from libc.math cimport INFINITY as _INF
 
 
 cdef void _attn_fwd(const floating *q, const floating *k, const floating *v, const floating *mask,
                     bint use_mask, bint causal, Py_ssize_t n, Py_ssize_t l, Py_ssize_t s, Py_ssize_t e,
-                    Py_ssize_t heads, floating scale, floating *out, floating *p, floating *row) noexcept nogil:
-    cdef Py_ssize_t d = e // heads, b, h, i, j, c, o, live
-    cdef const floating *qi
-    cdef const floating *kj
+                    Py_ssize_t heads, floating scale, floating *out, floating *p, floating *kt) noexcept nogil:
+    # kt: scratch of d * s (the head's keys, transposed) + s (a score row) + d (an output row)
+    cdef Py_ssize_t d = e // heads, b, h, i, j, c, o, jmax
+    cdef floating *row = kt + d * s
+    cdef floating *acc = row + s
     cdef const floating *vj
-    cdef floating *oi
     cdef floating *pr
-    cdef floating acc, top, total, inv, w
+    cdef floating qc, top, total, inv, w
     for b in range(n):
         for h in range(heads):
             o = h * d
-            for i in range(l):
-                qi = q + (b * l + i) * e + o
-                top = -_INF
-                live = 0
-                for j in range(s):
-                    if (use_mask and mask[b * s + j] != 0) or (causal and j > i):
-                        row[j] = -_INF
-                        continue
-                    kj = k + (b * s + j) * e + o
-                    acc = 0
-                    for c in range(d):
-                        acc = acc + qi[c] * kj[c]
-                    acc = acc * scale
-                    row[j] = acc
-                    live += 1
-                    if acc > top:
-                        top = acc
-                total = 0
-                for j in range(s):
-                    if row[j] == -_INF:
-                        row[j] = 0
-                    else:
-                        if floating is float:
-                            row[j] = _c_expf(row[j] - top)
-                        else:
-                            row[j] = _c_exp(row[j] - top)
-                        total = total + row[j]
-                inv = (1 / total) if live > 0 else 0
-                oi = out + (b * l + i) * e + o
+            for j in range(s):
                 for c in range(d):
-                    oi[c] = 0
+                    kt[c * s + j] = k[(b * s + j) * e + o + c]
+            for i in range(l):
+                jmax = (i + 1 if i + 1 < s else s) if causal else s
+                for j in range(jmax):
+                    row[j] = 0
+                for c in range(d):
+                    qc = q[(b * l + i) * e + o + c] * scale
+                    for j in range(jmax):
+                        row[j] = row[j] + qc * kt[c * s + j]
+                top = -_INF
+                for j in range(jmax):
+                    if use_mask and mask[b * s + j] != 0:
+                        row[j] = -_INF
+                    elif row[j] > top:
+                        top = row[j]
+                if top == -_INF:
+                    top = 0
+                total = 0
+                for j in range(jmax):       # fnn_exp(-inf) = 0: masked keys drop out
+                    if floating is float:
+                        row[j] = fnn_expf(row[j] - top)
+                    else:
+                        row[j] = fnn_exp(row[j] - top)
+                    total = total + row[j]
+                inv = (1 / total) if total > 0 else 0
+                for c in range(d):
+                    acc[c] = 0
                 pr = p + ((b * heads + h) * l + i) * s
-                for j in range(s):
+                for j in range(jmax):
                     w = row[j] * inv
                     pr[j] = w
                     if w != 0:
                         vj = v + (b * s + j) * e + o
                         for c in range(d):
-                            oi[c] = oi[c] + w * vj[c]
+                            acc[c] = acc[c] + w * vj[c]
+                for j in range(jmax, s):
+                    pr[j] = 0
+                for c in range(d):
+                    out[(b * l + i) * e + o + c] = acc[c]
 
 
 cdef void _attn_bwd(const floating *dout, const floating *q, const floating *k, const floating *v,
                     const floating *p, Py_ssize_t n, Py_ssize_t l, Py_ssize_t s, Py_ssize_t e,
                     Py_ssize_t heads, floating scale, floating *dq, floating *dk, floating *dv,
-                    floating *dp) noexcept nogil:
+                    floating *vt) noexcept nogil:
+    # vt: scratch of d * s (the head's values, transposed) + s (a dp row) + d (a dq row)
     cdef Py_ssize_t d = e // heads, b, h, i, j, c, o
+    cdef floating *dp = vt + d * s
+    cdef floating *acc = dp + s
     cdef const floating *doi
     cdef const floating *qi
     cdef const floating *pr
     cdef const floating *kj
-    cdef const floating *vj
-    cdef floating *dqi
     cdef floating *dkj
     cdef floating *dvj
-    cdef floating acc, delta, w, ds
+    cdef floating g, delta, w, ds
     for b in range(n):
         for h in range(heads):
             o = h * d
+            for j in range(s):
+                for c in range(d):
+                    vt[c * s + j] = v[(b * s + j) * e + o + c]
             for i in range(l):
                 doi = dout + (b * l + i) * e + o
+                qi = q + (b * l + i) * e + o
                 pr = p + ((b * heads + h) * l + i) * s
+                for j in range(s):
+                    dp[j] = 0
+                for c in range(d):
+                    g = doi[c]
+                    for j in range(s):
+                        dp[j] = dp[j] + g * vt[c * s + j]
                 delta = 0
                 for j in range(s):
-                    acc = 0
-                    if pr[j] != 0:
-                        vj = v + (b * s + j) * e + o
-                        for c in range(d):
-                            acc = acc + doi[c] * vj[c]
-                    dp[j] = acc
-                    delta = delta + pr[j] * acc
-                qi = q + (b * l + i) * e + o
-                dqi = dq + (b * l + i) * e + o
+                    delta = delta + pr[j] * dp[j]
+                for c in range(d):
+                    acc[c] = 0
                 for j in range(s):
                     w = pr[j]
                     if w == 0:
@@ -97,9 +103,11 @@ cdef void _attn_bwd(const floating *dout, const floating *q, const floating *k, 
                     dkj = dk + (b * s + j) * e + o
                     dvj = dv + (b * s + j) * e + o
                     for c in range(d):
-                        dqi[c] = dqi[c] + ds * kj[c]
+                        acc[c] = acc[c] + ds * kj[c]
                         dkj[c] = dkj[c] + ds * qi[c]
                         dvj[c] = dvj[c] + w * doi[c]
+                for c in range(d):
+                    dq[(b * l + i) * e + o + c] = acc[c]
 
 
 def attention(q, k, v, mask, num_heads, causal=False):
@@ -112,7 +120,7 @@ def attention(q, k, v, mask, num_heads, causal=False):
     pdims[0] = n; pdims[1] = heads; pdims[2] = l; pdims[3] = s
     cdef cnp.ndarray P = cnp.PyArray_EMPTY(4, pdims, typenum, 0)
     cdef cnp.npy_intp rdims[1]
-    rdims[0] = s
+    rdims[0] = (e // heads + 1) * s + e // heads
     cdef cnp.ndarray ROW = cnp.PyArray_EMPTY(1, rdims, typenum, 0)
     cdef bint use_mask = mask is not None, caus = causal
     cdef double scale = 1.0 / sqrt(<double> (e // heads))
@@ -138,11 +146,11 @@ def attention_backward(dout, q, k, v, p, num_heads):
     cdef cnp.ndarray DO = dout, Q = q, K = k, V = v, P = p
     cdef Py_ssize_t n = Q.shape[0], l = Q.shape[1], e = Q.shape[2], s = K.shape[1], heads = num_heads
     cdef int typenum = cnp.PyArray_TYPE(Q)
-    cdef cnp.ndarray DQ = cnp.PyArray_ZEROS(3, Q.shape, typenum, 0)
+    cdef cnp.ndarray DQ = cnp.PyArray_EMPTY(3, Q.shape, typenum, 0)
     cdef cnp.ndarray DK = cnp.PyArray_ZEROS(3, K.shape, typenum, 0)
     cdef cnp.ndarray DV = cnp.PyArray_ZEROS(3, K.shape, typenum, 0)
     cdef cnp.npy_intp rdims[1]
-    rdims[0] = s
+    rdims[0] = (e // heads + 1) * s + e // heads
     cdef cnp.ndarray DP = cnp.PyArray_EMPTY(1, rdims, typenum, 0)
     cdef double scale = 1.0 / sqrt(<double> (e // heads))
     if _is_f32(Q):
