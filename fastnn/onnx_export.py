@@ -26,6 +26,7 @@ One ONNX node (or two) per layer, weights as initializers in the model's dtype:
     BatchNorm1D/2D BatchNormalization with the running statistics (float32); float64: Mul + Add
                    by per-channel scale and shift folded in float64 (ONNX's epsilon is a float32)
     GlobalAvgPool  ReduceMean over the spatial axes (keepdims=0)
+    Dropout        Identity (inference)
     MultiHeadAttention   MatMul projections, Reshape/Transpose into heads, scaled MatMul scores,
                    Trilu (causal) / the key_padding_mask input as -inf by Where, Softmax (a fully
                    masked row zeroed, as fastnn does), MatMul with v, heads merged, out_proj
@@ -365,6 +366,8 @@ def _new_layer(graph, stem, layer, xs, params, sub):
     if kind == "TransformerEncoderLayer":
         return _encoder_layer(graph, stem, layer, xs, sub)
     x = xs[0]
+    if kind == "Dropout":    # inference: the identity
+        return graph.node("Identity", [x], stem)
     if kind == "GELU":
         return _gelu(graph, stem, layer, x)
     if kind == "SiLU":

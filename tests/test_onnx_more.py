@@ -280,3 +280,16 @@ def test_more_activations(act, op, dtype, tmp_path):
     proto = _check(model, x, tmp_path, BOTH[dtype])
     ops = [n.op_type for n in proto.graph.node]
     assert (op in ops) if (op != "Elu" or dtype == "float32") else ("Where" in ops)
+
+
+def test_dropout_is_the_identity(tmp_path):
+    """Dropout exports as Identity; a model trained with it (and a TransformerEncoderLayer with
+    dropout) runs in onnxruntime as predict does."""
+    X, y, Xt, _ = fnn.data.load_digits()
+    model = fnn.Sequential(L.Dense(64, 32), L.ReLU(), L.Dropout(0.3), L.Dense(32, 10), L.Dropout(0.1), seed=15)
+    fnn.Trainer(model, optimizer=fnn.optim.SGD(lr=0.1)).fit(X[:256], y[:256], epochs=1, batch_size=32, progress=False)
+    proto = _check(model, Xt[:50], tmp_path)
+    assert [n.op_type for n in proto.graph.node].count("Identity") == 2
+    tf = _randomise(fnn.Sequential(L.TransformerEncoderLayer(8, 2, 16, dropout=0.2), L.Dense(8, 2), seed=16),
+                    np.random.default_rng(16))
+    _check(tf, np.random.default_rng(16).normal(size=(3, 4, 8)), tmp_path)
