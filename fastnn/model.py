@@ -153,7 +153,10 @@ class Model:
             for name, shape in pshapes.items():
                 params[name] = self._flat_data[off:off + size(shape)].reshape(shape)
                 grads[name] = self._flat_grad[off:off + size(shape)].reshape(shape)
-                self._params.append(Parameter(f"{prefix}.{name}", params[name], grads[name]))
+                param = Parameter(f"{prefix}.{name}", params[name], grads[name])
+                # where it lives in the flat buffer, its owner and the backend its buffers are on
+                param.offset, param.layer, param.backend = off, layer, self.backend
+                self._params.append(param)
                 off += size(shape)
             for name, shape in bshapes.items():
                 buffers[name] = self._flat_buffers[boff:boff + size(shape)].reshape(shape)
@@ -483,7 +486,10 @@ class Sequential(Model):
 
 # ------------------------------------------------------------- helpers
 def layer_spec(layer):
-    return {"type": type(layer).__name__, "config": layer.config()}
+    spec = {"type": type(layer).__name__, "config": layer.config()}
+    if not layer.trainable:
+        spec["trainable"] = False   # a frozen layer stays frozen when loaded
+    return spec
 
 
 def _shape_text(shape):
@@ -518,7 +524,10 @@ def build_layer(spec):
     from .layers.base import layer_class
     if not isinstance(spec, dict) or not isinstance(spec.get("config", {}), dict):
         raise TypeError(f"a layer description must be a dict, got {spec!r}")
-    return layer_class(spec["type"]).from_config(spec.get("config", {}), build_layer)
+    layer = layer_class(spec["type"]).from_config(spec.get("config", {}), build_layer)
+    if spec.get("trainable", True) is False:
+        layer.trainable = False
+    return layer
 
 
 def _architecture(config):

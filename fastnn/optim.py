@@ -1,14 +1,45 @@
 """Optimizers with PyTorch's update rules, applied by one backend kernel call
-over the flat buffer that holds every parameter of a model."""
+over the flat buffer that holds every parameter of a model.
+
+SGD, Adam, AdamW, RMSprop, Adagrad: ``opt.step(model.parameters())`` after
+``model.backward``. Every optimizer also takes
+
+* ``clip_norm=``: clip the gradients to this total 2-norm before each step
+  (``clip_grad_norm``, torch.nn.utils.clip_grad_norm_);
+* ``param_groups=``: torch-style groups with their own hyper-parameters, e.g.
+  ``SGD(lr=0.1, param_groups=[{"params": model.layers[0], "lr": 0.01}])``.
+  A group's ``params`` is a Layer (its parameters and its sublayers'), a
+  Parameter, a parameter name ('0.weight') or layer prefix ('0'), or a list of
+  those; its other keys are the optimizer's constructor arguments (lr, momentum,
+  weight_decay, betas, ...), filled from the optimizer's own at construction.
+  Parameters in no group follow the optimizer's attributes (``opt.lr``, ...),
+  so a scheduler that sets ``opt.lr`` moves them; ``opt.param_groups`` is the
+  list of group dicts (change ``group["lr"]`` to move a group).
+
+Frozen layers (``layer.trainable = False``) are skipped: their parameters and
+optimizer state do not change at all (no weight decay, no momentum), and
+clip_grad_norm leaves their gradients out of the norm, as torch does for
+parameters with requires_grad=False.
+
+With no group and nothing frozen a step is one kernel call over the whole flat
+buffer; otherwise one call per contiguous run of parameters that share their
+hyper-parameters (state buffers stay whole; the runs are views into them). The
+step count behind Adam's bias correction and Adagrad's lr_decay is the
+optimizer's (``iterations``), shared by every group.
+"""
+import math
+import numbers
+
 import numpy as np
 
 from .backend import get_backend
+from .layers import base as _layers
 
 
 def _buffers(params):
-    """(data, grad) 1-D buffer pairs, validated: the model's flat buffers when
-    given model.parameters(), else one pair per parameter. The kernels trust
-    these buffers, so every shape, dtype and layout is checked here."""
+    """(key, data, grad) 1-D buffer triples, validated: the model's flat buffers when
+    given model.parameters(), else one per parameter. The kernels trust these
+    buffers, so every shape, dtype and layout is checked here."""
     flat = getattr(params, "flat_data", None)
     if flat is not None:
         # A model's own flat buffers: checked once per parameters() list, not every step.
@@ -52,6 +83,8 @@ def _pair(name, data, grad):
 
 
 def _check(value, name, low=0.0, high=None, low_open=False):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
     value = float(value)
     bad = value <= low if low_open else value < low
     if bad or (high is not None and value >= high) or not np.isfinite(value):
@@ -59,71 +92,388 @@ def _check(value, name, low=0.0, high=None, low_open=False):
     return value
 
 
+def _betas(betas):
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+    return (_check(betas[0], "beta1", high=1.0), _check(betas[1], "beta2", high=1.0))
+
+
+def _backend_of(params):
+    """The backend of model.parameters(), else of the first Parameter that knows it, else the default."""
+    backend = getattr(params, "backend", None)
+    if backend is None and isinstance(params, (list, tuple)) and params:
+        backend = getattr(params[0], "backend", None)
+    return backend or get_backend()
+
+
+def _frozen(p):
+    layer = getattr(p, "layer", None)
+    return layer is not None and not layer.trainable
+
+
+# ------------------------------------------------------------ parameter runs
+
+
+class _Run:
+    """A contiguous stretch of parameters stepped by one kernel call: [start, stop) of
+    the flat buffer, its group (None: the optimizer's own hyper-parameters)."""
+    __slots__ = ("start", "stop", "group", "data", "grad")
+
+    def __init__(self, start, stop, group):
+        self.start, self.stop, self.group = start, stop, group
+        self.data = self.grad = None
+
+
+def _group_members(spec, what):
+    """(layer ids, parameter objects, names) a group's 'params' entry names."""
+    items = spec if isinstance(spec, (list, tuple)) else [spec]
+    if not items:
+        raise ValueError(f"{what}: 'params' is empty")
+    layers, params, names = set(), [], set()
+    for item in items:
+        if isinstance(item, _layers.Layer):
+            stack = [item]
+            while stack:
+                layer = stack.pop()
+                layers.add(id(layer))
+                stack.extend(sub for _, sub in layer.sublayers())
+        elif isinstance(item, str):
+            names.add(item)
+        elif hasattr(item, "data") and hasattr(item, "grad"):
+            params.append(item)
+        else:
+            raise TypeError(f"{what}: 'params' takes Layers, Parameters or parameter names, "
+                            f"got {type(item).__name__}")
+    return layers, params, names
+
+
+def _matches(p, members):
+    layers, params, names = members
+    name = getattr(p, "name", None)
+    if any(p is q or p.data is q.data for q in params):
+        return True
+    if id(getattr(p, "layer", None)) in layers:
+        return True
+    return name is not None and any(name == n or name.startswith(n + ".") for n in names)
+
+
 class Optimizer:
-    def __init__(self):
+    """Base of the optimizers: ``step(params)``, ``zero_grad(params)``, groups and clipping
+    (module docstring). A subclass lists its hyper-parameters in HYPER (name -> checker)
+    and defines ``_kernel(backend, data, grad, state, hyper)``; STATE says how many state
+    buffers each parameter needs, with their initial values."""
+    HYPER = {}
+
+    def __init__(self, param_groups=None, clip_norm=None):
         self._state = {}   # id(data buffer) -> (data buffer, state arrays)
         self.iterations = 0
+        if clip_norm is not None:
+            clip_norm = _check(clip_norm, "clip_norm", low_open=True)
+        self.clip_norm = clip_norm
+        self.param_groups = self._make_groups(param_groups)
+        self._plans = {}
 
-    def _state_for(self, backend, key, data, count):
+    # ------------------------------------------------------------- groups
+    def _make_groups(self, groups):
+        if groups is None:
+            return []
+        if isinstance(groups, dict) or not isinstance(groups, (list, tuple)):
+            raise TypeError("param_groups must be a list of dicts like {'params': layer, 'lr': 0.01}")
+        out = []
+        for i, group in enumerate(groups):
+            what = f"param_groups[{i}]"
+            if not isinstance(group, dict) or "params" not in group:
+                raise TypeError(f"{what} must be a dict with a 'params' entry")
+            unknown = set(group) - {"params"} - set(self.HYPER)
+            if unknown:
+                raise ValueError(f"{what}: unknown option(s) {sorted(unknown)} for "
+                                 f"{type(self).__name__}; it takes {sorted(self.HYPER)}")
+            filled = {"params": group["params"]}
+            for key in self.HYPER:
+                filled[key] = group.get(key, getattr(self, key))
+            self._hyper(filled, what)            # validated now, and again at each step
+            filled["_members"] = _group_members(group["params"], what)
+            out.append(filled)
+        return out
+
+    def _hyper(self, group, what=None):
+        """The validated hyper-parameters of a group (None: the optimizer's own)."""
+        if group is None:
+            return {key: getattr(self, key) for key in self.HYPER}
+        return {key: check(group[key], f"{what or 'param group'} {key}") for key, check in self.HYPER.items()}
+
+    def _group_of(self, p):
+        found = [g for g in self.param_groups if _matches(p, g["_members"])]
+        if len(found) > 1:
+            raise ValueError(f"parameter {getattr(p, 'name', p)!r} is in more than one param group")
+        return found[0] if found else None
+
+    def _plan(self, params):
+        """The runs of a model's flat buffer to step: cached until a layer's trainable
+        flag changes; None means the whole buffer in one call."""
+        key = (id(params.flat_data), _layers.trainable_version())
+        plan = self._plans.get(key)
+        if plan is not None and plan[0] is params.flat_data:
+            return plan[1]
+        runs, seen = [], set()
+        simple = True
+        for p in params:
+            start = getattr(p, "offset", None)
+            if start is None:
+                raise TypeError("model.parameters() lacks the parameters' offsets")
+            stop = start + int(np.prod(p.data.shape))
+            if _frozen(p):
+                simple = False
+                continue
+            group = self._group_of(p)
+            if group is not None:
+                simple = False
+                seen.add(id(group))
+            if runs and runs[-1].stop == start and runs[-1].group is group:
+                runs[-1].stop = stop
+            else:
+                runs.append(_Run(start, stop, group))
+        for i, g in enumerate(self.param_groups):
+            if id(g) not in seen and not any(_frozen(p) and _matches(p, g["_members"]) for p in params):
+                raise ValueError(f"param_groups[{i}] matches no parameter of the model")
+        for run in runs:
+            run.data, run.grad = params.flat_data[run.start:run.stop], params.flat_grad[run.start:run.stop]
+        plan = None if simple else runs
+        self._plans = {key: (params.flat_data, plan)}
+        return plan
+
+    # -------------------------------------------------------------- state
+    def _state_for(self, backend, key, data, count=None):
         """The state buffers for the parameter ``key`` (1-D like data), allocated
-        where data lives (backend.zeros)."""
+        where data lives (backend.zeros), with the optimizer's initial values."""
         entry = self._state.get(id(key))
         if entry is None or entry[0] is not key:
-            entry = (key, [backend.zeros(data.shape, data.dtype) for _ in range(count)])
+            states = []
+            for value in self._initial_state()[:count]:
+                buf = backend.zeros(data.shape, data.dtype)
+                if value:
+                    buf.fill(value)
+                states.append(buf)
+            entry = (key, states)
             self._state[id(key)] = entry
         return entry[1]
 
+    def _initial_state(self):
+        """The initial value of each state buffer (zeros by default)."""
+        return (0.0,) * self.STATE
+
+    STATE = 0
+
+    # --------------------------------------------------------------- step
     def step(self, params):
-        backend = getattr(params, "backend", None) or get_backend()
+        if not isinstance(params, (list, tuple)) and getattr(params, "flat_data", None) is None:
+            params = list(params) if hasattr(params, "__iter__") and not isinstance(params, (str, bytes)) else params
+        backend = _backend_of(params)
         pairs = _buffers(params)
+        if self.clip_norm is not None:
+            clip_grad_norm(params, self.clip_norm)
         self.iterations += 1
-        for key, data, grad in pairs:
-            self._update(backend, key, data, grad)
+        if getattr(params, "flat_data", None) is not None:
+            if not self.param_groups and not _layers.any_frozen():
+                key, data, grad = pairs[0]
+                self._kernel(backend, data, grad, self._state_for(backend, key, data), self._hyper(None))
+                return
+            plan = self._plan(params)
+            key, data, grad = pairs[0]
+            state = self._state_for(backend, key, data)
+            if plan is None:
+                self._kernel(backend, data, grad, state, self._hyper(None))
+                return
+            for run in plan:
+                self._kernel(backend, run.data, run.grad, [s[run.start:run.stop] for s in state],
+                             self._hyper(run.group))
+            return
+        for p, (key, data, grad) in zip(params, pairs):
+            if _frozen(p):
+                continue
+            group = self._group_of(p) if self.param_groups else None
+            self._kernel(backend, data, grad, self._state_for(backend, key, data), self._hyper(group))
+
+    def _kernel(self, backend, data, grad, state, hyper):
+        raise NotImplementedError(f"{type(self).__name__} does not define its update")
 
     def zero_grad(self, params):
         for p in params:
             p.grad[...] = 0
 
 
-class SGD(Optimizer):
-    """SGD with optional momentum, Nesterov momentum and L2 weight decay."""
+def _lr(v, name):
+    return _check(v, name, low_open=True)
 
-    def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0):
-        super().__init__()
+
+def _nonneg(v, name):
+    return _check(v, name)
+
+
+class SGD(Optimizer):
+    """SGD with optional momentum, Nesterov momentum and L2 weight decay (torch.optim.SGD)."""
+    HYPER = {"lr": _lr, "momentum": _nonneg, "weight_decay": _nonneg}
+    STATE = 1
+
+    def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0,
+                 param_groups=None, clip_norm=None):
         self.lr = _check(lr, "learning rate lr", low_open=True)
         self.momentum = _check(momentum, "momentum")
         self.weight_decay = _check(weight_decay, "weight_decay")
         if nesterov and self.momentum == 0:
             raise ValueError("Nesterov momentum needs momentum > 0")
         self.nesterov = bool(nesterov)
+        super().__init__(param_groups, clip_norm)
+        if self.nesterov and any(g["momentum"] == 0 for g in self.param_groups):
+            raise ValueError("Nesterov momentum needs momentum > 0 in every param group")
 
-    def _update(self, backend, key, data, grad):
-        (velocity,) = self._state_for(backend, key, data, 1)
-        backend.raw.sgd_step(data, grad, velocity, self.lr, self.momentum, self.nesterov, self.weight_decay)
+    def _kernel(self, backend, data, grad, state, h):
+        backend.raw.sgd_step(data, grad, state[0], h["lr"], h["momentum"], self.nesterov, h["weight_decay"])
 
 
-class Adam(Optimizer):
-    """Adam (Kingma & Ba) with bias correction and optional L2 weight decay."""
+class _AdamBase(Optimizer):
+    HYPER = {"lr": _lr, "betas": lambda v, name: _betas(v), "eps": _nonneg, "weight_decay": _nonneg}
+    STATE = 2
 
-    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
-        super().__init__()
+    def __init__(self, lr, betas, eps, weight_decay, param_groups, clip_norm):
         self.lr = _check(lr, "learning rate lr", low_open=True)
-        self.beta1 = _check(betas[0], "beta1", high=1.0)
-        self.beta2 = _check(betas[1], "beta2", high=1.0)
+        self.betas = _betas(betas)
         self.eps = _check(eps, "eps")
         self.weight_decay = _check(weight_decay, "weight_decay")
+        super().__init__(param_groups, clip_norm)
 
-    def _update(self, backend, key, data, grad):
-        m, v = self._state_for(backend, key, data, 2)
-        backend.raw.adam_step(data, grad, m, v, self.lr, self.beta1, self.beta2, self.eps,
-                          self.weight_decay, self.iterations)
+    # The names Adam had before betas was a pair (kept for callers that read them).
+    @property
+    def beta1(self):
+        return self.betas[0]
+
+    @property
+    def beta2(self):
+        return self.betas[1]
+
+
+class Adam(_AdamBase):
+    """Adam (Kingma & Ba) with bias correction and optional L2 weight decay (torch.optim.Adam)."""
+
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 param_groups=None, clip_norm=None):
+        super().__init__(lr, betas, eps, weight_decay, param_groups, clip_norm)
+
+    def _kernel(self, backend, data, grad, state, h):
+        m, v = state
+        b1, b2 = h["betas"]
+        backend.raw.adam_step(data, grad, m, v, h["lr"], b1, b2, h["eps"], h["weight_decay"], self.iterations)
+
+
+class AdamW(_AdamBase):
+    """AdamW (Loshchilov & Hutter): Adam with decoupled weight decay, p *= 1 - lr * weight_decay
+    before the Adam update (torch.optim.AdamW)."""
+
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+                 param_groups=None, clip_norm=None):
+        super().__init__(lr, betas, eps, weight_decay, param_groups, clip_norm)
+
+    def _kernel(self, backend, data, grad, state, h):
+        m, v = state
+        b1, b2 = h["betas"]
+        backend.raw.adamw_step(data, grad, m, v, h["lr"], b1, b2, h["eps"], h["weight_decay"], self.iterations)
+
+
+class RMSprop(Optimizer):
+    """RMSprop (torch.optim.RMSprop): square_avg = alpha sq + (1 - alpha) g^2; centered
+    subtracts the squared running mean of g; momentum > 0 keeps a buffer of g / avg."""
+    HYPER = {"lr": _nonneg, "alpha": _nonneg, "eps": _nonneg, "weight_decay": _nonneg,
+             "momentum": _nonneg}
+    STATE = 3   # square_avg, grad_avg (centered), momentum buffer
+
+    def __init__(self, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
+                 centered=False, param_groups=None, clip_norm=None):
+        self.lr = _check(lr, "learning rate lr", low_open=True)
+        self.alpha = _check(alpha, "alpha")
+        self.eps = _check(eps, "eps")
+        self.weight_decay = _check(weight_decay, "weight_decay")
+        self.momentum = _check(momentum, "momentum")
+        self.centered = bool(centered)
+        super().__init__(param_groups, clip_norm)
+
+    def _kernel(self, backend, data, grad, state, h):
+        sq, ga, mb = state
+        backend.raw.rmsprop_step(data, grad, sq, ga, mb, h["lr"], h["alpha"], h["eps"],
+                                 h["weight_decay"], h["momentum"], self.centered)
+
+
+class Adagrad(Optimizer):
+    """Adagrad (torch.optim.Adagrad): state_sum += g^2, p -= clr g / (sqrt(state_sum) + eps),
+    clr = lr / (1 + (step - 1) lr_decay); state_sum starts at initial_accumulator_value."""
+    HYPER = {"lr": _nonneg, "lr_decay": _nonneg, "weight_decay": _nonneg, "eps": _nonneg}
+    STATE = 1
+
+    def __init__(self, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0,
+                 eps=1e-10, param_groups=None, clip_norm=None):
+        self.lr = _check(lr, "learning rate lr", low_open=True)
+        self.lr_decay = _check(lr_decay, "lr_decay")
+        self.weight_decay = _check(weight_decay, "weight_decay")
+        self.initial_accumulator_value = _check(initial_accumulator_value, "initial_accumulator_value")
+        self.eps = _check(eps, "eps")
+        super().__init__(param_groups, clip_norm)
+
+    def _initial_state(self):
+        return (self.initial_accumulator_value,)
+
+    def _kernel(self, backend, data, grad, state, h):
+        backend.raw.adagrad_step(data, grad, state[0], h["lr"], h["lr_decay"], h["weight_decay"],
+                                 h["eps"], self.iterations)
+
+
+# ------------------------------------------------------------------ clipping
+
+
+def clip_grad_norm(params, max_norm, norm_type=2.0, error_if_nonfinite=False):
+    """Scale the gradients in place so their total norm is at most max_norm; returns the
+    total norm before clipping, as torch.nn.utils.clip_grad_norm_ does (the same
+    max_norm / (norm + 1e-6) factor, applied only when below 1). ``params`` is
+    model.parameters() (one norm kernel and one scale kernel over the flat gradient;
+    frozen layers' gradients are left out) or an iterable of Parameters."""
+    from ._kernels import checks
+    max_norm = _check(max_norm, "max_norm")
+    order = checks.norm_order(norm_type)
+    if not isinstance(params, (list, tuple)) and getattr(params, "flat_data", None) is None:
+        params = list(params) if hasattr(params, "__iter__") and not isinstance(params, (str, bytes)) else params
+    backend = _backend_of(params)
+    pairs = _buffers(params)
+    if getattr(params, "flat_data", None) is not None:
+        if _layers.any_frozen():
+            grads = [p.grad.reshape(-1) for p in params if not _frozen(p)]
+        else:
+            grads = [pairs[0][2]]
+    else:
+        grads = [grad for p, (_, _, grad) in zip(params, pairs) if not _frozen(p)]
+    norms = [backend.raw.grad_norm(g, order) for g in grads]
+    if not norms:
+        return 0.0
+    if math.isinf(order):
+        total = max(norms)
+        if any(math.isnan(n) for n in norms):
+            total = float("nan")
+    else:
+        total = math.fsum(n ** order for n in norms) ** (1.0 / order)
+    if error_if_nonfinite and not math.isfinite(total):
+        raise FloatingPointError(f"the total norm of order {order} of the gradients is {total}: "
+                                 "the gradients cannot be clipped")
+    factor = max_norm / (total + 1e-6)
+    if not factor >= 1.0:   # also NaN, as torch multiplies by it
+        for g in grads:
+            backend.raw.grad_scale(g, factor)
+    return total
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop, "adagrad": Adagrad}
 
 
 def get(optimizer):
-    """An Optimizer, or one built from a name ('sgd', 'adam') with defaults."""
+    """An Optimizer, or one built from a name ('sgd', 'adam', 'adamw', 'rmsprop', 'adagrad') with defaults."""
     if isinstance(optimizer, Optimizer):
         return optimizer
-    names = {"sgd": SGD, "adam": Adam}
-    if isinstance(optimizer, str) and optimizer.lower() in names:
-        return names[optimizer.lower()]()
-    raise ValueError(f"unknown optimizer {optimizer!r}; use an Optimizer or one of {list(names)}")
+    if isinstance(optimizer, str) and optimizer.lower() in OPTIMIZERS:
+        return OPTIMIZERS[optimizer.lower()]()
+    raise ValueError(f"unknown optimizer {optimizer!r}; use an Optimizer or one of {list(OPTIMIZERS)}")

@@ -48,14 +48,29 @@ class Callback:
 
 
 class _OutputLoss:
-    """One output's loss: its name (decides how targets are read), kernel and weight."""
+    """One output's loss: its name (decides how targets are read), kernel and weight.
+    loss is a name, a name with options (a dict), a losses.Loss object or a callable."""
 
-    def __init__(self, model, loss, weight):
-        self.name = loss if isinstance(loss, str) else getattr(loss, "__name__", "loss")
-        losses.get(loss)  # unknown names fail here, with the list of known ones
-        # Data is validated once in fit/evaluate, so batches go to the raw kernel.
-        self.kernel = getattr(model.backend.raw, loss) if isinstance(loss, str) else loss
-        self.custom = not isinstance(loss, str)
+    def __init__(self, model, loss, weight, options=None):
+        if options:
+            if not isinstance(loss, str):
+                raise ValueError("loss_options go with a loss name; a Loss object carries its own options")
+            if not isinstance(options, dict):
+                raise TypeError(f"loss_options must be a dict of keyword arguments, got {options!r}")
+            loss = losses.get(loss, **options)
+        else:
+            losses.get(loss)  # unknown names fail here, with the list of known ones
+        self.ignore_index = None
+        if isinstance(loss, losses.Loss):
+            self.name = loss.name
+            self.ignore_index = getattr(loss, "ignore_index", None)
+            self.kernel = loss.bind(model.backend)   # raw kernels: data is validated once in fit
+            self.custom = False
+        else:
+            self.name = loss if isinstance(loss, str) else getattr(loss, "__name__", "loss")
+            # Data is validated once in fit/evaluate, so batches go to the raw kernel.
+            self.kernel = getattr(model.backend.raw, loss) if isinstance(loss, str) else loss
+            self.custom = not isinstance(loss, str)
         self.weight = float(weight)
         if not np.isfinite(self.weight) or self.weight < 0:
             raise ValueError(f"loss weight must be a finite number >= 0, got {weight!r}")
@@ -76,16 +91,28 @@ class _OutputLoss:
 
 
 class Trainer:
-    """fit / evaluate a model. ``loss`` is a name, a callable (out, y) -> (loss, grad),
-    or for a model with several outputs a list (one per output) or a dict keyed by
-    output index; ``loss_weights`` (list or dict) weighs them (default 1 each)."""
+    """fit / evaluate a model. ``loss`` is a name ('cross_entropy', 'mse', 'huber', 'l1',
+    'binary_cross_entropy'), a losses.Loss object with its options
+    (``fnn.losses.CrossEntropy(label_smoothing=0.1)``, ``fnn.losses.Huber(delta=0.5)``),
+    a callable (out, y) -> (loss, grad), or for a model with several outputs a list (one
+    per output) or a dict keyed by output index; ``loss_options`` are keyword arguments
+    for a loss given by name (``loss="huber", loss_options={"delta": 0.5}``; for several
+    outputs one dict for all or a list of dicts/None); ``loss_weights`` (list or dict)
+    weighs the outputs' losses (default 1 each)."""
 
-    def __init__(self, model, loss="cross_entropy", optimizer=None, seed=0, loss_weights=None):
+    def __init__(self, model, loss="cross_entropy", optimizer=None, seed=0, loss_weights=None,
+                 loss_options=None):
         self.model = model
         n_out = len(model._graph.outputs)
         per_output = _per_output(loss, n_out, "loss")
         weights = [1.0] * n_out if loss_weights is None else _per_output(loss_weights, n_out, "loss_weights")
-        self._losses = [_OutputLoss(model, l, w) for l, w in zip(per_output, weights)]
+        if isinstance(loss_options, (list, tuple)):
+            if len(loss_options) != n_out:
+                raise ValueError(f"loss_options: {len(loss_options)} given for a model with {n_out} outputs")
+            options = list(loss_options)
+        else:
+            options = [loss_options] * n_out
+        self._losses = [_OutputLoss(model, l, w, o) for l, w, o in zip(per_output, weights, options)]
         self.loss_name = self._losses[0].name
         self.optimizer = optim.get(optimizer if optimizer is not None else optim.SGD(lr=0.01))
         self.seed = seed
@@ -113,7 +140,7 @@ class Trainer:
             raise ValueError(f"{what} has {n} samples but {name} has {len(y)}")
         out_shape = tuple(out_shape)
         if loss.name == "cross_entropy":
-            y = checks.labels_for(y, n, out_shape[-1], name="y")
+            y = checks.labels_for(y, n, out_shape[-1], name="y", ignore_index=loss.ignore_index)
             if y.ndim == 2:
                 y = np.ascontiguousarray(y, dtype=self.model.dtype)
         else:

@@ -28,6 +28,15 @@ def _shapes(kernel, m, k, n):
         "sgd_step": ([(k,)] * 3, {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01}),
         "adam_step": ([(k,)] * 4, {"lr": 0.1, "beta1": 0.9, "beta2": 0.99, "eps": 1e-8,
                                    "weight_decay": 0.0, "t": 3}),
+        # issue 10 (optim): more losses and optimizers
+        "huber": ([(m, n)] * 2, {"delta": 0.7}), "l1": ([(m, n)] * 2, {}),
+        "cross_entropy_weighted": ([(m, n), "labels", (n,)], {"label_smoothing": 0.1, "ignore_index": -100}),
+        "adamw_step": ([(k,)] * 4, {"lr": 0.1, "beta1": 0.9, "beta2": 0.99, "eps": 1e-8,
+                                    "weight_decay": 0.01, "t": 3}),
+        "rmsprop_step": ([(k,)] * 5, {"lr": 0.01, "alpha": 0.9, "eps": 1e-8, "weight_decay": 0.01,
+                                      "momentum": 0.9, "centered": False}),
+        "adagrad_step": ([(k,)] * 3, {"lr": 0.1, "lr_decay": 0.01, "weight_decay": 0.0, "eps": 1e-10, "t": 2}),
+        "grad_norm": ([(k,)], {"norm_type": 2.0}), "grad_scale": ([(k,)], {"factor": 0.5}),
     }
     table.update(act)
     return table[kernel]
@@ -48,13 +57,14 @@ def kernel_calls(draw):
             shape = tuple(draw(st.lists(st.integers(0, 9), min_size=0, max_size=3)))
         value = np.asarray(rng.standard_normal(shape) * 3)
         dtype = draw(st.sampled_from(DTYPES[:2] * 4 + DTYPES[2:]))   # mostly floats
-        if kernel == "adam_step" and len(args) == 3:
-            value = np.abs(value)   # Adam's second-moment state is never negative
+        if (kernel in ("adam_step", "adamw_step") and len(args) == 3) or (
+                kernel in ("rmsprop_step", "adagrad_step", "cross_entropy_weighted") and len(args) == 2):
+            value = np.abs(value)   # second moments, squared sums and class weights are never negative
         value = np.asarray(value.astype(dtype))   # a 0-d cast may give a scalar
         if value.ndim == 2 and draw(st.booleans()):
             value = np.asfortranarray(value)    # non-contiguous / transposed layouts
         args.append(value)
-    if kernel == "cross_entropy" and draw(st.booleans()):
+    if kernel in ("cross_entropy", "cross_entropy_weighted") and draw(st.booleans()):
         args[1] = args[1] + draw(st.sampled_from([-1, n, 0]))   # maybe out of range
     return kernel, args, scalars
 

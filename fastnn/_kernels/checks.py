@@ -273,8 +273,9 @@ def mse(pred, target):
     return (pred, target), {}
 
 
-def labels_for(labels, n_rows, n_classes, name="labels"):
-    """Class indices (N,) as int64 in [0, n_classes), or float rows (N, C)."""
+def labels_for(labels, n_rows, n_classes, name="labels", ignore_index=None):
+    """Class indices (N,) as int64 in [0, n_classes), or float rows (N, C). Indices equal
+    to ignore_index (an int, if given) are allowed anywhere (cross_entropy's padding)."""
     labels = _array(labels, name)
     if labels.shape[0] != n_rows:
         raise ValueError(f"{name} has {labels.shape[0]} rows but the outputs have {n_rows}")
@@ -284,7 +285,8 @@ def labels_for(labels, n_rows, n_classes, name="labels"):
                 raise TypeError(f"{name} must be integer class indices, got non-integer floats")
         elif labels.dtype.kind == "b":
             raise TypeError(f"{name} must be integer class indices, got booleans")
-        lo, hi = labels.min(), labels.max()
+        kept = labels if ignore_index is None else labels[labels != ignore_index]
+        lo, hi = (kept.min(), kept.max()) if kept.size else (0, 0)
         if lo < 0 or hi >= n_classes:
             raise ValueError(
                 f"{name} must lie in [0, {n_classes}) for {n_classes} classes, "
@@ -350,6 +352,109 @@ def adam_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, t):
     return (param, grad, m, v, _scalar(lr, "lr"), _scalar(beta1, "beta1"),
             _scalar(beta2, "beta2"), _scalar(eps, "eps"),
             _scalar(weight_decay, "weight_decay"), int(t)), {}
+
+
+# ------------------------------- more losses and optimizers (issue 10: optim)
+
+
+def huber(pred, target, delta=1.0):
+    pred, target = floats("huber", 2, pred, target)
+    _same_shape("huber", pred, target)
+    delta = _scalar(delta, "huber delta")
+    if delta <= 0:
+        raise ValueError(f"huber delta must be > 0, got {delta}")
+    return (pred, target, delta), {}
+
+
+def l1(pred, target):
+    pred, target = floats("l1", 2, pred, target)
+    _same_shape("l1", pred, target)
+    return (pred, target), {}
+
+
+def class_weight(weight, n_classes, dtype, name="weight"):
+    """A cross-entropy class weight: (C,) finite and >= 0, as a C-contiguous dtype array."""
+    w = _array(weight, name)
+    if w.shape != (n_classes,):
+        raise ValueError(f"{name} must have shape ({n_classes},) (one per class), got {w.shape}")
+    w = _cast(w, dtype)
+    if not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise ValueError(f"{name} must be finite and >= 0")
+    return w
+
+
+def smoothing(value):
+    value = _scalar(value, "label_smoothing")
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"label_smoothing must lie in [0, 1], got {value}")
+    return value
+
+
+def ignored_label(value):
+    """None (ignore nothing, as the sentinel -1 no valid label takes) or an integer."""
+    if value is None:
+        return -1
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"ignore_index must be an integer or None, got {value!r}")
+    return int(value)
+
+
+def cross_entropy_weighted(logits, labels, weight=None, label_smoothing=0.0, ignore_index=-1):
+    logits = _array(logits, "cross_entropy logits")
+    _rank(logits, "cross_entropy logits", 2)
+    ignore = ignored_label(ignore_index)
+    labels = labels_for(labels, logits.shape[0], logits.shape[1], ignore_index=ignore)
+    if labels.ndim != 1:
+        raise ValueError("cross_entropy_weighted takes class indices (N,); "
+                         "probability targets go to cross_entropy")
+    dtype = common_dtype(logits)
+    c = logits.shape[1]
+    w = np.ones(c, dtype) if weight is None else class_weight(weight, c, dtype)
+    return (_cast(logits, dtype), labels, w, smoothing(label_smoothing), ignore), {}
+
+
+def _step_count(name, t):
+    if isinstance(t, (bool, np.bool_)) or not isinstance(t, numbers.Integral) or t < 1:
+        raise ValueError(f"{name}: t must be a step count >= 1, got {t!r}")
+    return int(t)
+
+
+def rmsprop_step(param, grad, square_avg, grad_avg, momentum_buf, lr, alpha, eps,
+                 weight_decay=0.0, momentum=0.0, centered=False):
+    _in_place_buffers("rmsprop_step", param, square_avg, grad_avg, momentum_buf)
+    grad = _grad("rmsprop_step", grad, param)
+    return (param, grad, square_avg, grad_avg, momentum_buf, _scalar(lr, "lr"),
+            _scalar(alpha, "alpha"), _scalar(eps, "eps"), _scalar(weight_decay, "weight_decay"),
+            _scalar(momentum, "momentum"), bool(centered)), {}
+
+
+def adagrad_step(param, grad, state_sum, lr, lr_decay=0.0, weight_decay=0.0, eps=1e-10, t=1):
+    _in_place_buffers("adagrad_step", param, state_sum)
+    grad = _grad("adagrad_step", grad, param)
+    return (param, grad, state_sum, _scalar(lr, "lr"), _scalar(lr_decay, "lr_decay"),
+            _scalar(weight_decay, "weight_decay"), _scalar(eps, "eps"),
+            _step_count("adagrad_step", t)), {}
+
+
+def norm_order(value):
+    """A gradient norm's order: a real number > 0, or inf."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"norm_type must be a real number or inf, got {value!r}")
+    value = float(value)
+    if np.isnan(value) or value <= 0:
+        raise ValueError(f"norm_type must be > 0 (or inf), got {value}")
+    return value
+
+
+def grad_norm(grad, norm_type=2.0):
+    grad = _array(grad, "grad_norm grad", allow_empty=True)
+    _rank(grad, "grad_norm grad", 1)
+    return (_cast(grad, common_dtype(grad)), norm_order(norm_type)), {}
+
+
+def grad_scale(grad, factor):
+    _in_place_buffers("grad_scale", grad)
+    return (grad, _scalar(factor, "factor")), {}
 
 
 # ---------------------------------------------- convolution and pooling

@@ -266,6 +266,106 @@ def adam_step():
     return Cases(tuple(tests), (example("269k", _adam, BENCH_PARAMS, 0.0, 1, lr=1e-9),))
 
 
+# ------------------------------- more losses and optimizers (issue 10: optim)
+
+
+def _regression(rng, dtype, shape, ties=False, **kwargs):
+    pred, target = rand(rng, dtype, *shape, scale=2.0), rand(rng, dtype, *shape)
+    if ties:   # exact zeros of pred - target: l1's gradient is 0 there, as torch's
+        target.reshape(-1)[::3] = pred.reshape(-1)[::3]
+    return (pred, target), kwargs
+
+
+def huber():
+    tests = [example(f"{n}x{c}", _regression, (n, c), depth=n) for n, c in LOSS_SHAPES]
+    tests += [example(f"33x10-delta{d}", _regression, (33, 10), delta=d, depth=33) for d in (0.1, 3.0)]
+    return Cases(tuple(tests), (example("128x10", _regression, (128, 10), depth=128),))
+
+
+def l1():
+    tests = [example(f"{n}x{c}", _regression, (n, c), depth=n) for n, c in LOSS_SHAPES]
+    tests.append(example("33x10-ties", _regression, (33, 10), ties=True, depth=33))
+    return Cases(tuple(tests), (example("128x10", _regression, (128, 10), depth=128),))
+
+
+def _ce_weighted(rng, dtype, shape, weighted, smoothing, ignore):
+    n, c = shape
+    logits = rand(rng, dtype, n, c, scale=3.0)
+    labels = rng.integers(0, c, n)
+    if ignore is not None:
+        labels[::3] = ignore
+    weight = (rng.random(c) + 0.1).astype(dtype) if weighted else None
+    return (logits, labels, weight, smoothing, ignore), {}
+
+
+def cross_entropy_weighted():
+    opts = ((True, 0.0, None), (False, 0.1, None), (True, 0.2, -100), (False, 0.0, 1), (True, 1.0, None))
+    tests = [example(f"{n}x{c}-w{int(w)}-ls{ls}-ig{ig}", _ce_weighted, (n, c), w, ls, ig, depth=n)
+             for (n, c) in LOSS_SHAPES[1:] for w, ls, ig in opts]
+    tests.append(example("1x1-all-ignored", _ce_weighted, (1, 1), True, 0.1, 0, depth=1))
+    return Cases(tuple(tests), (example("128x10", _ce_weighted, (128, 10), True, 0.1, -100, depth=128),))
+
+
+OPTIM_SIZES = (1, 7, 33, 1000, 270_000)
+MILLION = 1_000_000
+
+
+def _adamw(rng, dtype, size, wd, t, lr=1e-3):
+    (p, g, m, v, lr, b1, b2, eps, _, t), _ = _adam(rng, dtype, size, 0.0, t, lr)
+    return (p, g, m, v, lr, b1, b2, eps, wd, t), {}
+
+
+def adamw_step():
+    tests = [example(f"{size}-wd{wd}-t{t}", _adamw, size, wd, t)
+             for size in OPTIM_SIZES for wd, t in ((0.0, 1), (0.01, 5))]
+    return Cases(tuple(tests), (example("1M", _adamw, MILLION, 0.01, 3, lr=1e-9),))
+
+
+def _rmsprop(rng, dtype, size, wd, momentum, centered, lr=1e-2):
+    p, g, mb = (rand(rng, dtype, size) for _ in range(3))
+    ga = rand(rng, dtype, size) * 0.1
+    sq = np.abs(rand(rng, dtype, size)) * 0.1 + ga * ga   # centered: sq >= ga^2, as in a real run
+    return (p, g, sq, ga, mb, lr, 0.99, 1e-8, wd, momentum, centered), {}
+
+
+def rmsprop_step():
+    tests = [example(f"{size}-wd{wd}-m{m}{'-centered' if c else ''}", _rmsprop, size, wd, m, c)
+             for size in OPTIM_SIZES
+             for wd, m, c in ((0.0, 0.0, False), (0.01, 0.9, False), (0.0, 0.0, True), (0.1, 0.5, True))]
+    return Cases(tuple(tests), (example("1M-momentum-centered", _rmsprop, MILLION, 0.0, 0.9, True, lr=1e-9),))
+
+
+def _adagrad(rng, dtype, size, lr_decay, wd, t, lr=1e-2):
+    p, g = rand(rng, dtype, size), rand(rng, dtype, size)
+    s = np.abs(rand(rng, dtype, size))
+    return (p, g, s, lr, lr_decay, wd, 1e-10, t), {}
+
+
+def adagrad_step():
+    tests = [example(f"{size}-decay{d}-wd{wd}-t{t}", _adagrad, size, d, wd, t)
+             for size in OPTIM_SIZES for d, wd, t in ((0.0, 0.0, 1), (0.1, 0.01, 4))]
+    return Cases(tuple(tests), (example("1M", _adagrad, MILLION, 0.0, 0.0, 2, lr=1e-9),))
+
+
+def _grad_norm(rng, dtype, size, order):
+    return (rand(rng, dtype, size), order), {}
+
+
+def grad_norm():
+    tests = [example(f"{size}-p{p}", _grad_norm, size, p, depth=size)
+             for size in OPTIM_SIZES for p in (2.0, 1.0, float("inf"), 3.0)]
+    return Cases(tuple(tests), (example("1M-p2", _grad_norm, MILLION, 2.0, depth=MILLION),))
+
+
+def _grad_scale(rng, dtype, size):
+    return (rand(rng, dtype, size), 0.37), {}
+
+
+def grad_scale():
+    return (Cases(tuple(example(str(size), _grad_scale, size) for size in OPTIM_SIZES),
+                  (example("1M", _grad_scale, MILLION),)))
+
+
 # ------------------------------------------------ convolution and pooling
 # (batch, channels in, spatial size, channels out, kernel, stride, padding, bias, layout)
 

@@ -360,6 +360,108 @@ def adam_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, t):
     param -= (lr * m_hat / (np.sqrt(v_hat) + eps)).astype(param.dtype)
 
 
+# ------------------------------- more losses and optimizers (issue 10: optim)
+# huber, l1 and cross_entropy_weighted return (loss, grad) like the losses above;
+# the *_step kernels update in place like sgd_step; grad_norm / grad_scale are the
+# two passes of fastnn.optim.clip_grad_norm. PyTorch's definitions throughout.
+
+
+def huber(pred, target, delta=1.0):
+    """torch.nn.HuberLoss (mean): 0.5 d^2 where |d| < delta, else delta (|d| - delta / 2)."""
+    d = pred - target
+    a = np.abs(d)
+    small = a < delta
+    loss = float(np.mean(np.where(small, 0.5 * d * d, delta * (a - 0.5 * delta))))
+    return loss, np.where(small, d, delta * np.sign(d)) / d.size
+
+
+def l1(pred, target):
+    """torch.nn.L1Loss (mean): mean |d|; gradient sign(d) / size (0 where d == 0)."""
+    d = pred - target
+    return float(np.mean(np.abs(d))), np.sign(d) / d.size
+
+
+def cross_entropy_weighted(logits, labels, weight, label_smoothing=0.0, ignore_index=-1):
+    """torch.nn.CrossEntropyLoss(weight, label_smoothing, ignore_index) with class indices.
+
+    weight (C,) (ones for none); rows whose label is ignore_index count for nothing;
+    the mean divides by W = the sum of weight[label] over the rows kept, and the
+    smoothing term -sum_c weight_c log p_c by W too, as torch does. When W == 0
+    (every row ignored) torch returns nan; this returns loss 0 and a zero gradient.
+    """
+    n, c = logits.shape
+    keep = labels != ignore_index
+    safe = np.where(keep, labels, 0)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    p = np.exp(log_p)
+    w_row = np.where(keep, weight[safe], 0.0)
+    total_w = float(w_row.sum())
+    if total_w == 0:
+        return 0.0, np.zeros_like(logits)
+    nll = -float((w_row * log_p[np.arange(n), safe]).sum())
+    smooth = -float(((log_p * weight).sum(axis=1) * keep).sum())
+    ls = label_smoothing
+    loss = ((1 - ls) * nll + ls / c * smooth) / total_w
+    a = (1 - ls) * w_row / total_w                      # per row
+    b = ls / (c * total_w)
+    grad = p * (a + b * weight.sum() * keep)[:, None] - b * weight[None, :] * keep[:, None]
+    grad[np.arange(n), safe] -= a
+    return loss, grad
+
+
+def adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, t):
+    """torch.optim.AdamW: decoupled decay p *= 1 - lr wd, then the Adam update (t 1-based)."""
+    param *= param.dtype.type(1 - lr * weight_decay)
+    m *= beta1
+    m += (1 - beta1) * grad
+    v *= beta2
+    v += (1 - beta2) * grad * grad
+    denom = np.sqrt(v) / np.sqrt(1 - beta2 ** t) + eps
+    param -= ((lr / (1 - beta1 ** t)) * m / denom).astype(param.dtype)
+
+
+def rmsprop_step(param, grad, square_avg, grad_avg, momentum_buf, lr, alpha, eps,
+                 weight_decay=0.0, momentum=0.0, centered=False):
+    """torch.optim.RMSprop; grad_avg is used when centered, momentum_buf when momentum > 0."""
+    g = grad + weight_decay * param if weight_decay else grad
+    square_avg *= alpha
+    square_avg += (1 - alpha) * g * g
+    if centered:
+        grad_avg *= alpha
+        grad_avg += (1 - alpha) * g
+        avg = np.sqrt(square_avg - grad_avg * grad_avg) + eps
+    else:
+        avg = np.sqrt(square_avg) + eps
+    if momentum:
+        momentum_buf *= momentum
+        momentum_buf += g / avg
+        param -= (lr * momentum_buf).astype(param.dtype)
+    else:
+        param -= (lr * g / avg).astype(param.dtype)
+
+
+def adagrad_step(param, grad, state_sum, lr, lr_decay=0.0, weight_decay=0.0, eps=1e-10, t=1):
+    """torch.optim.Adagrad step t (1-based): clr = lr / (1 + (t - 1) lr_decay)."""
+    g = grad + weight_decay * param if weight_decay else grad
+    clr = lr / (1 + (t - 1) * lr_decay)
+    state_sum += g * g
+    param -= (clr * g / (np.sqrt(state_sum) + eps)).astype(param.dtype)
+
+
+def grad_norm(grad, norm_type=2.0):
+    """The norm_type-norm of a flat buffer as a Python float (inf: max |g|)."""
+    a = np.abs(grad.astype(np.float64))
+    if norm_type == np.inf:
+        return float(a.max()) if a.size else 0.0
+    return float((a ** norm_type).sum() ** (1.0 / norm_type))
+
+
+def grad_scale(grad, factor):
+    """grad *= factor, in place."""
+    grad *= grad.dtype.type(factor)
+
+
 # ---------------------------------------------- convolution and pooling
 # Whole-batch kernels, weights in PyTorch's layout: conv weight (C_out, C_in, k)
 # or (C_out, C_in, kh, kw). 1-D kernels take ints, 2-D kernels (h, w) pairs of

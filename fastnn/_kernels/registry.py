@@ -99,6 +99,14 @@ def _declare_all():
         declare(name, "loss", getattr(checks, name), ex.loss(name), tol=loss_and_grad)
     declare("sgd_step", "optim", checks.sgd_step, ex.sgd_step())
     declare("adam_step", "optim", checks.adam_step, ex.adam_step())
+    # -------- more losses and optimizers (issue 10: optim)
+    for name in ("huber", "l1", "cross_entropy_weighted"):
+        declare(name, "loss", getattr(checks, name), getattr(ex, name)(), tol=loss_and_grad)
+    declare("adamw_step", "optim", checks.adam_step, ex.adamw_step())
+    for name in ("rmsprop_step", "adagrad_step", "grad_scale"):
+        declare(name, "optim", getattr(checks, name), getattr(ex, name)())
+    declare("grad_norm", "optim", checks.grad_norm, ex.grad_norm(), tol=summed)
+    # -------- end of issue 10: optim
     for dims in (1, 2):
         forward, backward = checks.conv(dims)
         declare(f"conv{dims}d", "conv", forward, ex.conv(dims), tol=summed)

@@ -13,10 +13,24 @@ backend's raw kernels, which trust their inputs; the model validates first).
 """
 import numbers
 import types
+import weakref
 
 import numpy as np
 
 _registry = {}   # class name -> Layer subclass, for fnn.load
+# Frozen layers (trainable = False), and a counter bumped by every change of the flag:
+# the optimizers' cached parameter runs depend on it.
+_FROZEN = weakref.WeakSet()
+_TRAINABLE_VERSION = [0]
+
+
+def any_frozen():
+    """Whether any layer (of any model) is frozen now: the optimizers' fast-path test."""
+    return len(_FROZEN) > 0
+
+
+def trainable_version():
+    return _TRAINABLE_VERSION[0]
 
 
 class Context(types.SimpleNamespace):
@@ -89,15 +103,29 @@ class Layer:
         self.dtype = np.dtype(dtype)
         self.params, self.grads, self.buffers = params, grads, buffers or {}
 
+    _trainable = True
+
     @property
     def trainable(self):
-        """Every layer trains; freezing (trainable = False) is not built yet."""
-        return True
+        """False when frozen: optimizers leave this layer's parameters (and their state)
+        untouched and clip_grad_norm leaves its gradients out; dx still flows through it.
+        Setting it sets every sublayer too (Keras's rule)."""
+        return self._trainable
 
     @trainable.setter
     def trainable(self, value):
-        if not value:
-            raise NotImplementedError("freezing a layer (trainable = False) is not supported yet")
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"trainable must be True or False, got {value!r}")
+        stack = [self]
+        while stack:
+            layer = stack.pop()
+            layer._trainable = bool(value)
+            if value:
+                _FROZEN.discard(layer)
+            else:
+                _FROZEN.add(layer)
+            stack.extend(sub for _, sub in layer.sublayers())
+        _TRAINABLE_VERSION[0] += 1
 
     @property
     def built(self):

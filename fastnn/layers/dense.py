@@ -50,6 +50,11 @@ class Dense(Layer):
 
     def backward(self, ctx, dy):
         dy2 = dy if dy.ndim == 2 else dy.reshape(-1, self.out_features)
+        if not self._trainable:   # frozen: no weight gradient to compute, only dx = dy @ W
+            if not ctx.need_dx:
+                return None
+            dx = self.kernels.matmul(dy2, self.params["weight"])
+            return dx if dy.ndim == 2 else dx.reshape(dy.shape[:-1] + (self.in_features,))
         # The kernel adds into the gradient buffers itself: no temporaries.
         dx = self.kernels.linear_backward_into(dy2, ctx.x, self.params["weight"], self.grads["weight"],
                                                self.grads.get("bias"), ctx.need_dx)

@@ -104,7 +104,8 @@ class Residual(Layer):
         return out
 
     def config(self):
-        return {"layers": [{"type": type(l).__name__, "config": l.config()} for l in self.layers]}
+        from ..model import layer_spec   # late: model imports the layers
+        return {"layers": [layer_spec(l) for l in self.layers]}   # a frozen sublayer's flag too
 
     @classmethod
     def from_config(cls, config, build_layer):

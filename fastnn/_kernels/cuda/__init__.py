@@ -36,9 +36,11 @@ from .. import reference, registry
 
 # Every public function of these topic files is a kernel of the registry (checked when
 # NATIVE is first read: a misspelled one raises registry.UnknownKernelError), except HELPERS.
-TOPICS = ("gemm", "activations", "losses", "optim", "conv", "recurrent", "normalization")
+TOPICS = ("gemm", "activations", "losses", "optim", "conv", "recurrent",
+          "losses_extra", "optim_extra")   # *_extra: issue 10 (optim)
 TOPICS += ("activations_more", "dropout_embedding")   # issue 10: acts
 TOPICS += ("attention",)   # issue 10: attn
+TOPICS += ("normalization",)   # issue 10: norm
 HELPERS = ("sm_count", "choose_config", "bias_add_device", "bias_grad_device")   # in gemm.py
 DEVICE = ("to_device", "to_host", "zeros", "DeviceArray", "is_device", "SIMULATED")   # in _device.py
 INSTALL = "pip install 'fastnn[cuda]' (the numba-cuda package)"

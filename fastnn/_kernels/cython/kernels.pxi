@@ -11,3 +11,5 @@ include "attention.pxi"
 include "activations_more.pxi"   # issue 10: acts
 include "normalization.pxi"
 include "dropout_embedding.pxi"   # issue 10: acts
+include "losses_extra.pxi"    # issue 10 (optim)
+include "optim_extra.pxi"     # issue 10 (optim)

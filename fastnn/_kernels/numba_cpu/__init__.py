@@ -60,9 +60,10 @@ TUNING = _tune()
 # Every public function of these topic files is a kernel of the registry (checked here:
 # a misspelled one raises registry.UnknownKernelError), except the helpers named below.
 TOPICS = ("gemm", "fused", "activations", "losses", "optim", "conv", "recurrent",
-          "normalization")
+          "losses_extra", "optim_extra")   # *_extra: issue 10 (optim)
 TOPICS += ("activations_more", "dropout_embedding")   # issue 10: acts
 TOPICS += ("attention",)   # issue 10: attn
+TOPICS += ("normalization",)   # issue 10: norm
 HELPERS = ("row_max",)   # activations.row_max, shared with losses.py
 NATIVE = _registry.overrides(
     "numba", [importlib.import_module(f"{__name__}.{topic}") for topic in TOPICS], HELPERS)
