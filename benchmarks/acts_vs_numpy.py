@@ -1,4 +1,5 @@
-"""Issue-10 kernels (GELU, SiLU, ELU, Softplus, Dropout, Embedding) against the NumPy reference,
+"""Issue-10 kernels (GELU, SiLU, ELU, Softplus, Dropout, Embedding with 1000 rows, one index per
+row of x) against the NumPy reference,
 interleaved in one process, one thread: prints time ratios (reference / backend).
 
     python benchmarks/acts_vs_numpy.py [--shape 1024 256] [--repeat 30]
@@ -29,7 +30,25 @@ def cases(x, dy):
     out += [(k + "_backward", (dy, x, x)) for k in ("gelu", "gelu_tanh")]
     extra = [("silu", (x,)), ("elu", (x,)), ("softplus", (x,)),
              ("silu_backward", (dy, x, x)), ("elu_backward", (dy, x, x)), ("softplus_backward", (dy, x, x))]
-    return out + [(k, a) for k, a in extra if k in fnn._kernels.registry.KERNELS]
+    mask = fnn._kernels.reference.dropout_mask(x.shape, 0.1, 12345)
+    extra += [("dropout", (x, 0.1, 12345)), ("dropout_backward", (dy, mask, 0.1))]
+    idx = np.random.default_rng(1).integers(0, 1000, (x.shape[0],))
+    w = np.random.default_rng(2).standard_normal((1000, x.shape[1])).astype(x.dtype)
+    dw = np.zeros_like(w)
+    extra += [("embedding", (w, idx)), ("embedding_backward_into", (x, idx, dw, -1))]
+    return out + extra
+
+
+def _torch_forward(name, x):
+    """torch's own forward for the activation kernels (None where there is no counterpart or no torch)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    F, t = torch.nn.functional, torch.from_numpy(x)
+    fns = {"gelu": lambda: F.gelu(t), "gelu_tanh": lambda: F.gelu(t, approximate="tanh"),
+           "silu": lambda: F.silu(t), "elu": lambda: F.elu(t), "softplus": lambda: F.softplus(t)}
+    return fns.get(name)
 
 
 def main():
@@ -47,16 +66,29 @@ def main():
               f"{args.repeat}, {args.rounds} interleaved rounds, median ratio)")
         for name, a in cases(x, dy):
             ratios = {b: [] for b in backends}
+            torch_fn, vs_torch = _torch_forward(name, x), []
             for _ in range(args.rounds):
                 ref_t = _best(lambda: getattr(fnn.get_backend("numpy"), name)(*a), args.repeat)
+                times = {}
                 for b in backends:
                     be = fnn.get_backend(b)
                     getattr(be, name)(*a)   # compile / warm up
-                    ratios[b].append(ref_t / _best(lambda: getattr(be, name)(*a), args.repeat))
-            print(f"  {name:22s} " + "  ".join(f"{b} {np.median(r):6.1f}x" for b, r in ratios.items()))
+                    times[b] = _best(lambda: getattr(be, name)(*a), args.repeat)
+                    ratios[b].append(ref_t / times[b])
+                if torch_fn is not None:
+                    vs_torch.append(_best(torch_fn, args.repeat) / min(times.values()))
+            line = f"  {name:24s} " + "  ".join(f"{b} {np.median(r):6.1f}x" for b, r in ratios.items())
+            if vs_torch:
+                line += f"   (torch time / fastest backend: {np.median(vs_torch):.2f})"
+            print(line)
 
 
 if __name__ == "__main__":
+    try:
+        import torch
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
     with threadpoolctl.threadpool_limits(1):
         fnn.get_backend("cython").module.set_num_threads(1)
         import numba

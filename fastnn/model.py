@@ -108,6 +108,7 @@ class Model:
         self.training = True
         self._pending = threading.local()
         self._lock = G.backend_lock(self.backend)
+        self._index_layers = _index_consumers(graph)
         self._build(np.random.default_rng(seed))
 
     @property
@@ -238,14 +239,16 @@ class Model:
         if self._multi_in:
             if not isinstance(X, (list, tuple)) or len(X) != len(self._graph.inputs):
                 raise ValueError(f"{name} must be a list of {len(self._graph.inputs)} arrays (one per input)")
-            xs = [self._check_one(x, f"{name}[{i}]", node.shape)
+            xs = [self._check_one(x, f"{name}[{i}]", node.shape, i)
                   for i, (x, node) in enumerate(zip(X, self._graph.inputs))]
             if len({len(x) for x in xs}) != 1:
                 raise ValueError(f"{name}: the inputs have different numbers of samples {[len(x) for x in xs]}")
             return xs
-        return self._check_one(X, name, self._graph.inputs[0].shape)
+        return self._check_one(X, name, self._graph.inputs[0].shape, 0)
 
-    def _check_one(self, x, name, shape):
+    def _check_one(self, x, name, shape, index=0):
+        if self._index_layers[index]:     # an input of Embedding layers: int64 indices
+            return _check_indices(x, name, shape, self._index_layers[index])
         x = _as_batch(x, name)
         if shape is not None and tuple(x.shape[1:]) != tuple(shape):
             raise ValueError(f"{name} has shape {x.shape}; the model takes (batch, {', '.join(map(str, shape))})")
@@ -451,8 +454,8 @@ class Sequential(Model):
             shape = tuple(layer.output_shape(shape))
         return shape
 
-    def _check_one(self, x, name, shape):
-        return super()._check_one(x, name, None)
+    def _check_one(self, x, name, shape, index=0):
+        return super()._check_one(x, name, None, index)
 
     def _output_shapes(self, xs):
         return [self.output_shape(xs[0].shape[1:])]
@@ -504,6 +507,40 @@ def _as_batch(x, name):
         raise TypeError(f"{name} must hold numbers, got dtype {x.dtype}")
     if x.ndim < 2:
         raise ValueError(f"{name} must have a batch axis first, got shape {x.shape}")
+    return x
+
+
+# ---------------------------------- integer inputs (issue 10: acts; Embedding)
+def _index_consumers(graph):
+    """Per model input, the layers reading it when they all take integer indices (Embedding:
+    that input stays int64), else []. An input read by both kinds is a TypeError."""
+    out = []
+    for k, inp in enumerate(graph.inputs):
+        readers = [n.layer for n in graph.nodes if n.layer is not None and any(i is inp for i in n.inputs)]
+        integer = [bool(getattr(layer, "integer_input", False)) for layer in readers]
+        if any(integer) and not all(integer):
+            raise TypeError(f"model input {k} feeds both layers that take integer indices (Embedding) "
+                            f"and layers that take floats: give them separate inputs")
+        out.append(readers if readers and all(integer) else [])
+    return out
+
+
+def _check_indices(x, name, shape, layers):
+    """A batch of indices for Embedding layers: C-contiguous int64, in every layer's range."""
+    if _on_device(x):
+        raise TypeError(f"{name}: pass Embedding indices as a host (NumPy) array")
+    x = checks._array(x, name, allow_empty=True)
+    if x.dtype.kind not in "iu":
+        from .layers.embedding import IndexDtypeError
+        raise IndexDtypeError(f"{name}: this input feeds an Embedding, which takes integer indices, "
+                              f"got dtype {x.dtype}")
+    if x.ndim < 1 or (shape is not None and tuple(x.shape[1:]) != tuple(shape)):
+        want = "(batch, ...)" if shape is None else _shape_text(shape)
+        raise ValueError(f"{name} has shape {x.shape}; the model takes {want}")
+    if x.size == 0:
+        raise ValueError(f"{name} is empty (shape {x.shape})")
+    for layer in layers:
+        x = layer.check_indices(x, name)
     return x
 
 

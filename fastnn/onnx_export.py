@@ -228,7 +228,9 @@ def _layer_nodes(graph, prefix, layer, xs, weights, prefixes):
             "Conv", [x, graph.const(f"{stem}.weight", params["weight"]),
                      graph.const(f"{stem}.bias", params["bias"])], stem,
             kernel_shape=list(layer.kernel_size), strides=list(layer.stride),
-            pads=list(layer.padding) * 2, dilations=[1] * layer.dims, group=1)
+            # begins then ends; padding='same' with an even kernel pads one less at the begin
+            pads=[p - c for p, c in zip(layer.padding, layer._crop)] + list(layer.padding),
+            dilations=[1] * layer.dims, group=1)
     if kind in (L.MaxPool1D, L.MaxPool2D, L.AvgPool1D, L.AvgPool2D):
         op = "MaxPool" if layer.kind == "max" else "AveragePool"
         return graph.node(op, [x], stem, kernel_shape=list(layer.kernel_size),

@@ -61,3 +61,49 @@ def test_dropout_same_masks_as_numpy_and_gradients():
     gradcheck_model(gpu, x, probe, before=rewind)
     gpu.eval()
     np.testing.assert_allclose(to_host(gpu.forward(x)), cpu.predict(x), rtol=1e-12, atol=1e-14)
+
+
+# --------------------------------------------------------------- embedding
+
+def test_embedding_matches_torch_and_central_differences():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(8)
+    idx = np.array([[3, 3, 0], [6, 3, 1]])                  # repeats and the padding row (3)
+    probe = rng.standard_normal((2, 3, 2))
+    tm = torch.nn.Sequential(torch.nn.Embedding(7, 4, padding_idx=3), torch.nn.Linear(4, 2)).double()
+    model = fnn.Sequential(fnn.layers.Embedding(7, 4, padding_idx=3), fnn.layers.Dense(4, 2),
+                           backend=BE, dtype="float64", seed=0)
+    model.load_state_dict({k: v.detach().numpy() for k, v in tm.state_dict().items()})
+    y, dx, grads = forward_backward(model, idx, probe)
+    yt = tm(torch.tensor(idx))
+    yt.backward(torch.tensor(probe))
+    assert dx is None
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-9, atol=1e-12)
+    for k, p in tm.named_parameters():
+        np.testing.assert_allclose(grads[k], p.grad.numpy(), rtol=1e-9, atol=1e-12)
+    plain = fnn.Sequential(fnn.layers.Embedding(5, 2), fnn.layers.Dense(2, 2), backend=BE, dtype="float64", seed=1)
+    gradcheck_model(plain, np.array([[0, 4, 4], [2, 0, 1]]), rng.standard_normal((2, 3, 2)), input_grad=False)
+
+
+# ------------------------------------------- conv padding='same', Dense on any rank
+
+def test_conv_same_even_kernel_and_dense_3d_like_numpy():
+    rng = np.random.default_rng(9)
+    x, probe = rng.standard_normal((1, 2, 4, 3)), rng.standard_normal((1, 2, 4, 3))
+    make = lambda be: fnn.Sequential(fnn.layers.Conv2D(2, 2, (2, 3), padding="same"), backend=be,
+                                     dtype="float64", seed=0)
+    gpu, cpu = make(BE), make("numpy")
+    for got, want in zip(forward_backward(gpu, x, probe), forward_backward(cpu, x, probe)):
+        if isinstance(want, dict):
+            for k in want:
+                np.testing.assert_allclose(got[k], want[k], rtol=1e-9, atol=1e-12)
+        else:
+            np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+    x3, p3 = rng.standard_normal((2, 3, 4)), rng.standard_normal((2, 3, 2))
+    dense = lambda be: fnn.Sequential(fnn.layers.Dense(4, 2), fnn.layers.ReLU(), backend=be, dtype="float64", seed=0)
+    for got, want in zip(forward_backward(dense(BE), x3, p3), forward_backward(dense("numpy"), x3, p3)):
+        if isinstance(want, dict):
+            for k in want:
+                np.testing.assert_allclose(got[k], want[k], rtol=1e-9, atol=1e-12)
+        else:
+            np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)

@@ -153,3 +153,126 @@ def test_dropout_mask_is_in_ctx_not_on_the_layer():
     assert ctx.mask.dtype == np.uint8 and ctx.mask.shape == (2, 4)
     assert not any(isinstance(v, np.ndarray) for v in vars(layer).values() if v is not None
                    and not isinstance(v, dict))
+
+
+# --------------------------------------------------------------- embedding
+
+
+def _embedding_model(backend, padding_idx=None, dtype="float64"):
+    return fnn.Sequential(L.Embedding(11, 5, padding_idx=padding_idx), L.Dense(5, 3),
+                          backend=backend, dtype=dtype, seed=0)
+
+
+@pytest.mark.parametrize("padding_idx", [None, 3, -1])
+def test_embedding_matches_torch(backend, padding_idx):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(8)
+    idx = rng.integers(0, 11, (4, 6))
+    idx[0, :3] = [3, 3, 10]                                # repeats and the padding row
+    probe = rng.standard_normal((4, 6, 3))
+    tm = torch.nn.Sequential(torch.nn.Embedding(11, 5, padding_idx=padding_idx), torch.nn.Linear(5, 3)).double()
+    model = _embedding_model(backend.name, padding_idx)
+    model.load_state_dict({k: v.detach().numpy() for k, v in tm.state_dict().items()})
+    for mode in ("train", "eval"):
+        getattr(model, mode)()
+        tm.zero_grad()
+        y, dx, grads = forward_backward(model, idx, probe)
+        assert dx is None                                   # indices have no gradient
+        yt = tm(torch.tensor(idx))
+        yt.backward(torch.tensor(probe))
+        np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-9, atol=1e-12)
+        for k, p in tm.named_parameters():
+            np.testing.assert_allclose(grads[k], p.grad.numpy(), rtol=1e-9, atol=1e-12)
+    if padding_idx is not None:
+        assert np.all(grads["0.weight"][padding_idx % 11] == 0)
+
+
+def test_embedding_backward_adds_repeated_rows(backend):
+    model = fnn.Sequential(L.Embedding(4, 2, padding_idx=0), backend=backend.name, dtype="float64", seed=0)
+    idx = np.array([[1, 1, 1, 0, 2]])
+    dy = np.arange(10, dtype=np.float64).reshape(1, 5, 2)
+    _, _, grads = forward_backward(model, idx, dy)
+    np.testing.assert_array_equal(grads["0.weight"], [[0, 0], [0 + 2 + 4, 1 + 3 + 5], [8, 9], [0, 0]])
+    # a second backward adds on top (gradients accumulate until zero_grad)
+    model.forward(idx)
+    model.backward(dy)
+    np.testing.assert_array_equal(to_host(model.parameters()[0].grad)[1], [12, 18])
+
+
+def test_embedding_init_like_torch():
+    layer = L.Embedding(2000, 50, padding_idx=7)
+    fnn.Sequential(layer, backend="numpy", dtype="float64", seed=0)
+    w = layer.params["weight"]
+    assert w.shape == (2000, 50) and np.all(w[7] == 0)
+    assert abs(w.mean()) < 0.01 and abs(w.std() - 1.0) < 0.01
+    assert list(fnn.Sequential(L.Embedding(3, 2), backend="numpy").state_dict()) == ["0.weight"]
+
+
+def test_embedding_gradients_central_differences(backend):
+    rng = np.random.default_rng(9)
+    # no padding_idx: its row gets no gradient by design (torch's), unlike the true derivative
+    model = fnn.Sequential(L.Embedding(6, 3), L.Dense(3, 2), L.Tanh(),
+                           backend=backend.name, dtype="float64", seed=2)
+    idx = np.array([[0, 1, 5], [5, 5, 2]])
+    gradcheck_model(model, idx, rng.standard_normal((2, 3, 2)), input_grad=False)
+
+
+def test_embedding_in_a_graph_model_and_any_index_shape(backend):
+    inp = fnn.Input((2, 3))
+    out = L.Dense(4, 2)(L.Embedding(9, 4)(inp))
+    model = fnn.Model(inputs=inp, outputs=out, backend=backend.name, dtype="float32", seed=0)
+    idx = np.random.default_rng(1).integers(0, 9, (5, 2, 3)).astype(np.int32)
+    y = model.predict(idx)
+    assert y.shape == (5, 2, 3, 2) and y.dtype == np.float32
+    flat = fnn.Sequential(L.Embedding(9, 4), backend=backend.name, dtype="float32", seed=0)
+    assert flat.predict(np.array([1, 2, 8])).shape == (3, 4)   # (batch,) indices
+
+
+def test_embedding_model_trains_on_integer_inputs():
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 8, (64, 1))
+    y = X[:, 0] % 2                                         # parity of the token
+    model = fnn.Sequential(L.Embedding(8, 4), L.Flatten(), L.Dense(4, 2), backend="numpy", seed=0)
+    fnn.Trainer(model, loss="cross_entropy", optimizer=fnn.optim.Adam(lr=0.05), seed=0).fit(
+        X, y, epochs=30, batch_size=16, progress=False)
+    assert (model.predict(X).argmax(axis=1) == y).mean() == 1.0
+
+
+def test_embedding_save_load(tmp_path):
+    model = _embedding_model("numpy", padding_idx=4)
+    model.save(tmp_path / "m.npz")
+    again = fnn.load(tmp_path / "m.npz")
+    idx = np.array([[4, 0, 10]])
+    np.testing.assert_array_equal(again.predict(idx), model.predict(idx))
+    assert again.layers[0].config() == {"num_embeddings": 11, "embedding_dim": 5, "padding_idx": 4}
+
+
+def test_embedding_bad_input():
+    model = _embedding_model("numpy")
+    for bad, err, match in ((np.array([[0.0, 1.0]]), TypeError, "integer"),
+                            (np.array([[0.0, 1.0]]), ValueError, "integer"),
+                            (np.array([[0, 11]]), IndexError, r"\[0, 11\)"),
+                            (np.array([[-1, 2]]), IndexError, r"\[0, 11\)"),
+                            (np.array([[True, False]]), TypeError, "integer"),
+                            (np.zeros((0, 3), np.int64), ValueError, "empty")):
+        with pytest.raises(err, match=match):
+            model.predict(bad)
+        with pytest.raises(err, match=match):
+            model.forward(bad)
+    for args in ((0, 3), (3, 0), (3.5, 2), (3, 2, 3), (3, 2, -4), (3, 2, 1.0)):
+        with pytest.raises(ValueError):
+            L.Embedding(*args)
+    inp = fnn.Input((3,))
+    with pytest.raises(TypeError, match="separate inputs"):
+        fnn.Model(inputs=inp, outputs=[L.Embedding(5, 3)(inp), L.Dense(3, 3)(inp)], backend="numpy")
+    be = fnn.get_backend("numpy")
+    with pytest.raises(IndexError, match="embedding"):
+        be.embedding(np.ones((3, 2)), np.array([3]))
+    with pytest.raises(ValueError, match="padding_idx"):
+        be.embedding_backward_into(np.ones((1, 2)), np.array([0]), np.zeros((3, 2)), 3)
+    # float models still reject what they rejected
+    dense = fnn.Sequential(L.Dense(2, 2), backend="numpy", dtype="float64")
+    with pytest.raises(ValueError, match="NaN"):
+        dense.predict(np.array([[np.nan, 1.0]]))
+    with pytest.raises(TypeError):
+        dense.predict(np.array([[True, False]]))

@@ -119,22 +119,26 @@ cdef inline double _expm1_d(double v) noexcept nogil:
     return small if a < 0.25 else fnn_exp(v) - 1.0
 
 
+cdef inline floating _sig(floating v) noexcept nogil:
+    cdef floating e = _exp(-v if v >= 0 else v)       # in the array's precision
+    cdef floating r = 1 / (1 + e)
+    return r if v >= 0 else e * r
+
+
 cdef void _silu_k(const floating *x, floating *y, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i
-    cdef double v
     for i in range(n):
-        v = x[i]
-        y[i] = <floating> (v * _sig_d(v))
+        y[i] = x[i] * _sig(x[i])
 
 
 cdef void _silu_b(const floating *dy, const floating *x, const floating *y, floating *dx,
                   Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i
-    cdef double v, s
+    cdef floating v, s
     for i in range(n):
         v = x[i]
-        s = _sig_d(v)
-        dx[i] = <floating> (dy[i] * (s * (1.0 + v * (1.0 - s))))
+        s = _sig(v)
+        dx[i] = dy[i] * (s * (1 + v * (1 - s)))
 
 
 def silu(x):
@@ -174,7 +178,10 @@ cdef void _softplus_k(const floating *x, floating *y, Py_ssize_t n, double beta,
     for i in range(n):
         v = x[i]
         z = v * beta
-        soft = ((z if z > 0 else 0.0) + fnn_log1p01(fnn_exp(-z if z >= 0 else z))) / beta
+        if floating is float:                           # float32 arithmetic for float32
+            soft = ((z if z > 0 else 0.0) + fnn_log1p01f(fnn_expf(<float> (-z if z >= 0 else z)))) / beta
+        else:
+            soft = ((z if z > 0 else 0.0) + fnn_log1p01(fnn_exp(-z if z >= 0 else z))) / beta
         y[i] = <floating> (v if z > threshold else soft)
 
 
