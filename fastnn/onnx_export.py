@@ -12,7 +12,8 @@ One ONNX node (or two) per layer, weights as initializers in the model's dtype:
     Step           Cast(Greater(x, 0))
     Flatten        Flatten(axis=1)
     Reshape        Reshape(x, [0, *shape])          (0 keeps the batch axis)
-    Conv1D/Conv2D  Conv(strides, pads, kernel_shape)
+    Conv1D/Conv2D  Conv(strides, pads, kernel_shape); padding='same' with an even kernel pads
+                   one less at the begin (torch's extra zero at the end)
     Max/AvgPool    MaxPool / AveragePool (kernel_shape, strides, no padding, floor mode)
     Add / Concatenate / Residual   Add / Concat(axis) / the inner layers, then Add
     Dense on (N, ..., F)           MatMul(x, W.T) + Add(b)
@@ -27,6 +28,7 @@ One ONNX node (or two) per layer, weights as initializers in the model's dtype:
                    by per-channel scale and shift folded in float64 (ONNX's epsilon is a float32)
     GlobalAvgPool  ReduceMean over the spatial axes (keepdims=0)
     Dropout        Identity (inference)
+    Embedding      Gather(weight, indices, axis=0); an input that feeds Embedding is int64
     MultiHeadAttention   MatMul projections, Reshape/Transpose into heads, scaled MatMul scores,
                    Trilu (causal) / the key_padding_mask input as -inf by Where, Softmax (a fully
                    masked row zeroed, as fastnn does), MatMul with v, heads merged, out_proj
@@ -35,7 +37,8 @@ One ONNX node (or two) per layer, weights as initializers in the model's dtype:
 The batch axis is named "N" (any size). The other input axes come from
 ``input_shape`` (without the batch axis) when given, else from the first layer
 where it fixes them (Dense: in_features; Conv: channels, with the spatial axes
-left symbolic; RNN/LSTM/GRU: a symbolic time axis "T" and input_size). onnxruntime's
+left symbolic; RNN/LSTM/GRU: a symbolic time axis "T" and input_size; attention: "L" and
+the embedding size; Embedding: a sequence of indices "L"). onnxruntime's
 CPU kernels for Conv, pooling and RNN/LSTM/GRU take float32 only (a float64 model exports
 as valid ONNX that onnx.reference runs); float64 Dense and activation layers run there too.
 A layer the exporter does not know raises NotImplementedError.
@@ -68,6 +71,8 @@ def _input_dims(model, input_shape):
         return [first.in_channels] + (["L"] if first.dims == 1 else ["H", "W"])
     if isinstance(first, tuple(_GATE_ORDER)):
         return ["T", first.input_size]
+    if type(first).__name__ == "Embedding":
+        return ["L"]   # a sequence of token indices
     if type(first).__name__ in ("MultiHeadAttention", "TransformerEncoderLayer"):
         return ["L", getattr(first, "embed_dim", None) or first.d_model]
     raise ValueError(f"cannot tell the input shape of a model that starts with "
@@ -170,6 +175,8 @@ def _out_rank(layer, ranks):
         return 3 if layer.return_sequences else 2
     if isinstance(layer, _GLOBAL_POOLS):
         return 2
+    if type(layer).__name__ == "Embedding":
+        return ranks[0] + 1
     return ranks[0]
 
 
@@ -368,6 +375,8 @@ def _new_layer(graph, stem, layer, xs, params, sub):
     if kind == "TransformerEncoderLayer":
         return _encoder_layer(graph, stem, layer, xs, sub)
     x = xs[0]
+    if kind == "Embedding":  # int64 indices (any shape) -> rows of the table
+        return graph.node("Gather", [graph.const(f"{stem}.weight", params["weight"]), x], stem, axis=0)
     if kind == "Dropout":    # inference: the identity
         return graph.node("Identity", [x], stem)
     if kind == "GELU":
@@ -447,9 +456,11 @@ def to_onnx(model, input_shape=None, opset=DEFAULT_OPSET):
         for n in graph.nodes:
             n.input[:] = [out if i == produced else i for i in n.input]
     elem = helper.np_dtype_to_tensor_dtype(model.dtype)
+    # an input that feeds Embedding layers takes int64 indices, as model.predict does
+    in_elems = [onnx.TensorProto.INT64 if readers else elem for readers in model._index_layers]
     g = helper.make_graph(
         graph.nodes, "fastnn_" + type(model).__name__.lower(),
-        [helper.make_tensor_value_info(n, elem, ["N", *d]) for n, d in zip(in_names, in_dims)],
+        [helper.make_tensor_value_info(n, e, ["N", *d]) for n, e, d in zip(in_names, in_elems, in_dims)],
         [helper.make_tensor_value_info(n, elem, ["N", *d]) for n, d in zip(out_names, out_dims)],
         initializer=graph.inits)
     opset_import = [helper.make_opsetid("", opset)]

@@ -293,3 +293,45 @@ def test_dropout_is_the_identity(tmp_path):
     tf = _randomise(fnn.Sequential(L.TransformerEncoderLayer(8, 2, 16, dropout=0.2), L.Dense(8, 2), seed=16),
                     np.random.default_rng(16))
     _check(tf, np.random.default_rng(16).normal(size=(3, 4, 8)), tmp_path)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_embedding(dtype, tmp_path):
+    """Token indices (an int64 ONNX input) through Embedding into an LSTM; any sequence length."""
+    rng = np.random.default_rng(17)
+    model = fnn.Sequential(L.Embedding(20, 6, padding_idx=0), L.LSTM(6, 5), L.Dense(5, 3), dtype=dtype, seed=17)
+    tokens = rng.integers(0, 20, size=(4, 7))
+    path = tmp_path / "m.onnx"
+    proto = model.export_onnx(path)
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT64
+    dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["N", "L"]
+    for length in (1, 7):
+        x = tokens[:, :length]
+        got = _run(proto, path, x, F32_ONLY[dtype][0])[0]
+        np.testing.assert_allclose(got, model.predict(x), **TOL[dtype])
+
+
+def test_embedding_in_a_graph_with_a_float_input(tmp_path):
+    rng = np.random.default_rng(18)
+    tok, vec = fnn.Input((5,)), fnn.Input((3,))
+    h = L.Flatten()(L.Embedding(11, 4)(tok))
+    out = L.Dense(23, 2)(L.Concatenate()([h, vec]))
+    model = fnn.Model(inputs=[tok, vec], outputs=out, dtype="float64", seed=18)
+    x = [rng.integers(0, 11, size=(6, 5)), rng.normal(size=(6, 3))]
+    proto = model.export_onnx(tmp_path / "m.onnx")
+    assert [i.type.tensor_type.elem_type for i in proto.graph.input] == [onnx.TensorProto.INT64, onnx.TensorProto.DOUBLE]
+    for engine in ("ort", "reference"):
+        got = _run(proto, tmp_path / "m.onnx", x, engine)[0]
+        np.testing.assert_allclose(got, model.predict(x), **TOL["float64"])
+
+
+def test_conv_same_padding(tmp_path, backend):
+    """padding='same' (odd and even kernels) in Conv1D and Conv2D, the spatial axes symbolic."""
+    rng = np.random.default_rng(19)
+    model = fnn.Sequential(L.Conv2D(2, 3, (3, 4), padding="same"), L.ReLU(), L.Conv2D(3, 2, 2, padding="same"),
+                           backend=backend, seed=19)
+    _check(model, rng.normal(size=(3, 2, 6, 5)), tmp_path)
+    model1 = fnn.Sequential(L.Conv1D(2, 4, 4, padding="same"), L.Tanh(), L.Conv1D(4, 1, 5, padding="same"),
+                            backend=backend, seed=20)
+    _check(model1, rng.normal(size=(3, 2, 9)), tmp_path)
