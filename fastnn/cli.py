@@ -1,4 +1,5 @@
-"""Command line: `fastnn digits` (the main job), `fastnn backends [--kernels]` and `fastnn warmup`."""
+"""Command line: `fastnn digits [--model mlp|cnn|lstm|transformer]` (the main job),
+`fastnn backends [--kernels]` and `fastnn warmup`."""
 import argparse
 import sys
 import time
@@ -6,26 +7,71 @@ import time
 import numpy as np
 
 
-def _digits_model(backend, dtype, seed):
-    from . import Sequential
+def _mlp_layers():
     from .layers import Dense, ReLU
-    return Sequential(Dense(64, 256), ReLU(), Dense(256, 128), ReLU(), Dense(128, 10),
-                      backend=backend, dtype=dtype, seed=seed)
+    return [Dense(64, 256), ReLU(), Dense(256, 128), ReLU(), Dense(128, 10)]
 
 
-def train_digits(backends=None, epochs=30, batch_size=32, lr=0.05, momentum=0.9, dtype="float32",
-                 seed=0, progress=True, out=sys.stdout):
-    """Train the same MLP on the digits on each backend; return one result row each."""
+def _cnn_layers():
+    # each digit as a 1x8x8 image: two 3x3 convolutions ("same" by padding 1), each pooled 2x2
+    from .layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Reshape
+    return [Reshape((1, 8, 8)), Conv2D(1, 16, 3, padding=1), ReLU(), MaxPool2D(2),
+            Conv2D(16, 32, 3, padding=1), ReLU(), MaxPool2D(2), Flatten(), Dense(32 * 2 * 2, 10)]
+
+
+def _lstm_layers():
+    # the 8 rows of each digit as a sequence of 8 steps of 8 features; the final state classifies
+    from .layers import LSTM, Dense, Reshape
+    return [Reshape((8, 8)), LSTM(8, 64), Dense(64, 10)]
+
+
+def _transformer_layers():
+    # the 8 rows as 8 tokens, each embedded to 32 features; one post-norm encoder layer (4 heads,
+    # feed-forward 64, no dropout); the tokens flattened into the classifier, whose weights per
+    # token tell the rows apart (fastnn has no positional embedding layer)
+    from .layers import Dense, Flatten, Reshape, TransformerEncoderLayer
+    return [Reshape((8, 8)), Dense(8, 32), TransformerEncoderLayer(32, 4, 64, dropout=0.0),
+            Flatten(), Dense(8 * 32, 10)]
+
+
+# --model name: (title in the table's heading, layers, default epochs, default SGD lr)
+FAMILIES = {
+    "mlp": ("MLP 64-256-128-10", _mlp_layers, 30, 0.05),
+    "cnn": ("CNN Conv3x3(16)-MaxPool-Conv3x3(32)-MaxPool-Dense(128, 10) on 1x8x8 images", _cnn_layers, 10, 0.05),
+    "lstm": ("LSTM(8, 64)-Dense(64, 10) reading the 8 rows as a sequence", _lstm_layers, 30, 0.1),
+    "transformer": ("Transformer: 8 row tokens, Dense(8, 32), TransformerEncoderLayer(32, 4 heads, ff 64), "
+                    "Flatten, Dense(256, 10)", _transformer_layers, 15, 0.02),
+}
+
+
+def _family(model):
+    if model not in FAMILIES:
+        raise ValueError(f"unknown digits model {model!r}: choose one of {', '.join(FAMILIES)}")
+    return FAMILIES[model]
+
+
+def _digits_model(backend, dtype, seed, model="mlp"):
+    from . import Sequential
+    return Sequential(*_family(model)[1](), backend=backend, dtype=dtype, seed=seed)
+
+
+def train_digits(backends=None, epochs=None, batch_size=32, lr=None, momentum=0.9, dtype="float32",
+                 seed=0, progress=True, out=sys.stdout, model="mlp"):
+    """Train the same model (FAMILIES[model]) on the digits on each backend; return one result row
+    each. epochs and lr default to the family's (the MLP's: 30 epochs, lr 0.05)."""
     from . import Trainer, backend as registry, data, optim
+    _, _, default_epochs, default_lr = _family(model)
+    epochs = default_epochs if epochs is None else epochs
+    lr = default_lr if lr is None else lr
     X_train, y_train, X_test, y_test = data.load_digits(seed=seed, dtype=dtype)
     rows = []
     for name in backends or registry.backends():
         # Warm-up on a few batches so a JIT compile is not counted as training time.
-        warm = Trainer(_digits_model(name, dtype, seed), "cross_entropy", optim.SGD(lr=lr))
+        warm = Trainer(_digits_model(name, dtype, seed, model), "cross_entropy", optim.SGD(lr=lr))
         warm.fit(X_train[:2 * batch_size], y_train[:2 * batch_size], epochs=1,
                  batch_size=batch_size, progress=False)
-        model = _digits_model(name, dtype, seed)
-        trainer = Trainer(model, "cross_entropy", optim.SGD(lr=lr, momentum=momentum), seed=seed)
+        net = _digits_model(name, dtype, seed, model)
+        trainer = Trainer(net, "cross_entropy", optim.SGD(lr=lr, momentum=momentum), seed=seed)
         if progress:
             print(f"backend {name}:", file=out, flush=True)
         start = time.perf_counter()
@@ -58,10 +104,10 @@ def warmup(out=sys.stdout):
         print(f"{name}: ready ({time.perf_counter() - start:.1f} s)", file=out)
 
 
-def _plot_curves(row, path):
+def _plot_curves(row, path, model="mlp"):
     """Save one backend's training curves (loss and accuracy per epoch) if matplotlib is here."""
     try:
-        row["history"].plot(path, title=f"digits MLP, {row['backend']} backend")
+        row["history"].plot(path, title=f"digits {model.upper()}, {row['backend']} backend")
     except ImportError:
         print("(no training-curve plot: pip install 'fastnn[plot]' for one)")
         return
@@ -99,11 +145,17 @@ def kernel_table(names=None):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="fastnn", description=__doc__)
     sub = parser.add_subparsers(dest="command")
-    d = sub.add_parser("digits", help="train a 64-256-128-10 MLP on the 8x8 digits on every backend")
+    d = sub.add_parser("digits", help="train a model (default: a 64-256-128-10 MLP) on the 8x8 digits "
+                                      "on every backend")
+    d.add_argument("--model", default="mlp", choices=list(FAMILIES),
+                   help="the model family: " + "; ".join(f"{k}: {v[0]}" for k, v in FAMILIES.items()))
     d.add_argument("--backends", nargs="*", default=None, help="default: every usable backend")
-    d.add_argument("--epochs", type=int, default=30)
+    d.add_argument("--epochs", type=int, default=None,
+                   help="default: the family's (" + ", ".join(f"{k} {v[2]}" for k, v in FAMILIES.items()) + ")")
     d.add_argument("--batch-size", type=int, default=32)
-    d.add_argument("--lr", type=float, default=0.05)
+    d.add_argument("--lr", type=float, default=None,
+                   help="SGD's learning rate (momentum 0.9); default: the family's ("
+                        + ", ".join(f"{k} {v[3]}" for k, v in FAMILIES.items()) + ")")
     d.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--no-progress", action="store_true")
@@ -128,15 +180,18 @@ def main(argv=None):
     if args.command in (None, "digits"):
         if args.command is None:
             args = parser.parse_args(["digits"])
-        rows = train_digits(args.backends, args.epochs, args.batch_size, args.lr, dtype=args.dtype,
-                            seed=args.seed, progress=not args.no_progress)
+        title, _, default_epochs, default_lr = FAMILIES[args.model]
+        epochs = default_epochs if args.epochs is None else args.epochs
+        lr = default_lr if args.lr is None else args.lr
+        rows = train_digits(args.backends, epochs, args.batch_size, lr, dtype=args.dtype,
+                            seed=args.seed, progress=not args.no_progress, model=args.model)
         from .data import load_digits
         n_train = len(load_digits(seed=args.seed)[0])
-        print(f"\nDigits MLP 64-256-128-10, {args.epochs} epochs, batch {args.batch_size}, "
-              f"SGD lr={args.lr} momentum=0.9, {args.dtype}, {n_train} training / "
+        print(f"\nDigits {title}, {epochs} epochs, batch {args.batch_size}, "
+              f"SGD lr={lr} momentum=0.9, {args.dtype}, {n_train} training / "
               f"{1797 - n_train} test images")
-        print(format_table(rows, args.epochs, n_train))
-        _plot_curves(rows[-1], args.plot)
+        print(format_table(rows, epochs, n_train))
+        _plot_curves(rows[-1], args.plot, args.model)
         return 0
     parser.print_help()
     return 2

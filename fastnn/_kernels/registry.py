@@ -52,7 +52,7 @@ def loss_and_grad(dtype, example=None):
 @dataclass(frozen=True)
 class Kernel:
     name: str
-    family: str                        # linear, activation, loss, optim, conv, recurrent, dropout, embedding, attention
+    family: str   # linear, activation, loss, optim, conv, recurrent, normalization, dropout, embedding, attention
     reference: Callable
     check: Callable                    # check(*args, **kwargs) -> (args, kwargs) for the raw kernel
     examples: ex.Cases
