@@ -43,6 +43,15 @@ def _shapes(kernel, m, k, n):
         "dropout": ([(m, n)], {"p": 0.3, "seed": 7}), "dropout_backward": ([(m, n), ("mask", (m, n))], {"p": 0.3}),
         "embedding": ([(n, k), ("indices", m, n)], {}),
         "embedding_backward_into": ([(m, k), ("indices", m, n), (n, k)], {"padding_idx": -1})})
+    table.update({   # issue 10: normalization and attention ((N, C, S) layouts; one head keeps any width)
+        "layer_norm": ([(m, n), (n,), (n,)], {"eps": 1e-5}),
+        "layer_norm_backward": ([(m, n), (m, n), (m,), ("positive", (m,)), (n,)], {}),
+        "batch_norm": ([(m, k, n), (k,), (k,), (k,), ("positive", (k,))], {"momentum": 0.1, "training": True}),
+        "batch_norm_backward": ([(m, k, n), (m, k, n), (k,), ("positive", (k,)), (k,)], {"training": True}),
+        "global_avgpool": ([(m, k, n)], {}), "global_avgpool_backward": ([(m, k), (m, k, n)], {}),
+        "attention": ([(m, k, n), (m, k, n), (m, k, n), None], {"num_heads": 1, "causal": True}),
+        "attention_backward": ([(m, k, n), (m, k, n), (m, k, n), (m, k, n), ("positive", (m, 1, k, k))],
+                               {"num_heads": 1})})
     return table[kernel]
 
 
@@ -54,6 +63,12 @@ def kernel_calls(draw):
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     args = []
     for shape in shapes:
+        if shape is None:   # an optional array left out (attention's mask)
+            args.append(None)
+            continue
+        if shape[0] == "positive":   # variances, probabilities, reciprocal deviations
+            args.append(rng.uniform(0.1, 2.0, shape[1]).astype(draw(st.sampled_from(DTYPES[:2]))))
+            continue
         if shape == "labels":
             args.append(rng.integers(0, n, m))
             continue
