@@ -11,6 +11,7 @@ import importlib
 import os
 import types
 
+from . import _malloc
 from ._kernels import reference, registry
 
 # name -> module whose NATIVE table ({kernel: function}) overrides the reference
@@ -93,6 +94,9 @@ def _load(name):
         _failures[name] = f"backend {name!r} is not available here: {type(exc).__name__}: {exc}"
         raise BackendUnavailable(_failures[name]) from None
     _loaded[name] = Backend(name, module)
+    # tfspeed: the compiled CPU backends reuse freed heap memory (fastnn/_malloc.py)
+    if name in ("cython", "numba"):
+        _malloc.tune()
     return _loaded[name]
 
 
