@@ -267,11 +267,12 @@ def _im2col_bi(x, kh, kw, sh, sw, ph, pw, ho, wo):
     """colt (C*kh*kw, Ho*Wo*N): run (tap, oh, ow) is xt[ci, ih, iw, :] or zeros."""
     n, c, hgt, wid = x.shape
     xt = np.empty((c, hgt, wid, n), x.dtype)
-    for a in range(n):
+    for a0 in range(0, n, 8):          # 8 samples a pass: the strided side stays in cache
         for ci in range(c):
             for ih in range(hgt):
                 for iw in range(wid):
-                    xt[ci, ih, iw, a] = x[a, ci, ih, iw]
+                    for a in range(a0, min(a0 + 8, n)):
+                        xt[ci, ih, iw, a] = x[a, ci, ih, iw]
     colt = np.empty((c * kh * kw, ho * wo * n), x.dtype)
     z = x.dtype.type(0)
     for ci in range(c):
@@ -347,23 +348,57 @@ def _nchw_to_bi(dy, db):
     """(N, C, Ho, Wo) -> (C, Ho*Wo*N), adding each channel's sum into db."""
     n, c, ho, wo = dy.shape
     out = np.empty((c, ho * wo * n), dy.dtype)
-    for a in range(n):
-        for ch in range(c):
-            s = dy.dtype.type(0)
+    for ch in range(c):
+        for a0 in range(0, n, 8):
             for oh in range(ho):
                 for ow in range(wo):
-                    v = dy[a, ch, oh, ow]
-                    out[ch, (oh * wo + ow) * n + a] = v
-                    s += v
-            db[ch] += s
+                    for a in range(a0, min(a0 + 8, n)):
+                        out[ch, (oh * wo + ow) * n + a] = dy[a, ch, oh, ow]
+    _row_sums_into(out, db)
     return out
+
+
+@njit(cache=True, fastmath={"contract", "reassoc", "nsz", "arcp"}, error_model="numpy")
+def _row_sums_into(a, out):
+    for i in range(a.shape[0]):
+        s = a.dtype.type(0)
+        for r in range(a.shape[1]):
+            s += a[i, r]
+        out[i] += s
+
+
+@njit(cache=True, fastmath={"contract", "reassoc", "nsz", "arcp"}, error_model="numpy")
+def _dw_dots(dyt, colt, dw):
+    """dw[co, k] = dyt[co, :] . colt[k, :] (few taps: the GEMM's packing costs more)."""
+    for co in range(dyt.shape[0]):
+        for k in range(colt.shape[0]):
+            s = dyt.dtype.type(0)
+            for r in range(dyt.shape[1]):
+                s += dyt[co, r] * colt[k, r]
+            dw[co, k] = s
+    return dw
+
+
+@njit(cache=True, fastmath=FM, error_model="numpy")
+def _rows_axpy(w2, src, dst, trans):
+    """dst[i, :] += sum_j w[i, j] src[j, :] (w = w2, or w2^T when trans): few taps."""
+    m = dst.shape[0]
+    kk = src.shape[0]
+    for i in range(m):
+        for j in range(kk):
+            v = w2[j, i] if trans else w2[i, j]
+            for r in range(dst.shape[1]):
+                dst[i, r] += v * src[j, r]
 
 
 def _conv_bi(x, w, b, sh, sw, ph, pw, ho, wo):
     c_out, _, kh, kw = w.shape
     colt = _im2col_bi(x, kh, kw, sh, sw, ph, pw, ho, wo)
     yt = _bias_rows(b, colt.shape[1])
-    _gemm(w.reshape(c_out, -1), colt, yt, False, False, accumulate=True)
+    if colt.shape[0] < GEMM_MIN_TAPS:
+        _rows_axpy(w.reshape(c_out, -1), colt, yt, False)
+    else:
+        _gemm(w.reshape(c_out, -1), colt, yt, False, False, accumulate=True)
     return _bi_to_nchw(yt, x.shape[0], ho, wo)
 
 
@@ -374,10 +409,18 @@ def _conv_bi_backward(dy, x, w, sh, sw, ph, pw, need_dx):
     colt = _im2col_bi(x, kh, kw, sh, sw, ph, pw, ho, wo)
     db = np.zeros(c_out, x.dtype)
     dyt = _nchw_to_bi(dy, db)
-    dw = _gemm(dyt, colt, np.empty(w2.shape, x.dtype), False, True).reshape(w.shape)
+    few = colt.shape[0] < GEMM_MIN_TAPS
+    if few:
+        dw = _dw_dots(dyt, colt, np.empty(w2.shape, x.dtype)).reshape(w.shape)
+    else:
+        dw = _gemm(dyt, colt, np.empty(w2.shape, x.dtype), False, True).reshape(w.shape)
     dx = None
     if need_dx:
-        dcolt = _gemm(w2, dyt, np.empty(colt.shape, x.dtype), True, False)
+        if few:
+            dcolt = np.zeros(colt.shape, x.dtype)
+            _rows_axpy(w2, dyt, dcolt, True)
+        else:
+            dcolt = _gemm(w2, dyt, np.empty(colt.shape, x.dtype), True, False)
         dx = _col2im_bi(dcolt, x.shape[0], c_in, x.shape[2], x.shape[3], kh, kw, sh, sw, ph, pw, ho, wo)
     return dx, dw, db
 
@@ -523,8 +566,9 @@ def _maxpool(x, kh, kw, sh, sw, ho, wo):
 
 @njit(cache=True, fastmath={"contract"}, error_model="numpy")
 def _maxpool2x2(x, ho, wo):
-    """_maxpool for 2x2 windows at stride 2, unrolled: the same rule per value in
-    window order (take it when greater, or a NaN over a number)."""
+    """_maxpool for 2x2 windows at stride 2, unrolled and branch-free (random data
+    mispredicts the branches): the same rule per value in window order (take it when
+    greater, or a NaN over a number)."""
     n, c, hgt, wid = x.shape
     y = np.empty((n, c, ho, wo), x.dtype)
     idx = np.empty((n, c, ho, wo), np.int64)
@@ -538,17 +582,17 @@ def _maxpool2x2(x, ho, wo):
                     best = x[a, ch, r, c0]
                     where = base + c0
                     v = x[a, ch, r, c0 + 1]
-                    if v > best or (v != v and best == best):
-                        best = v
-                        where = base + c0 + 1
+                    t = (v > best) | ((v != v) & (best == best))
+                    best = v if t else best
+                    where = base + c0 + 1 if t else where
                     v = x[a, ch, r + 1, c0]
-                    if v > best or (v != v and best == best):
-                        best = v
-                        where = base + wid + c0
+                    t = (v > best) | ((v != v) & (best == best))
+                    best = v if t else best
+                    where = base + wid + c0 if t else where
                     v = x[a, ch, r + 1, c0 + 1]
-                    if v > best or (v != v and best == best):
-                        best = v
-                        where = base + wid + c0 + 1
+                    t = (v > best) | ((v != v) & (best == best))
+                    best = v if t else best
+                    where = base + wid + c0 + 1 if t else where
                     y[a, ch, oh, ow] = best
                     idx[a, ch, oh, ow] = where
     return y, idx
