@@ -53,6 +53,7 @@ def main():
                 for name, on in runs:
                     if on is not None:
                         set_paths(on)
+                    time.sleep(0.2)        # let the last engine's thread pool go idle first
                     start = time.perf_counter()
                     for _ in range(args.steps):
                         steps[name]()
