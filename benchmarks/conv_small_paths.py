@@ -2,9 +2,12 @@
 training step (small_models_vs_torch.py's BatchNorm CNN, batch 100) of the cython
 and numba backends with the batch-inner conv layout, the single-thread numba conv
 GEMMs and the unrolled 2x2 max pool ("after") or without them ("before"), against
-torch CPU at one thread.
+torch CPU at one thread (timed first, on its own).
 
-    python benchmarks/conv_small_paths.py [--rounds 15] [--steps 20] [--models bncnn cnn]
+    python benchmarks/conv_small_paths.py [--rounds 15] [--steps 20] [--models bncnn]
+
+One model a run: torch is timed first in the process (see main), so only the first
+model of --models gets a fair torch ratio.
 """
 import argparse
 import statistics
@@ -42,29 +45,38 @@ def main():
             steps = {"torch": torch_step(kind, None, x, y)}
             for b in ("cython", "numba"):
                 steps[b] = fastnn_step(kind, None, b, x, y)
-            runs = [("torch", None)] + [(b, on) for b in ("cython", "numba") for on in (False, True)]
-            ratios = {r: [] for r in runs if r[0] != "torch"}
-            for name, on in runs:          # warm up (numba compiles both paths)
-                if on is not None:
-                    set_paths(on)
-                steps[name]()
+            # torch first and on its own: once the compiled engines' OpenMP/Numba pools have
+            # run in this process, torch's step here came out 5-50x slower (thread pools
+            # spinning on the two shared cores), which no pause between engines cured.
+            torch_times = []
+            steps["torch"]()
             for _ in range(args.rounds):
-                t = {}
+                start = time.perf_counter()
+                for _ in range(args.steps):
+                    steps["torch"]()
+                torch_times.append(time.perf_counter() - start)
+            t_torch = statistics.median(torch_times)
+            runs = [(b, on) for b in ("cython", "numba") for on in (False, True)]
+            times = {r: [] for r in runs}
+            for name, on in runs:          # warm up (numba compiles both paths)
+                set_paths(on)
+                steps[name]()
+            for _ in range(args.rounds):   # before/after interleaved
                 for name, on in runs:
-                    if on is not None:
-                        set_paths(on)
-                    time.sleep(0.2)        # let the last engine's thread pool go idle first
+                    set_paths(on)
+                    time.sleep(0.05)
                     start = time.perf_counter()
                     for _ in range(args.steps):
                         steps[name]()
-                    t[(name, on)] = time.perf_counter() - start
-                for r in ratios:
-                    ratios[r].append(t[("torch", None)] / t[r])
+                    times[(name, on)].append(time.perf_counter() - start)
+            ratios = {r: t_torch / statistics.median(v) for r, v in times.items()}
+            speedup = {b: statistics.median(x / y for x, y in zip(times[(b, False)], times[(b, True)]))
+                       for b in ("cython", "numba")}
             set_paths(True)
-            print(f"| model | engine | before vs torch | after vs torch |\n|---|---|---|---|")
+            print("| model | engine | before vs torch | after vs torch | after / before |\n|---|---|---|---|---|")
             for b in ("cython", "numba"):
-                print(f"| {kind} | {b} | {statistics.median(ratios[(b, False)]):.2f}x "
-                      f"| {statistics.median(ratios[(b, True)]):.2f}x |", flush=True)
+                print(f"| {kind} | {b} | {ratios[(b, False)]:.2f}x | {ratios[(b, True)]:.2f}x "
+                      f"| {speedup[b]:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":
