@@ -268,6 +268,25 @@ cdef void _dw_dots(const floating *dyt, const floating *colt, floating *dw, Py_s
             k += nb
 
 
+cdef int _dw_gemm(const floating *dyt, const floating *colt, floating *dw, Py_ssize_t c_out,
+                  Py_ssize_t kk, Py_ssize_t rows, int nthreads) noexcept nogil:
+    """dw (C_out, K) = dyt colt^T, computed as its transpose colt dyt^T and then
+    transposed: the GEMM then packs the transposed operand from dyt (C_out rows)
+    instead of colt (K rows); 1.6x faster at the BatchNorm CNN's 32 x 144 x 1600."""
+    cdef floating *dwt = <floating *> fnn_aligned_alloc(kk * c_out * sizeof(floating))
+    cdef Py_ssize_t co, k
+    cdef int rc
+    if dwt == NULL:
+        return -1
+    rc = _gemm(colt, dyt, dwt, kk, c_out, rows, False, True, False, nthreads)
+    if rc == 0:
+        for co in range(c_out):
+            for k in range(kk):
+                dw[co * kk + k] = dwt[k * c_out + co]
+    fnn_aligned_free(dwt)
+    return rc
+
+
 cdef void _row_sums16(const floating *a, floating *out, Py_ssize_t m, Py_ssize_t cols) noexcept nogil:
     """out[i] = sum of row i of a (m, cols), in 16 lanes (a serial sum was 60 us of the
     first layer's 95)."""
@@ -443,7 +462,7 @@ cdef int _conv_bwd_bi(const floating *dy, const floating *x, const floating *w, 
         _dw_dots(dyt, colt, dw, c_out, kk, rows)
         rc = 0
     else:
-        rc = _gemm(dyt, colt, dw, c_out, kk, rows, False, True, False, nthreads)
+        rc = _dw_gemm(dyt, colt, dw, c_out, kk, rows, nthreads)
     if rc == 0 and dx != NULL:
         rc = _gemm(w, dyt, dcolt, kk, rows, c_out, True, False, False, nthreads)
         if rc == 0:
@@ -484,7 +503,7 @@ cdef int _conv_bwd(const floating *dy, const floating *x, const floating *w, flo
         _dw_dots(dyt, colt, dw, c_out, kk, rows)
         rc = 0
     else:
-        rc = _gemm(dyt, colt, dw, c_out, kk, rows, False, True, False, nthreads)
+        rc = _dw_gemm(dyt, colt, dw, c_out, kk, rows, nthreads)
     if rc == 0 and dx != NULL:
         rc = _gemm(w, dyt, dcolt, kk, rows, c_out, True, False, False, nthreads)
         if rc == 0:
