@@ -602,13 +602,14 @@ def _maxpool2x2(x, ho, wo):
 def _maxpool_backward(dy, idx, h, w):
     n, c = dy.shape[0], dy.shape[1]
     dx = np.zeros((n, c, h, w), dy.dtype)
-    for a in range(n):
-        for ch in range(c):
-            d = dx[a, ch].reshape(-1)
-            g = dy[a, ch].reshape(-1)
-            k = idx[a, ch].reshape(-1)
-            for p in range(g.size):
-                d[k[p]] += g[p]
+    # flat (plane, position) views: per-plane views cost more than the scatter itself
+    planes, plane_out = n * c, dy.shape[2] * dy.shape[3]
+    d = dx.reshape(planes, h * w)
+    g = np.ascontiguousarray(dy).reshape(planes, plane_out)
+    k = np.ascontiguousarray(idx).reshape(planes, plane_out)
+    for pl in range(planes):
+        for p in range(plane_out):
+            d[pl, k[pl, p]] += g[pl, p]
     return dx
 
 
