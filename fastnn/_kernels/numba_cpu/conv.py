@@ -31,7 +31,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import _threads
-from .gemm import _gemm_into
+from .gemm import BLOCKS, _gemm_block, _gemm_into
 
 # 'contract' for FMAs; 'reassoc' only where a reduction needs it (none of the
 # loops below reduces across a vector: they all update rows).
@@ -40,6 +40,15 @@ FM = {"contract", "nsz", "arcp"}
 PARALLEL_MIN_WORK = 1 << 21
 # Kernels with at least this many taps (C_in * kh * kw) go through im2col + GEMM.
 GEMM_MIN_TAPS = 16
+# Convolution GEMMs below this many multiply-adds run on this thread: at the small-CNN
+# sizes (7M) the two-thread GEMM of gemm.py lost 10-40x on two shared cores (the conv2d of
+# the BatchNorm CNN's second layer took 9 ms instead of 0.2 ms), as in the Cython backend.
+GEMM_PAR_MIN_WORK = 1 << 24
+# Batches of at least this many samples, and more samples than output columns, use
+# the batch-inner layout (below).
+BI_MIN_N = 8
+# 2x2 stride-2 max pools use the unrolled kernel.
+MAXPOOL_2X2 = True
 
 
 # ----------------------------------------------------------- convolution
@@ -235,12 +244,197 @@ def _nchw_to_rows(dy, db):
     return out
 
 
+def _gemm(a, b, c, trans_a, trans_b, accumulate=False):
+    """c (+)= op(a) @ op(b); on this thread below GEMM_PAR_MIN_WORK multiply-adds."""
+    m, n = c.shape
+    k = a.shape[0] if trans_a else a.shape[1]
+    if m * n * k >= GEMM_PAR_MIN_WORK:
+        return _gemm_into(a, b, c, trans_a, trans_b, accumulate)
+    mc, kc, nc = BLOCKS[a.dtype]
+    _gemm_block(a, b, c, trans_a, trans_b, 0, m, 0, n, accumulate, mc, kc, nc)
+    return c
+
+
+# ------------------------------------ batch-inner layout (small images)
+# For a batch of small images the (n, oh, ow) rows above hold runs only kw long and
+# the loops cost more than the GEMM (the BatchNorm CNN's 4x4 layer: im2col 0.8 ms,
+# GEMM 0.2 ms). Here the columns of colt (K, Ho*Wo*N), yt and dyt go in (oh, ow, n)
+# order, x transposed first to xt (C, H, W, N): every copy is one whole batch long.
+
+
+@njit(cache=True, fastmath=FM, error_model="numpy")
+def _im2col_bi(x, kh, kw, sh, sw, ph, pw, ho, wo):
+    """colt (C*kh*kw, Ho*Wo*N): run (tap, oh, ow) is xt[ci, ih, iw, :] or zeros."""
+    n, c, hgt, wid = x.shape
+    xt = np.empty((c, hgt, wid, n), x.dtype)
+    for a0 in range(0, n, 8):          # 8 samples a pass: the strided side stays in cache
+        for ci in range(c):
+            for ih in range(hgt):
+                for iw in range(wid):
+                    for a in range(a0, min(a0 + 8, n)):
+                        xt[ci, ih, iw, a] = x[a, ci, ih, iw]
+    colt = np.empty((c * kh * kw, ho * wo * n), x.dtype)
+    z = x.dtype.type(0)
+    for ci in range(c):
+        for i in range(kh):
+            for j in range(kw):
+                k = (ci * kh + i) * kw + j
+                for oh in range(ho):
+                    ih = oh * sh + i - ph
+                    for ow in range(wo):
+                        iw = ow * sw + j - pw
+                        base = (oh * wo + ow) * n
+                        if ih < 0 or ih >= hgt or iw < 0 or iw >= wid:
+                            for a in range(n):
+                                colt[k, base + a] = z
+                        else:
+                            for a in range(n):
+                                colt[k, base + a] = xt[ci, ih, iw, a]
+    return colt
+
+
+@njit(cache=True, fastmath=FM, error_model="numpy")
+def _col2im_bi(dcolt, n, c, hgt, wid, kh, kw, sh, sw, ph, pw, ho, wo):
+    """The adjoint of _im2col_bi: (N, C, H, W)."""
+    dxt = np.zeros((c, hgt, wid, n), dcolt.dtype)
+    for ci in range(c):
+        for i in range(kh):
+            for j in range(kw):
+                k = (ci * kh + i) * kw + j
+                for oh in range(ho):
+                    ih = oh * sh + i - ph
+                    if ih < 0 or ih >= hgt:
+                        continue
+                    for ow in range(wo):
+                        iw = ow * sw + j - pw
+                        if iw < 0 or iw >= wid:
+                            continue
+                        base = (oh * wo + ow) * n
+                        for a in range(n):
+                            dxt[ci, ih, iw, a] += dcolt[k, base + a]
+    dx = np.empty((n, c, hgt, wid), dcolt.dtype)
+    for a in range(n):
+        for ci in range(c):
+            for ih in range(hgt):
+                for iw in range(wid):
+                    dx[a, ci, ih, iw] = dxt[ci, ih, iw, a]
+    return dx
+
+
+@njit(cache=True, fastmath=FM, error_model="numpy")
+def _bias_rows(b, rows):
+    out = np.empty((b.shape[0], rows), b.dtype)
+    for co in range(b.shape[0]):
+        for r in range(rows):
+            out[co, r] = b[co]
+    return out
+
+
+@njit(cache=True, fastmath=FM, error_model="numpy")
+def _bi_to_nchw(yt, n, ho, wo):
+    """yt (C, Ho*Wo*N) -> (N, C, Ho, Wo)."""
+    c = yt.shape[0]
+    y = np.empty((n, c, ho, wo), yt.dtype)
+    for a in range(n):
+        for ch in range(c):
+            for oh in range(ho):
+                for ow in range(wo):
+                    y[a, ch, oh, ow] = yt[ch, (oh * wo + ow) * n + a]
+    return y
+
+
+@njit(cache=True, fastmath=FM, error_model="numpy")
+def _nchw_to_bi(dy, db):
+    """(N, C, Ho, Wo) -> (C, Ho*Wo*N), adding each channel's sum into db."""
+    n, c, ho, wo = dy.shape
+    out = np.empty((c, ho * wo * n), dy.dtype)
+    for ch in range(c):
+        for a0 in range(0, n, 8):
+            for oh in range(ho):
+                for ow in range(wo):
+                    for a in range(a0, min(a0 + 8, n)):
+                        out[ch, (oh * wo + ow) * n + a] = dy[a, ch, oh, ow]
+    _row_sums_into(out, db)
+    return out
+
+
+@njit(cache=True, fastmath={"contract", "reassoc", "nsz", "arcp"}, error_model="numpy")
+def _row_sums_into(a, out):
+    for i in range(a.shape[0]):
+        s = a.dtype.type(0)
+        for r in range(a.shape[1]):
+            s += a[i, r]
+        out[i] += s
+
+
+@njit(cache=True, fastmath={"contract", "reassoc", "nsz", "arcp"}, error_model="numpy")
+def _dw_dots(dyt, colt, dw):
+    """dw[co, k] = dyt[co, :] . colt[k, :] (few taps: the GEMM's packing costs more)."""
+    for co in range(dyt.shape[0]):
+        for k in range(colt.shape[0]):
+            s = dyt.dtype.type(0)
+            for r in range(dyt.shape[1]):
+                s += dyt[co, r] * colt[k, r]
+            dw[co, k] = s
+    return dw
+
+
+@njit(cache=True, fastmath=FM, error_model="numpy")
+def _rows_axpy(w2, src, dst, trans):
+    """dst[i, :] += sum_j w[i, j] src[j, :] (w = w2, or w2^T when trans): few taps."""
+    m = dst.shape[0]
+    kk = src.shape[0]
+    for i in range(m):
+        for j in range(kk):
+            v = w2[j, i] if trans else w2[i, j]
+            for r in range(dst.shape[1]):
+                dst[i, r] += v * src[j, r]
+
+
+def _conv_bi(x, w, b, sh, sw, ph, pw, ho, wo):
+    c_out, _, kh, kw = w.shape
+    colt = _im2col_bi(x, kh, kw, sh, sw, ph, pw, ho, wo)
+    yt = _bias_rows(b, colt.shape[1])
+    if colt.shape[0] < GEMM_MIN_TAPS:
+        _rows_axpy(w.reshape(c_out, -1), colt, yt, False)
+    else:
+        _gemm(w.reshape(c_out, -1), colt, yt, False, False, accumulate=True)
+    return _bi_to_nchw(yt, x.shape[0], ho, wo)
+
+
+def _conv_bi_backward(dy, x, w, sh, sw, ph, pw, need_dx):
+    c_out, c_in, kh, kw = w.shape
+    ho, wo = dy.shape[2], dy.shape[3]
+    w2 = w.reshape(c_out, -1)
+    colt = _im2col_bi(x, kh, kw, sh, sw, ph, pw, ho, wo)
+    db = np.zeros(c_out, x.dtype)
+    dyt = _nchw_to_bi(dy, db)
+    few = colt.shape[0] < GEMM_MIN_TAPS
+    if few:
+        dw = _dw_dots(dyt, colt, np.empty(w2.shape, x.dtype)).reshape(w.shape)
+    else:
+        dw = _gemm(dyt, colt, np.empty(w2.shape, x.dtype), False, True).reshape(w.shape)
+    dx = None
+    if need_dx:
+        if few:
+            dcolt = np.zeros(colt.shape, x.dtype)
+            _rows_axpy(w2, dyt, dcolt, True)
+        else:
+            dcolt = _gemm(w2, dyt, np.empty(colt.shape, x.dtype), True, False)
+        dx = _col2im_bi(dcolt, x.shape[0], c_in, x.shape[2], x.shape[3], kh, kw, sh, sw, ph, pw, ho, wo)
+    return dx, dw, db
+
+
+def _use_bi(x, wo):
+    return x.shape[0] >= BI_MIN_N and x.shape[0] > wo
+
+
 def _conv_gemm(x, w, b, sh, sw, ph, pw, ho, wo):
     c_out, _, kh, kw = w.shape
     cols = _im2col(x, kh, kw, sh, sw, ph, pw, ho, wo)
     y2 = np.empty((cols.shape[0], c_out), x.dtype)
     y2[:] = b
-    _gemm_into(cols, w.reshape(c_out, -1), y2, False, True, accumulate=True)
+    _gemm(cols, w.reshape(c_out, -1), y2, False, True, accumulate=True)
     return _rows_to_nchw(y2, x.shape[0], ho, wo)
 
 
@@ -251,10 +445,10 @@ def _conv_gemm_backward(dy, x, w, sh, sw, ph, pw, need_dx):
     cols = _im2col(x, kh, kw, sh, sw, ph, pw, ho, wo)
     db = np.zeros(c_out, x.dtype)
     dy2 = _nchw_to_rows(dy, db)
-    dw = _gemm_into(dy2, cols, np.empty(w2.shape, x.dtype), True, False).reshape(w.shape)
+    dw = _gemm(dy2, cols, np.empty(w2.shape, x.dtype), True, False).reshape(w.shape)
     dx = None
     if need_dx:
-        dcols = _gemm_into(dy2, w2, np.empty(cols.shape, x.dtype), False, False)
+        dcols = _gemm(dy2, w2, np.empty(cols.shape, x.dtype), False, False)
         dx = _col2im(dcols, x.shape[0], c_in, x.shape[2], x.shape[3], kh, kw, sh, sw, ph, pw, ho, wo)
     return dx, dw, db
 
@@ -280,6 +474,8 @@ def conv2d(x, w, b, stride=(1, 1), padding=(0, 0)):
     ho, wo = _out(x.shape[2], kh, sh, ph), _out(x.shape[3], kw, sw, pw)
     if b is None:
         b = np.zeros(c_out, x.dtype)
+    if _use_bi(x, wo):
+        return _conv_bi(x, w, b, sh, sw, ph, pw, ho, wo)
     if c_in * kh * kw >= GEMM_MIN_TAPS:
         return _conv_gemm(x, w, b, sh, sw, ph, pw, ho, wo)
     y = np.empty((x.shape[0], c_out, ho, wo), x.dtype)
@@ -296,6 +492,8 @@ def conv2d_backward(dy, x, w, stride=(1, 1), padding=(0, 0), need_dx=True):
     """From dy (N, C_out, Ho, Wo) and the saved x, w: (dx or None, dw, db)."""
     (sh, sw), (ph, pw) = stride, padding
     c_out, c_in, kh, kw = w.shape
+    if _use_bi(x, dy.shape[3]):
+        return _conv_bi_backward(dy, x, w, sh, sw, ph, pw, need_dx)
     if c_in * kh * kw >= GEMM_MIN_TAPS:
         return _conv_gemm_backward(dy, x, w, sh, sw, ph, pw, need_dx)
     w2 = w.reshape(c_out, -1)
@@ -367,16 +565,51 @@ def _maxpool(x, kh, kw, sh, sw, ho, wo):
 
 
 @njit(cache=True, fastmath={"contract"}, error_model="numpy")
+def _maxpool2x2(x, ho, wo):
+    """_maxpool for 2x2 windows at stride 2, unrolled and branch-free (random data
+    mispredicts the branches): the same rule per value in window order (take it when
+    greater, or a NaN over a number)."""
+    n, c, hgt, wid = x.shape
+    y = np.empty((n, c, ho, wo), x.dtype)
+    idx = np.empty((n, c, ho, wo), np.int64)
+    for a in range(n):
+        for ch in range(c):
+            for oh in range(ho):
+                r = 2 * oh
+                base = r * wid
+                for ow in range(wo):
+                    c0 = 2 * ow
+                    best = x[a, ch, r, c0]
+                    where = base + c0
+                    v = x[a, ch, r, c0 + 1]
+                    t = (v > best) | ((v != v) & (best == best))
+                    best = v if t else best
+                    where = base + c0 + 1 if t else where
+                    v = x[a, ch, r + 1, c0]
+                    t = (v > best) | ((v != v) & (best == best))
+                    best = v if t else best
+                    where = base + wid + c0 if t else where
+                    v = x[a, ch, r + 1, c0 + 1]
+                    t = (v > best) | ((v != v) & (best == best))
+                    best = v if t else best
+                    where = base + wid + c0 + 1 if t else where
+                    y[a, ch, oh, ow] = best
+                    idx[a, ch, oh, ow] = where
+    return y, idx
+
+
+@njit(cache=True, fastmath={"contract"}, error_model="numpy")
 def _maxpool_backward(dy, idx, h, w):
     n, c = dy.shape[0], dy.shape[1]
     dx = np.zeros((n, c, h, w), dy.dtype)
-    for a in range(n):
-        for ch in range(c):
-            d = dx[a, ch].reshape(-1)
-            g = dy[a, ch].reshape(-1)
-            k = idx[a, ch].reshape(-1)
-            for p in range(g.size):
-                d[k[p]] += g[p]
+    # flat (plane, position) views: per-plane views cost more than the scatter itself
+    planes, plane_out = n * c, dy.shape[2] * dy.shape[3]
+    d = dx.reshape(planes, h * w)
+    g = np.ascontiguousarray(dy).reshape(planes, plane_out)
+    k = np.ascontiguousarray(idx).reshape(planes, plane_out)
+    for pl in range(planes):
+        for p in range(plane_out):
+            d[pl, k[pl, p]] += g[pl, p]
     return dx
 
 
@@ -421,6 +654,8 @@ def maxpool2d(x, kernel_size, stride):
     """Max over each window of x (N, C, H, W): (y, idx), idx the int64 flat
     position in H * W of each maximum (the first on ties)."""
     (kh, kw), (sh, sw) = kernel_size, stride
+    if kh == kw == sh == sw == 2 and MAXPOOL_2X2:
+        return _maxpool2x2(x, (x.shape[2] - 2) // 2 + 1, (x.shape[3] - 2) // 2 + 1)
     return _maxpool(x, kh, kw, sh, sw, (x.shape[2] - kh) // sh + 1, (x.shape[3] - kw) // sw + 1)
 
 
