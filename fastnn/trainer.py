@@ -159,7 +159,10 @@ class Trainer:
     def _correct(loss, out, y):
         if loss.name == "cross_entropy":
             labels = y if y.ndim == 1 else y.argmax(axis=1)
-            return int((out.argmax(axis=1) == labels).sum())
+            right = out.argmax(axis=1) == labels
+            if loss.ignore_index is not None and y.ndim == 1:
+                right &= labels != loss.ignore_index   # ignored rows are neither right nor wrong
+            return int(right.sum())
         if loss.name == "binary_cross_entropy":
             return int(((out > 0) == (y > 0.5)).all(axis=1).sum())
         return None
@@ -170,15 +173,19 @@ class Trainer:
         total = sum(loss.weight * r[0] for loss, r in zip(self._losses, results))
         return total, [r[0] for r in results], [r[1] for r in results]
 
-    def _logs(self, total, per_output, correct, n):
-        """{'loss', 'accuracy'} (one output) or also '<k>_loss', '<k>_accuracy' per output k."""
+    def _logs(self, total, per_output, correct, n, ys):
+        """{'loss', 'accuracy'} (one output) or also '<k>_loss', '<k>_accuracy' per output k.
+        Accuracy counts only the rows whose label is not the loss's ignore_index (nan if none is)."""
         logs = {"loss": total / n}
         many = len(self._losses) > 1
         for k, (loss, value, right) in enumerate(zip(self._losses, per_output, correct)):
             if many:
                 logs[f"output_{k}_loss"] = value / n
             if loss.name in CLASSIFICATION:
-                logs[f"output_{k}_accuracy" if many else "accuracy"] = right / n
+                counted = n
+                if loss.ignore_index is not None and ys[k].ndim == 1:
+                    counted -= int((ys[k] == loss.ignore_index).sum())
+                logs[f"output_{k}_accuracy" if many else "accuracy"] = right / counted if counted else float("nan")
         return logs
 
     # --------------------------------------------------------------- fit
@@ -241,7 +248,7 @@ class Trainer:
                     per_output[k] += parts[k] * size
                     if lossk.name in CLASSIFICATION:
                         correct[k] += self._correct(lossk, to_host(out), t)
-            logs = self._logs(total_loss, per_output, correct, n)
+            logs = self._logs(total_loss, per_output, correct, n, ys)
             if validation_data is not None:
                 logs.update({"val_" + k: v for k, v in self._evaluate(*val).items()})
             logs["time"] = time.perf_counter() - start
@@ -285,7 +292,7 @@ class Trainer:
                 per_output[k] += parts[k] * len(t)
                 if lossk.name in CLASSIFICATION:
                     correct[k] += self._correct(lossk, out, t)
-        return self._logs(total_loss, per_output, correct, len(xs[0]))
+        return self._logs(total_loss, per_output, correct, len(xs[0]), ys)
 
 
 def _per_output(value, n_out, what):

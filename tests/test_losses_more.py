@@ -250,6 +250,17 @@ def test_trainer_cross_entropy_options_and_ignore_index():
     t2 = fnn.Trainer(model, loss="cross_entropy", loss_options={"ignore_index": -100})
     assert abs(t2.evaluate(X, y_masked)["loss"] - fnn.losses.cross_entropy(
         model.predict(X), y_masked, ignore_index=-100)[0]) < 1e-9
+    # accuracy counts only the kept rows, in evaluate and in fit's logs
+    kept = y_masked != -100
+    right = (model.predict(X).argmax(axis=1) == y)[kept].mean()
+    assert abs(trainer.evaluate(X, y_masked)["accuracy"] - right) < 1e-12
+    zero = fnn.Trainer(model, loss=fnn.losses.CrossEntropy(ignore_index=0))   # an ignored class in range
+    right0 = (model.predict(X).argmax(axis=1) == y)[y != 0].mean()
+    assert abs(zero.evaluate(X, y)["accuracy"] - right0) < 1e-12
+    history = fnn.Trainer(model, loss=loss, optimizer=fnn.optim.SGD(lr=1e-9)).fit(
+        X, y_masked, epochs=1, batch_size=60, shuffle=False, progress=False)
+    assert abs(history.history["accuracy"][0] - right) < 1e-6
+    assert np.isnan(t2.evaluate(X[:2], np.full(2, -100))["accuracy"])   # nothing to count
 
 
 # --------------------------------------------------------------- bad input
