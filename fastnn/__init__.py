@@ -6,7 +6,7 @@
     trainer = fnn.Trainer(model, loss="cross_entropy", optimizer=fnn.optim.SGD(lr=0.1, momentum=0.9))
     history = trainer.fit(X, y, epochs=10, batch_size=100)
 """
-from . import data, layers, losses, optim
+from . import callbacks, data, layers, losses, optim
 from . import threads  # noqa: F401  (installs the at-fork hooks of the thread pools)
 from .backend import BackendUnavailable, backends, default_backend, get_backend
 from .graph import Input
@@ -19,5 +19,5 @@ __version__ = "0.1.0"
 __all__ = [
     "backends", "get_backend", "default_backend", "BackendUnavailable",
     "Input", "Model", "Sequential", "Parameter", "TapeError", "Trainer", "History", "Callback",
-    "load", "ModelFileError", "layers", "losses", "optim", "data",
+    "load", "ModelFileError", "layers", "losses", "optim", "data", "callbacks",
 ]

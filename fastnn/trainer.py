@@ -4,6 +4,7 @@ import time
 import numpy as np
 
 from . import losses, optim
+from .callbacks import Callback  # noqa: F401  (fastnn.Callback, the base)
 from ._kernels import checks
 from .layers.base import positive_int
 from .threads import backend_threads
@@ -31,20 +32,6 @@ class History:
 
     def __repr__(self):
         return f"History(epochs={len(self.epoch)}, metrics={list(self.history)})"
-
-
-class Callback:
-    """Base for callbacks; fit calls on_epoch_end(epoch, logs) after each epoch.
-    Setting ``trainer.stop_training = True`` ends fit after the current epoch."""
-
-    def on_train_begin(self, trainer):
-        pass
-
-    def on_epoch_end(self, epoch, logs):
-        pass
-
-    def on_train_end(self, trainer):
-        pass
 
 
 class _OutputLoss:
@@ -207,7 +194,8 @@ class Trainer:
         history = History()
         self.stop_training = False
         for cb in callbacks:
-            getattr(cb, "on_train_begin", lambda t: None)(self)
+            cb.set_trainer(self)
+            cb.on_train_begin({})
         bar = _progress(epochs) if progress else None
         model, n = self.model, len(xs[0])
         to_device, to_host = model.backend.to_device, model.backend.to_host
@@ -267,7 +255,7 @@ class Trainer:
         if bar is not None:
             bar.close()
         for cb in callbacks:
-            getattr(cb, "on_train_end", lambda t: None)(self)
+            cb.on_train_end({})
         return history
 
     # ---------------------------------------------------------- evaluate

@@ -47,9 +47,6 @@ class LRDecay(fnn.Callback):
     def __init__(self, rate):
         self.rate = rate
 
-    def on_train_begin(self, trainer):
-        self.trainer = trainer
-
     def on_epoch_end(self, epoch, logs):
         self.trainer.optimizer.lr *= self.rate
 

@@ -32,8 +32,8 @@ import numbers
 
 import numpy as np
 
-from .backend import get_backend
-from .layers import base as _layers
+from ..backend import get_backend
+from ..layers import base as _layers
 
 
 def _buffers(params):
@@ -434,7 +434,7 @@ def clip_grad_norm(params, max_norm, norm_type=2.0, error_if_nonfinite=False):
     max_norm / (norm + 1e-6) factor, applied only when below 1). ``params`` is
     model.parameters() (one norm kernel and one scale kernel over the flat gradient;
     frozen layers' gradients are left out) or an iterable of Parameters."""
-    from ._kernels import checks
+    from .._kernels import checks
     max_norm = _check(max_norm, "max_norm")
     order = checks.norm_order(norm_type)
     if not isinstance(params, (list, tuple)) and getattr(params, "flat_data", None) is None:
