@@ -1,0 +1,192 @@
+"""Where fit's and evaluate's batches come from.
+
+- Arrays in memory are checked (shape, dtype, NaN, label range) once, then indexed.
+- np.memmap arrays are read, converted and checked batch by batch: never loaded whole.
+- A DataLoader, or any re-iterable of (xb, yb) or (xb, yb, wb) batches, is checked batch by
+  batch. A one-shot iterator (a generator) works for one epoch, or for many with
+  steps_per_epoch (each epoch takes that many batches from it).
+
+Each source yields checked (xs, ys, w) triples: lists of arrays ready for the model and the
+losses, and the batch's sample weights (float64) or None. The row order of epoch e is
+data.epoch_order(seed, e, n), so a resumed run draws the batches an uninterrupted one would.
+"""
+import numpy as np
+
+from .data import DataLoader, _PageDropper, epoch_order, is_memmap
+
+
+def check_sample_weight(w, n, name="sample_weight"):
+    w = np.asarray(w)
+    if w.dtype.kind not in "fiub" or w.dtype.kind == "b":
+        raise TypeError(f"{name} must hold numbers, got dtype {w.dtype}")
+    w = np.ascontiguousarray(w, dtype=np.float64)
+    if w.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},) (one weight per sample), got {w.shape}")
+    if not np.isfinite(w).all():
+        raise ValueError(f"{name} contains NaN or inf")
+    if (w < 0).any():
+        raise ValueError(f"{name} must be >= 0, got {w.min()}")
+    return w
+
+
+def is_array_data(X):
+    """Arrays (or a list/tuple of arrays, one per input), as opposed to a loader of batches."""
+    if isinstance(X, DataLoader):
+        return False
+    if isinstance(X, (list, tuple)):   # a list of (xb, yb) batches, or arrays / nested lists
+        return not (len(X) > 0 and all(isinstance(b, (list, tuple)) and len(b) in (2, 3)
+                                       and hasattr(b[0], "shape") for b in X))
+    return isinstance(X, np.ndarray) or _array_like(X)
+
+
+def _array_like(a):
+    return hasattr(a, "__array__") and hasattr(a, "shape") and not hasattr(a, "__next__")
+
+
+def _lazy(X):
+    xs = X if isinstance(X, (list, tuple)) else [X]
+    return any(is_memmap(a) for a in xs)
+
+
+def _take(data, idx):
+    if isinstance(data, (list, tuple)):
+        return [np.asarray(a[idx]) for a in data]
+    return np.asarray(data[idx])
+
+
+def _length(data):
+    return len(data[0]) if isinstance(data, (list, tuple)) else len(data)
+
+
+class ArrayBatches:
+    """Batches of arrays; ``check(X, y, what)`` -> (xs, ys) is the trainer's validation."""
+    replayable = True
+
+    def __init__(self, check, X, y, w, batch_size, shuffle, seed, what="X"):
+        self.check, self.batch_size, self.shuffle, self.seed = check, batch_size, shuffle, seed
+        self.what = what
+        self.lazy = _lazy(X) or _lazy(y if isinstance(y, (list, tuple)) else [y])
+        self.n = _length(X)
+        if self.lazy:   # check one row now (shapes, dtypes), every batch when it is read
+            check(_take(X, slice(0, 1)), _take(y, slice(0, 1)), what)
+            self.X, self.y = X, y
+            self.dropper = _PageDropper([a for a in (X if isinstance(X, (list, tuple)) else [X])
+                                         + (y if isinstance(y, (list, tuple)) else [y]) if is_memmap(a)])
+        else:
+            self.xs, self.ys = check(X, y, what)
+        self.w = None if w is None else check_sample_weight(w, self.n)
+
+    def __len__(self):
+        return -(-self.n // self.batch_size)
+
+    def index(self, epoch, k):
+        """The rows of batch k of epoch ``epoch`` (a slice, or an index array)."""
+        lo = k * self.batch_size
+        if not self.shuffle:
+            return slice(lo, min(lo + self.batch_size, self.n))
+        idx = self._order(epoch)[lo:lo + self.batch_size]
+        return np.sort(idx) if self.lazy else idx   # a memmap is read front to back
+
+    def _order(self, epoch):
+        if getattr(self, "_order_of", None) != epoch:
+            self._order_of, self._perm = epoch, epoch_order(self.seed, epoch, self.n)
+        return self._perm
+
+    def batch(self, epoch, k):
+        idx = self.index(epoch, k)
+        w = None if self.w is None else self.w[idx]
+        if not self.lazy:
+            return [x[idx] for x in self.xs], [t[idx] for t in self.ys], w
+        xb, yb = _take(self.X, idx), _take(self.y, idx)
+        xs, ys = self.check(xb, yb, f"{self.what} rows {_rows_text(idx)}")
+        self.dropper.account(sum(a.nbytes for a in (xb if isinstance(xb, list) else [xb])))
+        return xs, ys, w
+
+    def epoch(self, epoch, start=0):
+        for k in range(start, len(self)):
+            yield self.batch(epoch, k)
+
+
+def _rows_text(idx):
+    if isinstance(idx, slice):
+        return f"{idx.start}:{idx.stop}"
+    return f"{idx.min()}..{idx.max()}"
+
+
+class IterBatches:
+    """Batches from a DataLoader or any iterable of (xb, yb[, wb]) tuples, checked one by one."""
+    replayable = False
+
+    def __init__(self, check, data, steps_per_epoch=None, what="X"):
+        if isinstance(data, (str, bytes, dict)) or not hasattr(data, "__iter__"):
+            raise TypeError(f"fit takes arrays, a fastnn.data.DataLoader or an iterable of (x, y) "
+                            f"batches; got {type(data).__name__}")
+        self.check, self.data, self.what = check, data, what
+        self.steps = steps_per_epoch
+        self.one_shot = iter(data) is data
+        self._it = None
+
+    def __len__(self):
+        if self.steps is not None:
+            return self.steps
+        try:
+            return len(self.data)
+        except TypeError:
+            return None
+
+    def _items(self, epoch):
+        if hasattr(self.data, "set_epoch"):
+            self.data.set_epoch(epoch)
+        if self.steps is None:
+            yield from self.data
+            return
+        taken = 0
+        while taken < self.steps:
+            if self._it is None:
+                self._it = iter(self.data)
+            try:
+                item = next(self._it)
+            except StopIteration:
+                self._it = None
+                if self.one_shot or taken == 0:
+                    break
+                continue
+            taken += 1
+            yield item
+
+    def epoch(self, epoch, start=0):
+        count = 0
+        for k, item in enumerate(self._items(epoch)):
+            count += 1
+            if k < start:
+                continue
+            yield self._unpack(item, k)
+        if count == 0:
+            raise ValueError(f"the data gave no batches in epoch {epoch}"
+                             + (": a generator can be consumed once; pass a DataLoader, a list of "
+                                "batches or steps_per_epoch with an endless generator" if self.one_shot else ""))
+
+    def _unpack(self, item, k):
+        if not isinstance(item, (list, tuple)) or len(item) not in (2, 3):
+            raise TypeError(f"batch {k} must be a tuple (x, y) or (x, y, sample_weight), "
+                            f"got {type(item).__name__}")
+        xs, ys = self.check(item[0], item[1], f"{self.what} batch {k}")
+        w = None
+        if len(item) == 3 and item[2] is not None:
+            w = check_sample_weight(item[2], len(xs[0]), f"sample_weight of batch {k}")
+        return xs, ys, w
+
+
+def source(check, X, y, w, batch_size, shuffle, seed, steps_per_epoch=None, what="X"):
+    """The batch source for fit/evaluate's data."""
+    if is_array_data(X):
+        if y is None:
+            raise ValueError(f"{what} is an array: give its targets y too")
+        if steps_per_epoch is not None:
+            raise ValueError("steps_per_epoch goes with a generator or a loader, not with arrays")
+        return ArrayBatches(check, X, y, w, batch_size, shuffle, seed, what)
+    if y is not None:
+        raise ValueError(f"{what} is a loader of (x, y) batches: y must be None (the batches carry it)")
+    if w is not None:
+        raise ValueError("sample_weight goes with arrays; a loader's batches carry their own as (x, y, w)")
+    return IterBatches(check, X, steps_per_epoch, what)
