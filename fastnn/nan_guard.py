@@ -42,6 +42,7 @@ class NanGuard:
             "params": to_host(self.model._flat_data).copy(),
             "buffers": None if self.buffers is None else to_host(self.buffers).copy(),
             "opt": [(arr, to_host(arr).copy()) for _, states in opt._state.values() for arr in states],
+            "opt_keys": set(opt._state),
             "iterations": opt.iterations,
             "lr": (opt.lr, [g.get("lr") for g in opt.param_groups]) if hasattr(opt, "lr") else None,
             "scheduler": None if scheduler is None or not hasattr(scheduler, "state_dict")
@@ -69,6 +70,8 @@ class NanGuard:
             model._flat_buffers[...] = to_device(s["buffers"])
         for arr, saved in s["opt"]:
             arr[...] = to_device(saved)
+        for key in set(self.optimizer._state) - s["opt_keys"]:   # made during the epoch: start afresh
+            del self.optimizer._state[key]
         self.optimizer.iterations = s["iterations"]
         if s["lr"] is not None:
             self.optimizer.lr = s["lr"][0]

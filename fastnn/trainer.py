@@ -1,12 +1,20 @@
-"""Trainer: fit / evaluate a model with a loss and an optimizer, in shuffled batches."""
+"""Trainer: fit / evaluate a model with a loss and an optimizer, in shuffled batches.
+
+The loop of fit: callbacks (fastnn.callbacks), learning-rate schedules (fastnn.optim.lr_scheduler),
+batches from arrays, memmaps or loaders (fastnn.batches), the NaN guard (fastnn.nan_guard),
+metrics (fastnn.metrics), sample and class weights, and checkpoints (fastnn.checkpoint).
+"""
+import math
+import sys
 import time
 
 import numpy as np
 
-from . import losses, optim
+from . import batches as _batches, losses, optim
 from .callbacks import Callback  # noqa: F401  (fastnn.Callback, the base)
 from ._kernels import checks
 from .layers.base import positive_int
+from .nan_guard import NanGuard
 from .threads import backend_threads
 
 CLASSIFICATION = ("cross_entropy", "binary_cross_entropy")
@@ -48,6 +56,7 @@ class _OutputLoss:
         else:
             losses.get(loss)  # unknown names fail here, with the list of known ones
         self.ignore_index = None
+        self.spec = loss       # what sample-weighted losses and checkpoints read
         if isinstance(loss, losses.Loss):
             self.name = loss.name
             self.ignore_index = getattr(loss, "ignore_index", None)
@@ -58,6 +67,8 @@ class _OutputLoss:
             # Data is validated once in fit/evaluate, so batches go to the raw kernel.
             self.kernel = getattr(model.backend.raw, loss) if isinstance(loss, str) else loss
             self.custom = not isinstance(loss, str)
+        self.labels = self.name == "cross_entropy"              # targets are class labels
+        self.classifier = self.name in CLASSIFICATION           # accuracy is reported
         self.weight = float(weight)
         if not np.isfinite(self.weight) or self.weight < 0:
             raise ValueError(f"loss weight must be a finite number >= 0, got {weight!r}")
@@ -85,10 +96,17 @@ class Trainer:
     per output) or a dict keyed by output index; ``loss_options`` are keyword arguments
     for a loss given by name (``loss="huber", loss_options={"delta": 0.5}``; for several
     outputs one dict for all or a list of dicts/None); ``loss_weights`` (list or dict)
-    weighs the outputs' losses (default 1 each)."""
+    weighs the outputs' losses (default 1 each). ``metrics`` lists what evaluate and the
+    epoch logs report besides the loss ("accuracy", "top_k_accuracy", "precision", "recall",
+    "f1", "mae", "r2", fastnn.metrics objects or callables); None reports accuracy for
+    classification losses.
+
+    State kept across fits: ``epoch`` (epochs completed), ``history`` (every epoch's logs),
+    ``scheduler`` (the last one given to fit). ``save_checkpoint`` / ``load_checkpoint``
+    store and restore all of it with the model and the optimizer's state."""
 
     def __init__(self, model, loss="cross_entropy", optimizer=None, seed=0, loss_weights=None,
-                 loss_options=None):
+                 loss_options=None, metrics=None):
         self.model = model
         n_out = len(model._graph.outputs)
         per_output = _per_output(loss, n_out, "loss")
@@ -101,9 +119,24 @@ class Trainer:
             options = [loss_options] * n_out
         self._losses = [_OutputLoss(model, l, w, o) for l, w, o in zip(per_output, weights, options)]
         self.loss_name = self._losses[0].name
+        self.loss_spec = {"loss": loss, "loss_options": loss_options, "loss_weights": loss_weights}
         self.optimizer = optim.get(optimizer if optimizer is not None else optim.SGD(lr=0.01))
-        self.seed = seed
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        self.seed = int(seed)
+        self.metrics = None if metrics is None else list(metrics)
+        self._metrics = None if metrics is None else self._make_metrics(self.metrics)
         self.stop_training = False
+        self.epoch = 0
+        self.history = History()
+        self.scheduler = None
+
+    def _make_metrics(self, specs):
+        """Per output, the metric objects (one set each output; keys get 'output_k_' with several)."""
+        from . import metrics as _metrics
+        if isinstance(specs, (str, bytes)) or not hasattr(specs, "__iter__"):
+            raise TypeError(f"metrics must be a list, e.g. ['accuracy', 'f1'], got {specs!r}")
+        return [[_metrics.get(m) for m in specs] for _ in self._losses]
 
     # ------------------------------------------------------------ checks
     def _check_data(self, X, y, what="X"):
@@ -126,7 +159,7 @@ class Trainer:
         if len(y) != n:
             raise ValueError(f"{what} has {n} samples but {name} has {len(y)}")
         out_shape = tuple(out_shape)
-        if loss.name == "cross_entropy":
+        if loss.labels:
             y = checks.labels_for(y, n, out_shape[-1], name="y", ignore_index=loss.ignore_index)
             if y.ndim == 2:
                 y = np.ascontiguousarray(y, dtype=self.model.dtype)
@@ -144,143 +177,370 @@ class Trainer:
 
     @staticmethod
     def _correct(loss, out, y):
-        if loss.name == "cross_entropy":
+        if loss.labels:
             labels = y if y.ndim == 1 else y.argmax(axis=1)
             right = out.argmax(axis=1) == labels
             if loss.ignore_index is not None and y.ndim == 1:
                 right &= labels != loss.ignore_index   # ignored rows are neither right nor wrong
             return int(right.sum())
-        if loss.name == "binary_cross_entropy":
+        if loss.classifier:
             return int(((out > 0) == (y > 0.5)).all(axis=1).sum())
         return None
 
-    def _step_losses(self, outs, ys_dev):
-        """(total loss, [per-output losses], [gradients]) of one batch."""
-        results = [loss(o, y) for loss, o, y in zip(self._losses, outs, ys_dev)]
+    # ---------------------------------------------------------- one batch
+    def _batch_losses(self, outs, ys, w):
+        """(weighted total, per-output losses, gradients) of one batch on device arrays;
+        with sample weights w each output's loss is sum(w * l) / sum(w)."""
+        if w is None:
+            results = [loss(o, t) for loss, o, t in zip(self._losses, outs, ys)]
+        else:
+            backend = self.model.backend
+            results = []
+            for loss, o, t in zip(self._losses, outs, ys):
+                value, grad = losses.sample_weighted(loss.spec, backend.to_host(o), backend.to_host(t), w)
+                grad = backend.to_device(np.asarray(grad, dtype=self.model.dtype))
+                results.append((float(value), grad * loss.weight if loss.weight != 1.0 else grad))
         total = sum(loss.weight * r[0] for loss, r in zip(self._losses, results))
         return total, [r[0] for r in results], [r[1] for r in results]
 
-    def _logs(self, total, per_output, correct, n, ys):
-        """{'loss', 'accuracy'} (one output) or also '<k>_loss', '<k>_accuracy' per output k.
-        Accuracy counts only the rows whose label is not the loss's ignore_index (nan if none is)."""
-        logs = {"loss": total / n}
-        many = len(self._losses) > 1
-        for k, (loss, value, right) in enumerate(zip(self._losses, per_output, correct)):
-            if many:
-                logs[f"output_{k}_loss"] = value / n
-            if loss.name in CLASSIFICATION:
-                counted = n
-                if loss.ignore_index is not None and ys[k].ndim == 1:
-                    counted -= int((ys[k] == loss.ignore_index).sum())
-                logs[f"output_{k}_accuracy" if many else "accuracy"] = right / counted if counted else float("nan")
-        return logs
+    def _train_batch(self, xs, ys, w, guard=None, where=None):
+        """One optimizer step on a checked batch: (loss, per-output losses, outputs, weight sum).
+        With a guard, a non-finite loss or gradient raises before the step (guard.fail)."""
+        model, to_device = self.model, self.model.backend.to_device
+        if guard is not None:
+            guard.begin_batch()
+        outs, tape = model._train_forward([to_device(x) for x in xs])
+        total, parts, grads = self._batch_losses(outs, [to_device(t) for t in ys], w)
+        if guard is not None and not guard.loss_ok(total):
+            guard.fail("the loss", total, *where)
+        model.zero_grad()
+        model._backprop(tape, grads)
+        if guard is not None and not guard.grads_ok():
+            guard.fail("a gradient", "non-finite", *where)
+        self.optimizer.step(model.parameters())
+        return total, parts, outs
 
     # --------------------------------------------------------------- fit
-    def fit(self, X, y, epochs=1, batch_size=32, validation_data=None, shuffle=True,
-            progress=True, callbacks=()):
+    def fit(self, X, y=None, epochs=1, batch_size=32, validation_data=None, validation_split=0.0,
+            sample_weight=None, class_weight=None, initial_epoch=0, shuffle=True, callbacks=(),
+            scheduler=None, progress=True, verbose=None, steps_per_epoch=None, nan_guard=True):
+        """Train; returns ``trainer.history``. X, y: arrays (np.memmaps are read batch by batch),
+        or X a fastnn.data.DataLoader / any iterable of (xb, yb[, wb]) batches with y=None.
+        Epochs run from ``initial_epoch`` to ``epochs - 1`` (Keras' meaning: ``epochs`` is the
+        last epoch's number + 1), so ``fit(X, y, epochs=4, initial_epoch=trainer.epoch)``
+        continues a run. ``validation_split`` holds out the last fraction of the arrays (before
+        shuffling, as Keras). ``sample_weight`` (N,) and ``class_weight`` ({class: weight} or
+        "balanced") weigh each sample's loss: sum(w * l) / sum(w). ``scheduler`` steps after
+        every batch if it says ``per_batch`` (OneCycleLR), else after every epoch. verbose: 0
+        silent, 1 a progress bar per epoch (``progress=True``), 2 one line per epoch.
+        ``nan_guard`` stops fit in the batch where the loss or a gradient stops being finite
+        (FloatingPointError naming it) with the weights of the last finite step."""
         with backend_threads(self.model.backend):
-            return self._fit(X, y, epochs, batch_size, validation_data, shuffle, progress, callbacks)
+            return self._fit(X, y, epochs, batch_size, validation_data, validation_split,
+                             sample_weight, class_weight, initial_epoch, shuffle, callbacks,
+                             scheduler, progress, verbose, steps_per_epoch, nan_guard)
 
-    def _fit(self, X, y, epochs, batch_size, validation_data, shuffle, progress, callbacks):
-        xs, ys = self._check_data(X, y)
-        if validation_data is not None:
-            if not isinstance(validation_data, (list, tuple)) or len(validation_data) != 2:
-                raise ValueError("validation_data must be a pair (X_val, y_val)")
-            val = self._check_data(*validation_data, what="X_val")
-        if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
-            raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
+    def _prepare(self, X, y, batch_size, validation_data, validation_split, sample_weight,
+                 class_weight, shuffle, steps_per_epoch):
+        """(training batch source, validation source or None)."""
+        if not isinstance(validation_split, (int, float)) or isinstance(validation_split, bool) \
+                or not 0.0 <= validation_split < 1.0:
+            raise ValueError(f"validation_split must be a number in [0, 1), got {validation_split!r}")
+        if validation_split and validation_data is not None:
+            raise ValueError("give validation_data or validation_split, not both")
+        val = None
+        if validation_split:
+            if not _batches.is_array_data(X):
+                raise ValueError("validation_split needs arrays; with a loader pass validation_data")
+            n = _batches._length(X)
+            cut = int(n * (1.0 - validation_split))
+            if cut < 1 or cut >= n:
+                raise ValueError(f"validation_split={validation_split} leaves no training or no "
+                                 f"validation rows of {n}")
+            part = lambda d, s: [a[s] for a in d] if isinstance(d, (list, tuple)) else d[s]
+            val = _batches.source(self._check_data, part(X, slice(cut, None)), part(y, slice(cut, None)),
+                                  None, 1024, False, self.seed, what="validation rows")
+            X, y = part(X, slice(0, cut)), part(y, slice(0, cut))
+            if sample_weight is not None:
+                sample_weight = np.asarray(sample_weight)[:cut]
+        elif validation_data is not None:
+            pair = isinstance(validation_data, (tuple, list)) and len(validation_data) in (2, 3) \
+                and _batches.is_array_data(validation_data[0])
+            if not pair and (_batches.is_array_data(validation_data) or not hasattr(validation_data, "__iter__")):
+                raise ValueError("validation_data must be a pair (X_val, y_val), a triple with "
+                                 "sample weights, or a loader of batches")
+            if pair:
+                wv = validation_data[2] if len(validation_data) == 3 else None
+                val = _batches.source(self._check_data, validation_data[0], validation_data[1], wv,
+                                      1024, False, self.seed, what="X_val")
+            else:
+                val = _batches.source(self._check_data, validation_data, None, None, 1024, False,
+                                      self.seed, what="X_val")
+        train = _batches.source(self._check_data, X, y, sample_weight, batch_size, shuffle, self.seed,
+                                steps_per_epoch)
+        if class_weight is not None:
+            if len(self._losses) != 1 or not self._losses[0].labels:
+                raise ValueError("class_weight needs one output with a class-label loss (cross_entropy)")
+            train.class_weight = class_weight
+        return train, val
+
+    def _weights(self, source, xs, ys, w):
+        """The batch's sample weights: given ones times the class weights (or None)."""
+        cw = getattr(source, "class_weight", None)
+        if cw is None:
+            return w
+        n_classes = self.model._output_shapes(xs)[0][-1]
+        cw_rows = losses.class_weight_to_sample_weight(cw, ys[0], n_classes)
+        return cw_rows if w is None else w * cw_rows
+
+    def _fit(self, X, y, epochs, batch_size, validation_data, validation_split, sample_weight,
+             class_weight, initial_epoch, shuffle, callbacks, scheduler, progress, verbose,
+             steps_per_epoch, nan_guard):
+        for value, name in ((epochs, "epochs"), (initial_epoch, "initial_epoch")):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
         batch_size = positive_int(batch_size, "batch_size")
-        rng = np.random.default_rng(self.seed)
-        history = History()
-        self.stop_training = False
+        if steps_per_epoch is not None:
+            steps_per_epoch = positive_int(steps_per_epoch, "steps_per_epoch")
+        if verbose is None:
+            verbose = 1 if progress else 0
+        if verbose not in (0, 1, 2):
+            raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
+        callbacks = list(callbacks or ())
         for cb in callbacks:
-            cb.set_trainer(self)
-            cb.on_train_begin({})
-        bar = _progress(epochs) if progress else None
-        model, n = self.model, len(xs[0])
-        to_device, to_host = model.backend.to_device, model.backend.to_host
-        params = model.parameters()   # views of the flat buffers: the same every step
+            if not hasattr(cb, "on_epoch_end"):
+                raise TypeError(f"callbacks must be fastnn.callbacks.Callback objects, got {cb!r}")
+        train, val = self._prepare(X, y, batch_size, validation_data, validation_split,
+                                   sample_weight, class_weight, shuffle, steps_per_epoch)
+        if scheduler is not None:
+            if not hasattr(scheduler, "step"):
+                raise TypeError(f"scheduler must have a step() method, got {scheduler!r}")
+            self.scheduler = scheduler
+        scheduler = self.scheduler
+        per_batch_sched = scheduler is not None and getattr(scheduler, "per_batch", False)
+        self.stop_training = False
+        hooks = _Hooks(callbacks, self)
+        before = self.epoch
+        hooks.call("on_train_begin", {})
+        # A callback that restored a backup (BackupAndRestore) moved trainer.epoch: go on from there.
+        start = self.epoch if self.epoch != before else initial_epoch
+        guard = NanGuard(self) if nan_guard else None
+        ended = {}
+        try:
+            for epoch in range(start, epochs):
+                logs = self._fit_epoch(epoch, epochs, train, val, hooks, guard, scheduler,
+                                       per_batch_sched, verbose)
+                self.epoch = epoch + 1
+                if scheduler is not None and not per_batch_sched:
+                    _step_scheduler(scheduler, logs)
+                hooks.call("on_epoch_end", epoch, logs)
+                if verbose == 2:
+                    print(f"epoch {epoch + 1}/{epochs} - " + _format_logs(logs), file=sys.stderr, flush=True)
+                if self.stop_training:
+                    break
+        except KeyboardInterrupt:
+            ended = {"interrupted": True}
+            raise
+        except BaseException as exc:
+            ended = {"exception": exc}
+            raise
+        finally:
+            hooks.call("on_train_end", ended)
+        return self.history
+
+    def _fit_epoch(self, epoch, epochs, train, val, hooks, guard, scheduler, per_batch_sched, verbose):
+        start = time.perf_counter()
         n_out = len(self._losses)
         loss0 = self._losses[0]
-        classify0 = loss0.name in CLASSIFICATION
-        for epoch in range(epochs):
-            start = time.perf_counter()
-            order = rng.permutation(n) if shuffle else None
-            total_loss, per_output, correct = 0.0, [0.0] * n_out, [0] * n_out
-            for lo in range(0, n, batch_size):
-                idx = order[lo:lo + batch_size] if shuffle else slice(lo, lo + batch_size)
-                # On a device backend the batch is copied in once; only the loss
-                # and (for classifiers) the outputs come back.
-                if n_out == 1:   # one output: no per-output lists in the hot loop
-                    yb = ys[0][idx]
-                    outs, tape = model._train_forward([to_device(x[idx]) for x in xs])
-                    part, grad = loss0(outs[0], to_device(yb))
-                    model.zero_grad()
-                    model._backprop(tape, [grad])
-                    self.optimizer.step(params)
-                    size = len(yb)
-                    total_loss += loss0.weight * part * size
-                    per_output[0] += part * size
-                    if classify0:
-                        correct[0] += self._correct(loss0, to_host(outs[0]), yb)
-                    continue
-                yb = [y[idx] for y in ys]
-                outs, tape = model._train_forward([to_device(x[idx]) for x in xs])
-                loss, parts, grads = self._step_losses(outs, [to_device(t) for t in yb])
-                model.zero_grad()
-                model._backprop(tape, grads)
-                self.optimizer.step(params)
-                size = len(yb[0])
-                total_loss += loss * size
-                for k, (lossk, out, t) in enumerate(zip(self._losses, outs, yb)):
-                    per_output[k] += parts[k] * size
-                    if lossk.name in CLASSIFICATION:
-                        correct[k] += self._correct(lossk, to_host(out), t)
-            logs = self._logs(total_loss, per_output, correct, n, ys)
-            if validation_data is not None:
-                logs.update({"val_" + k: v for k, v in self._evaluate(*val).items()})
-            logs["time"] = time.perf_counter() - start
-            history.append(epoch, logs)
-            for cb in callbacks:
-                cb.on_epoch_end(epoch, logs)
-            if bar is not None:
-                bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items() if k != "time"}, refresh=False)
-                bar.update(1)
-            if not np.isfinite(logs["loss"]):
+        simple = n_out == 1 and self._metrics is None
+        count_right = [loss.labels or loss.classifier for loss in self._losses]
+        total_loss, per_output, correct, rows, wsum = 0.0, [0.0] * n_out, [0] * n_out, 0, 0.0
+        counted = [0] * n_out   # rows accuracy counts: those whose label is not ignore_index
+        ignoring = [loss.ignore_index is not None for loss in self._losses]
+        metrics = self._metrics
+        if metrics is not None:
+            for ms in metrics:
+                for m in ms:
+                    m.reset()
+        if guard is not None:
+            guard.begin_epoch(scheduler)
+        replay = None
+        if train.replayable:
+            def replay(k):
+                for j in range(k):
+                    xs, ys, w = train.batch(epoch, j)
+                    self._train_batch(xs, ys, self._weights(train, xs, ys, w))
+                    if per_batch_sched:
+                        scheduler.step()
+        hooks.call("on_epoch_begin", epoch, {})
+        bar = _progress(epoch, epochs, len(train)) if verbose == 1 else None
+        shown = time.perf_counter()
+        to_host = self.model.backend.to_host
+        batch_hooks = hooks.batch
+        k = -1
+        try:
+            for k, (xs, ys, w) in enumerate(train.epoch(epoch)):
+                if batch_hooks:
+                    hooks.call("on_train_batch_begin", k, {})
+                w = self._weights(train, xs, ys, w)
+                total, parts, outs = self._train_batch(xs, ys, w, guard, (epoch, k, replay))
+                if per_batch_sched:
+                    scheduler.step()
+                size = len(ys[0])
+                bw = size if w is None else float(w.sum())
+                rows += size
+                wsum += bw
+                total_loss += total * bw
+                if simple:
+                    per_output[0] += parts[0] * bw
+                    if count_right[0]:
+                        correct[0] += self._correct(loss0, to_host(outs[0]), ys[0])
+                        counted[0] += size - (_ignored(loss0, ys[0]) if ignoring[0] else 0)
+                else:
+                    for j, lossj in enumerate(self._losses):
+                        per_output[j] += parts[j] * bw
+                        host = to_host(outs[j])
+                        if metrics is not None:
+                            for m in metrics[j]:
+                                m.update(host, ys[j], w)
+                        elif count_right[j]:
+                            correct[j] += self._correct(lossj, host, ys[j])
+                            counted[j] += size - (_ignored(lossj, ys[j]) if ignoring[j] else 0)
+                if batch_hooks:
+                    hooks.call("on_train_batch_end", k, {"loss": total, "size": size})
                 if bar is not None:
-                    bar.close()
-                raise FloatingPointError(f"loss became {logs['loss']} in epoch {epoch}: lower the learning rate")
-            if self.stop_training:
-                break
-        if bar is not None:
-            bar.close()
-        for cb in callbacks:
-            cb.on_train_end({})
-        return history
+                    bar.update(1)
+                    now = time.perf_counter()
+                    if now - shown > 0.2:
+                        shown = now
+                        bar.set_postfix_str(f"loss={total_loss / wsum:.4f}" if wsum else "", refresh=False)
+                if self.stop_training:
+                    break
+            if guard is not None and rows and not guard.weights_ok():
+                guard.fail("the weights", "non-finite", epoch, k + 1, replay)
+            if not guard and rows and not math.isfinite(total_loss):
+                raise FloatingPointError(f"loss became {total_loss / wsum} in epoch {epoch}: lower the learning rate")
+            logs = self._logs(total_loss, per_output, correct, rows, wsum, metrics, counted=counted)
+            if val is not None:
+                logs.update({"val_" + key: v for key, v in self._evaluate(val).items()})
+            logs["time"] = time.perf_counter() - start
+            if bar is not None:
+                bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items() if k != "time"}, refresh=True)
+        finally:
+            if bar is not None:
+                bar.close()
+        self.history.append(epoch, logs)
+        return logs
+
+    def _logs(self, total, per_output, correct, n, wsum, metrics, counted=None):
+        """{'loss', metrics...} (one output) or also 'output_<k>_loss', 'output_<k>_<metric>' per
+        output k. Accuracy (the default metric) counts only the rows whose label is not the
+        loss's ignore_index (nan if none is): ``counted`` gives those row counts per output."""
+        logs = {"loss": total / wsum if wsum else float("nan")}
+        many = len(self._losses) > 1
+        for k, (loss, value, right) in enumerate(zip(self._losses, per_output, correct)):
+            prefix = f"output_{k}_" if many else ""
+            if many:
+                logs[prefix + "loss"] = value / wsum if wsum else float("nan")
+            if metrics is not None:
+                for m in metrics[k]:
+                    logs[prefix + m.name] = float(m.result())
+            elif loss.labels or loss.classifier:
+                rows = n if counted is None else counted[k]
+                logs[prefix + "accuracy"] = right / rows if rows else float("nan")
+        return logs
 
     # ---------------------------------------------------------- evaluate
-    def evaluate(self, X, y, batch_size=1024):
-        """{'loss': mean loss, 'accuracy': fraction correct (classification losses)}."""
+    def evaluate(self, X, y=None, batch_size=1024, sample_weight=None):
+        """{'loss': mean loss, and the metrics (default: 'accuracy' for classification losses)}.
+        X, y as for fit (arrays, memmaps, or a loader with y=None)."""
         batch_size = positive_int(batch_size, "batch_size")
-        xs, ys = self._check_data(X, y)
+        source = _batches.source(self._check_data, X, y, sample_weight, batch_size, False, self.seed)
         with backend_threads(self.model.backend):
-            return self._evaluate(xs, ys, batch_size)
+            return self._evaluate(source)
 
-    def _evaluate(self, xs, ys, batch_size=1024):
+    def _evaluate(self, source):
         n_out = len(self._losses)
         total_loss, per_output, correct = 0.0, [0.0] * n_out, [0] * n_out
+        counted, rows, wsum = [0] * n_out, 0, 0.0
+        metrics = self._metrics
+        if metrics is not None:
+            for ms in metrics:
+                for m in ms:
+                    m.reset()
         model, to_device = self.model, self.model.backend.to_device
-        for lo in range(0, len(xs[0]), batch_size):
-            xb = [x[lo:lo + batch_size] for x in xs]
-            yb = [y[lo:lo + batch_size] for y in ys]
-            outs = model._infer(xb)
-            loss, parts, _ = self._step_losses([to_device(o) for o in outs], [to_device(t) for t in yb])
-            total_loss += loss * len(yb[0])
-            for k, (lossk, out, t) in enumerate(zip(self._losses, outs, yb)):
-                per_output[k] += parts[k] * len(t)
-                if lossk.name in CLASSIFICATION:
+        for xs, ys, w in source.epoch(0):
+            outs = model._infer(xs)
+            w = self._weights(source, xs, ys, w)
+            loss, parts, _ = self._batch_losses([to_device(o) for o in outs], [to_device(t) for t in ys], w)
+            size = len(ys[0])
+            bw = size if w is None else float(w.sum())
+            rows += size
+            wsum += bw
+            total_loss += loss * bw
+            for k, (lossk, out, t) in enumerate(zip(self._losses, outs, ys)):
+                per_output[k] += parts[k] * bw
+                if metrics is not None:
+                    for m in metrics[k]:
+                        m.update(out, t, w)
+                elif lossk.labels or lossk.classifier:
                     correct[k] += self._correct(lossk, out, t)
-        return self._logs(total_loss, per_output, correct, len(xs[0]), ys)
+                    counted[k] += size - _ignored(lossk, t)
+        return self._logs(total_loss, per_output, correct, rows, wsum, metrics, counted=counted)
+
+    # -------------------------------------------------------- checkpoints
+    def save_checkpoint(self, path):
+        """Write the model, optimizer state, scheduler, RNG positions, epoch and history to one
+        safetensors file, atomically (fastnn.checkpoint)."""
+        from . import checkpoint
+        return checkpoint.save_trainer(self, path)
+
+    @classmethod
+    def load_checkpoint(cls, path, backend=None, **kwargs):
+        """The Trainer a checkpoint holds (never unpickles anything); fit(..., initial_epoch=
+        trainer.epoch) continues the run bit for bit."""
+        from . import checkpoint
+        return checkpoint.load_trainer(path, backend=backend, **kwargs)
+
+
+class _Hooks:
+    """The callbacks' hooks; the per-batch ones run only if some callback defines them."""
+
+    def __init__(self, callbacks, trainer):
+        self.callbacks = callbacks
+        for cb in callbacks:
+            if hasattr(cb, "set_trainer"):
+                cb.set_trainer(trainer)
+            else:
+                cb.trainer = trainer
+        self.batch = any(_defines(cb, "on_train_batch_begin") or _defines(cb, "on_train_batch_end")
+                         for cb in callbacks)
+
+    def call(self, hook, *args):
+        for cb in self.callbacks:
+            fn = getattr(cb, hook, None)
+            if fn is not None:
+                fn(*args)
+
+
+def _defines(cb, hook):
+    fn = getattr(type(cb), hook, None)
+    return fn is not None and fn is not getattr(Callback, hook, None)
+
+
+def _ignored(loss, y):
+    """How many rows of labels y the loss ignores (ignore_index)."""
+    if loss.ignore_index is None or y.ndim != 1:
+        return 0
+    return int((y == loss.ignore_index).sum())
+
+
+def _step_scheduler(scheduler, logs):
+    scheduler.step()
+
+
+def _format_logs(logs):
+    return " - ".join(f"{k}: {v:.4f}" if k != "time" else f"{v:.2f}s" for k, v in logs.items())
 
 
 def _per_output(value, n_out, what):
@@ -296,6 +556,7 @@ def _per_output(value, n_out, what):
     return [value] * n_out
 
 
-def _progress(epochs):
+def _progress(epoch, epochs, batches):
     from tqdm.auto import tqdm
-    return tqdm(total=epochs, desc="fit", unit="epoch", leave=True)
+    return tqdm(total=batches, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=True,
+                dynamic_ncols=True)
