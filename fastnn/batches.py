@@ -12,7 +12,7 @@ data.epoch_order(seed, e, n), so a resumed run draws the batches an uninterrupte
 """
 import numpy as np
 
-from .data import DataLoader, _PageDropper, epoch_order, is_memmap
+from .data import DataLoader, _PageDropper, _rows, epoch_order, is_memmap
 
 
 def check_sample_weight(w, n, name="sample_weight"):
@@ -50,8 +50,8 @@ def _lazy(X):
 
 def _take(data, idx):
     if isinstance(data, (list, tuple)):
-        return [np.asarray(a[idx]) for a in data]
-    return np.asarray(data[idx])
+        return [_rows(a, idx) for a in data]
+    return _rows(data, idx)
 
 
 def _length(data):
@@ -99,7 +99,8 @@ class ArrayBatches:
             return [x[idx] for x in self.xs], [t[idx] for t in self.ys], w
         xb, yb = _take(self.X, idx), _take(self.y, idx)
         xs, ys = self.check(xb, yb, f"{self.what} rows {_rows_text(idx)}")
-        self.dropper.account(sum(a.nbytes for a in (xb if isinstance(xb, list) else [xb])))
+        self.dropper.account(sum(a.nbytes for a in (xb if isinstance(xb, list) else [xb])),
+                             scattered=not isinstance(idx, slice))
         return xs, ys, w
 
     def epoch(self, epoch, start=0):

@@ -1,4 +1,6 @@
-"""Small real datasets that work offline."""
+"""Small real datasets that work offline, and batches: DataLoader, epoch_order, memmap reading."""
+import os
+
 import numpy as np
 
 
@@ -49,11 +51,13 @@ class _PageDropper:
                 self.maps.append(mm)
         self.every, self.read = every, 0
 
-    def account(self, nbytes):
+    def account(self, nbytes, scattered=False):
+        """Count a batch read; scattered rows (a shuffled batch) drop at once: the kernel maps
+        up to 64 KiB around each row it faults in, so they touch far more than nbytes."""
         if not self.maps:
             return
         self.read += nbytes
-        if self.read >= self.every:
+        if scattered or self.read >= self.every:
             import mmap
             for mm in self.maps:
                 try:
@@ -65,7 +69,52 @@ class _PageDropper:
 
 def _rows(x, idx):
     """Rows idx (a slice or sorted index array) of x as an in-memory array."""
+    if is_memmap(x):
+        rows = _pread_rows(x, idx)
+        if rows is not None:
+            return rows
     return np.asarray(x[idx])
+
+
+def _file_position(x):
+    """(file name, byte position of x[0]) of a C-contiguous memmap (or a row slice of one), or None."""
+    import mmap
+    mm = getattr(x, "_mmap", None)
+    name = getattr(x, "filename", None)
+    if mm is None or name is None or not x.flags.c_contiguous or getattr(mm, "closed", False):
+        return None
+    base = np.frombuffer(mm, dtype=np.uint8).ctypes.data
+    start = x.offset - x.offset % mmap.ALLOCATIONGRANULARITY   # where np.memmap's mapping begins
+    return name, start + (x.ctypes.data - base)
+
+
+def _pread_rows(x, idx):
+    """Rows of a memmap read with pread, one call per run of consecutive rows: a page fault
+    would map up to 64 KiB around each scattered row (fault-around) and swell the RSS."""
+    found = _file_position(x)
+    if found is None:
+        return None
+    name, pos = found
+    n = len(x)
+    rows = np.arange(n)[idx]          # (raises IndexError as x[idx] would)
+    out = np.empty((len(rows),) + x.shape[1:], dtype=x.dtype)
+    if not len(rows):
+        return out
+    row_bytes = out[0].nbytes if out.ndim > 1 else x.dtype.itemsize
+    view = memoryview(out.reshape(-1).view(np.uint8))
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    starts = np.concatenate([[0], breaks])
+    stops = np.concatenate([breaks, [len(rows)]])
+    fd = os.open(name, os.O_RDONLY)
+    try:
+        for a, b in zip(starts.tolist(), stops.tolist()):
+            want = (b - a) * row_bytes
+            got = os.preadv(fd, [view[a * row_bytes:b * row_bytes]], pos + int(rows[a]) * row_bytes)
+            if got != want:
+                raise OSError(f"short read from {name}: {got} of {want} bytes")
+    finally:
+        os.close(fd)
+    return out
 
 
 class DataLoader:
@@ -104,6 +153,7 @@ class DataLoader:
         self.batch_size = positive_int(batch_size, "batch_size")
         self.shuffle, self.seed, self.drop_last = bool(shuffle), int(seed), bool(drop_last)
         self.prefetch = bool(prefetch)
+        self._lazy = any(is_memmap(a) for a in self.xs + (self.ys or []))
         self._epoch = None
         self._auto_epoch = 0
 
@@ -120,14 +170,15 @@ class DataLoader:
         for lo in range(0, stop, self.batch_size):
             if order is None:
                 yield slice(lo, min(lo + self.batch_size, self.n))
-            else:
-                # sorted rows read a memmap front to back; the set of rows is the batch
+            elif self._lazy:   # sorted rows read a memmap front to back; the set is the batch
                 yield np.sort(order[lo:lo + self.batch_size])
+            else:
+                yield order[lo:lo + self.batch_size]
 
     def _make(self, idx, dropper):
         xb = [_rows(x, idx) for x in self.xs]
         yb = None if self.ys is None else [_rows(t, idx) for t in self.ys]
-        dropper.account(sum(a.nbytes for a in xb))
+        dropper.account(sum(a.nbytes for a in xb), scattered=not isinstance(idx, slice))
         batch = (xb if self.multi_x else xb[0], None if yb is None else (yb if self.multi_y else yb[0]))
         if self.sample_weight is not None:
             batch = batch + (self.sample_weight[idx],)

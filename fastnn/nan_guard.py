@@ -20,7 +20,8 @@ def _finite_sum(a):
     """Whether the flat buffer a is all finite (a dot product: NaN and inf propagate)."""
     if a.size == 0:
         return True
-    return math.isfinite(float(np.dot(a, a)))
+    with np.errstate(all="ignore"):
+        return math.isfinite(float(np.dot(a, a)))
 
 
 class NanGuard:
