@@ -425,7 +425,7 @@ class Trainer:
                 logs.update({"val_" + key: v for key, v in self._evaluate(val).items()})
             logs["time"] = time.perf_counter() - start
             if bar is not None:
-                bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items() if k != "time"}, refresh=True)
+                _finish_bar(bar, epoch, epochs, logs)
         finally:
             if bar is not None:
                 bar.close()
@@ -557,6 +557,16 @@ def _per_output(value, n_out, what):
 
 
 def _progress(epoch, epochs, batches):
+    """The epoch's tqdm bar. It appears only once the epoch has run for half a second (tqdm's
+    delay): drawing a bar costs more than a whole short epoch, so a short one gets one line."""
     from tqdm.auto import tqdm
-    return tqdm(total=batches, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=True,
-                dynamic_ncols=True)
+    return tqdm(total=batches, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=True, delay=0.5)
+
+
+def _finish_bar(bar, epoch, epochs, logs):
+    shown = {k: f"{v:.4f}" for k, v in logs.items() if k != "time"}
+    if bar.last_print_t >= bar.start_t + bar.delay:     # the bar was drawn: leave it with the logs
+        bar.set_postfix(shown, refresh=True)
+        return
+    text = ", ".join(f"{k}={v}" for k, v in shown.items())
+    bar.write(f"epoch {epoch + 1}/{epochs}: {bar.n} batches, {text}, {logs['time']:.2f}s", file=sys.stderr)
