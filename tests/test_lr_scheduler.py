@@ -288,3 +288,69 @@ def test_misuse_of_the_optimizer_and_state():
     state["step_size"] = 0
     with pytest.raises(ValueError, match="step_size"):
         s.load_state_dict(state)
+
+
+# ------------------------------------------------------------ with the Trainer
+
+
+def _fit_data(n=64):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(n, 3))
+    return X, (X[:, 0] > 0).astype(np.int64)
+
+
+@pytest.mark.xfail(reason="needs lead's trainer", strict=False)
+def test_fit_steps_an_epoch_scheduler_after_every_epoch():
+    X, y = _fit_data()
+    model = _model()
+    opt = fnn.optim.SGD(lr=0.1, param_groups=[{"params": model.layers[0], "lr": 0.4}])
+    s = S.StepLR(opt, step_size=1, gamma=0.5)
+    seen = []
+
+    class LR(fnn.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            seen.append(_optimizer_lrs(self.trainer.optimizer))
+
+    trainer = fnn.Trainer(model, loss="cross_entropy", optimizer=opt, seed=0)
+    trainer.fit(X, y, epochs=3, batch_size=16, progress=False, scheduler=s, callbacks=[LR()])
+    assert trainer.scheduler is s and s.last_epoch == 3
+    assert seen == [[0.1, 0.4], [0.05, 0.2], [0.025, 0.1]]
+
+
+@pytest.mark.xfail(reason="needs lead's trainer", strict=False)
+def test_fit_steps_onecycle_after_every_batch_like_torch():
+    torch = pytest.importorskip("torch")
+    X, y = _fit_data()
+    opt, topt = _pair("SGD", 0.1, (), momentum=0.9)
+    s = S.OneCycleLR(opt, max_lr=1.0, epochs=2, steps_per_epoch=4)
+    theirs = torch.optim.lr_scheduler.OneCycleLR(topt, max_lr=1.0, epochs=2, steps_per_epoch=4)
+    want = []
+    for _ in range(8):
+        want.append(theirs.get_last_lr()[0])
+        topt.step()
+        theirs.step()
+    seen = []
+
+    class LR(fnn.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            seen.append(self.trainer.optimizer.lr)
+
+    trainer = fnn.Trainer(_model(), loss="cross_entropy", optimizer=opt, seed=0)
+    trainer.fit(X, y, epochs=2, batch_size=16, progress=False, scheduler=s, callbacks=[LR()])
+    assert s.last_epoch == 8
+    _close(seen, want)
+
+
+@pytest.mark.xfail(reason="optim rejects a param group's lr of 0 at step() (opt.lr=0 passes, torch takes "
+                          "both): reported to the lead", strict=False)
+def test_a_schedule_through_lr_zero_steps_with_param_groups():
+    model = _model()
+    opt = fnn.optim.SGD(lr=0.1, param_groups=[{"params": model.layers[0], "lr": 0.2}])
+    S.LambdaLR(opt, lambda e: e / 10)           # torch's usual warm-up idiom: lr 0 at step 0
+    out = model.forward(np.ones((2, 3)))
+    model.zero_grad()
+    model.backward(np.ones_like(out))
+    before = model.state_dict()
+    opt.step(model.parameters())
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, before[key])
