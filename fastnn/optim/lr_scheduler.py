@@ -84,7 +84,9 @@ def set_group_lrs(optimizer, lrs, who="scheduler"):
     if len(lrs) != 1 + len(optimizer.param_groups):
         raise ValueError(f"{who}: {len(lrs)} learning rates for an optimizer with "
                          f"{1 + len(optimizer.param_groups)} groups (optimizer.lr and its param_groups)")
-    lrs = [_real(lr, f"{who}: the learning rate of group {i}", low=0.0) for i, lr in enumerate(lrs)]
+    # (the common case, finite floats >= 0, checked without a call per lr: this runs every batch)
+    if not all(type(lr) is float and 0.0 <= lr < math.inf for lr in lrs):
+        lrs = [_real(lr, f"{who}: the learning rate of group {i}", low=0.0) for i, lr in enumerate(lrs)]
     optimizer.lr = lrs[0]
     for group, lr in zip(optimizer.param_groups, lrs[1:]):
         group["lr"] = lr
@@ -386,6 +388,15 @@ class OneCycleLR(LRScheduler):
                     (t - 1, "initial", "min")]
         return [(float(p * t) - 1, "initial", "max"), (t - 1, "max", "min")]
 
+    def _phase_at(self, step):
+        """(phase's start step, end step, start name, end name) of the phase holding step."""
+        phases = self._phases()
+        start_step = 0.0
+        for i, (end_step, a, b) in enumerate(phases):
+            if step <= end_step or i == len(phases) - 1:
+                return start_step, end_step, a, b
+            start_step = end_step
+
     def _anneal(self, start, end, pct):
         if self.anneal_strategy == "cos":
             return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
@@ -399,25 +410,16 @@ class OneCycleLR(LRScheduler):
         lrs = {"initial": self.initial_lrs, "max": self.max_lrs, "min": self.min_lrs}
         # The momentum runs opposite to the lr: max_momentum at the initial and min lr, base at the peak.
         moms = {"initial": self.max_momentums, "max": self.base_momentums, "min": self.max_momentums}
-        phases = self._phases()
-        out, momentum = [], []
-        for g in range(self.n_groups):
-            start_step = 0.0
-            for i, (end_step, a, b) in enumerate(phases):
-                if step <= end_step or i == len(phases) - 1:
-                    width = end_step - start_step
-                    # A phase of zero width (pct_start * total_steps == 1): torch divides by 0 there.
-                    pct = (step - start_step) / width if width else 0.0
-                    # Step total_steps (the step after the last batch) is past the cycle: torch
-                    # extrapolates there (below 0 with "linear"); the lr stays at its minimum.
-                    pct = min(pct, 1.0)
-                    out.append(self._anneal(lrs[a][g], lrs[b][g], pct))
-                    if self.cycle_momentum:
-                        momentum.append(self._anneal(moms[a][g], moms[b][g], pct))
-                    break
-                start_step = end_step
+        start_step, end_step, a, b = self._phase_at(step)   # the same phase for every group
+        width = end_step - start_step
+        # A phase of zero width (pct_start * total_steps == 1): torch divides by 0 there.
+        pct = (step - start_step) / width if width else 0.0
+        # Step total_steps (the step after the last batch) is past the cycle: torch
+        # extrapolates there (below 0 with "linear"); the lr stays at its minimum.
+        pct = min(pct, 1.0)
+        out = [self._anneal(lo, hi, pct) for lo, hi in zip(lrs[a], lrs[b])]
         if self.cycle_momentum:
-            self._set_momentum(momentum)
+            self._set_momentum([self._anneal(lo, hi, pct) for lo, hi in zip(moms[a], moms[b])])
         return out
 
     def _set_momentum(self, values):
