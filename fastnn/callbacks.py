@@ -151,7 +151,9 @@ class EarlyStopping(_Monitoring):
     by epochs that also beat the baseline. Epochs before ``start_from_epoch`` are ignored.
     ``restore_best_weights=True`` copies the model's state_dict (parameters and buffers) at
     the best epoch and loads it back when fit ends, whether or not patience ran out (Keras
-    2.13+). ``stopped_epoch`` (0 if it never stopped), ``best``, ``best_epoch`` are kept.
+    2.13+). ``stopped_epoch`` (0 if it never stopped), ``best``, ``best_epoch`` are kept;
+    on_train_begin resets them (Keras 2.13; Keras 3 keeps ``best`` across fits). A NaN value
+    never counts as an improvement.
     """
 
     def __init__(self, monitor="val_loss", patience=0, min_delta=0, mode="auto",

@@ -209,6 +209,35 @@ def test_state_dict_round_trip_resumes_the_same_sequence(name, kwargs, group_lrs
     assert resumed == whole
 
 
+@pytest.mark.parametrize("name,kwargs,group_lrs", [CASES[1], CASES[4], CASES[7], CASES[9], CASES[10],
+                                                   ("CosineAnnealingLR", dict(T_max=20, warmup_epochs=4), (0.3,))],
+                         ids=["step", "cosine", "onecycle", "onecycle3", "lambda", "cosine-warmup"])
+def test_from_state_dict_rebuilds_and_resumes(name, kwargs, group_lrs):
+    opt, s = _fresh(name, kwargs, group_lrs)
+    whole = []
+    for _ in range(25):
+        s.step()
+        whole.append((s.get_last_lr(), opt.momentum))
+    opt, s = _fresh(name, kwargs, group_lrs)
+    for _ in range(9):
+        s.step()
+    state = json.loads(json.dumps(s.state_dict()))
+    opt2 = fnn.optim.SGD(lr=0.1, momentum=0.9, param_groups=[{"params": _model().layers[2 * i], "lr": g}
+                                                            for i, g in enumerate(group_lrs)] or None)
+    if name == "LambdaLR":
+        with pytest.raises(ValueError, match="lr_lambda"):
+            S.from_state_dict(opt2, state)
+    s2 = S.from_state_dict(opt2, state, lr_lambda=kwargs.get("lr_lambda"))
+    assert type(s2) is type(s) and s2.last_epoch == 9 and _optimizer_lrs(opt2) == s.get_last_lr()
+    resumed = whole[:9]
+    for _ in range(16):
+        s2.step()
+        resumed.append((s2.get_last_lr(), opt2.momentum))
+    assert resumed == whole
+    with pytest.raises(ValueError, match="unknown scheduler"):
+        S.from_state_dict(opt2, dict(state, type="CyclicLR"))
+
+
 def test_lambda_state_saves_callable_objects_not_functions():
     class Decay:
         def __init__(self):

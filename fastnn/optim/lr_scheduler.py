@@ -10,7 +10,8 @@
 * ``get_last_lr()`` is the list of lrs the last step set;
 * ``state_dict()`` / ``load_state_dict()`` save and restore the schedule (plain JSON-able
   dicts; LambdaLR's functions are not saved, only the ``__dict__`` of callable objects,
-  like torch).
+  like torch). ``from_state_dict(optimizer, state)`` rebuilds a scheduler from its state
+  alone (what a checkpoint loader needs; LambdaLR also needs its ``lr_lambda`` again).
 
 **One lr per param group.** fastnn's optimizers keep the lr of the parameters in no
 explicit group in ``optimizer.lr`` and the explicit groups in ``optimizer.param_groups``.
@@ -34,7 +35,7 @@ import types
 
 import numpy as np
 
-__all__ = ["LRScheduler", "StepLR", "CosineAnnealingLR", "OneCycleLR", "LambdaLR"]
+__all__ = ["LRScheduler", "StepLR", "CosineAnnealingLR", "OneCycleLR", "LambdaLR", "from_state_dict"]
 
 
 # ----------------------------------------------------------------- helpers
@@ -492,3 +493,39 @@ class LambdaLR(LRScheduler):
         for fn, attrs in zip(self.lr_lambdas, saved):
             if attrs is not None:
                 fn.__dict__.update(attrs)
+
+
+SCHEDULERS = {cls.__name__: cls for cls in (StepLR, CosineAnnealingLR, OneCycleLR, LambdaLR)}
+
+
+def from_state_dict(optimizer, state, lr_lambda=None):
+    """A scheduler on ``optimizer`` rebuilt from ``state`` (a ``state_dict()``, e.g. read back
+    from a checkpoint's JSON) and resumed where it was: its class comes from ``state['type']``,
+    its arguments from the saved hyper-parameters; the saved lrs (and OneCycleLR's momentum)
+    are put back into the optimizer. A LambdaLR's functions are not in its state: pass them
+    as ``lr_lambda``."""
+    if not isinstance(state, dict):
+        raise TypeError(f"from_state_dict takes the dict state_dict() made, got {type(state).__name__}")
+    cls = SCHEDULERS.get(state.get("type"))
+    if cls is None:
+        raise ValueError(f"unknown scheduler type {state.get('type')!r} in the state; "
+                         f"known: {sorted(SCHEDULERS)}")
+    missing = [k for k in cls.HYPER if k not in state]
+    if missing:
+        raise ValueError(f"the {cls.__name__} state lacks {missing}")
+    if cls is LambdaLR:
+        if lr_lambda is None:
+            raise ValueError("a LambdaLR's functions are not saved in its state: pass lr_lambda= again")
+        scheduler = LambdaLR(optimizer, lr_lambda)
+    elif cls is OneCycleLR:
+        extra = {}
+        if state["cycle_momentum"]:
+            extra = {"base_momentum": state["base_momentums"], "max_momentum": state["max_momentums"]}
+        scheduler = OneCycleLR(optimizer, max_lr=state["max_lrs"], total_steps=state["total_steps"],
+                               pct_start=state["pct_start"], anneal_strategy=state["anneal_strategy"],
+                               div_factor=state["div_factor"], final_div_factor=state["final_div_factor"],
+                               three_phase=state["three_phase"], cycle_momentum=state["cycle_momentum"], **extra)
+    else:
+        scheduler = cls(optimizer, **{k: state[k] for k in cls.HYPER})
+    scheduler.load_state_dict(state)
+    return scheduler
