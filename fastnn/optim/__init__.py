@@ -477,3 +477,4 @@ def get(optimizer):
     if isinstance(optimizer, str) and optimizer.lower() in OPTIMIZERS:
         return OPTIMIZERS[optimizer.lower()]()
     raise ValueError(f"unknown optimizer {optimizer!r}; use an Optimizer or one of {list(OPTIMIZERS)}")
+from . import lr_scheduler  # noqa: E402,F401  (StepLR, CosineAnnealingLR, OneCycleLR, LambdaLR)
