@@ -423,7 +423,9 @@ class ReduceLROnPlateau(_Monitoring):
 
 class TerminateOnNaN(Callback):
     """Stop fit at the batch whose loss is NaN or infinite (keras.callbacks.TerminateOnNaN):
-    sets ``trainer.stop_training`` in on_train_batch_end; ``stopped_batch`` records where."""
+    sets ``trainer.stop_training`` in on_train_batch_end; ``stopped_batch`` records where.
+    fit's own ``nan_guard`` (on by default) stops first, with a FloatingPointError and the last
+    finite weights; this callback is for ``nan_guard=False``, to stop quietly as Keras does."""
 
     def __init__(self):
         self.stopped_batch = None

@@ -418,7 +418,7 @@ class Trainer:
                     break
             if guard is not None and rows and not guard.weights_ok():
                 guard.fail("the weights", "non-finite", epoch, k + 1, replay)
-            if not guard and rows and not math.isfinite(total_loss):
+            if not guard and rows and not self.stop_training and not math.isfinite(total_loss):
                 raise FloatingPointError(f"loss became {total_loss / wsum} in epoch {epoch}: lower the learning rate")
             logs = self._logs(total_loss, per_output, correct, rows, wsum, metrics, counted=counted)
             if val is not None:

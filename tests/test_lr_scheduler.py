@@ -328,7 +328,6 @@ def _fit_data(n=64):
     return X, (X[:, 0] > 0).astype(np.int64)
 
 
-@pytest.mark.xfail(reason="needs lead's trainer", strict=False)
 def test_fit_steps_an_epoch_scheduler_after_every_epoch():
     X, y = _fit_data()
     model = _model()
@@ -346,7 +345,6 @@ def test_fit_steps_an_epoch_scheduler_after_every_epoch():
     assert seen == [[0.1, 0.4], [0.05, 0.2], [0.025, 0.1]]
 
 
-@pytest.mark.xfail(reason="needs lead's trainer", strict=False)
 def test_fit_steps_onecycle_after_every_batch_like_torch():
     torch = pytest.importorskip("torch")
     X, y = _fit_data()
@@ -370,8 +368,6 @@ def test_fit_steps_onecycle_after_every_batch_like_torch():
     _close(seen, want)
 
 
-@pytest.mark.xfail(reason="optim rejects a param group's lr of 0 at step() (opt.lr=0 passes, torch takes "
-                          "both): reported to the lead", strict=False)
 def test_a_schedule_through_lr_zero_steps_with_param_groups():
     model = _model()
     opt = fnn.optim.SGD(lr=0.1, param_groups=[{"params": model.layers[0], "lr": 0.2}])

@@ -303,7 +303,7 @@ class Optimizer:
 
 
 def _lr(v, name):
-    return _check(v, name, low_open=True)
+    return _check(v, name)       # 0 is allowed, as in torch: a schedule may pass through it
 
 
 def _nonneg(v, name):
