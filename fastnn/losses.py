@@ -290,8 +290,15 @@ def _family(loss):
             classifier = base[1] if loss.targets is None else targets == "labels"
         return targets, bool(classifier)
     if callable(loss):
+        if _builtin_function(loss):   # fastnn.losses.cross_entropy itself is its name
+            return _family(loss.__name__)
         return "values", False
     raise TypeError(f"a loss is a name, a losses.Loss object or a callable, got {loss!r}")
+
+
+def _builtin_function(fn):
+    name = getattr(fn, "__name__", None)
+    return name in NAMES and globals().get(name) is fn
 
 
 def target_kind(loss):
@@ -339,8 +346,7 @@ def per_sample(loss, out, y):
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}; known losses: {list(NAMES)}")
         loss = LOSSES[loss]()
-    elif not isinstance(loss, Loss) and getattr(loss, "__name__", None) in LOSSES \
-            and globals().get(loss.__name__) is loss:
+    elif not isinstance(loss, Loss) and _builtin_function(loss):
         loss = LOSSES[loss.__name__]()   # the plain function fastnn.losses.<name>
     if not isinstance(loss, Loss) or loss.kernel is not None or loss.name not in LOSSES:
         raise TypeError(f"sample weights need a built-in loss (a name or a losses.Loss object with "
