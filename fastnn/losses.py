@@ -318,19 +318,15 @@ def check_sample_weight(sample_weight, n, name="sample_weight", allow_all_zero=F
         raise TypeError(f"{name} must hold numbers, got booleans")
     if w.shape != (n,):
         raise ValueError(f"{name} must have shape ({n},) (one weight per sample), got {w.shape}")
-    w = w.astype(np.float64)
-    if not np.all(np.isfinite(w)):
+    w = w.astype(np.float64, copy=False)
+    low = w.min() if n else 0.0   # one pass: NaN propagates into the minimum, inf into the sum
+    if np.isnan(low) or (not np.isfinite(w.sum()) and not np.isfinite(w).all()):
         raise ValueError(f"{name} contains NaN or inf")
-    if np.any(w < 0):
-        raise ValueError(f"{name} must be >= 0, got a minimum of {w.min()}")
+    if low < 0:
+        raise ValueError(f"{name} must be >= 0, got a minimum of {low}")
     if not allow_all_zero and n and not np.any(w > 0):
         raise ValueError(f"{name} is all zero: no sample would count")
     return w
-
-
-def _log_softmax(z):
-    z = z - z.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
 def _sigmoid(x):
@@ -383,8 +379,10 @@ def per_sample(loss, out, y):
 
 def _per_sample_ce(loss, z, y):
     n, c = z.shape
-    logp = _log_softmax(z)
-    p = np.exp(logp)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    total = e.sum(axis=1, keepdims=True)
+    logp, p = z - np.log(total), e / total
     eps = loss.label_smoothing
     if np.ndim(y) == 2:   # probability targets: smoothed, never ignored, no class weight
         if loss.weight is not None:
@@ -396,11 +394,14 @@ def _per_sample_ce(loss, z, y):
         q = q * (1 - eps) + eps / c
         return -(q * logp).sum(axis=1), p * q.sum(axis=1, keepdims=True) - q, np.ones(n)
     labels = checks.labels_for(y, n, c, name="cross_entropy labels", ignore_index=loss.ignore_index)
+    rows = np.arange(n)
+    if loss.plain:   # the common case, without the options' arithmetic
+        p[rows, labels] -= 1.0
+        return -logp[rows, labels], p, np.ones(n)
     cw = np.ones(c) if loss.weight is None else checks.class_weight(loss.weight, c, np.float64,
                                                                     "cross_entropy weight")
     kept = np.ones(n, bool) if loss.ignore_index is None else labels != loss.ignore_index
     lab = np.where(kept, labels, 0)
-    rows = np.arange(n)
     wy = cw[lab] * kept                    # weight[y_i], 0 where ignored
     smooth = (eps / c) * kept              # label smoothing's share, spread with the class weights
     l = wy * (1 - eps) * -logp[rows, lab] + smooth * -(logp * cw).sum(axis=1)

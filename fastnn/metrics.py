@@ -131,7 +131,7 @@ class _ClassMetric(Metric):
         y = checks._array(y, f"{who}: targets")
         if len(y) != n:
             raise ValueError(f"{who}: {n} outputs but {len(y)} targets")
-        w = _weights(sample_weight, n, who)
+        w = None if sample_weight is None else _weights(sample_weight, n, who)   # None: all ones
         if np.isnan(out).any():
             self._nan = True
         task = self.task or ("sigmoid" if d == 1 else "multiclass")
@@ -164,8 +164,16 @@ class _ClassMetric(Metric):
         pred = out.argmax(axis=1)
         if self.ignore_index is not None and y.ndim == 1:
             kept = true != self.ignore_index
-            true, pred, w = true[kept], pred[kept], w[kept]
+            true, pred = true[kept], pred[kept]
+            w = None if w is None else w[kept]
         return true, pred, w, d, False
+
+
+def _count(w, hits):
+    """(weighted hits, total weight); w None means all ones."""
+    if w is None:
+        return float(np.count_nonzero(hits)), float(len(hits))
+    return float(np.dot(w, hits)), float(w.sum())
 
 
 class Accuracy(_ClassMetric):
@@ -178,9 +186,9 @@ class Accuracy(_ClassMetric):
 
     def update(self, out, y, sample_weight=None):
         true, pred, w, _, multilabel = self._classes(out, y, sample_weight)
-        right = (true == pred).all(axis=1) if multilabel else true == pred
-        self._right += float(np.dot(w, right))
-        self._total += float(w.sum())
+        right, total = _count(w, (true == pred).all(axis=1) if multilabel else true == pred)
+        self._right += right
+        self._total += total
 
     def result(self):
         if self._nan or self._total == 0:
@@ -214,8 +222,9 @@ class TopKAccuracy(_ClassMetric):
                 scores = scores[np.asarray(y) != self.ignore_index]
             top = np.argsort(scores, axis=1, kind="mergesort")[:, ::-1][:, :self.k]
             hits = (top == true[:, None]).any(axis=1)
-        self._right += float(np.dot(w, hits))
-        self._total += float(w.sum())
+        right, total = _count(w, hits)
+        self._right += right
+        self._total += total
 
     def result(self):
         if self._nan or self._total == 0:
@@ -239,12 +248,14 @@ class _MacroMetric(_ClassMetric):
             self._tp, self._pred, self._true = np.zeros(c), np.zeros(c), np.zeros(c)
             self._seen = np.zeros(c, bool)
         if multilabel:   # every column is a binary problem; scikit-learn averages all of them
+            w = np.ones(len(true)) if w is None else w
             self._tp += w @ (true & pred)
             self._pred += w @ pred
             self._true += w @ true
             self._seen[:] = True
             return
-        self._tp += np.bincount(true[true == pred], weights=w[true == pred], minlength=c)
+        right = true == pred
+        self._tp += np.bincount(true[right], weights=None if w is None else w[right], minlength=c)
         self._pred += np.bincount(pred, weights=w, minlength=c)
         self._true += np.bincount(true, weights=w, minlength=c)
         self._seen[true] = True   # seen in y_true or y_pred, whatever their weight
