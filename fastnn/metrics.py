@@ -214,10 +214,10 @@ class TopKAccuracy(_ClassMetric):
         true, pred, w, c, multilabel = self._classes(out, y, sample_weight)
         if multilabel:
             raise ValueError(f"{self.name}: not defined for several sigmoid outputs (multilabel)")
-        if _outputs(out, self.name).shape[1] == 1:   # binary: one logit
+        scores = _outputs(out, self.name)
+        if scores.shape[1] == 1:   # binary: one logit
             hits = true == pred if self.k == 1 else np.ones(len(true), bool)
         else:
-            scores = _outputs(out, self.name)
             if self.ignore_index is not None and np.ndim(y) == 1:
                 scores = scores[np.asarray(y) != self.ignore_index]
             top = np.argsort(scores, axis=1, kind="mergesort")[:, ::-1][:, :self.k]
