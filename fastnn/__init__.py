@@ -7,6 +7,7 @@
     history = trainer.fit(X, y, epochs=10, batch_size=100)
 """
 from . import callbacks, data, layers, losses, optim
+from . import metrics  # noqa: F401  (issue 11, metrics area)
 from . import threads  # noqa: F401  (installs the at-fork hooks of the thread pools)
 from .backend import BackendUnavailable, backends, default_backend, get_backend
 from .graph import Input
@@ -20,4 +21,5 @@ __all__ = [
     "backends", "get_backend", "default_backend", "BackendUnavailable",
     "Input", "Model", "Sequential", "Parameter", "TapeError", "Trainer", "History", "Callback",
     "load", "ModelFileError", "layers", "losses", "optim", "data", "callbacks",
+    "metrics",
 ]

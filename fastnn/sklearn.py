@@ -45,7 +45,7 @@ except ImportError:  # pragma: no cover - older scikit-learn
     def _validate_data(estimator, *args, **kwargs):
         return estimator._validate_data(*args, **kwargs)
 
-from . import layers, optim
+from . import layers, losses, optim
 from .backend import BackendUnavailable, get_backend
 from .model import Sequential
 from .trainer import Callback, Trainer
@@ -56,19 +56,21 @@ _ACTIVATIONS = {"identity": None, "logistic": layers.Sigmoid, "tanh": layers.Tan
 
 
 # ------------------------------------------------------------------ helpers
-class _Loss:
+class _Loss(losses.Loss):
     """The Trainer's loss: a backend kernel scaled to scikit-learn's definition,
-    plus the L2 penalty 0.5 * alpha * sum ||W||^2 / batch. ``__name__`` is the
-    kernel's, so the Trainer prepares targets and accuracy as for that kernel."""
+    plus the L2 penalty 0.5 * alpha * sum ||W||^2 / batch. It declares its targets
+    (class labels for the softmax output, values for the logistic and identity ones)
+    and whether it is a classifier, as every fastnn Loss does (losses.target_kind,
+    losses.is_classifier); ``name`` is the family of the kernel it scales."""
 
-    def __init__(self, name, kernel, weights, alpha, loss_scale=1.0, grad_scale=1.0):
-        self.__name__ = name
-        self.kernel, self.weights, self.alpha = kernel, weights, alpha
+    def __init__(self, name, kernel, weights, alpha, targets, classifier, loss_scale=1.0, grad_scale=1.0):
+        self.name, self.targets, self.classifier = name, targets, classifier
+        self.raw_kernel, self.weights, self.alpha = kernel, weights, alpha
         self.loss_scale, self.grad_scale = loss_scale, grad_scale
         self.batch = 1
 
-    def __call__(self, out, target):
-        loss, grad = self.kernel(out, target)
+    def kernel(self, out, target):
+        loss, grad = self.raw_kernel(out, target)
         self.batch = n = out.shape[0]
         if self.grad_scale != 1.0:
             grad = grad * grad.dtype.type(self.grad_scale)
@@ -298,13 +300,14 @@ class _BaseMLP(BaseEstimator):
         raw = self._model.backend.raw
         n_out = self.n_outputs_
         if self.out_activation_ == "softmax":
-            return _Loss("cross_entropy", raw.cross_entropy, weights, self.alpha)
+            return _Loss("cross_entropy", raw.cross_entropy, weights, self.alpha, "labels", True)
         if self.out_activation_ == "logistic":
             # scikit-learn sums over the outputs and averages over the samples.
             return _Loss("binary_cross_entropy", raw.binary_cross_entropy, weights, self.alpha,
-                         loss_scale=n_out, grad_scale=n_out)
+                         "values", True, loss_scale=n_out, grad_scale=n_out)
         # Half the mean squared error; its gradient (pred - y) / n_samples.
-        return _Loss("mse", raw.mse, weights, self.alpha, loss_scale=0.5, grad_scale=0.5 * n_out)
+        return _Loss("mse", raw.mse, weights, self.alpha, "values", False,
+                     loss_scale=0.5, grad_scale=0.5 * n_out)
 
     def _train_targets(self, Y):
         """What the Trainer takes as targets for the encoded (N, n_outputs) Y."""
