@@ -15,18 +15,9 @@ import numpy as np
 from .data import DataLoader, _PageDropper, _rows, epoch_order, is_memmap
 
 
-def check_sample_weight(w, n, name="sample_weight"):
-    w = np.asarray(w)
-    if w.dtype.kind not in "fiub" or w.dtype.kind == "b":
-        raise TypeError(f"{name} must hold numbers, got dtype {w.dtype}")
-    w = np.ascontiguousarray(w, dtype=np.float64)
-    if w.shape != (n,):
-        raise ValueError(f"{name} must have shape ({n},) (one weight per sample), got {w.shape}")
-    if not np.isfinite(w).all():
-        raise ValueError(f"{name} contains NaN or inf")
-    if (w < 0).any():
-        raise ValueError(f"{name} must be >= 0, got {w.min()}")
-    return w
+def check_sample_weight(w, n, name="sample_weight", allow_all_zero=False):
+    from .losses import check_sample_weight as check
+    return np.ascontiguousarray(check(w, n, name, allow_all_zero=allow_all_zero))
 
 
 def is_array_data(X):
@@ -68,7 +59,7 @@ class ArrayBatches:
         self.lazy = _lazy(X) or _lazy(y if isinstance(y, (list, tuple)) else [y])
         self.n = _length(X)
         if self.lazy:   # check one row now (shapes, dtypes), every batch when it is read
-            check(_take(X, slice(0, 1)), _take(y, slice(0, 1)), what)
+            self.first_xs = check(_take(X, slice(0, 1)), _take(y, slice(0, 1)), what)[0]
             self.X, self.y = X, y
             self.dropper = _PageDropper([a for a in (X if isinstance(X, (list, tuple)) else [X])
                                          + (y if isinstance(y, (list, tuple)) else [y]) if is_memmap(a)])
@@ -174,7 +165,7 @@ class IterBatches:
         xs, ys = self.check(item[0], item[1], f"{self.what} batch {k}")
         w = None
         if len(item) == 3 and item[2] is not None:
-            w = check_sample_weight(item[2], len(xs[0]), f"sample_weight of batch {k}")
+            w = check_sample_weight(item[2], len(xs[0]), f"sample_weight of batch {k}", allow_all_zero=True)
         return xs, ys, w
 
 

@@ -67,8 +67,8 @@ class _OutputLoss:
             # Data is validated once in fit/evaluate, so batches go to the raw kernel.
             self.kernel = getattr(model.backend.raw, loss) if isinstance(loss, str) else loss
             self.custom = not isinstance(loss, str)
-        self.labels = self.name == "cross_entropy"              # targets are class labels
-        self.classifier = self.name in CLASSIFICATION           # accuracy is reported
+        self.labels = losses.target_kind(loss) == "labels"      # targets are class labels
+        self.classifier = losses.is_classifier(loss)            # accuracy is reported
         self.weight = float(weight)
         if not np.isfinite(self.weight) or self.weight < 0:
             raise ValueError(f"loss weight must be a finite number >= 0, got {weight!r}")
@@ -124,7 +124,8 @@ class Trainer:
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
         self.seed = int(seed)
-        self.metrics = None if metrics is None else list(metrics)
+        self.metrics = None if metrics is None else (list(metrics) if isinstance(metrics, (list, tuple))
+                                                     else [metrics])
         self._metrics = None if metrics is None else self._make_metrics(self.metrics)
         self.stop_training = False
         self.epoch = 0
@@ -134,9 +135,7 @@ class Trainer:
     def _make_metrics(self, specs):
         """Per output, the metric objects (one set each output; keys get 'output_k_' with several)."""
         from . import metrics as _metrics
-        if isinstance(specs, (str, bytes)) or not hasattr(specs, "__iter__"):
-            raise TypeError(f"metrics must be a list, e.g. ['accuracy', 'f1'], got {specs!r}")
-        return [[_metrics.get(m) for m in specs] for _ in self._losses]
+        return [_metrics.build(specs, loss.spec) for loss in self._losses]
 
     # ------------------------------------------------------------ checks
     def _check_data(self, X, y, what="X"):
@@ -279,9 +278,20 @@ class Trainer:
         train = _batches.source(self._check_data, X, y, sample_weight, batch_size, shuffle, self.seed,
                                 steps_per_epoch)
         if class_weight is not None:
-            if len(self._losses) != 1 or not self._losses[0].labels:
-                raise ValueError("class_weight needs one output with a class-label loss (cross_entropy)")
-            train.class_weight = class_weight
+            loss0 = self._losses[0]
+            if len(self._losses) != 1 or not loss0.classifier:
+                raise ValueError("class_weight needs one output with a classification loss")
+            if isinstance(train, _batches.ArrayBatches):   # per sample once ("balanced" counts all y)
+                labels = _batches._take(train.y, slice(None)) if train.lazy else train.ys[0]
+                n_classes = self.model._output_shapes(train.first_xs if train.lazy else train.xs)[0][-1]
+                rows = losses.class_weight_to_sample_weight(class_weight, labels, n_classes,
+                                                            ignore_index=loss0.ignore_index)
+                train.w = rows if train.w is None else train.w * rows
+            elif isinstance(class_weight, str):
+                raise ValueError(f"class_weight={class_weight!r} needs all the labels: give arrays, "
+                                 "or a dict {class: weight} with a loader")
+            else:
+                train.class_weight = class_weight
         return train, val
 
     def _weights(self, source, xs, ys, w):
@@ -290,7 +300,8 @@ class Trainer:
         if cw is None:
             return w
         n_classes = self.model._output_shapes(xs)[0][-1]
-        cw_rows = losses.class_weight_to_sample_weight(cw, ys[0], n_classes)
+        cw_rows = losses.class_weight_to_sample_weight(cw, ys[0], n_classes,
+                                                       ignore_index=self._losses[0].ignore_index)
         return cw_rows if w is None else w * cw_rows
 
     def _fit(self, X, y, epochs, batch_size, validation_data, validation_split, sample_weight,

@@ -149,7 +149,6 @@ def test_custom_values_loss_trains():
     assert "accuracy" not in history.history
 
 
-@pytest.mark.xfail(reason="needs lead's trainer (reads losses.target_kind/is_classifier)", strict=False)
 def test_custom_labels_loss_reads_labels_and_reports_accuracy():
     X, y = _data()
     model = fnn.Sequential(L.Dense(4, 2), backend="numpy", dtype="float64", seed=0)

@@ -1,7 +1,7 @@
 """Metrics, sample_weight and class_weight through the Trainer (the issue-11 contract).
 
 The Trainer of main does not take metrics=/sample_weight=/class_weight= yet: these tests are
-written against the contract and marked xfail until the lead's trainer lands."""
+run through the Trainer."""
 import numpy as np
 import pytest
 
@@ -10,7 +10,6 @@ from fastnn import losses
 
 skm = pytest.importorskip("sklearn.metrics")
 L = fnn.layers
-needs_trainer = pytest.mark.xfail(reason="needs lead's trainer", strict=False)
 
 
 def classifier(seed=0, n=2600, c=4):
@@ -22,7 +21,6 @@ def classifier(seed=0, n=2600, c=4):
     return model, X, y
 
 
-@needs_trainer
 def test_evaluate_metrics_equal_sklearn_over_batches():
     model, X, y = classifier()
     trainer = fnn.Trainer(model, loss="cross_entropy", optimizer=fnn.optim.SGD(lr=0.1),
@@ -38,7 +36,6 @@ def test_evaluate_metrics_equal_sklearn_over_batches():
         skm.top_k_accuracy_score(y, out, k=2, labels=np.arange(4)), abs=1e-12)
 
 
-@needs_trainer
 def test_validation_metrics_in_history():
     model, X, y = classifier(1)
     trainer = fnn.Trainer(model, loss="cross_entropy", optimizer=fnn.optim.SGD(lr=0.1), metrics=["f1"])
@@ -49,7 +46,6 @@ def test_validation_metrics_in_history():
     assert history.history["val_f1"][-1] == pytest.approx(want, abs=1e-12)
 
 
-@needs_trainer
 def test_regression_metrics():
     rng = np.random.default_rng(2)
     X = rng.normal(size=(1500, 3))
@@ -71,7 +67,6 @@ def _fit_params(sample_weight=None, class_weight=None, seed=3):
     return model.parameters().flat_data.copy(), y
 
 
-@needs_trainer
 def test_sample_and_class_weights_train_as_declared():
     plain, y = _fit_params()
     ones, _ = _fit_params(sample_weight=np.ones(len(y)))
@@ -86,7 +81,6 @@ def test_sample_and_class_weights_train_as_declared():
     np.testing.assert_allclose(balanced, explicit, rtol=0, atol=1e-12)
 
 
-@needs_trainer
 def test_trainer_rejects_bad_metrics_and_weights():
     model, X, y = classifier(4, n=100)
     with pytest.raises(ValueError, match="unknown metric"):
