@@ -1,7 +1,4 @@
-"""Metrics, sample_weight and class_weight through the Trainer (the issue-11 contract).
-
-The Trainer of main does not take metrics=/sample_weight=/class_weight= yet: these tests are
-run through the Trainer."""
+"""Metrics, sample_weight and class_weight through the Trainer (the issue-11 contract)."""
 import numpy as np
 import pytest
 
