@@ -299,7 +299,7 @@ class Optimizer:
 
     # ------------------------------------------------------ state_dict
     STATE_NAMES = ()   # each state buffer's name in state_dict (torch's names)
-    OPTIONS = ()       # constructor arguments beyond HYPER that state_dict keeps
+    OPTIONS = {}       # constructor arguments beyond HYPER that state_dict keeps: name -> bool or float
 
     def _track(self, backend, params, pairs):
         """Remember which parameters each state buffer holds (by name and offset: the
@@ -431,17 +431,19 @@ class Optimizer:
         self.iterations = int(iterations)
         self._state, self._plans, self._pending = {}, {}, pending
 
-    def check_hyper(self, hyper, what="state_dict hyper"):
-        """The constructor arguments of a state_dict's ``hyper``, validated."""
+    @classmethod
+    def check_hyper(cls, hyper, what="state_dict hyper"):
+        """The constructor arguments in a state_dict's ``hyper``, validated (a class method:
+        ``cls(**cls.check_hyper(sd["hyper"]))`` rebuilds the optimizer)."""
         if not isinstance(hyper, dict):
             raise TypeError(f"{what} must be a dict")
-        known = set(self.HYPER) | set(self.OPTIONS) | {"clip_norm"}
+        known = set(cls.HYPER) | set(cls.OPTIONS) | {"clip_norm"}
         if set(hyper) != known:
             raise ValueError(f"{what} must hold exactly {sorted(known)}, got {sorted(hyper)}")
-        out = self._hyper(hyper, what)
-        for key in self.OPTIONS:
+        out = {key: check(hyper[key], f"{what} {key}") for key, check in cls.HYPER.items()}
+        for key, kind in cls.OPTIONS.items():
             value = hyper[key]
-            if isinstance(getattr(self, key), bool):
+            if kind is bool:
                 if not isinstance(value, bool):
                     raise TypeError(f"{what} {key} must be true or false, got {value!r}")
                 out[key] = value
@@ -497,7 +499,7 @@ class SGD(Optimizer):
     HYPER = {"lr": _lr, "momentum": _nonneg, "weight_decay": _nonneg}
     STATE = 1
     STATE_NAMES = ("momentum_buffer",)
-    OPTIONS = ("nesterov",)
+    OPTIONS = {"nesterov": bool}
 
     def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0,
                  param_groups=None, clip_norm=None):
@@ -571,7 +573,7 @@ class RMSprop(Optimizer):
              "momentum": _nonneg}
     STATE = 3   # square_avg, grad_avg (centered), momentum buffer
     STATE_NAMES = ("square_avg", "grad_avg", "momentum_buffer")
-    OPTIONS = ("centered",)
+    OPTIONS = {"centered": bool}
 
     def __init__(self, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
                  centered=False, param_groups=None, clip_norm=None):
@@ -595,7 +597,7 @@ class Adagrad(Optimizer):
     HYPER = {"lr": _nonneg, "lr_decay": _nonneg, "weight_decay": _nonneg, "eps": _nonneg}
     STATE = 1
     STATE_NAMES = ("sum",)
-    OPTIONS = ("initial_accumulator_value",)
+    OPTIONS = {"initial_accumulator_value": float}
 
     def __init__(self, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0,
                  eps=1e-10, param_groups=None, clip_norm=None):
