@@ -133,7 +133,13 @@ def _loss_spec_of(trainer):
         options = spec.get("loss_options")
         return {"loss": _loss_json(spec.get("loss", "cross_entropy")), "loss_options": options,
                 "loss_weights": weights}
+    # Until the Trainer records loss_spec: names and weights survive, a Loss object's options
+    # do not (its bound kernel is then not the plain one), so say so.
     outs = getattr(trainer, "_losses", [])
+    raw = trainer.model.backend.raw
+    if any(not o.custom and o.kernel is not getattr(raw, o.name, None) for o in outs):
+        warnings.warn("this Trainer has no loss_spec: the loss options (label_smoothing, weight, delta, "
+                      "...) are not in the checkpoint", stacklevel=3)
     names = [{"custom": o.name} if o.custom else o.name for o in outs]
     return {"loss": names[0] if len(names) == 1 else names, "loss_options": None,
             "loss_weights": [o.weight for o in outs] if any(o.weight != 1.0 for o in outs) else None}
