@@ -69,7 +69,8 @@ def _meta(trainer, epoch=None):
         "epoch": int(getattr(trainer, "epoch", 0) if epoch is None else epoch),
         "history": _history_json(getattr(trainer, "history", None)),
         "loss": _loss_spec_of(trainer),
-        "metrics": list(getattr(trainer, "metrics", None) or []),
+        "metrics": None if getattr(trainer, "metrics", None) is None else
+        [m if isinstance(m, str) else {"custom": _name_of(m)} for m in trainer.metrics],
         "dropout": {prefix: int(layer.calls) for prefix, layer in _rng_layers(model)},
     }
     try:
@@ -90,6 +91,10 @@ def _plain(value):
     if isinstance(value, np.ndarray):
         return value.tolist()
     raise TypeError(f"{type(value).__name__} is not JSON-able")
+
+
+def _name_of(obj):
+    return str(getattr(obj, "name", None) or getattr(obj, "__name__", None) or type(obj).__name__)
 
 
 def _rng_layers(model):
@@ -161,7 +166,7 @@ def _read(path):
     path = os.fspath(path)
     meta, shapes = io.read_header(path, formats=(io.CHECKPOINT_FORMAT,))
     need = {"model": dict, "training": bool, "optimizer": dict, "epoch": int, "history": dict,
-            "loss": (str, dict, list), "metrics": list, "dropout": dict}
+            "loss": (str, dict, list), "metrics": (list, type(None)), "dropout": dict}
     for key, kind in need.items():
         if key not in meta:
             raise _bad(path, f"the checkpoint lacks {key!r}")
@@ -170,7 +175,8 @@ def _read(path):
     _int(path, meta["epoch"], "epoch")
     if meta.get("seed") is not None:
         _int(path, meta["seed"], "seed")
-    if not all(isinstance(m, str) for m in meta["metrics"]):
+    if not all(isinstance(m, str) or (isinstance(m, dict) and set(m) == {"custom"}
+                                      and isinstance(m["custom"], str)) for m in meta["metrics"] or []):
         raise _bad(path, "metrics must be a list of names")
     h = meta["history"]
     if not isinstance(h.get("epoch"), list) or not isinstance(h.get("history"), dict):
@@ -355,11 +361,12 @@ def _decode_loss(path, spec, given):
     return loss
 
 
-def load_trainer(path, backend=None, loss=None, scheduler=None):
+def load_trainer(path, backend=None, loss=None, scheduler=None, metrics=None):
     """The Trainer saved at path (save_trainer): model, optimizer state, scheduler, seed,
     epoch, history, metrics and dropout positions restored. ``backend`` overrides the saved
     one; ``loss`` must be given when the saved loss was a custom function (it replaces the
-    saved loss); ``scheduler`` is a function optimizer -> scheduler, needed when the saved
+    saved loss), ``metrics`` when a saved metric was an object or function (it replaces the
+    saved list); ``scheduler`` is a function optimizer -> scheduler, needed when the saved
     scheduler holds functions (LambdaLR). Every malformed file raises ModelFileError."""
     import inspect
     from .trainer import Trainer
@@ -390,8 +397,12 @@ def load_trainer(path, backend=None, loss=None, scheduler=None):
         raise _bad(path, f"optimizer: {exc}") from None
     kwargs = {"loss": loss_arg, "optimizer": optimizer, "seed": meta.get("seed"),
               "loss_weights": weights, "loss_options": options}
+    custom = [m["custom"] for m in meta["metrics"] or [] if isinstance(m, dict)]
+    if metrics is None and custom:
+        raise ValueError(f"{path}: the checkpoint's metrics include objects or functions ({', '.join(custom)}) "
+                         "that are not saved: pass the metrics list as load_trainer(path, metrics=[...])")
     if "metrics" in inspect.signature(Trainer).parameters:
-        kwargs["metrics"] = meta["metrics"] or None
+        kwargs["metrics"] = metrics if metrics is not None else meta["metrics"]
     elif meta["metrics"]:
         warnings.warn(f"{path}: this Trainer takes no metrics; {meta['metrics']} are not restored")
     try:

@@ -606,3 +606,105 @@ def test_save_trainer_refuses_what_it_cannot_write(tmp_path):
     with pytest.raises(ValueError, match="JSON"):
         save_trainer(trainer, tmp_path / "c.safetensors")
     assert os.listdir(tmp_path) == []
+
+
+# ---------------------------------------------- schedulers, metrics, cuda
+def test_scheduler_is_saved_and_rebuilt_around_the_loaded_optimizer(tmp_path):
+    sched_mod = pytest.importorskip("fastnn.optim.lr_scheduler")
+    X, y = data()
+    makers = {
+        "step": lambda opt: sched_mod.StepLR(opt, step_size=1, gamma=0.5),
+        "cosine": lambda opt: sched_mod.CosineAnnealingLR(opt, T_max=5, warmup_epochs=1),
+        "onecycle": lambda opt: sched_mod.OneCycleLR(opt, max_lr=0.1, total_steps=20),
+        "lambda": lambda opt: sched_mod.LambdaLR(opt, lambda e: 0.9 ** e),
+    }
+    for name, make in makers.items():
+        def trainer():
+            model = drop_model("numpy")
+            opt = fnn.optim.SGD(lr=0.1, momentum=0.9, param_groups=[{"params": model.layers[4], "lr": 0.05}])
+            t = fnn.Trainer(model, optimizer=opt, seed=1)
+            t.scheduler = make(opt)
+            return t
+
+        def epoch(t, e):
+            explicit_epoch(t, X, y, e)
+            t.scheduler.step()
+
+        straight = trainer()
+        for e in range(3):
+            epoch(straight, e)
+        t = trainer()
+        for e in range(2):
+            epoch(t, e)
+        path = tmp_path / f"{name}.safetensors"
+        save_trainer(t, path)
+        if name == "lambda":
+            with pytest.raises(ValueError, match="scheduler="):
+                load_trainer(path)
+            back = load_trainer(path, scheduler=make)
+        else:
+            back = load_trainer(path)
+        assert type(back.scheduler) is type(t.scheduler) and back.scheduler.optimizer is back.optimizer
+        assert back.scheduler.get_last_lr() == t.scheduler.get_last_lr(), name
+        epoch(back, 2)
+        assert same_state(back.model, straight.model), name
+        assert back.scheduler.get_last_lr() == straight.scheduler.get_last_lr(), name
+
+
+def test_metrics_are_saved_by_name_and_custom_ones_must_be_given(tmp_path):
+    import inspect
+    if "metrics" not in inspect.signature(fnn.Trainer).parameters:
+        pytest.xfail("needs lead's trainer (metrics=)")
+    t = fnn.Trainer(drop_model("numpy"), metrics=["accuracy", "f1"])
+    save_trainer(t, tmp_path / "c.safetensors")
+    assert load_trainer(tmp_path / "c.safetensors").metrics == ["accuracy", "f1"]
+
+    def hits(y_true, y_pred):
+        return 0.0
+
+    t = fnn.Trainer(drop_model("numpy"), metrics=["accuracy", hits])
+    save_trainer(t, tmp_path / "d.safetensors")
+    with pytest.raises(ValueError, match="hits.*metrics="):
+        load_trainer(tmp_path / "d.safetensors")
+    assert load_trainer(tmp_path / "d.safetensors", metrics=["accuracy", hits]).metrics[1] is hits
+
+
+def _cuda_backend():
+    """The cuda backend, or Numba's CUDA simulator where there is no GPU (as test_cuda.py)."""
+    import importlib
+    from fastnn import backend as backend_mod
+    mod = importlib.import_module("fastnn._kernels.cuda")
+    if "numba.cuda" not in sys.modules and mod._installed():
+        import numba.core.config as config
+        config.ENABLE_CUDASIM = 1
+    ok, why = mod.available()
+    if not ok:
+        pytest.skip(f"cuda backend not available: {why}")
+    if "cuda" in fnn.backends():
+        return fnn.get_backend("cuda")
+    return backend_mod.Backend("cuda", mod)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_optimizer_state_on_device_arrays(name):
+    be = _cuda_backend()
+    straight = small_model(be, "float64")
+    steps(straight, OPTIMIZERS[name](straight), 0, 4)
+    first = small_model(be, "float64")
+    opt = OPTIMIZERS[name](first)
+    steps(first, opt, 0, 2)
+    sd = opt.state_dict()
+    assert all(type(v) is np.ndarray for v in sd["state"].values())   # host copies
+    fresh = type(opt)()
+    fresh.load_state_dict(sd)
+    steps(first, fresh, 2, 4)
+    assert same_state(first, straight)
+    # the state moves between backends: the numpy run continues from the device one's
+    host = small_model("numpy", "float64")
+    host.load_state_dict(first.state_dict())
+    moved = type(opt)()
+    moved.load_state_dict(fresh.state_dict())
+    steps(host, moved, 4, 5)
+    steps(first, fresh, 4, 5)
+    for k, v in host.state_dict().items():
+        np.testing.assert_allclose(first.state_dict()[k], v, rtol=1e-12, atol=1e-12)
