@@ -44,19 +44,19 @@ def save_trainer(trainer, path):
 
 def _snapshot(trainer, epoch=None):
     """(JSON metadata, tensors) of the trainer now: copies, so they can be written later."""
+    if not hasattr(trainer.optimizer, "state_dict"):
+        raise TypeError(f"cannot checkpoint a {type(trainer.optimizer).__name__}: it has no state_dict()")
     tensors = {MODEL + k: v for k, v in trainer.model.state_dict().items()}
-    meta, opt_state = _meta(trainer, epoch)
-    tensors.update({OPTIMIZER + k: v for k, v in opt_state.items()})
-    return meta, tensors
+    tensors.update({OPTIMIZER + k: v for k, v in trainer.optimizer.state_dict()["state"].items()})
+    return _meta(trainer, epoch), tensors
 
 
 def _meta(trainer, epoch=None):
+    """The JSON part of a checkpoint (a deep copy made of JSON types only)."""
     from . import __version__
     model, optimizer = trainer.model, trainer.optimizer
-    if not hasattr(optimizer, "state_dict"):
-        raise TypeError(f"cannot checkpoint a {type(optimizer).__name__}: it has no state_dict()")
-    opt = optimizer.state_dict()
-    state = opt.pop("state")
+    opt = optimizer._describe() if hasattr(optimizer, "_describe") else \
+        {k: v for k, v in optimizer.state_dict().items() if k != "state"}
     scheduler = getattr(trainer, "scheduler", None)
     meta = {
         "fastnn_version": __version__,
@@ -77,7 +77,7 @@ def _meta(trainer, epoch=None):
         meta = json.loads(json.dumps(meta, default=_plain))   # a deep, JSON-only copy
     except (TypeError, ValueError) as exc:
         raise ValueError(f"cannot checkpoint this trainer: its state is not JSON-able: {exc}") from None
-    return meta, state
+    return meta
 
 
 def _write(path, snapshot):
@@ -491,8 +491,7 @@ class BackupAndRestore(Callback):
     def on_epoch_begin(self, epoch, logs=None):
         if self._snap is None:
             return
-        meta, _ = _meta(self.trainer, epoch=self._snap[0]["epoch"])
-        self._snap = (meta, self._snap[1])
+        self._snap = (_meta(self.trainer, epoch=self._snap[0]["epoch"]), self._snap[1])
         if self._due:
             _write(self.path, self._snap)
             self._due = False

@@ -227,8 +227,10 @@ def test_checkpoint_round_trip_restores_everything(tmp_path):
     explicit_epoch(back, X, y, 2)
     assert same_state(back.model, model)
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
-    # another backend on request
+    # another backend on request; npz checkpoints too
     assert load_trainer(path, backend="numpy").model.backend.name == "numpy"
+    save_trainer(trainer, tmp_path / "ckpt.npz")
+    assert same_state(load_trainer(tmp_path / "ckpt.npz").model, model)
 
 
 def test_checkpoint_keeps_loss_options_weights_and_custom_losses(tmp_path):

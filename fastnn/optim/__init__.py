@@ -16,6 +16,12 @@ SGD, Adam, AdamW, RMSprop, Adagrad: ``opt.step(model.parameters())`` after
   so a scheduler that sets ``opt.lr`` moves them; ``opt.param_groups`` is the
   list of group dicts (change ``group["lr"]`` to move a group).
 
+``opt.state_dict()`` / ``opt.load_state_dict(sd)`` save and restore an optimizer as torch's
+do: hyper-parameters, groups (members by parameter name / layer prefix), the step count
+and the state buffers as numpy arrays keyed "<parameter name>.<buffer>" (torch's buffer
+names: momentum_buffer, exp_avg, exp_avg_sq, square_avg, grad_avg, sum), so the state
+fits a model rebuilt from its file; fastnn.checkpoint stores them in checkpoints.
+
 Frozen layers (``layer.trainable = False``) are skipped: their parameters and
 optimizer state do not change at all (no weight decay, no momentum), and
 clip_grad_norm leaves their gradients out of the norm, as torch does for
@@ -168,6 +174,7 @@ class Optimizer:
         self._state = {}   # id(data buffer) -> (data buffer, state arrays)
         self._layout = {}  # id(data buffer) -> (data buffer, backend, [(param name, offset, shape)])
         self._pending = None   # a loaded state ("<param>.<buffer>" -> array), applied at the next step
+        self._tracked = None   # the buffer list whose layout is recorded (model.parameters()' cached one)
         self.iterations = 0
         if clip_norm is not None:
             clip_norm = _check(clip_norm, "clip_norm", low_open=True)
@@ -304,6 +311,8 @@ class Optimizer:
     def _track(self, backend, params, pairs):
         """Remember which parameters each state buffer holds (by name and offset: the
         state_dict keys), then put a loaded state in place."""
+        if pairs is self._tracked and self._pending is None:
+            return        # model.parameters()' cached buffer list, already known: the usual step
         flat = getattr(params, "flat_data", None) is not None
         for i, (key, data, _) in enumerate(pairs):
             known = self._layout.get(id(key))
@@ -317,6 +326,7 @@ class Optimizer:
             self._layout[id(key)] = (key, backend, layout)
         if self._pending is not None:
             self._apply_pending(backend, pairs)
+        self._tracked = pairs if flat else None
 
     def _apply_pending(self, backend, pairs):
         pending = self._pending
@@ -336,7 +346,7 @@ class Optimizer:
                 for b, initial in zip(self.STATE_NAMES, self._initial_state()):
                     host = np.full(data.shape, initial, data.dtype)
                     for name, off, shape in self._layout[id(key)][2]:
-                        host[off:off + int(np.prod(shape))] = pending[f"{name}.{b}"].reshape(-1)
+                        host[off:off + math.prod(shape)] = pending[f"{name}.{b}"].reshape(-1)
                     hosts.append(host)
                 self._state[id(key)] = (key, [backend.to_device(h) for h in hosts])
         self._pending = None
@@ -367,14 +377,18 @@ class Optimizer:
                 for b, buf in zip(self.STATE_NAMES, states):
                     host = np.asarray(backend.to_host(buf))
                     for name, off, shape in layout:
-                        state[f"{name}.{b}"] = host[off:off + int(np.prod(shape))].reshape(shape).copy()
+                        state[f"{name}.{b}"] = host[off:off + math.prod(shape)].reshape(shape).copy()
+        return dict(self._describe(), state=state)
+
+    def _describe(self):
+        """state_dict() without the state arrays (all JSON-able)."""
         groups = []
         for i, g in enumerate(self.param_groups):
             desc = {"params": _member_names(g["params"], f"param_groups[{i}]")}
             desc.update({key: _jsonable(g[key]) for key in self.HYPER})
             groups.append(desc)
         return {"type": type(self).__name__, "hyper": self._options(), "iterations": self.iterations,
-                "param_groups": groups, "state": state}
+                "param_groups": groups}
 
     def load_state_dict(self, state_dict):
         """Restore what state_dict() returned (the optimizer's class must match). Groups
