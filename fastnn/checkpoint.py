@@ -294,8 +294,8 @@ def _fill(path, meta, tensors, trainer, model, optimizer):
 
 def _scheduler(path, meta, optimizer, given):
     """The scheduler rebuilt around the loaded optimizer: given(optimizer) when given (a
-    factory, needed for LambdaLR's functions), else the class's from_state_dict, else the
-    class restored from its (self-contained) state_dict."""
+    factory, needed for LambdaLR's functions) then its load_state_dict, else
+    fastnn.optim.lr_scheduler.from_state_dict (class and arguments from the saved state)."""
     saved = meta.get("scheduler")
     if saved is None:
         return None if given is None else given(optimizer)
@@ -305,30 +305,26 @@ def _scheduler(path, meta, optimizer, given):
         if type(sched).__name__ != name:
             raise ValueError(f"{path}: the checkpoint's scheduler is a {name}, scheduler= made a "
                              f"{type(sched).__name__}")
-    else:
         try:
-            from .optim import lr_scheduler
-        except ImportError:
-            raise _bad(path, f"the checkpoint has a {name} scheduler but fastnn.optim.lr_scheduler "
-                             "is missing") from None
-        cls = getattr(lr_scheduler, name, None)
-        base = getattr(lr_scheduler, "LRScheduler", None)
-        if not (isinstance(cls, type) and not name.startswith("_") and
-                (base is None or issubclass(cls, base)) and hasattr(cls, "load_state_dict")):
-            raise _bad(path, f"unknown scheduler class {name!r}")
-        if "lr_lambdas" in state:
-            raise ValueError(f"{path}: the checkpoint's {name} holds functions that are not saved: "
-                             f"pass scheduler=lambda opt: {name}(opt, ...) to load_trainer")
-        if hasattr(cls, "from_state_dict"):
-            sched = cls.from_state_dict(optimizer, state)
-            return sched
-        sched = cls.__new__(cls)
-        sched.optimizer = optimizer
+            sched.load_state_dict(state)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise _bad(path, f"scheduler state: {type(exc).__name__}: {exc}") from None
+        return sched
     try:
-        sched.load_state_dict(state)
-    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        from .optim import lr_scheduler
+    except ImportError:
+        raise _bad(path, f"the checkpoint has a {name} scheduler but fastnn.optim.lr_scheduler "
+                         "is missing") from None
+    known = getattr(lr_scheduler, "SCHEDULERS", {})
+    if name not in known or state.get("type", name) != name:
+        raise _bad(path, f"unknown scheduler class {name!r} (known: {sorted(known)})")
+    if "lr_lambdas" in state:
+        raise ValueError(f"{path}: the checkpoint's {name} holds functions that are not saved: "
+                         f"pass scheduler=lambda opt: {name}(opt, ...) to load_trainer")
+    try:
+        return lr_scheduler.from_state_dict(optimizer, state)
+    except (TypeError, ValueError, KeyError) as exc:
         raise _bad(path, f"scheduler state: {type(exc).__name__}: {exc}") from None
-    return sched
 
 
 def _decode_loss(path, spec, given):
