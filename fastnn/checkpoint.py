@@ -71,7 +71,9 @@ def _meta(trainer, epoch=None):
         "loss": _loss_spec_of(trainer),
         "metrics": None if getattr(trainer, "metrics", None) is None else
         [m if isinstance(m, str) else {"custom": _name_of(m)} for m in trainer.metrics],
-        "dropout": {prefix: int(layer.calls) for prefix, layer in _rng_layers(model)},
+        # the mask stream's key too: with seed=None a rebuilt model would draw a new one
+        "dropout": {prefix: {"calls": int(layer.calls), "key": int(layer._key)}
+                    for prefix, layer in _rng_layers(model)},
     }
     try:
         meta = json.loads(json.dumps(meta, default=_plain))   # a deep, JSON-only copy
@@ -187,8 +189,12 @@ def _read(path):
         if not isinstance(values, list) or not all(
                 v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in values):
             raise _bad(path, f"history[{k!r}] must be a list of numbers")
-    for prefix, calls in meta["dropout"].items():
-        _int(path, calls, f"dropout[{prefix!r}] calls")
+    for prefix, rng in meta["dropout"].items():
+        if not isinstance(rng, dict) or set(rng) != {"calls", "key"}:
+            raise _bad(path, f"dropout[{prefix!r}] must be {{'calls': n, 'key': k}}")
+        _int(path, rng["calls"], f"dropout[{prefix!r}] calls")
+        if _int(path, rng["key"], f"dropout[{prefix!r}] key") >= 1 << 64:
+            raise _bad(path, f"dropout[{prefix!r}] key must fit 64 bits")
     opt = meta["optimizer"]
     if not isinstance(opt.get("type"), str):
         raise _bad(path, "the optimizer's type must be a class name")
@@ -234,13 +240,16 @@ def _check_tensors(path, shapes, model_shapes, params, opt_cls):
 
 
 def _build_model(path, meta, backend):
-    """The model of the checkpoint's architecture (fastnn.model's loader pieces), unfilled."""
+    """(shapes of the model's tensors, of its parameters, a function that builds the model
+    unfilled): fastnn.model's loader pieces, nothing allocated yet."""
     from . import model as M
     from .backend import BackendUnavailable, get_backend
     config = meta["model"]
     try:
         top, make = M._architecture(config)
         expected = M.expected_state_shapes(top)
+        params = {f"{prefix}.{name}": tuple(int(d) for d in shape)
+                  for prefix, layer in M.named_layers(top) for name, shape in layer.param_shapes().items()}
         dtype = M._dtype(config.get("dtype", "float32"))
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
         raise _bad(path, f"corrupt architecture: {type(exc).__name__}: {exc}") from None
@@ -250,7 +259,8 @@ def _build_model(path, meta, backend):
         except (BackendUnavailable, ValueError, TypeError):
             backend = None   # saved on a backend this machine lacks: use the default
     seed = config.get("seed", 0)
-    return expected, lambda: make(backend=backend, dtype=dtype, seed=seed if isinstance(seed, int) else 0)
+    return expected, params, lambda: make(backend=backend, dtype=dtype,
+                                          seed=seed if isinstance(seed, int) else 0)
 
 
 def _fill(path, meta, tensors, trainer, model, optimizer):
@@ -277,8 +287,8 @@ def _fill(path, meta, tensors, trainer, model, optimizer):
     if set(meta["dropout"]) != set(rng):
         raise _bad(path, f"dropout counters for {sorted(meta['dropout'])}, the model's dropout layers "
                          f"are {sorted(rng)}")
-    for prefix, calls in meta["dropout"].items():
-        rng[prefix].calls = calls
+    for prefix, saved in meta["dropout"].items():
+        rng[prefix]._key, rng[prefix].calls = saved["key"], saved["calls"]
     trainer.epoch = meta["epoch"]
     history = getattr(trainer, "history", None)
     if history is None or not hasattr(history, "history"):
@@ -368,20 +378,11 @@ def load_trainer(path, backend=None, loss=None, scheduler=None, metrics=None):
     from .trainer import Trainer
     path, meta, shapes = _read(path)
     opt_cls = _optimizer_class(path, meta["optimizer"]["type"])
-    expected, make = _build_model(path, meta, backend)
+    expected, params, make = _build_model(path, meta, backend)
     spec = meta["loss"] if isinstance(meta["loss"], dict) and "loss" in meta["loss"] else {"loss": meta["loss"]}
     loss_arg = _decode_loss(path, spec["loss"], loss)
     options, weights = spec.get("loss_options"), spec.get("loss_weights")
     # The model is built (allocated) only after every tensor's name and shape is checked.
-    from . import model as M
-    try:
-        top, _ = M._architecture(meta["model"])
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
-        raise _bad(path, f"corrupt architecture: {type(exc).__name__}: {exc}") from None
-    params = {}
-    for prefix, layer in M.named_layers(top):
-        for name, shape in layer.param_shapes().items():
-            params[f"{prefix}.{name}"] = tuple(int(d) for d in shape)
     _check_tensors(path, shapes, expected, params, opt_cls)
     try:
         model = make()
