@@ -166,6 +166,11 @@ def test_optimizer_load_state_dict_rejects_bad_input():
         fnn.optim.Adam().load_state_dict(changed(state=nan))
     with pytest.raises(TypeError, match="param_groups"):
         fnn.optim.Adam().load_state_dict(changed(param_groups=[{"params": [3]}]))
+    grouped = fnn.optim.Adam(param_groups=[{"params": model.layers[0]}]).state_dict()
+    with pytest.raises(ValueError, match="param groups"):      # sd has no group, this one has
+        fnn.optim.Adam(param_groups=[{"params": "0"}]).load_state_dict(sd)
+    with pytest.raises(ValueError, match=r"holds \['2'\]"):
+        fnn.optim.Adam(param_groups=[{"params": "2"}]).load_state_dict(grouped)
     # shapes are only known at the step: a state for another model fails there, clearly
     wrong = dict(sd["state"], **{"0.weight.exp_avg": np.zeros((3, 3), np.float32)})
     bad = fnn.optim.Adam()

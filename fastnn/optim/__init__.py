@@ -422,6 +422,13 @@ class Optimizer:
             self._hyper(g, f"state_dict param_groups[{i}]")
         if self.param_groups and len(groups) != len(self.param_groups):
             raise ValueError(f"state_dict has {len(groups)} param groups, this optimizer {len(self.param_groups)}")
+        for i, (g, saved) in enumerate(zip(self.param_groups, groups)):
+            try:
+                mine = _member_names(g["params"], f"param_groups[{i}]")
+            except ValueError:
+                continue      # a layer not in a built model yet: nothing to compare
+            if sorted(mine) != sorted(saved["params"]):
+                raise ValueError(f"param_groups[{i}] holds {mine}, the state_dict's group {saved['params']}")
         buffers = sd["state"]
         if not isinstance(buffers, dict):
             raise TypeError("state_dict state must be a dict of arrays")
