@@ -16,6 +16,12 @@ SGD, Adam, AdamW, RMSprop, Adagrad: ``opt.step(model.parameters())`` after
   so a scheduler that sets ``opt.lr`` moves them; ``opt.param_groups`` is the
   list of group dicts (change ``group["lr"]`` to move a group).
 
+``opt.state_dict()`` / ``opt.load_state_dict(sd)`` save and restore an optimizer as torch's
+do: hyper-parameters, groups (members by parameter name / layer prefix), the step count
+and the state buffers as numpy arrays keyed "<parameter name>.<buffer>" (torch's buffer
+names: momentum_buffer, exp_avg, exp_avg_sq, square_avg, grad_avg, sum), so the state
+fits a model rebuilt from its file; fastnn.checkpoint stores them in checkpoints.
+
 Frozen layers (``layer.trainable = False``) are skipped: their parameters and
 optimizer state do not change at all (no weight decay, no momentum), and
 clip_grad_norm leaves their gradients out of the norm, as torch does for
@@ -166,6 +172,9 @@ class Optimizer:
 
     def __init__(self, param_groups=None, clip_norm=None):
         self._state = {}   # id(data buffer) -> (data buffer, state arrays)
+        self._layout = {}  # id(data buffer) -> (data buffer, backend, [(param name, offset, shape)])
+        self._pending = None   # a loaded state ("<param>.<buffer>" -> array), applied at the next step
+        self._tracked = None   # the buffer list whose layout is recorded (model.parameters()' cached one)
         self.iterations = 0
         if clip_norm is not None:
             clip_norm = _check(clip_norm, "clip_norm", low_open=True)
@@ -270,6 +279,7 @@ class Optimizer:
             params = list(params) if hasattr(params, "__iter__") and not isinstance(params, (str, bytes)) else params
         backend = _backend_of(params)
         pairs = _buffers(params)
+        self._track(backend, params, pairs)
         if self.clip_norm is not None:
             clip_grad_norm(params, self.clip_norm)
         self.iterations += 1
@@ -294,12 +304,207 @@ class Optimizer:
             group = self._group_of(p) if self.param_groups else None
             self._kernel(backend, data, grad, self._state_for(backend, key, data), self._hyper(group))
 
+    # ------------------------------------------------------ state_dict
+    STATE_NAMES = ()   # each state buffer's name in state_dict (torch's names)
+    OPTIONS = {}       # constructor arguments beyond HYPER that state_dict keeps: name -> bool or float
+
+    def _track(self, backend, params, pairs):
+        """Remember which parameters each state buffer holds (by name and offset: the
+        state_dict keys), then put a loaded state in place."""
+        if pairs is self._tracked and self._pending is None:
+            return        # model.parameters()' cached buffer list, already known: the usual step
+        flat = getattr(params, "flat_data", None) is not None
+        for i, (key, data, _) in enumerate(pairs):
+            known = self._layout.get(id(key))
+            if known is not None and known[0] is key:
+                continue
+            if flat:
+                layout = [(p.name, p.offset, tuple(p.data.shape)) for p in params]
+            else:
+                p = params[i]
+                layout = [(str(getattr(p, "name", None) or i), 0, tuple(p.data.shape))]
+            self._layout[id(key)] = (key, backend, layout)
+        if self._pending is not None:
+            self._apply_pending(backend, pairs)
+        self._tracked = pairs if flat else None
+
+    def _apply_pending(self, backend, pairs):
+        pending = self._pending
+        if pending:
+            expected = {f"{name}.{b}": shape for key, _, _ in pairs
+                        for name, _, shape in self._layout[id(key)][2] for b in self.STATE_NAMES}
+            if set(pending) != set(expected):
+                missing, extra = sorted(set(expected) - set(pending)), sorted(set(pending) - set(expected))
+                raise ValueError(f"the loaded {type(self).__name__} state does not fit these parameters: "
+                                 f"missing {missing[:5]}, unexpected {extra[:5]}")
+            for name, shape in expected.items():
+                if pending[name].shape != shape:
+                    raise ValueError(f"optimizer state {name} has shape {pending[name].shape}, "
+                                     f"the parameter has {shape}")
+            for key, data, _ in pairs:
+                hosts = []
+                for b, initial in zip(self.STATE_NAMES, self._initial_state()):
+                    host = np.full(data.shape, initial, data.dtype)
+                    for name, off, shape in self._layout[id(key)][2]:
+                        host[off:off + math.prod(shape)] = pending[f"{name}.{b}"].reshape(-1)
+                    hosts.append(host)
+                self._state[id(key)] = (key, [backend.to_device(h) for h in hosts])
+        self._pending = None
+
+    def _options(self):
+        """The constructor's arguments: HYPER, OPTIONS and clip_norm (JSON-able)."""
+        out = {key: _jsonable(getattr(self, key)) for key in self.HYPER}
+        out.update({key: getattr(self, key) for key in self.OPTIONS})
+        out["clip_norm"] = self.clip_norm
+        return out
+
+    def state_dict(self):
+        """Everything the next step depends on, torch-like: ``type``, ``hyper`` (the
+        constructor's arguments), ``iterations``, ``param_groups`` (each group's
+        hyper-parameters and its members as parameter names / layer prefixes) -- all
+        JSON-able -- and ``state``: "<parameter name>.<buffer>" -> numpy array (e.g.
+        "0.weight.exp_avg"), so it survives a model rebuilt from its file. Before the first
+        step the state is empty (the buffers start at their initial values)."""
+        if self._pending is not None:
+            state = {k: v.copy() for k, v in self._pending.items()}
+        else:
+            state = {}
+            for key_id, (key, states) in self._state.items():
+                known = self._layout.get(key_id)
+                if known is None or known[0] is not key:
+                    continue
+                _, backend, layout = known
+                for b, buf in zip(self.STATE_NAMES, states):
+                    host = np.asarray(backend.to_host(buf))
+                    for name, off, shape in layout:
+                        state[f"{name}.{b}"] = host[off:off + math.prod(shape)].reshape(shape).copy()
+        return dict(self._describe(), state=state)
+
+    def _describe(self):
+        """state_dict() without the state arrays (all JSON-able)."""
+        groups = []
+        for i, g in enumerate(self.param_groups):
+            desc = {"params": _member_names(g["params"], f"param_groups[{i}]")}
+            desc.update({key: _jsonable(g[key]) for key in self.HYPER})
+            groups.append(desc)
+        return {"type": type(self).__name__, "hyper": self._options(), "iterations": self.iterations,
+                "param_groups": groups}
+
+    def load_state_dict(self, state_dict):
+        """Restore what state_dict() returned (the optimizer's class must match). Groups
+        this optimizer already has keep their members and take the saved hyper-parameters;
+        an optimizer built without groups takes the saved groups by name. The saved state
+        is put in place at the next step, which is then the step the saved optimizer would
+        have taken."""
+        sd = state_dict
+        cls = type(self).__name__
+        if not isinstance(sd, dict):
+            raise TypeError(f"{cls}.load_state_dict takes a dict, got {type(sd).__name__}")
+        if sd.get("type") != cls:
+            raise ValueError(f"this state_dict is of a {sd.get('type')!r} optimizer, not a {cls}")
+        missing = {"hyper", "iterations", "param_groups", "state"} - set(sd)
+        if missing:
+            raise ValueError(f"{cls} state_dict lacks {sorted(missing)}")
+        iterations = sd["iterations"]
+        if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral) or iterations < 0:
+            raise ValueError(f"state_dict iterations must be an integer >= 0, got {iterations!r}")
+        hyper = self.check_hyper(sd["hyper"])
+        groups = sd["param_groups"]
+        if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+            raise TypeError("state_dict param_groups must be a list of dicts")
+        for i, g in enumerate(groups):
+            names = g.get("params")
+            if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+                raise TypeError(f"state_dict param_groups[{i}]['params'] must be a list of parameter names")
+            unknown = set(g) - {"params"} - set(self.HYPER)
+            if unknown or set(self.HYPER) - set(g):
+                raise ValueError(f"state_dict param_groups[{i}] must hold 'params' and {sorted(self.HYPER)}")
+            self._hyper(g, f"state_dict param_groups[{i}]")
+        if self.param_groups and len(groups) != len(self.param_groups):
+            raise ValueError(f"state_dict has {len(groups)} param groups, this optimizer {len(self.param_groups)}")
+        for i, (g, saved) in enumerate(zip(self.param_groups, groups)):
+            try:
+                mine = _member_names(g["params"], f"param_groups[{i}]")
+            except ValueError:
+                continue      # a layer not in a built model yet: nothing to compare
+            if sorted(mine) != sorted(saved["params"]):
+                raise ValueError(f"param_groups[{i}] holds {mine}, the state_dict's group {saved['params']}")
+        buffers = sd["state"]
+        if not isinstance(buffers, dict):
+            raise TypeError("state_dict state must be a dict of arrays")
+        pending = {}
+        for name, value in buffers.items():
+            if not isinstance(name, str) or name.rsplit(".", 1)[-1] not in self.STATE_NAMES or "." not in name:
+                raise ValueError(f"{cls} state_dict: unexpected state {name!r} (buffers: {list(self.STATE_NAMES)})")
+            if not isinstance(value, np.ndarray) or value.dtype.kind != "f":
+                raise TypeError(f"{cls} state_dict: state {name} must be a float numpy array")
+            if not np.isfinite(value).all():
+                raise ValueError(f"{cls} state_dict: state {name} holds NaN or inf")
+            pending[name] = np.array(value)
+        # Everything is checked: now change the optimizer.
+        for key, value in hyper.items():
+            setattr(self, key, value)
+        if self.param_groups:
+            for g, saved in zip(self.param_groups, groups):
+                g.update(self._hyper(saved))
+        else:
+            self.param_groups = self._make_groups([dict(g) for g in groups])
+        self.iterations = int(iterations)
+        self._state, self._plans, self._pending = {}, {}, pending
+
+    @classmethod
+    def check_hyper(cls, hyper, what="state_dict hyper"):
+        """The constructor arguments in a state_dict's ``hyper``, validated (a class method:
+        ``cls(**cls.check_hyper(sd["hyper"]))`` rebuilds the optimizer)."""
+        if not isinstance(hyper, dict):
+            raise TypeError(f"{what} must be a dict")
+        known = set(cls.HYPER) | set(cls.OPTIONS) | {"clip_norm"}
+        if set(hyper) != known:
+            raise ValueError(f"{what} must hold exactly {sorted(known)}, got {sorted(hyper)}")
+        out = {key: check(hyper[key], f"{what} {key}") for key, check in cls.HYPER.items()}
+        for key, kind in cls.OPTIONS.items():
+            value = hyper[key]
+            if kind is bool:
+                if not isinstance(value, bool):
+                    raise TypeError(f"{what} {key} must be true or false, got {value!r}")
+                out[key] = value
+            else:
+                out[key] = _check(value, f"{what} {key}")
+        clip = hyper["clip_norm"]
+        out["clip_norm"] = None if clip is None else _check(clip, f"{what} clip_norm", low_open=True)
+        return out
+
     def _kernel(self, backend, data, grad, state, hyper):
         raise NotImplementedError(f"{type(self).__name__} does not define its update")
 
     def zero_grad(self, params):
         for p in params:
             p.grad[...] = 0
+
+
+def _jsonable(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _member_names(spec, what):
+    """A group's 'params' as parameter names / layer prefixes (what state_dict stores)."""
+    items = spec if isinstance(spec, (list, tuple)) else [spec]
+    names = []
+    for item in items:
+        if isinstance(item, str):
+            names.append(item)
+        elif isinstance(item, _layers.Layer):
+            owner = getattr(item, "_owner", None)
+            model = owner() if owner is not None else None
+            prefix = None if model is None else model._prefix.get(id(item))
+            if prefix is None:
+                raise ValueError(f"{what}: {type(item).__name__} is in no built model, so it has no name")
+            names.append(prefix)
+        elif isinstance(getattr(item, "name", None), str):
+            names.append(item.name)
+        else:
+            raise ValueError(f"{what}: a parameter without a name cannot be saved")
+    return names
 
 
 def _lr(v, name):
@@ -314,6 +519,8 @@ class SGD(Optimizer):
     """SGD with optional momentum, Nesterov momentum and L2 weight decay (torch.optim.SGD)."""
     HYPER = {"lr": _lr, "momentum": _nonneg, "weight_decay": _nonneg}
     STATE = 1
+    STATE_NAMES = ("momentum_buffer",)
+    OPTIONS = {"nesterov": bool}
 
     def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0,
                  param_groups=None, clip_norm=None):
@@ -334,6 +541,7 @@ class SGD(Optimizer):
 class _AdamBase(Optimizer):
     HYPER = {"lr": _lr, "betas": lambda v, name: _betas(v), "eps": _nonneg, "weight_decay": _nonneg}
     STATE = 2
+    STATE_NAMES = ("exp_avg", "exp_avg_sq")
 
     def __init__(self, lr, betas, eps, weight_decay, param_groups, clip_norm):
         self.lr = _check(lr, "learning rate lr", low_open=True)
@@ -385,6 +593,8 @@ class RMSprop(Optimizer):
     HYPER = {"lr": _nonneg, "alpha": _nonneg, "eps": _nonneg, "weight_decay": _nonneg,
              "momentum": _nonneg}
     STATE = 3   # square_avg, grad_avg (centered), momentum buffer
+    STATE_NAMES = ("square_avg", "grad_avg", "momentum_buffer")
+    OPTIONS = {"centered": bool}
 
     def __init__(self, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
                  centered=False, param_groups=None, clip_norm=None):
@@ -407,6 +617,8 @@ class Adagrad(Optimizer):
     clr = lr / (1 + (step - 1) lr_decay); state_sum starts at initial_accumulator_value."""
     HYPER = {"lr": _nonneg, "lr_decay": _nonneg, "weight_decay": _nonneg, "eps": _nonneg}
     STATE = 1
+    STATE_NAMES = ("sum",)
+    OPTIONS = {"initial_accumulator_value": float}
 
     def __init__(self, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0,
                  eps=1e-10, param_groups=None, clip_norm=None):
