@@ -20,7 +20,6 @@ from fastnn.layers import BatchNorm1D, Dense, Dropout, ReLU, Tanh
 
 CPU = [b for b in fnn.backends() if b in ("numpy", "numba", "cython")]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NEEDS_LOOP = pytest.mark.xfail(reason="needs lead's trainer", strict=False)
 
 OPTIMIZERS = {
     "sgd": lambda m: fnn.optim.SGD(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01,
@@ -307,7 +306,6 @@ print(t.epoch, len(t.history.epoch))
 """
 
 
-@NEEDS_LOOP
 def test_resume_in_a_new_process_is_bit_exact(tmp_path):
     X, y = data()
 
@@ -395,7 +393,6 @@ def test_backup_kept_on_an_exception_and_arguments_checked(tmp_path):
         restore_trainer(other, cb.path)
 
 
-@NEEDS_LOOP
 def test_backup_and_restore_with_fit_and_ctrl_c(tmp_path):
     X, y = data()
 
@@ -634,7 +631,7 @@ def test_save_trainer_refuses_what_it_cannot_write(tmp_path):
 
 # ---------------------------------------------- schedulers, metrics, cuda
 def test_scheduler_is_saved_and_rebuilt_around_the_loaded_optimizer(tmp_path):
-    sched_mod = pytest.importorskip("fastnn.optim.lr_scheduler")
+    sched_mod = fnn.optim.lr_scheduler
     X, y = data()
     makers = {
         "step": lambda opt: sched_mod.StepLR(opt, step_size=1, gamma=0.5),
@@ -676,11 +673,6 @@ def test_scheduler_is_saved_and_rebuilt_around_the_loaded_optimizer(tmp_path):
 
 
 def test_metrics_are_saved_by_name_and_custom_ones_must_be_given(tmp_path):
-    import importlib.util
-    import inspect
-    if "metrics" not in inspect.signature(fnn.Trainer).parameters or \
-            importlib.util.find_spec("fastnn.metrics") is None:
-        pytest.xfail("needs lead's trainer (metrics=) and fastnn.metrics")
     t = fnn.Trainer(drop_model("numpy"), metrics=["accuracy", "f1"])
     save_trainer(t, tmp_path / "c.safetensors")
     assert load_trainer(tmp_path / "c.safetensors").metrics == ["accuracy", "f1"]
