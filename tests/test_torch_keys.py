@@ -174,3 +174,25 @@ def test_batchnorm_state_dict_with_torch_counter_loads():
     tm.eval()
     x = np.random.default_rng(0).standard_normal((5, 4))
     np.testing.assert_allclose(model.predict(x), tm(torch.tensor(x)).detach().numpy(), rtol=1e-9, atol=1e-9)
+
+
+def test_a_stacked_bidirectional_layer_on_the_cuda_backend_matches_numpy():
+    """num_layers feeds device arrays between the layers (the CUDA simulator where there is no GPU)."""
+    from test_cuda import BE, dev
+    rng = np.random.default_rng(5)
+    x, probe = rng.standard_normal((2, 3, 2)), rng.standard_normal((2, 3, 4))
+    results = []
+    for name in ("numpy", BE):
+        model = fnn.Sequential(LSTM(2, 2, return_sequences=True, bidirectional=True, num_layers=2),
+                               backend=name, dtype="float64", seed=0)
+        y = model.forward(x)
+        model.zero_grad()
+        dx = model.backward(probe, return_input_grad=True)
+        host = (lambda a: np.asarray(a)) if name == "numpy" else dev.to_host
+        results.append((host(y), host(dx), {p.name: host(p.grad) for p in model.parameters()}))
+    (y0, dx0, g0), (y1, dx1, g1) = results
+    np.testing.assert_allclose(y1, y0, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(dx1, dx0, rtol=1e-9, atol=1e-12)
+    assert g0.keys() == g1.keys() and "0.weight_hh_l1_reverse" in g0
+    for k in g0:
+        np.testing.assert_allclose(g1[k], g0[k], rtol=1e-9, atol=1e-12, err_msg=k)
