@@ -93,6 +93,7 @@ def test_an_unwritable_plot_path_is_refused_before_training(capsys, tmp_path, mo
 
 @pytest.mark.skipif(FAST is None, reason="needs a compiled backend")
 def test_digits_holds_out_validation_data_and_times_numpy_for_the_ratio(tmp_path, capsys):
+    pytest.importorskip("sklearn")
     path = tmp_path / "curves.png"
     assert cli.main(["digits", "--backends", FAST, "--epochs", "2", "--no-progress", "--plot", str(path)]) == 0
     out = capsys.readouterr().out
@@ -107,6 +108,7 @@ def test_digits_holds_out_validation_data_and_times_numpy_for_the_ratio(tmp_path
 
 
 def test_train_digits_history_has_validation_curves():
+    pytest.importorskip("sklearn")
     rows = cli.train_digits(["numpy"], epochs=2, progress=False, validation_fraction=0.2)
     history = rows[0]["history"].history
     assert len(history["val_loss"]) == 2 and len(history["val_accuracy"]) == 2
