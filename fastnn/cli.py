@@ -93,7 +93,7 @@ def train_digits(backends=None, epochs=None, batch_size=32, lr=None, momentum=0.
         one = min(epochs, 1)
         reference = _timed_fit("numpy", dtype, seed, model, lr, momentum, fit_data, one,
                                batch_size, False)[2] * epochs / one
-        how = f"numpy timed on {one} epoch"
+        how = f"numpy reference timed on {one} epoch"
     for r in rows:
         r["speedup"] = reference / r["seconds"] if reference else float("nan")
         r["reference"] = how

@@ -101,7 +101,7 @@ def test_digits_holds_out_validation_data_and_times_numpy_for_the_ratio(tmp_path
     row = next(line for line in out.splitlines() if line.startswith(f"| {FAST} |"))
     ratio = row.split("|")[5].strip()
     assert ratio.endswith("x") and np.isfinite(float(ratio[:-1])) and float(ratio[:-1]) > 0, row
-    assert "(speed vs numpy: the numpy timed on 1 epoch, scaled to 2 epochs)" in out
+    assert "(speed vs numpy: the numpy reference timed on 1 epoch, scaled to 2 epochs)" in out
     assert "nan" not in out
     if "no training-curve plot" not in out:
         assert path.stat().st_size > 1000
