@@ -1,6 +1,13 @@
 """Command line: `fastnn digits [--model mlp|cnn|lstm|transformer]` (the main job),
-`fastnn backends [--kernels]` and `fastnn warmup`."""
+`fastnn backends [--kernels]`, `fastnn warmup` and `fastnn --version`.
+
+Bare `fastnn` prints this help on stdout and exits 0 (as pip, cargo and docker do; it runs
+nothing). A bad argument (`--epochs 0`, an unknown backend, a `--plot` path that cannot be
+written: all checked before any training) prints one line on stderr and exits 2.
+"""
 import argparse
+import math
+import os
 import sys
 import time
 
@@ -56,52 +63,209 @@ def _digits_model(backend, dtype, seed, model="mlp"):
 
 
 def train_digits(backends=None, epochs=None, batch_size=32, lr=None, momentum=0.9, dtype="float32",
-                 seed=0, progress=True, out=sys.stdout, model="mlp"):
+                 seed=0, progress=True, out=None, model="mlp", validation_fraction=0.15):
     """Train the same model (FAMILIES[model]) on the digits on each backend; return one result row
-    each. epochs and lr default to the family's (the MLP's: 30 epochs, lr 0.05)."""
-    from . import Trainer, backend as registry, data, optim
+    each. epochs and lr default to the family's (the MLP's: 30 epochs, lr 0.05). A seeded
+    validation_fraction of the training images is held out and scored after every epoch (the
+    history's val_loss / val_accuracy); test accuracy is on the separate test set. Each row's
+    speedup is against the numpy reference: when numpy is not among backends, the reference is
+    timed on one epoch and its time per epoch scaled (row["reference"] says which)."""
+    from . import backend as registry, data
+    out = sys.stdout if out is None else out
     _, _, default_epochs, default_lr = _family(model)
     epochs = default_epochs if epochs is None else epochs
     lr = default_lr if lr is None else lr
     X_train, y_train, X_test, y_test = data.load_digits(seed=seed, dtype=dtype)
+    train, val = _validation_split(len(X_train), validation_fraction, seed)
+    fit_data = (X_train[train], y_train[train], (X_train[val], y_train[val]) if len(val) else None)
     rows = []
     for name in backends or registry.backends():
-        # Warm-up on a few batches so a JIT compile is not counted as training time.
-        warm = Trainer(_digits_model(name, dtype, seed, model), "cross_entropy", optim.SGD(lr=lr))
-        warm.fit(X_train[:2 * batch_size], y_train[:2 * batch_size], epochs=1,
-                 batch_size=batch_size, progress=False)
-        net = _digits_model(name, dtype, seed, model)
-        trainer = Trainer(net, "cross_entropy", optim.SGD(lr=lr, momentum=momentum), seed=seed)
         if progress:
             print(f"backend {name}:", file=out, flush=True)
-        start = time.perf_counter()
-        history = trainer.fit(X_train, y_train, epochs=epochs, batch_size=batch_size, progress=progress)
-        seconds = time.perf_counter() - start
+        trainer, history, seconds = _timed_fit(name, dtype, seed, model, lr, momentum, fit_data,
+                                               epochs, batch_size, progress)
         result = trainer.evaluate(X_test, y_test)
         rows.append({"backend": name, "test_accuracy": result["accuracy"], "seconds": seconds,
-                     "history": history})
+                     "history": history, "n_train": len(train), "n_val": len(val), "n_test": len(X_test)})
     reference = next((r["seconds"] for r in rows if r["backend"] == "numpy"), None)
+    how = "numpy"
+    if reference is None and rows:   # time the reference anyway: a ratio needs it
+        one = min(epochs, 1)
+        reference = _timed_fit("numpy", dtype, seed, model, lr, momentum, fit_data, one,
+                               batch_size, False)[2] * epochs / one
+        how = f"numpy reference timed on {one} epoch"
     for r in rows:
         r["speedup"] = reference / r["seconds"] if reference else float("nan")
+        r["reference"] = how
     return rows
 
 
-def warmup(out=sys.stdout):
-    """Train a tiny Dense network once per CPU backend and dtype, so that Numba's
-    on-disk cache holds the compiled kernels (the Cython backend needs none)."""
-    from . import Sequential, Trainer, backend as registry, optim
-    from .layers import Dense, ReLU, Sigmoid, Tanh
-    rng = np.random.default_rng(0)
+def _validation_split(n, fraction, seed):
+    """(train indices, validation indices) of n rows: a seeded permutation's last fraction."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
+        raise ValueError(f"validation_fraction must be in [0, 1), got {fraction!r}")
+    order = np.random.default_rng([seed, 11]).permutation(n)
+    k = int(round(n * fraction))
+    return np.sort(order[:n - k]), np.sort(order[n - k:])
+
+
+def _timed_fit(name, dtype, seed, model, lr, momentum, fit_data, epochs, batch_size, progress):
+    """(trainer, history, seconds) of one fit, after a warm-up fit on a few batches so that a
+    JIT compile is not counted as training time."""
+    from . import Trainer, optim
+    X, y, validation = fit_data
+    warm = Trainer(_digits_model(name, dtype, seed, model), "cross_entropy", optim.SGD(lr=lr))
+    warm.fit(X[:2 * batch_size], y[:2 * batch_size], epochs=1, batch_size=batch_size, progress=False)
+    trainer = Trainer(_digits_model(name, dtype, seed, model), "cross_entropy",
+                      optim.SGD(lr=lr, momentum=momentum), seed=seed)
+    start = time.perf_counter()
+    history = trainer.fit(X, y, epochs=epochs, batch_size=batch_size, validation_data=validation,
+                          progress=progress)
+    return trainer, history, time.perf_counter() - start
+
+
+# ------------------------------------------------------------------ warmup
+def _fit_once(model, X, y, loss="cross_entropy", optimizer=None, batch_size=None):
+    """One short training epoch and a predict: compiles a model's forward, backward, loss and
+    optimizer kernels for its backend and dtype (the eval path too)."""
+    from . import Trainer, optim
+    Trainer(model, loss, optimizer or optim.SGD(lr=0.01, momentum=0.9)).fit(
+        X, y, epochs=1, batch_size=batch_size or len(X) // 2, progress=False)
+    model.predict(X[:3])
+
+
+def _warm_dense(backend, dtype, rng):
+    from . import Sequential, optim
+    from .layers import (ELU, GELU, Dense, LeakyReLU, ReLU, SiLU, Sigmoid, Softmax, Softplus, Step,
+                         Tanh)
     # big enough that the GEMMs take their multi-threaded paths too
     X, y = rng.standard_normal((256, 256)), rng.integers(0, 3, 256)
-    for name in [b for b in registry.backends() if b != "cuda"]:
+    model = Sequential(Dense(256, 256), ReLU(), Dense(256, 64), Tanh(), Dense(64, 16), Sigmoid(),
+                       Dense(16, 3), backend=backend, dtype=dtype)
+    _fit_once(model, X, y, batch_size=128)
+    acts = [LeakyReLU(), GELU(), GELU(approximate="tanh"), SiLU(), ELU(), Softplus(), Step(), Softmax()]
+    layers = [Dense(8, 8, bias=False)]
+    for act in acts:
+        layers += [act, Dense(8, 8)]
+    X, y = rng.standard_normal((16, 2, 8)), rng.standard_normal((16, 2, 8))   # Dense on any rank
+    for loss in ("mse", "huber", "l1"):
+        _fit_once(Sequential(*layers, backend=backend, dtype=dtype), X, y, loss=loss)
+    X, t = rng.standard_normal((16, 8)), rng.integers(0, 2, (16, 3)).astype(float)
+    _fit_once(Sequential(Dense(8, 3), backend=backend, dtype=dtype), X, t, loss="binary_cross_entropy")
+    _fit_once(Sequential(Dense(8, 3), backend=backend, dtype=dtype), X, rng.integers(0, 3, 16),
+              loss="cross_entropy", optimizer=optim.SGD(lr=0.01))
+
+
+def _warm_conv(backend, dtype, rng):
+    from . import Sequential
+    from .layers import (AvgPool1D, AvgPool2D, Conv1D, Conv2D, Dense, Flatten, GlobalAvgPool1D,
+                         GlobalAvgPool2D, MaxPool1D, MaxPool2D, ReLU)
+    y = rng.integers(0, 3, 8)
+    one_d = Sequential(Conv1D(2, 4, 3, padding="same"), ReLU(), MaxPool1D(2), Conv1D(4, 4, 3, stride=2),
+                       AvgPool1D(2), Conv1D(4, 4, 1), GlobalAvgPool1D(), Dense(4, 3), backend=backend, dtype=dtype)
+    _fit_once(one_d, rng.standard_normal((8, 2, 16)), y)
+    two_d = Sequential(Conv2D(1, 4, 3, padding=1), ReLU(), MaxPool2D(2), Conv2D(4, 4, 3, stride=2, padding=1),
+                       AvgPool2D(2), Flatten(), Dense(4, 3), backend=backend, dtype=dtype)
+    _fit_once(two_d, rng.standard_normal((8, 1, 8, 8)), y)
+    pooled = Sequential(Conv2D(1, 4, (3, 2)), GlobalAvgPool2D(), Dense(4, 3), backend=backend, dtype=dtype)
+    _fit_once(pooled, rng.standard_normal((8, 1, 6, 6)), y)
+
+
+def _warm_recurrent(backend, dtype, rng):
+    from . import Sequential
+    from .layers import GRU, LSTM, RNN, Dense
+    X, y = rng.standard_normal((8, 5, 4)), rng.integers(0, 3, 8)
+    for cell in (RNN, LSTM, GRU):
+        model = Sequential(cell(4, 6, return_sequences=True, bidirectional=True), cell(12, 6), Dense(6, 3),
+                           backend=backend, dtype=dtype)
+        _fit_once(model, X, y)
+
+
+def _warm_normalization(backend, dtype, rng):
+    from . import Sequential
+    from .layers import BatchNorm1D, BatchNorm2D, Dense, Flatten, LayerNorm
+    y = rng.integers(0, 3, 8)
+    _fit_once(Sequential(Dense(6, 6), BatchNorm1D(6), LayerNorm(6), Dense(6, 3), backend=backend, dtype=dtype),
+              rng.standard_normal((8, 6)), y)
+    _fit_once(Sequential(BatchNorm1D(2), Flatten(), Dense(10, 3), backend=backend, dtype=dtype),
+              rng.standard_normal((8, 2, 5)), y)
+    _fit_once(Sequential(BatchNorm2D(2), LayerNorm((2, 3, 3)), Flatten(), Dense(18, 3), backend=backend,
+                         dtype=dtype), rng.standard_normal((8, 2, 3, 3)), y)
+
+
+def _warm_attention(backend, dtype, rng):
+    from . import Sequential
+    from .layers import Dense, Flatten, MultiHeadAttention, TransformerEncoderLayer
+    X, y = rng.standard_normal((8, 5, 8)), rng.integers(0, 3, 8)
+    for causal in (False, True):
+        _fit_once(Sequential(MultiHeadAttention(8, 2, causal=causal), Flatten(), Dense(40, 3),
+                             backend=backend, dtype=dtype), X, y)
+    for norm_first, activation in ((False, "relu"), (True, "gelu")):
+        _fit_once(Sequential(TransformerEncoderLayer(8, 2, 16, dropout=0.1, activation=activation,
+                                                     norm_first=norm_first), Flatten(), Dense(40, 3),
+                             backend=backend, dtype=dtype), X, y)
+
+
+def _warm_dropout_embedding(backend, dtype, rng):
+    from . import Sequential
+    from .layers import Dense, Dropout, Embedding, Flatten
+    X, y = rng.integers(0, 10, (8, 5)), rng.integers(0, 3, 8)
+    for padding_idx in (None, 0):
+        _fit_once(Sequential(Embedding(10, 4, padding_idx=padding_idx), Dropout(0.2), Flatten(), Dense(20, 3),
+                             backend=backend, dtype=dtype), X, y)
+
+
+def _warm_optimizers(backend, dtype, rng):
+    from . import Sequential, optim
+    from .layers import Dense, ReLU
+    X, y = rng.standard_normal((16, 8)), rng.integers(0, 3, 16)
+    for opt in (optim.SGD(lr=0.01), optim.SGD(lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4),
+                optim.SGD(lr=0.01, clip_norm=1.0), optim.Adam(), optim.Adam(weight_decay=1e-4), optim.AdamW(),
+                optim.RMSprop(), optim.RMSprop(momentum=0.9, centered=True, weight_decay=1e-4),
+                optim.Adagrad(), optim.Adagrad(lr_decay=0.01, weight_decay=1e-4)):
+        _fit_once(Sequential(Dense(8, 8), ReLU(), Dense(8, 3), backend=backend, dtype=dtype), X, y, optimizer=opt)
+
+
+def _warm_kernels(backend, dtype, rng):
+    """Every registry kernel on its test examples (the signatures the layers above may miss)."""
+    from .backend import get_backend
+    from ._kernels.registry import KERNELS
+    be = get_backend(backend)
+    for kernel in KERNELS.values():
+        for example in kernel.examples.tests:
+            args, kwargs = example.make(rng, np.dtype(dtype).type)
+            getattr(be, kernel.name)(*args, **kwargs)
+
+
+WARMUP = {"dense": _warm_dense, "conv": _warm_conv, "recurrent": _warm_recurrent,
+          "normalization": _warm_normalization, "attention": _warm_attention,
+          "dropout-embedding": _warm_dropout_embedding, "optimizers": _warm_optimizers,
+          "kernels": _warm_kernels}
+
+
+def warmup(out=None, backends=None, families=None, dtypes=("float32", "float64")):
+    """Compile every kernel family a model can use (WARMUP: dense layers and activations with
+    every loss, conv 1D/2D and pools, RNN/LSTM/GRU, normalization, attention, dropout and
+    embedding, every optimizer, then every registry kernel) once per backend and dtype, so that
+    Numba's on-disk cache (cache=True) holds them. backends default to ['numba'] (the Cython
+    backend is compiled ahead of time, numpy compiles nothing). Returns {backend: seconds}."""
+    from . import backend as registry
+    out = sys.stdout if out is None else out
+    backends = list(backends) if backends is not None else [b for b in ("numba",) if b in registry.backends()]
+    families = list(families) if families is not None else list(WARMUP)
+    times = {}
+    for name in backends:
         start = time.perf_counter()
-        for dtype in ("float32", "float64"):
-            for opt in (optim.SGD(lr=0.01, momentum=0.9), optim.Adam()):
-                model = Sequential(Dense(256, 256), ReLU(), Dense(256, 64), Tanh(), Dense(64, 16), Sigmoid(),
-                                   Dense(16, 3), backend=name, dtype=dtype)
-                Trainer(model, "cross_entropy", opt).fit(X, y, epochs=1, batch_size=128, progress=False)
-        print(f"{name}: ready ({time.perf_counter() - start:.1f} s)", file=out)
+        for family in families:
+            began = time.perf_counter()
+            for dtype in dtypes:
+                WARMUP[family](name, dtype, np.random.default_rng(0))
+            print(f"{name}: {family} ({time.perf_counter() - began:.1f} s)", file=out, flush=True)
+        times[name] = time.perf_counter() - start
+        print(f"{name}: ready ({times[name]:.1f} s)", file=out, flush=True)
+    if not backends:
+        print("nothing to compile: the numba backend is not usable here", file=out)
+    return times
 
 
 def _plot_curves(row, path, model="mlp"):
@@ -142,31 +306,148 @@ def kernel_table(names=None):
     return "\n".join(lines)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="fastnn", description=__doc__)
-    sub = parser.add_subparsers(dest="command")
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad argument reported in one line (no usage block) and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _seed(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {value}")
+    return value
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
+    return value
+
+
+def _fraction(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def _check_backends(parser, names, default):
+    """The backend names given (or the default), each usable here, else parser.error."""
+    from .backend import BackendUnavailable, get_backend
+    if names is None:
+        return default()
+    if not names:
+        parser.error("--backends needs at least one backend name")
+    for name in names:
+        try:
+            get_backend(name)
+        except ValueError as exc:
+            parser.error(str(exc))
+        except BackendUnavailable as exc:
+            parser.error(str(exc).splitlines()[0])
+    return list(dict.fromkeys(names))
+
+
+def _check_plot_path(parser, path):
+    """parser.error unless a plot can be written at path: checked before any training."""
+    if not path:
+        parser.error("--plot needs a file name")
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        parser.error(f"--plot {path}: is a folder, give a file name such as {os.path.join(path, 'curves.png')}")
+    if not os.path.isdir(folder):
+        parser.error(f"--plot {path}: the folder {folder} does not exist")
+    existed = os.path.exists(path)
+    try:   # the one reliable test (permissions, read-only mounts, root): open it for writing
+        open(path, "ab").close()
+    except OSError as exc:
+        parser.error(f"--plot {path}: cannot write there ({exc.strerror or exc})")
+    if not existed:
+        os.remove(path)
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return   # no plot will be drawn; the run says so at the end
+    suffix = os.path.splitext(path)[1].lstrip(".").lower()
+    kinds = Figure().canvas.get_supported_filetypes()
+    if suffix not in kinds:
+        parser.error(f"--plot {path}: the file name must end in one of "
+                     f"{', '.join('.' + k for k in sorted(kinds))} (e.g. .png)")
+
+
+def _parser():
+    from . import __version__
+    parser = _Parser(prog="fastnn", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"fastnn {__version__}")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     d = sub.add_parser("digits", help="train a model (default: a 64-256-128-10 MLP) on the 8x8 digits "
                                       "on every backend")
     d.add_argument("--model", default="mlp", choices=list(FAMILIES),
                    help="the model family: " + "; ".join(f"{k}: {v[0]}" for k, v in FAMILIES.items()))
-    d.add_argument("--backends", nargs="*", default=None, help="default: every usable backend")
-    d.add_argument("--epochs", type=int, default=None,
+    d.add_argument("--backends", nargs="*", default=None,
+                   help="default: every usable backend; the speed column is against numpy, "
+                        "timed on one epoch when it is not listed")
+    d.add_argument("--epochs", type=_positive_int, default=None,
                    help="default: the family's (" + ", ".join(f"{k} {v[2]}" for k, v in FAMILIES.items()) + ")")
-    d.add_argument("--batch-size", type=int, default=32)
-    d.add_argument("--lr", type=float, default=None,
+    d.add_argument("--batch-size", type=_positive_int, default=32)
+    d.add_argument("--lr", type=_positive_float, default=None,
                    help="SGD's learning rate (momentum 0.9); default: the family's ("
                         + ", ".join(f"{k} {v[3]}" for k, v in FAMILIES.items()) + ")")
+    d.add_argument("--validation", type=_fraction, default=0.15,
+                   help="the fraction of the training images held out as validation data (default 0.15)")
     d.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=_seed, default=0)
     d.add_argument("--no-progress", action="store_true")
-    d.add_argument("--plot", default="digits_curves.png", help="where to save the training curves")
+    d.add_argument("--plot", default="digits_curves.png",
+                   help="where to save the training and validation curves (default digits_curves.png)")
     b = sub.add_parser("backends", help="list the backends usable here")
     b.add_argument("--kernels", action="store_true",
                    help="and per backend which kernels are native and which fall back")
-    sub.add_parser("warmup", help="compile and cache the Numba kernels a Dense network uses "
-                                  "(once per install; later processes load them in well under a second)")
-    args = parser.parse_args(argv)
+    w = sub.add_parser("warmup", help="compile and cache every Numba kernel a model can use "
+                                      "(once per install; later processes load them in well under a second)")
+    w.add_argument("--backends", nargs="*", default=None, help="default: numba")
+    w.add_argument("--families", nargs="+", default=None, choices=list(WARMUP),
+                   help="default: all of them")
+    parser.commands = {"digits": d, "backends": b, "warmup": w}   # each reports its own errors
+    return parser
 
+
+def main(argv=None):
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return _run(parser, args)
+    except KeyboardInterrupt:
+        print("fastnn: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(parser, args):
+    if args.command is None:
+        parser.print_help()
+        return 0
     if args.command == "backends":
         from .backend import backends, default_backend
         print("usable backends:", ", ".join(backends()), f"(default: {default_backend()})")
@@ -174,27 +455,30 @@ def main(argv=None):
             print()
             print(kernel_table())
         return 0
+    parser = parser.commands.get(args.command, parser)
     if args.command == "warmup":
-        warmup()
+        from .backend import backends
+        names = _check_backends(parser, args.backends, lambda: [b for b in ("numba",) if b in backends()])
+        warmup(backends=names, families=args.families)
         return 0
-    if args.command in (None, "digits"):
-        if args.command is None:
-            args = parser.parse_args(["digits"])
-        title, _, default_epochs, default_lr = FAMILIES[args.model]
-        epochs = default_epochs if args.epochs is None else args.epochs
-        lr = default_lr if args.lr is None else args.lr
-        rows = train_digits(args.backends, epochs, args.batch_size, lr, dtype=args.dtype,
-                            seed=args.seed, progress=not args.no_progress, model=args.model)
-        from .data import load_digits
-        n_train = len(load_digits(seed=args.seed)[0])
-        print(f"\nDigits {title}, {epochs} epochs, batch {args.batch_size}, "
-              f"SGD lr={lr} momentum=0.9, {args.dtype}, {n_train} training / "
-              f"{1797 - n_train} test images")
-        print(format_table(rows, epochs, n_train))
-        _plot_curves(rows[-1], args.plot, args.model)
-        return 0
-    parser.print_help()
-    return 2
+    # digits: every argument checked before the first epoch
+    from .backend import backends
+    names = _check_backends(parser, args.backends, backends)
+    _check_plot_path(parser, args.plot)
+    title, _, default_epochs, default_lr = FAMILIES[args.model]
+    epochs = default_epochs if args.epochs is None else args.epochs
+    lr = default_lr if args.lr is None else args.lr
+    rows = train_digits(names, epochs, args.batch_size, lr, dtype=args.dtype, seed=args.seed,
+                        progress=not args.no_progress, model=args.model, validation_fraction=args.validation)
+    r = rows[0]
+    print(f"\nDigits {title}, {epochs} epochs, batch {args.batch_size}, "
+          f"SGD lr={lr} momentum=0.9, {args.dtype}, {r['n_train']} training / "
+          f"{r['n_val']} validation / {r['n_test']} test images")
+    print(format_table(rows, epochs, r["n_train"]))
+    if r["reference"] != "numpy":
+        print(f"(speed vs numpy: the {r['reference']}, scaled to {epochs} epochs)")
+    _plot_curves(rows[-1], args.plot, args.model)
+    return 0
 
 
 if __name__ == "__main__":

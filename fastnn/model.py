@@ -10,6 +10,7 @@ runs in inference mode without a tape, so it never disturbs a pending step.
 """
 import threading
 import weakref
+from collections import namedtuple
 
 import numpy as np
 
@@ -24,6 +25,27 @@ DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
 
 class TapeError(RuntimeError, ValueError):
     """backward() without a pending forward(), or twice for one forward."""
+
+
+class StateDictError(RuntimeError, ValueError):
+    """load_state_dict: keys that do not match (strict), a shape mismatch, or a bad tensor.
+    A RuntimeError as torch raises, and a ValueError as fastnn's checks raise."""
+
+
+class IncompatibleKeys(namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])):
+    """What load_state_dict returns, as torch's _IncompatibleKeys: the model's keys the
+    state_dict lacked and the state_dict's keys the model has no place for."""
+    __slots__ = ()
+
+    def __repr__(self):
+        if not self.missing_keys and not self.unexpected_keys:
+            return "<All keys matched successfully>"
+        return super().__repr__()
+
+    __str__ = __repr__
+
+
+_IncompatibleKeys = IncompatibleKeys   # torch's name
 
 
 class Parameter:
@@ -188,23 +210,47 @@ class Model:
         shapes.update({name: tuple(b.shape) for name, b in self._buffers})
         return shapes
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy tensors in by name, as torch's Module.load_state_dict: fastnn's keys or torch's
+        (also torch.nn.RNN/LSTM/GRU's weight_ih_l0, ..._reverse; values may be torch tensors).
+        strict=True: the keys must match exactly, else StateDictError lists the missing and the
+        unexpected ones and nothing is loaded. strict=False loads the keys that match. A shape
+        mismatch always raises. Returns IncompatibleKeys(missing_keys, unexpected_keys)."""
+        if not isinstance(strict, (bool, np.bool_)):
+            raise TypeError(f"strict must be True or False, got {strict!r}")
+        if not hasattr(state_dict, "keys") or not hasattr(state_dict, "__getitem__"):
+            raise TypeError(f"load_state_dict takes a mapping of name -> array, got {type(state_dict).__name__}")
         expected = self._state_shapes()
-        if set(state) != set(expected):
-            missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-            raise ValueError(f"state_dict keys do not match the model's: missing {missing}, unexpected {extra}")
-        for name, shape in expected.items():
-            value = np.asarray(state[name])
-            if value.shape != shape:
-                raise ValueError(f"{name}: shape {value.shape} does not match {shape}")
+        found, unexpected = _match_keys(state_dict, expected, self._torch_aliases())
+        missing = [name for name in expected if name not in found]
+        if strict and (missing or unexpected):
+            raise StateDictError(_incompatible_message(type(self).__name__, missing, unexpected))
+        values = {}
+        for name, given in found.items():   # every check before any tensor is written
+            value = _host_array(state_dict[given], given)
+            if value.shape != expected[name]:
+                alias = "" if given == name else f" (fastnn's {name})"
+                raise StateDictError(f"size mismatch for {given}{alias}: the state_dict's tensor has shape "
+                                     f"{value.shape}, the model's has shape {expected[name]}")
             if value.dtype.kind not in "fiu":
-                raise ValueError(f"{name}: dtype {value.dtype} is not numeric")
+                raise StateDictError(f"{given}: dtype {value.dtype} is not numeric")
             if not np.isfinite(value).all():
-                raise ValueError(f"{name} holds NaN or inf")
+                raise StateDictError(f"{given} holds NaN or inf")
+            values[name] = value
         targets = dict((p.name, p.data) for p in self._params)
         targets.update(self._buffers)
-        for name, target in targets.items():
-            target[...] = self.backend.to_device(np.asarray(state[name], dtype=self.dtype))
+        for name, value in values.items():
+            targets[name][...] = self.backend.to_device(np.asarray(value, dtype=self.dtype))
+        return IncompatibleKeys(missing, unexpected)
+
+    def _torch_aliases(self):
+        """torch's name -> fastnn's for every key whose torch name differs (recurrent layers)."""
+        aliases = {}
+        for prefix, layer in self._named_layers():
+            names = getattr(layer, "torch_names", None)
+            for ours, theirs in (names() if names is not None else {}).items():
+                aliases[f"{prefix}.{theirs}"] = f"{prefix}.{ours}"
+        return aliases
 
     def zero_grad(self):
         self._flat_grad.fill(0)
@@ -553,6 +599,46 @@ def _finite(x, name):
     if not np.isfinite(x).all():
         raise ValueError(f"{name} contains NaN or inf")
     return x
+
+
+# ---------------------------------------------- load_state_dict (issue 11: interop)
+def _match_keys(state_dict, expected, aliases):
+    """(model name -> the state_dict's key that fills it, [keys with no place]). A key is
+    the model's own name or torch's alias of it; the same tensor under both names is an error."""
+    found, unexpected = {}, []
+    for key in state_dict.keys():
+        if not isinstance(key, str):
+            raise TypeError(f"state_dict keys must be strings, got {key!r}")
+        name = key if key in expected else aliases.get(key)
+        if name is None:
+            unexpected.append(key)
+        elif name in found:
+            raise StateDictError(f"{found[name]} and {key} name the same tensor ({name}): give one of them")
+        else:
+            found[name] = key
+    return found, unexpected
+
+
+def _incompatible_message(model, missing, unexpected):
+    lines = [f"Error(s) in loading state_dict for {model}:"]
+    if missing:
+        lines.append("Missing key(s) in state_dict: " + ", ".join(f'"{k}"' for k in missing) + ".")
+    if unexpected:
+        lines.append("Unexpected key(s) in state_dict: " + ", ".join(f'"{k}"' for k in unexpected) + ".")
+    lines.append("(strict=False loads the keys that match and returns the others)")
+    return "\n\t".join(lines)
+
+
+def _host_array(value, key):
+    """A state_dict value as a NumPy array: arrays, lists, torch tensors (detached, on the CPU)."""
+    if hasattr(value, "detach") and hasattr(value, "cpu") and hasattr(value, "numpy"):
+        value = value.detach().cpu().numpy()   # a torch tensor (without importing torch)
+    elif _on_device(value):
+        value = value.copy_to_host()
+    try:
+        return np.asarray(value)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{key}: cannot be read as an array ({type(value).__name__}: {exc})") from None
 
 
 # ------------------------------------------------------------- loading
