@@ -135,7 +135,16 @@ _GATE_ORDER = {L.RNN: ("RNN", [0]), L.LSTM: ("LSTM", [0, 3, 1, 2]), L.GRU: ("GRU
 
 def _recurrent(graph, stem, layer, x, params):
     """RNN/LSTM/GRU as ONNX's op of the same name on a time-major copy of x:
-    (N, T, F) -> (N, T, H*dirs) (return_sequences) or (N, H*dirs) (each direction's final state)."""
+    (N, T, F) -> (N, T, H*dirs) (return_sequences) or (N, H*dirs) (each direction's final state).
+    A stack (num_layers > 1) is one op per layer, each on the whole output sequence of the one below."""
+    layers = getattr(layer, "num_layers", 1)
+    for k in range(layers):
+        x = _recurrent_layer(graph, stem if k == 0 else f"{stem}_l{k}", layer, x, params, layer._tag(k) if layers > 1 else "",
+                             layer.return_sequences or k < layers - 1)
+    return x
+
+
+def _recurrent_layer(graph, stem, layer, x, params, tag, sequences):
     op, order = _GATE_ORDER[type(layer)]
     hid = layer.hidden_size
 
@@ -144,9 +153,9 @@ def _recurrent(graph, stem, layer, x, params):
 
     w, r, b = [], [], []
     for s in layer._suffixes:   # ONNX's direction axis: forward, then reverse, as our halves
-        w.append(blocks(params["weight_ih" + s]))
-        r.append(blocks(params["weight_hh" + s]))
-        b.append(np.concatenate([blocks(params["bias_ih" + s]), blocks(params["bias_hh" + s])]))
+        w.append(blocks(params["weight_ih" + tag + s]))
+        r.append(blocks(params["weight_hh" + tag + s]))
+        b.append(np.concatenate([blocks(params["bias_ih" + tag + s]), blocks(params["bias_hh" + tag + s])]))
     attrs = dict(hidden_size=hid, direction="bidirectional" if layer.bidirectional else "forward")
     if op == "GRU":
         attrs["linear_before_reset"] = 1   # PyTorch's n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
@@ -154,9 +163,9 @@ def _recurrent(graph, stem, layer, x, params):
     xt = graph.node("Transpose", [x], stem, perm=[1, 0, 2])
     inputs = [xt, graph.const(f"{stem}.W", np.stack(w)), graph.const(f"{stem}.R", np.stack(r)),
               graph.const(f"{stem}.B", np.stack(b))]
-    width = graph.const(f"{stem}.shape", [0, 0, hid * len(w)] if layer.return_sequences
+    width = graph.const(f"{stem}.shape", [0, 0, hid * len(w)] if sequences
                         else [0, hid * len(w)], dtype=np.int64)
-    if layer.return_sequences:
+    if sequences:
         y, = graph.nodes_out(op, inputs, [f"{stem}.Y"], **attrs)          # (T, dirs, N, H)
         y = graph.node("Transpose", [y], stem, perm=[2, 0, 1, 3])          # (N, T, dirs, H)
     else:

@@ -71,6 +71,15 @@ def test_recurrent(cls, seq, bi, dtype, tmp_path):
     assert attrs.get("linear_before_reset", 0) == (1 if cls is L.GRU else 0)
 
 
+@pytest.mark.parametrize("cls", RECURRENT, ids=["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("seq,bi", [(False, True), (True, False)], ids=["last-bi", "seq"])
+def test_stacked_layers_export_one_op_per_layer(cls, seq, bi, tmp_path):
+    model = fnn.Sequential(cls(3, 4, return_sequences=seq, bidirectional=bi, num_layers=3), seed=2)
+    x = np.random.default_rng(1).normal(size=(2, 5, 3))
+    proto = _check(model, x, tmp_path, F32_ONLY["float32"])
+    assert sum(n.op_type == cls.__name__ for n in proto.graph.node) == 3
+
+
 def test_recurrent_time_axis_is_symbolic(tmp_path):
     """Without input_shape the time axis is "T": any sequence length runs; with it, T is fixed."""
     model = fnn.Sequential(L.GRU(3, 4, bidirectional=True, return_sequences=True), L.Dense(8, 2), seed=0)
