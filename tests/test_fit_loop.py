@@ -323,3 +323,15 @@ def test_verbose_two_prints_a_line_per_epoch(digits, capsys):
     assert len(re.findall(r"^epoch \d/3 - loss: ", err, flags=re.M)) == 3
     with pytest.raises(ValueError, match="verbose"):
         trainer.fit(X, y, verbose=3)
+
+
+def test_a_drawn_bar_shows_batches_and_the_running_loss(digits, capsys, monkeypatch):
+    from fastnn import trainer as trainer_module
+    from tqdm.auto import tqdm
+    monkeypatch.setattr(trainer_module, "_progress", lambda e, n, b: tqdm(
+        total=b, desc=f"epoch {e + 1}/{n}", unit="batch", leave=True, delay=0, mininterval=0))
+    X, y, _, _ = digits
+    trainer = fnn.Trainer(small_model(), optimizer=fnn.optim.SGD(lr=0.05))
+    trainer.fit(X, y, epochs=1, batch_size=100)
+    err = capsys.readouterr().err
+    assert "epoch 1/1" in err and "4/4" in err and "loss=" in err and "accuracy=" in err
