@@ -243,24 +243,13 @@ def _build_model(path, meta, backend):
     """(shapes of the model's tensors, of its parameters, a function that builds the model
     unfilled): fastnn.model's loader pieces, nothing allocated yet."""
     from . import model as M
-    from .backend import BackendUnavailable, get_backend
-    config = meta["model"]
+    top, expected, build = M.saved_builder(path, meta["model"], backend)
     try:
-        top, make = M._architecture(config)
-        expected = M.expected_state_shapes(top)
         params = {f"{prefix}.{name}": tuple(int(d) for d in shape)
                   for prefix, layer in M.named_layers(top) for name, shape in layer.param_shapes().items()}
-        dtype = M._dtype(config.get("dtype", "float32"))
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
         raise _bad(path, f"corrupt architecture: {type(exc).__name__}: {exc}") from None
-    if backend is None:
-        try:
-            backend = get_backend(config.get("backend")).name
-        except (BackendUnavailable, ValueError, TypeError):
-            backend = None   # saved on a backend this machine lacks: use the default
-    seed = config.get("seed", 0)
-    return expected, params, lambda: make(backend=backend, dtype=dtype,
-                                          seed=seed if isinstance(seed, int) else 0)
+    return expected, params, build
 
 
 def _fill(path, meta, tensors, trainer, model, optimizer):
@@ -384,10 +373,7 @@ def load_trainer(path, backend=None, loss=None, scheduler=None, metrics=None):
     options, weights = spec.get("loss_options"), spec.get("loss_weights")
     # The model is built (allocated) only after every tensor's name and shape is checked.
     _check_tensors(path, shapes, expected, params, opt_cls)
-    try:
-        model = make()
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
-        raise _bad(path, f"corrupt architecture: {type(exc).__name__}: {exc}") from None
+    model = make()
     try:
         optimizer = opt_cls(**opt_cls.check_hyper(meta["optimizer"].get("hyper")))
     except (TypeError, ValueError) as exc:

@@ -688,21 +688,43 @@ def _architecture(config):
     return layers, make
 
 
+def saved_builder(path, config, backend=None):
+    """(layer tree, expected state shapes, build()) for a saved architecture, nothing allocated:
+    a loader checks a file's tensors against the shapes before it calls build(). The model goes
+    on the saved backend unless one is given (the default where that one is unavailable)."""
+    from . import io
+    from .backend import BackendUnavailable
+    bad = lambda exc: io.ModelFileError(f"{path}: corrupt architecture: {type(exc).__name__}: {exc}")
+    try:
+        top, make = _architecture(config)
+        expected = expected_state_shapes(top)
+        dtype = _dtype(config.get("dtype", "float32"))
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        raise bad(exc) from None
+    if backend is None:
+        try:
+            backend = get_backend(config.get("backend")).name
+        except (BackendUnavailable, ValueError, TypeError):
+            backend = None  # saved on a backend this machine lacks: use the default
+    seed = config.get("seed", 0)
+
+    def build():
+        try:
+            return make(backend=backend, dtype=dtype, seed=seed if isinstance(seed, int) else 0)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise bad(exc) from None
+    return top, expected, build
+
+
 def load(path, backend=None):
     """Rebuild a saved model (on its saved backend unless one is given, or the default
     where that one is unavailable). Every malformed file raises ModelFileError, and
     the file's tensors are checked against the architecture before any is allocated."""
     import os
     from . import io
-    from .backend import BackendUnavailable
     path = os.fspath(path)
     config, shapes = io.read_header(path)
-    try:
-        top, make = _architecture(config)
-        expected = expected_state_shapes(top)
-        dtype = _dtype(config.get("dtype", "float32"))
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
-        raise io.ModelFileError(f"{path}: corrupt architecture: {type(exc).__name__}: {exc}") from None
+    _, expected, build = saved_builder(path, config, backend)
     if set(shapes) != set(expected):
         missing, extra = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
         raise io.ModelFileError(f"{path}: the tensors do not match the architecture "
@@ -712,16 +734,7 @@ def load(path, backend=None):
             raise io.ModelFileError(f"{path}: {name} has shape {shapes[name][0]}, the architecture needs {shape}")
         if shapes[name][1].kind != "f":
             raise io.ModelFileError(f"{path}: {name} has dtype {shapes[name][1]}, not a float")
-    if backend is None:
-        try:
-            backend = get_backend(config.get("backend")).name
-        except (BackendUnavailable, ValueError, TypeError):
-            backend = None  # saved on a backend this machine lacks: use the default
-    seed = config.get("seed", 0)
-    try:
-        model = make(backend=backend, dtype=dtype, seed=seed if isinstance(seed, int) else 0)
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
-        raise io.ModelFileError(f"{path}: corrupt architecture: {type(exc).__name__}: {exc}") from None
+    model = build()
     try:
         model.load_state_dict(io.read_tensors(path))
     except ValueError as exc:
