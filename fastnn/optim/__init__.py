@@ -308,6 +308,12 @@ class Optimizer:
     STATE_NAMES = ()   # each state buffer's name in state_dict (torch's names)
     OPTIONS = {}       # constructor arguments beyond HYPER that state_dict keeps: name -> bool or float
 
+    def __getstate__(self):
+        # The layout holds buffers and backends (modules): it is rebuilt at the next step.
+        state = dict(self.__dict__)
+        state["_layout"], state["_tracked"], state["_plans"] = {}, None, {}
+        return state
+
     def _track(self, backend, params, pairs):
         """Remember which parameters each state buffer holds (by name and offset: the
         state_dict keys), then put a loaded state in place."""
