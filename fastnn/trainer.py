@@ -131,6 +131,7 @@ class Trainer:
         self.epoch = 0
         self.history = History()
         self.scheduler = None
+        self._params = None
 
     def _make_metrics(self, specs):
         """Per output, the metric objects (one set each output; keys get 'output_k_' with several)."""
@@ -190,6 +191,10 @@ class Trainer:
     def _batch_losses(self, outs, ys, w):
         """(weighted total, per-output losses, gradients) of one batch on device arrays;
         with sample weights w each output's loss is sum(w * l) / sum(w)."""
+        if w is None and len(outs) == 1:   # the usual case, without the lists
+            loss = self._losses[0]
+            value, grad = loss(outs[0], ys[0])
+            return loss.weight * value, [value], [grad]
         if w is None:
             results = [loss(o, t) for loss, o, t in zip(self._losses, outs, ys)]
         else:
@@ -216,7 +221,10 @@ class Trainer:
         model._backprop(tape, grads)
         if guard is not None and not guard.grads_ok():
             guard.fail("a gradient", "non-finite", *where)
-        self.optimizer.step(model.parameters())
+        params = self._params
+        if params is None or params.flat_data is not model._flat_data:
+            params = self._params = model.parameters()   # kept: the optimizer caches its checks on it
+        self.optimizer.step(params)
         return total, parts, outs
 
     # --------------------------------------------------------------- fit
