@@ -208,7 +208,7 @@ class Trainer:
         return total, [r[0] for r in results], [r[1] for r in results]
 
     def _train_batch(self, xs, ys, w, guard=None, where=None):
-        """One optimizer step on a checked batch: (loss, per-output losses, outputs, weight sum).
+        """One optimizer step on a checked batch: (weighted loss, per-output losses, outputs).
         With a guard, a non-finite loss or gradient raises before the step (guard.fail)."""
         model, to_device = self.model, self.model.backend.to_device
         if guard is not None:
