@@ -2,7 +2,8 @@
 the weights of the last finite step.
 
 Per batch it costs a finite-check of the loss (a float), one dot product over the flat gradient
-(on host backends) and a copy of the model's buffers (BatchNorm's running statistics, usually
+(on host backends: a float32 gradient beyond 1.8e19 counts, its square overflowing) and a copy
+of the model's buffers (BatchNorm's running statistics, usually
 small), taken before the forward that updates them. The weights are never copied per batch: a
 bad loss or gradient is caught before the optimizer steps, so the weights are still the last
 step's. Only if a step itself overflows (finite gradient, non-finite weights after it) are they
@@ -18,10 +19,11 @@ import numpy as np
 
 def _finite_sum(a):
     """Whether the flat buffer a is all finite: one BLAS dot (NaN and inf propagate; no
-    np.errstate, which alone costs half the dot: a diverging fit may warn before it raises)."""
+    np.errstate, which alone costs half the dot: a diverging fit may warn before it raises).
+    A float32 buffer with values beyond 1.8e19 counts as overflowing too (its square is inf)."""
     if a.size == 0:
         return True
-    return math.isfinite(float(np.vdot(a, a)))
+    return math.isfinite(a.dot(a))
 
 
 class NanGuard:
@@ -34,6 +36,7 @@ class NanGuard:
         self.buffers_copy = model.backend.zeros(nbuf, model.dtype) if nbuf else None
         self.dropouts = [layer for _, layer in model._named_layers() if hasattr(layer, "calls")]
         self.calls = None
+        self.batch_state = self.buffers is not None or bool(self.dropouts)   # begin_batch has work
 
     # ---------------------------------------------------------------- snapshots
     def begin_epoch(self, scheduler):
@@ -85,12 +88,7 @@ class NanGuard:
             layer.calls = calls
 
     # ------------------------------------------------------------------- checks
-    def loss_ok(self, value):
-        return math.isfinite(value)
-
-    def grads_ok(self):
-        return not self.host or _finite_sum(self.model._flat_grad)
-
+    # (the per-batch loss and gradient checks are inlined in Trainer._train_batch)
     def weights_ok(self):
         return _finite_sum(self.model.backend.to_host(self.model._flat_data))
 
