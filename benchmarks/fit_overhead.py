@@ -50,7 +50,30 @@ def main(argv=None):
               f"minimum {min(times[k]) / base_min:6.3f}x the bare loop")
     guard_share = _guard_cost(trainers["bare"], X, y, args.batch_size) / base_min
     print(f"  the guard's own per-batch work (timed alone): {guard_share * 100:.2f}% of a bare epoch")
+    bar_share = _progress_cost(X, args.batch_size) / base_min
+    print(f"  the progress bar's work for one epoch (timed alone): {bar_share * 100:.2f}% of a bare epoch")
     return {k: min(v) / base_min for k, v in times.items()}
+
+
+def _progress_cost(X, batch_size):
+    """Seconds per epoch of what verbose=1 does: the bar, its per-batch update and its line."""
+    from fastnn import trainer as trainer_module
+    batches = -(-len(X) // batch_size)
+    logs = {"loss": 0.1, "accuracy": 0.9, "time": 0.01}
+    reps = 200
+    sink = io.StringIO()
+    with redirect_stderr(sink):
+        start = time.perf_counter()
+        for _ in range(reps):
+            bar = trainer_module._progress(0, 10, batches)
+            shown = time.perf_counter()
+            for _ in range(batches):
+                bar.update(1)
+                if time.perf_counter() - shown > 0.2:
+                    shown = time.perf_counter()
+            trainer_module._finish_bar(bar, 0, 10, logs)
+            bar.close()
+        return (time.perf_counter() - start) / reps
 
 
 def _guard_cost(trainer, X, y, batch_size):

@@ -106,7 +106,10 @@ class Trainer:
     store and restore all of it with the model and the optimizer's state."""
 
     def __init__(self, model, loss="cross_entropy", optimizer=None, seed=0, loss_weights=None,
-                 loss_options=None, metrics=None):
+                 loss_options=None, metrics=None, distributed=False):
+        if distributed:   # the design's argument; the MPI data-parallel path is not built yet
+            raise NotImplementedError("Trainer(distributed=True): multi-process training on MPI is not "
+                                      "built yet (tracker issue 12); train in one process")
         self.model = model
         n_out = len(model._graph.outputs)
         per_output = _per_output(loss, n_out, "loss")

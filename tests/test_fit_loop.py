@@ -335,3 +335,9 @@ def test_a_drawn_bar_shows_batches_and_the_running_loss(digits, capsys, monkeypa
     trainer.fit(X, y, epochs=1, batch_size=100)
     err = capsys.readouterr().err
     assert "epoch 1/1" in err and "4/4" in err and "loss=" in err and "accuracy=" in err
+
+
+def test_distributed_is_refused_clearly_until_it_exists():
+    with pytest.raises(NotImplementedError, match="MPI"):
+        fnn.Trainer(small_model(), distributed=True)
+    assert fnn.Trainer(small_model(), distributed=False).epoch == 0
