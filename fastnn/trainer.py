@@ -594,4 +594,6 @@ def _finish_bar(bar, epoch, epochs, logs):
         bar.set_postfix(shown, refresh=True)
         return
     text = ", ".join(f"{k}={v}" for k, v in shown.items())
-    bar.write(f"epoch {epoch + 1}/{epochs}: {bar.n} batches, {text}, {logs['time']:.2f}s", file=sys.stderr)
+    n = bar.n
+    bar.close()   # first: tqdm.write would redraw the open (never shown) bar after the line
+    bar.write(f"epoch {epoch + 1}/{epochs}: {n} batches, {text}, {logs['time']:.2f}s", file=sys.stderr)

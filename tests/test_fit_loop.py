@@ -341,3 +341,12 @@ def test_distributed_is_refused_clearly_until_it_exists():
     with pytest.raises(NotImplementedError, match="MPI"):
         fnn.Trainer(small_model(), distributed=True)
     assert fnn.Trainer(small_model(), distributed=False).epoch == 0
+
+
+def test_a_short_epoch_prints_one_line_and_no_bar(digits, capsys):
+    X, y, _, _ = digits
+    trainer = fnn.Trainer(small_model(), optimizer=fnn.optim.SGD(lr=0.05))
+    trainer.fit(X, y, epochs=2, batch_size=100, progress=True)
+    err = capsys.readouterr().err
+    assert len(re.findall(r"^epoch \d/2: 4 batches, loss=", err, flags=re.M)) == 2, err
+    assert "%|" not in err, err
