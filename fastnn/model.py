@@ -509,13 +509,19 @@ class Sequential(Model):
     def _summary_rows(self, input_shape):
         rows = []
         shape = None if input_shape is None else tuple(input_shape)
+        first = self._sequence[0] if self._sequence else None
+        if shape is None and type(first).__name__ == "Dense":   # its input is (batch, ..., in_features)
+            shape = ("...", first.in_features)
         done = set()
         for index, layer in enumerate(self._sequence):
             prefix = self._prefix[id(layer)]
             count = 0 if id(layer) in done else sum(
                 p.data.size for p in self._params if p.name.startswith(prefix + "."))
             done.add(id(layer))
-            shape = None if shape is None else tuple(layer.output_shape(shape))
+            try:
+                shape = None if shape is None else tuple(layer.output_shape(shape))
+            except (TypeError, ValueError):   # a shape guessed from the first Dense ("..." axes)
+                shape = None
             rows.append((f"{index}: {type(layer).__name__}" + ("" if prefix == str(index) else f" (= {prefix})"),
                          "?" if shape is None else _shape_text(shape), f"{count:,}"))
         return rows

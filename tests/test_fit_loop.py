@@ -350,3 +350,11 @@ def test_a_short_epoch_prints_one_line_and_no_bar(digits, capsys):
     err = capsys.readouterr().err
     assert len(re.findall(r"^epoch \d/2: 4 batches, loss=", err, flags=re.M)) == 2, err
     assert "%|" not in err, err
+
+
+def test_summary_shows_shapes_from_the_first_dense_and_counts():
+    model = small_model(dropout=True)
+    text = model.summary(print_fn=None)
+    assert "(batch, ..., 32)" in text and "(batch, ..., 10)" in text
+    assert f"total parameters: {model.count_params():,}" in text
+    assert model.count_params() == 64 * 32 + 32 + 32 * 10 + 10
