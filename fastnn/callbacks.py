@@ -21,6 +21,8 @@ import warnings
 
 import numpy as np
 
+from .layers.base import nonneg_int as _nonneg_int
+
 
 class Callback:
     """Base class: override the hooks you need; each gets (epoch or batch, logs dict)."""
@@ -84,10 +86,6 @@ def _check_monitor(monitor):
     return monitor
 
 
-def _nonneg_int(value, name):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-    return int(value)
 
 
 def _number(value, name, low=None, low_open=False, high=None, high_open=False):

@@ -37,13 +37,16 @@ def is_memmap(x):
 
 
 class _PageDropper:
-    """Keeps a read-only pass over np.memmaps from growing the process's resident memory:
+    """Keeps a read-only pass over np.memmaps that pread cannot read (non-contiguous views) from
+    growing the process's resident memory:
     after every ``every`` bytes read it tells the kernel (madvise DONTNEED) that this process
     no longer needs the mapped pages. The data stays in the page cache; only RSS drops."""
 
     def __init__(self, arrays, every=64 << 20):
         self.maps = []
         for a in arrays:
+            if _file_position(a) is not None:   # read with pread (_rows): never mapped in
+                continue
             mm = getattr(a, "_mmap", None)
             if mm is None and isinstance(getattr(a, "base", None), np.memmap):
                 mm = getattr(a.base, "_mmap", None)

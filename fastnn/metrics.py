@@ -176,19 +176,12 @@ def _count(w, hits):
     return float(np.dot(w, hits)), float(w.sum())
 
 
-class Accuracy(_ClassMetric):
-    """accuracy_score: the weighted fraction of rows classified right."""
-    name = "accuracy"
+class _HitRate(_ClassMetric):
+    """The weighted fraction of rows that hit: update adds (hits, total) with _count."""
 
     def reset(self):
         self._right = self._total = 0.0
         self._nan = False
-
-    def update(self, out, y, sample_weight=None):
-        true, pred, w, _, multilabel = self._classes(out, y, sample_weight)
-        right, total = _count(w, (true == pred).all(axis=1) if multilabel else true == pred)
-        self._right += right
-        self._total += total
 
     def result(self):
         if self._nan or self._total == 0:
@@ -196,7 +189,18 @@ class Accuracy(_ClassMetric):
         return self._right / self._total
 
 
-class TopKAccuracy(_ClassMetric):
+class Accuracy(_HitRate):
+    """accuracy_score: the weighted fraction of rows classified right."""
+    name = "accuracy"
+
+    def update(self, out, y, sample_weight=None):
+        true, pred, w, _, multilabel = self._classes(out, y, sample_weight)
+        right, total = _count(w, (true == pred).all(axis=1) if multilabel else true == pred)
+        self._right += right
+        self._total += total
+
+
+class TopKAccuracy(_HitRate):
     """top_k_accuracy_score: the true class is among the k highest outputs (ties broken as
     scikit-learn: the higher class index first). For one logit (binary) k=1 is accuracy
     and k >= 2 always hits, as in scikit-learn."""
@@ -205,10 +209,6 @@ class TopKAccuracy(_ClassMetric):
         self.k = checks._positive(k, "top_k_accuracy k")
         self.name = name or ("top_k_accuracy" if self.k == 5 else f"top_{self.k}_accuracy")
         super().__init__()
-
-    def reset(self):
-        self._right = self._total = 0.0
-        self._nan = False
 
     def update(self, out, y, sample_weight=None):
         true, pred, w, c, multilabel = self._classes(out, y, sample_weight)
@@ -225,11 +225,6 @@ class TopKAccuracy(_ClassMetric):
         right, total = _count(w, hits)
         self._right += right
         self._total += total
-
-    def result(self):
-        if self._nan or self._total == 0:
-            return float("nan")
-        return self._right / self._total
 
 
 class _MacroMetric(_ClassMetric):

@@ -17,7 +17,6 @@ from .layers.base import positive_int
 from .nan_guard import NanGuard
 from .threads import backend_threads
 
-CLASSIFICATION = ("cross_entropy", "binary_cross_entropy")
 
 
 class History:
@@ -357,7 +356,7 @@ class Trainer:
                                        per_batch_sched, verbose)
                 self.epoch = epoch + 1
                 if scheduler is not None and not per_batch_sched:
-                    _step_scheduler(scheduler, logs)
+                    scheduler.step()
                 hooks.call("on_epoch_end", epoch, logs)
                 if verbose == 2:
                     print(f"epoch {epoch + 1}/{epochs} - " + _format_logs(logs), file=sys.stderr, flush=True)
@@ -558,10 +557,6 @@ def _ignored(loss, y):
     if loss.ignore_index is None or y.ndim != 1:
         return 0
     return int((y == loss.ignore_index).sum())
-
-
-def _step_scheduler(scheduler, logs):
-    scheduler.step()
 
 
 def _format_logs(logs):

@@ -565,32 +565,30 @@ class _AdamBase(Optimizer):
     def beta2(self):
         return self.betas[1]
 
+    def _kernel(self, backend, data, grad, state, h):
+        m, v = state
+        b1, b2 = h["betas"]
+        getattr(backend.raw, self.STEP_KERNEL)(data, grad, m, v, h["lr"], b1, b2, h["eps"],
+                                               h["weight_decay"], self.iterations)
+
 
 class Adam(_AdamBase):
     """Adam (Kingma & Ba) with bias correction and optional L2 weight decay (torch.optim.Adam)."""
+    STEP_KERNEL = "adam_step"
 
     def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  param_groups=None, clip_norm=None):
         super().__init__(lr, betas, eps, weight_decay, param_groups, clip_norm)
 
-    def _kernel(self, backend, data, grad, state, h):
-        m, v = state
-        b1, b2 = h["betas"]
-        backend.raw.adam_step(data, grad, m, v, h["lr"], b1, b2, h["eps"], h["weight_decay"], self.iterations)
-
 
 class AdamW(_AdamBase):
     """AdamW (Loshchilov & Hutter): Adam with decoupled weight decay, p *= 1 - lr * weight_decay
     before the Adam update (torch.optim.AdamW)."""
+    STEP_KERNEL = "adamw_step"
 
     def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  param_groups=None, clip_norm=None):
         super().__init__(lr, betas, eps, weight_decay, param_groups, clip_norm)
-
-    def _kernel(self, backend, data, grad, state, h):
-        m, v = state
-        b1, b2 = h["betas"]
-        backend.raw.adamw_step(data, grad, m, v, h["lr"], b1, b2, h["eps"], h["weight_decay"], self.iterations)
 
 
 class RMSprop(Optimizer):

@@ -35,6 +35,8 @@ import types
 
 import numpy as np
 
+from ..layers.base import nonneg_int as _nonneg_int, positive_int as _positive_int
+
 __all__ = ["LRScheduler", "StepLR", "CosineAnnealingLR", "OneCycleLR", "LambdaLR", "from_state_dict"]
 
 
@@ -54,16 +56,6 @@ def _real(value, name, low=None, high=None, low_open=False, high_open=False):
     return value
 
 
-def _positive_int(value, name):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _nonneg_int(value, name):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-    return int(value)
 
 
 def _check_optimizer(optimizer):
