@@ -1,5 +1,7 @@
 """Command line: `fastnn digits [--model mlp|cnn|lstm|transformer]` (the main job),
 `fastnn backends [--kernels]`, `fastnn warmup` and `fastnn --version`.
+`mpiexec -n N fastnn digits --distributed` trains data-parallel on N MPI ranks
+(pip install 'fastnn[mpi]'): --batch-size is per rank and only rank 0 prints.
 
 Bare `fastnn` prints this help on stdout and exits 0 (as pip, cargo and docker do; it runs
 nothing). A bad argument (`--epochs 0`, an unknown backend, a `--plot` path that cannot be
@@ -63,15 +65,22 @@ def _digits_model(backend, dtype, seed, model="mlp"):
 
 
 def train_digits(backends=None, epochs=None, batch_size=32, lr=None, momentum=0.9, dtype="float32",
-                 seed=0, progress=True, out=None, model="mlp", validation_fraction=0.15):
+                 seed=0, progress=True, out=None, model="mlp", validation_fraction=0.15,
+                 distributed=False):
     """Train the same model (FAMILIES[model]) on the digits on each backend; return one result row
     each. epochs and lr default to the family's (the MLP's: 30 epochs, lr 0.05). A seeded
     validation_fraction of the training images is held out and scored after every epoch (the
     history's val_loss / val_accuracy); test accuracy is on the separate test set. Each row's
     speedup is against the numpy reference: when numpy is not among backends, the reference is
-    timed on one epoch and its time per epoch scaled (row["reference"] says which)."""
+    timed on one epoch and its time per epoch scaled (row["reference"] says which).
+    distributed=True trains every fit with Trainer(distributed=True) (call it on every rank of an
+    MPI run): batch_size is per rank, test accuracy is reduced across ranks, only rank 0 prints."""
     from . import backend as registry, data
     out = sys.stdout if out is None else out
+    if distributed:
+        from . import distributed as dist
+        if not dist.is_main():   # every rank trains; one prints
+            out, progress = open(os.devnull, "w"), False
     _, _, default_epochs, default_lr = _family(model)
     epochs = default_epochs if epochs is None else epochs
     lr = default_lr if lr is None else lr
@@ -83,8 +92,8 @@ def train_digits(backends=None, epochs=None, batch_size=32, lr=None, momentum=0.
         if progress:
             print(f"backend {name}:", file=out, flush=True)
         trainer, history, seconds = _timed_fit(name, dtype, seed, model, lr, momentum, fit_data,
-                                               epochs, batch_size, progress)
-        result = trainer.evaluate(X_test, y_test)
+                                               epochs, batch_size, progress, distributed)
+        result = trainer.evaluate(X_test, y_test)   # reduced across ranks when distributed
         rows.append({"backend": name, "test_accuracy": result["accuracy"], "seconds": seconds,
                      "history": history, "n_train": len(train), "n_val": len(val), "n_test": len(X_test)})
     reference = next((r["seconds"] for r in rows if r["backend"] == "numpy"), None)
@@ -92,7 +101,7 @@ def train_digits(backends=None, epochs=None, batch_size=32, lr=None, momentum=0.
     if reference is None and rows:   # time the reference anyway: a ratio needs it
         one = min(epochs, 1)
         reference = _timed_fit("numpy", dtype, seed, model, lr, momentum, fit_data, one,
-                               batch_size, False)[2] * epochs / one
+                               batch_size, False, distributed)[2] * epochs / one
         how = f"numpy reference timed on {one} epoch"
     for r in rows:
         r["speedup"] = reference / r["seconds"] if reference else float("nan")
@@ -109,15 +118,16 @@ def _validation_split(n, fraction, seed):
     return np.sort(order[:n - k]), np.sort(order[n - k:])
 
 
-def _timed_fit(name, dtype, seed, model, lr, momentum, fit_data, epochs, batch_size, progress):
+def _timed_fit(name, dtype, seed, model, lr, momentum, fit_data, epochs, batch_size, progress,
+               distributed=False):
     """(trainer, history, seconds) of one fit, after a warm-up fit on a few batches so that a
-    JIT compile is not counted as training time."""
+    JIT compile is not counted as training time (the warm-up is each rank's own, not distributed)."""
     from . import Trainer, optim
     X, y, validation = fit_data
     warm = Trainer(_digits_model(name, dtype, seed, model), "cross_entropy", optim.SGD(lr=lr))
     warm.fit(X[:2 * batch_size], y[:2 * batch_size], epochs=1, batch_size=batch_size, progress=False)
     trainer = Trainer(_digits_model(name, dtype, seed, model), "cross_entropy",
-                      optim.SGD(lr=lr, momentum=momentum), seed=seed)
+                      optim.SGD(lr=lr, momentum=momentum), seed=seed, distributed=distributed)
     start = time.perf_counter()
     history = trainer.fit(X, y, epochs=epochs, batch_size=batch_size, validation_data=validation,
                           progress=progress)
@@ -399,7 +409,8 @@ def _parser():
                         "timed on one epoch when it is not listed")
     d.add_argument("--epochs", type=_positive_int, default=None,
                    help="default: the family's (" + ", ".join(f"{k} {v[2]}" for k, v in FAMILIES.items()) + ")")
-    d.add_argument("--batch-size", type=_positive_int, default=32)
+    d.add_argument("--batch-size", type=_positive_int, default=32,
+                   help="rows per step (default 32); with --distributed, per rank")
     d.add_argument("--lr", type=_positive_float, default=None,
                    help="SGD's learning rate (momentum 0.9); default: the family's ("
                         + ", ".join(f"{k} {v[3]}" for k, v in FAMILIES.items()) + ")")
@@ -410,6 +421,10 @@ def _parser():
     d.add_argument("--no-progress", action="store_true")
     d.add_argument("--plot", default="digits_curves.png",
                    help="where to save the training and validation curves (default digits_curves.png)")
+    d.add_argument("--distributed", action="store_true",
+                   help="data-parallel training on MPI, launched as 'mpiexec -n N fastnn digits "
+                        "--distributed' (pip install 'fastnn[mpi]'): --batch-size is per rank, so N ranks "
+                        "at batch b train as one process at batch N*b; only rank 0 prints and plots")
     b = sub.add_parser("backends", help="list the backends usable here")
     b.add_argument("--kernels", action="store_true",
                    help="and per backend which kernels are native and which fall back")
@@ -451,15 +466,27 @@ def _run(parser, args):
         return 0
     # digits: every argument checked before the first epoch
     from .backend import backends
-    names = _check_backends(parser, args.backends, backends)
-    _check_plot_path(parser, args.plot)
+    launched = _launcher_size()
+    if args.distributed:
+        names, ranks, main_rank = _check_distributed(parser, args)
+    else:
+        if launched > 1:
+            parser.error(f"started by an MPI launcher as one of {launched} processes: add --distributed "
+                         f"to train together (else each process trains alone and all of them print)")
+        names, ranks, main_rank = _check_backends(parser, args.backends, backends), 1, True
+        _check_plot_path(parser, args.plot)
     title, _, default_epochs, default_lr = FAMILIES[args.model]
     epochs = default_epochs if args.epochs is None else args.epochs
     lr = default_lr if args.lr is None else args.lr
     rows = train_digits(names, epochs, args.batch_size, lr, dtype=args.dtype, seed=args.seed,
-                        progress=not args.no_progress, model=args.model, validation_fraction=args.validation)
+                        progress=not args.no_progress, model=args.model, validation_fraction=args.validation,
+                        distributed=args.distributed)
+    if not main_rank:
+        return 0
     r = rows[0]
-    print(f"\nDigits {title}, {epochs} epochs, batch {args.batch_size}, "
+    batch = (f"batch {args.batch_size} per rank x {ranks} ranks (global batch {args.batch_size * ranks})"
+             if args.distributed else f"batch {args.batch_size}")
+    print(f"\nDigits {title}, {epochs} epochs, {batch}, "
           f"SGD lr={lr} momentum=0.9, {args.dtype}, {r['n_train']} training / "
           f"{r['n_val']} validation / {r['n_test']} test images")
     print(format_table(rows, epochs, r["n_train"]))
@@ -467,6 +494,90 @@ def _run(parser, args):
         print(f"(speed vs numpy: the {r['reference']}, scaled to {epochs} epochs)")
     _plot_curves(rows[-1], args.plot, args.model)
     return 0
+
+
+# ------------------------------------------------------------------ --distributed
+_LAUNCHER_SIZE = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")   # MPICH/Hydra, Open MPI, MVAPICH
+
+
+def _launcher_size():
+    """How many processes an MPI launcher (mpiexec, srun) says it started: 1 outside one."""
+    for key in _LAUNCHER_SIZE:
+        try:
+            return max(1, int(os.environ[key]))
+        except (KeyError, ValueError):
+            continue
+    return 1
+
+
+class _ArgumentProblem(Exception):
+    pass
+
+
+class _Collect:
+    """Takes the parser's place while one rank checks its arguments: the error is raised, not
+    printed, so that the ranks can agree before any of them exits."""
+
+    def error(self, message):
+        raise _ArgumentProblem(message)
+
+
+def _check_distributed(parser, args):
+    """(backends, ranks, is rank 0) once every rank has checked its arguments: the backends on
+    each rank (each host may differ), the plot path on rank 0 (the one that writes it). A problem
+    on any rank exits every rank with status 2, rank 0 printing it, so none waits for the others."""
+    import socket
+    from . import distributed as dist
+    from .backend import backends
+    ranks, launched = dist.size(), _launcher_size()
+    names, problem = None, None
+    try:
+        if ranks == 1 and launched > 1:
+            raise _ArgumentProblem(f"--distributed: started as one of {launched} MPI processes, but this one "
+                                   f"runs alone (is mpi4py installed? pip install 'fastnn[mpi]')")
+        names = _check_backends(_Collect(), args.backends, backends)
+        if dist.is_main():
+            _check_plot_path(_Collect(), args.plot)
+    except _ArgumentProblem as exc:
+        problem = str(exc)
+    if ranks == 1 and problem:
+        parser.error(problem)
+    found = dist.allgather((problem, names, socket.gethostname()))
+    failed = [(r, p) for r, (p, _, _) in enumerate(found) if p]
+    if not failed:   # every rank must run the same fits, in the same order
+        failed = [(r, f"its usable backends ({', '.join(n)}) differ from rank 0's ({', '.join(names)}): "
+                      f"choose them with --backends") for r, (_, n, _) in enumerate(found) if n != found[0][1]]
+    if failed:
+        if dist.is_main():
+            r, p = failed[0]
+            parser.error(p if r == 0 else f"on rank {r}: {p}")
+        sys.exit(2)
+    names = found[0][1]
+    _share_cores(names, sum(host == socket.gethostname() for _, _, host in found))
+    if ranks == 1 and dist.is_main():
+        print("fastnn: --distributed on a single process (launch it as 'mpiexec -n N fastnn digits "
+              "--distributed' to train on N)", file=sys.stderr)
+    return names, ranks, dist.is_main()
+
+
+def _share_cores(names, local_ranks):
+    """Split this host's cores between the ranks on it: each compiled backend (and OpenBLAS)
+    would otherwise start one busy-waiting thread per core in every rank. OMP_NUM_THREADS,
+    when set, is the user's choice and wins."""
+    if local_ranks <= 1:
+        return
+    from .backend import get_backend
+    from threadpoolctl import threadpool_limits
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    threads = int(os.environ.get("OMP_NUM_THREADS") or 0) or max(1, cores // local_ranks)
+    for name in names:
+        module = getattr(get_backend(name), "module", None)
+        if hasattr(module, "set_num_threads"):
+            module.set_num_threads(min(threads, module.get_num_threads()) if name == "numba" else threads)
+    threadpool_limits(limits=threads, user_api="blas")
 
 
 if __name__ == "__main__":
