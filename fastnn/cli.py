@@ -526,15 +526,22 @@ def _check_distributed(parser, args):
     """(backends, ranks, is rank 0) once every rank has checked its arguments: the backends on
     each rank (each host may differ), the plot path on rank 0 (the one that writes it). A problem
     on any rank exits every rank with status 2, rank 0 printing it, so none waits for the others."""
+    import importlib.util
     import socket
     from . import distributed as dist
     from .backend import backends
-    ranks, launched = dist.size(), _launcher_size()
+    try:
+        ranks = dist.size()   # under a launcher, imports mpi4py (ImportError without it)
+    except ImportError as exc:
+        parser.error(f"--distributed: {exc}")
+    launched = _launcher_size()
     names, problem = None, None
     try:
+        if ranks == 1 and importlib.util.find_spec("mpi4py") is None:
+            raise _ArgumentProblem("--distributed needs mpi4py and an MPI: pip install 'fastnn[mpi]'")
         if ranks == 1 and launched > 1:
             raise _ArgumentProblem(f"--distributed: started as one of {launched} MPI processes, but this one "
-                                   f"runs alone (is mpi4py installed? pip install 'fastnn[mpi]')")
+                                   f"runs alone (an mpiexec of another MPI than mpi4py's?)")
         names = _check_backends(_Collect(), args.backends, backends)
         if dist.is_main():
             _check_plot_path(_Collect(), args.plot)
@@ -545,7 +552,7 @@ def _check_distributed(parser, args):
     found = dist.allgather((problem, names, socket.gethostname()))
     failed = [(r, p) for r, (p, _, _) in enumerate(found) if p]
     if not failed:   # every rank must run the same fits, in the same order
-        failed = [(r, f"its usable backends ({', '.join(n)}) differ from rank 0's ({', '.join(names)}): "
+        failed = [(r, f"its usable backends ({', '.join(n)}) differ from rank 0's ({', '.join(found[0][1])}): "
                       f"choose them with --backends") for r, (_, n, _) in enumerate(found) if n != found[0][1]]
     if failed:
         if dist.is_main():
