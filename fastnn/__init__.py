@@ -9,6 +9,7 @@
 from . import callbacks, data, layers, losses, optim
 from . import metrics  # noqa: F401  (issue 11, metrics area)
 from . import threads  # noqa: F401  (installs the at-fork hooks of the thread pools)
+from . import distributed  # noqa: F401  (rank(), size(), is_main(): MPI data-parallel runs)
 from .backend import BackendUnavailable, backends, default_backend, get_backend
 from .graph import Input
 from .io import ModelFileError

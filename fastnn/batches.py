@@ -12,7 +12,7 @@ data.epoch_order(seed, e, n), so a resumed run draws the batches an uninterrupte
 """
 import numpy as np
 
-from .data import DataLoader, _PageDropper, _rows, epoch_order, is_memmap
+from .data import DataLoader, _PageDropper, _rows, epoch_order, is_memmap, shard_part
 
 
 def check_sample_weight(w, n, name="sample_weight", allow_all_zero=False):
@@ -53,9 +53,13 @@ class ArrayBatches:
     """Batches of arrays; ``check(X, y, what)`` -> (xs, ys) is the trainer's validation."""
     replayable = True
 
-    def __init__(self, check, X, y, w, batch_size, shuffle, seed, what="X"):
+    def __init__(self, check, X, y, w, batch_size, shuffle, seed, what="X", shard=None):
         self.check, self.batch_size, self.shuffle, self.seed = check, batch_size, shuffle, seed
         self.what = what
+        # Distributed: (rank, size); batches are global (batch_size rows per rank) and this
+        # rank reads its part of each (shard_part); a rank whose part is empty gets None.
+        self.shard = shard
+        self.global_batch = batch_size * (shard[1] if shard else 1)
         self.lazy = _lazy(X) or _lazy(y if isinstance(y, (list, tuple)) else [y])
         self.n = _length(X)
         if self.lazy:   # check one row now (shapes, dtypes), every batch when it is read
@@ -68,15 +72,20 @@ class ArrayBatches:
         self.w = None if w is None else check_sample_weight(w, self.n)
 
     def __len__(self):
-        return -(-self.n // self.batch_size)
+        return -(-self.n // self.global_batch)
 
     def index(self, epoch, k):
-        """The rows of batch k of epoch ``epoch`` (a slice, or an index array)."""
-        lo = k * self.batch_size
+        """The rows of batch k of epoch ``epoch`` (a slice, or an index array), this rank's
+        part of them when distributed."""
+        size = self.global_batch
+        lo = k * size
         if not self.shuffle:
-            return slice(lo, min(lo + self.batch_size, self.n))
-        idx = self._order(epoch)[lo:lo + self.batch_size]
-        return np.sort(idx) if self.lazy else idx   # a memmap is read front to back
+            idx = slice(lo, min(lo + size, self.n))
+        else:
+            idx = self._order(epoch)[lo:lo + size]
+            if self.lazy:
+                idx = np.sort(idx)   # a memmap is read front to back
+        return idx if self.shard is None else shard_part(idx, *self.shard)
 
     def _order(self, epoch):
         if getattr(self, "_order_of", None) != epoch:
@@ -85,6 +94,8 @@ class ArrayBatches:
 
     def batch(self, epoch, k):
         idx = self.index(epoch, k)
+        if self.shard is not None and _empty(idx):
+            return None
         w = None if self.w is None else self.w[idx]
         if not self.lazy:
             return [x[idx] for x in self.xs], [t[idx] for t in self.ys], w
@@ -99,6 +110,10 @@ class ArrayBatches:
             yield self.batch(epoch, k)
 
 
+def _empty(idx):
+    return idx.stop <= idx.start if isinstance(idx, slice) else len(idx) == 0
+
+
 def _rows_text(idx):
     if isinstance(idx, slice):
         return f"{idx.start}:{idx.stop}"
@@ -109,7 +124,7 @@ class IterBatches:
     """Batches from a DataLoader or any iterable of (xb, yb[, wb]) tuples, checked one by one."""
     replayable = False
 
-    def __init__(self, check, data, steps_per_epoch=None, what="X"):
+    def __init__(self, check, data, steps_per_epoch=None, what="X", allow_empty=False):
         if isinstance(data, (str, bytes, dict)) or not hasattr(data, "__iter__"):
             raise TypeError(f"fit takes arrays, a fastnn.data.DataLoader or an iterable of (x, y) "
                             f"batches; got {type(data).__name__}")
@@ -117,6 +132,7 @@ class IterBatches:
         self.steps = steps_per_epoch
         self.one_shot = iter(data) is data
         self._it = None
+        self.allow_empty = allow_empty   # distributed: a rank's empty part of a batch is None
 
     def __len__(self):
         if self.steps is not None:
@@ -162,6 +178,8 @@ class IterBatches:
         if not isinstance(item, (list, tuple)) or len(item) not in (2, 3):
             raise TypeError(f"batch {k} must be a tuple (x, y) or (x, y, sample_weight), "
                             f"got {type(item).__name__}")
+        if self.allow_empty and _length(item[0]) == 0:
+            return None
         xs, ys = self.check(item[0], item[1], f"{self.what} batch {k}")
         w = None
         if len(item) == 3 and item[2] is not None:
@@ -169,16 +187,19 @@ class IterBatches:
         return xs, ys, w
 
 
-def source(check, X, y, w, batch_size, shuffle, seed, steps_per_epoch=None, what="X"):
-    """The batch source for fit/evaluate's data."""
+def source(check, X, y, w, batch_size, shuffle, seed, steps_per_epoch=None, what="X", shard=None):
+    """The batch source for fit/evaluate's data; shard=(rank, size) splits every global batch
+    of arrays (and of a fastnn DataLoader) between the ranks."""
     if is_array_data(X):
         if y is None:
             raise ValueError(f"{what} is an array: give its targets y too")
         if steps_per_epoch is not None:
             raise ValueError("steps_per_epoch goes with a generator or a loader, not with arrays")
-        return ArrayBatches(check, X, y, w, batch_size, shuffle, seed, what)
+        return ArrayBatches(check, X, y, w, batch_size, shuffle, seed, what, shard=shard)
     if y is not None:
         raise ValueError(f"{what} is a loader of (x, y) batches: y must be None (the batches carry it)")
     if w is not None:
         raise ValueError("sample_weight goes with arrays; a loader's batches carry their own as (x, y, w)")
-    return IterBatches(check, X, steps_per_epoch, what)
+    if shard is not None and isinstance(X, DataLoader):
+        X = X.sharded(*shard)
+    return IterBatches(check, X, steps_per_epoch, what, allow_empty=shard is not None)

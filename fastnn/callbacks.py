@@ -297,6 +297,8 @@ class ModelCheckpoint(_Monitoring):
             path = self._path(epoch, batch, logs)
             if self.verbose > 0:
                 print(f"Epoch {epoch + 1}: saving model to {path}")
+        if not _writes(self._trainer()):   # distributed: rank 0 writes, the others decide alike
+            return
         folder = os.path.dirname(path)
         if folder:
             os.makedirs(folder, exist_ok=True)
@@ -327,6 +329,8 @@ class CSVLogger(Callback):
 
     def _open(self):
         self._close()
+        if not _writes(getattr(self, "trainer", None)):
+            return
         header = True
         if self.append and os.path.exists(self.path):
             with open(self.path, newline="") as f:
@@ -337,6 +341,8 @@ class CSVLogger(Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
+        if not _writes(getattr(self, "trainer", None)):
+            return
         if self._file is None:   # hooks called without on_train_begin: open then
             self._open()
         if self.keys is None:
@@ -355,6 +361,11 @@ class CSVLogger(Callback):
         if self._file is not None:
             self._file.close()
         self._file = self._writer = None
+
+
+def _writes(trainer):
+    """Whether this process writes files: rank 0 of a distributed trainer, or any other."""
+    return getattr(trainer, "is_main", True)
 
 
 def _csv_value(value):

@@ -38,8 +38,10 @@ MODEL, OPTIMIZER = "model.", "optimizer.state."
 # ------------------------------------------------------------------ saving
 def save_trainer(trainer, path):
     """Write the trainer's state (model, optimizer, scheduler, epoch, history, loss,
-    metrics, dropout positions) to one .safetensors file, atomically."""
-    _write(path, _snapshot(trainer))
+    metrics, dropout positions) to one .safetensors file, atomically. A distributed trainer
+    writes on rank 0 only (every rank holds the same state)."""
+    if getattr(trainer, "is_main", True):
+        _write(path, _snapshot(trainer))
 
 
 def _snapshot(trainer, epoch=None):
@@ -476,14 +478,17 @@ class BackupAndRestore(Callback):
             return
         self._snap = (_meta(self.trainer, epoch=self._snap[0]["epoch"]), self._snap[1])
         if self._due:
-            _write(self.path, self._snap)
+            if getattr(self.trainer, "is_main", True):
+                _write(self.path, self._snap)
             self._due = False
 
     def on_train_end(self, logs=None):
         logs = logs or {}
         failed = bool(logs.get("interrupted")) or logs.get("exception") is not None \
             or sys.exc_info()[1] is not None
-        if failed:
+        if not getattr(self.trainer, "is_main", True):   # distributed: rank 0 writes
+            pass
+        elif failed:
             if self._snap is not None:
                 _write(self.path, self._snap)
         elif self.delete_checkpoint:

@@ -120,6 +120,21 @@ def _pread_rows(x, idx):
     return out
 
 
+def shard_part(idx, rank, size):
+    """Rank's part of the global batch idx (a slice or an index array): the rank-th of size
+    nearly equal consecutive parts (np.array_split's), so that a full global batch of
+    b * size rows gives rank r its r-th b rows. Empty when the batch has fewer rows than ranks."""
+    if isinstance(idx, slice):
+        lo, hi = idx.start, idx.stop
+    else:
+        lo, hi = 0, len(idx)
+    m = hi - lo
+    base, extra = divmod(m, size)
+    start = lo + rank * base + min(rank, extra)
+    stop = start + base + (1 if rank < extra else 0)
+    return slice(start, stop) if isinstance(idx, slice) else idx[start - lo:stop - lo]
+
+
 class DataLoader:
     """Batches (xb, yb) of arrays, like torch.utils.data.DataLoader over a TensorDataset.
 
@@ -159,9 +174,21 @@ class DataLoader:
         self._lazy = any(is_memmap(a) for a in self.xs + (self.ys or []))
         self._epoch = None
         self._auto_epoch = 0
+        self._shard = None
+
+    def sharded(self, rank, size):
+        """A copy that yields rank's part of every global batch of batch_size * size rows
+        (what Trainer(distributed=True) iterates; batch_size is per rank)."""
+        import copy
+        other = copy.copy(self)
+        other._shard = (int(rank), int(size))
+        return other
+
+    def _global_batch(self):
+        return self.batch_size * (self._shard[1] if self._shard else 1)
 
     def __len__(self):
-        full, rest = divmod(self.n, self.batch_size)
+        full, rest = divmod(self.n, self._global_batch())
         return full if (self.drop_last or not rest) else full + 1
 
     def set_epoch(self, epoch):
@@ -169,14 +196,18 @@ class DataLoader:
 
     def _index_batches(self, epoch):
         order = epoch_order(self.seed, epoch, self.n) if self.shuffle else None
-        stop = self.n - self.n % self.batch_size if self.drop_last else self.n
-        for lo in range(0, stop, self.batch_size):
+        size = self._global_batch()
+        stop = self.n - self.n % size if self.drop_last else self.n
+        for lo in range(0, stop, size):
             if order is None:
-                yield slice(lo, min(lo + self.batch_size, self.n))
+                idx = slice(lo, min(lo + size, self.n))
             elif self._lazy:   # sorted rows read a memmap front to back; the set is the batch
-                yield np.sort(order[lo:lo + self.batch_size])
+                idx = np.sort(order[lo:lo + size])
             else:
-                yield order[lo:lo + self.batch_size]
+                idx = order[lo:lo + size]
+            if self._shard is not None:
+                idx = shard_part(idx, *self._shard)
+            yield idx
 
     def _make(self, idx, dropper):
         xb = [_rows(x, idx) for x in self.xs]

@@ -233,20 +233,24 @@ class Graph:
                     tape.records.append((fusion[0], act_ctx))
         return [h], tape
 
-    def _backprop_chain(self, records, g, input_grads):
+    def _backprop_chain(self, records, g, input_grads, after_layer):
         while records and g is not None:
             layer, ctx = records.pop()
             g = layer._backward_impl(ctx, g)
+            if after_layer is not None:
+                after_layer(len(records))
         return [g] if input_grads else None
 
-    def backprop(self, tape, grads, input_grads=False):
+    def backprop(self, tape, grads, input_grads=False, after_layer=None):
         """Walk the tape in reverse from d loss / d output (None: no gradient);
-        with input_grads, also compute and return d loss / d each input."""
+        with input_grads, also compute and return d loss / d each input. after_layer(k), if
+        given, is called after each record's backward with k records left (distributed.py
+        starts a gradient bucket's allreduce once its layers are done)."""
         if input_grads:
             for record in tape.records:
                 record[1].need_dx = True
         if self.chain is not None:
-            return self._backprop_chain(tape.records, grads[0], input_grads)
+            return self._backprop_chain(tape.records, grads[0], input_grads, after_layer)
         _, in_slots, out_slots = self.plan
         flowing = [None] * len(self.nodes)
         for i, g in zip(out_slots, grads):
@@ -263,6 +267,8 @@ class Graph:
                 continue
             flowing[out] = None
             dx = layer._backward_impl(ctx, dy)
+            if after_layer is not None:
+                after_layer(len(records))
             if not ctx.need_dx:
                 continue
             for i, d in zip(ins, dx if layer.n_inputs != 1 else (dx,)):

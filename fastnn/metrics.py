@@ -37,9 +37,18 @@ as the loss leaves them out. Where no row counted, result() is nan.
 The Trainer's entry point: ``build(specs, loss)`` -> a list of fresh metrics; per epoch (and
 per evaluate) ``reset()`` each, ``update(to_host(out), y_batch, w_batch)`` each batch, then
 ``{m.name: m.result()}`` into the logs.
+
+Across ranks (distributed training): each rank streams its own batches, the metric objects
+are gathered (they pickle) and folded in rank order, ``merge_all(gathered)`` (a new metric;
+the same as ``gathered[0].clone().merge(gathered[0]).merge(gathered[1])...``).
+``a.merge(b)`` adds b's sums into a and returns a, so the result equals one metric updated
+on all the rows of all the ranks (to float rounding); an empty metric (reset, never updated)
+merges as a no-op either way. ``check_mergeable(metrics)`` raises the NotImplementedError a
+user Metric without its own merge() would raise, before training starts.
 """
 import copy
 import inspect
+import pickle
 import re
 
 import numpy as np
@@ -48,7 +57,7 @@ from . import losses
 from ._kernels import checks
 
 __all__ = ["Metric", "Accuracy", "TopKAccuracy", "Precision", "Recall", "F1", "MAE", "R2",
-           "FunctionMetric", "get", "build", "NAMES"]
+           "FunctionMetric", "get", "build", "merge_all", "check_mergeable", "NAMES"]
 
 
 class Metric:
@@ -70,6 +79,26 @@ class Metric:
 
     def result(self):
         raise NotImplementedError
+
+    def merge(self, other):
+        """Add other's sums into self and return self (other is left as it was): distributed
+        training folds every rank's metric this way. A subclass with state defines it."""
+        raise NotImplementedError(
+            f"metric {self.name!r} ({type(self).__name__}) has no merge(other): distributed training "
+            "gathers every rank's metric and folds them with merge(); define merge(self, other) that "
+            "adds other's sums into self and returns self (as fastnn.metrics.Accuracy does)")
+
+    def _check_merge(self, other):
+        """Raise unless other is the same metric (class, name, loss binding) as self."""
+        if not isinstance(other, Metric):
+            raise TypeError(f"{self.name}: can only merge another Metric, got {type(other).__name__}")
+        if type(other) is not type(self) or other.name != self.name:
+            raise ValueError(f"cannot merge metric {other.name!r} ({type(other).__name__}) into "
+                             f"{self.name!r} ({type(self).__name__}): not the same metric")
+        if other.task != self.task or other.ignore_index != self.ignore_index:
+            raise ValueError(f"cannot merge metric {self.name!r}: bound to different losses "
+                             f"(task {other.task!r} vs {self.task!r}, ignore_index "
+                             f"{other.ignore_index!r} vs {self.ignore_index!r})")
 
     def bind(self, loss):
         """Check this metric fits loss and take what it needs from it (task, ignore_index)."""
@@ -188,6 +217,13 @@ class _HitRate(_ClassMetric):
             return float("nan")
         return self._right / self._total
 
+    def merge(self, other):
+        self._check_merge(other)
+        self._right += other._right
+        self._total += other._total
+        self._nan = self._nan or other._nan
+        return self
+
 
 class Accuracy(_HitRate):
     """accuracy_score: the weighted fraction of rows classified right."""
@@ -209,6 +245,11 @@ class TopKAccuracy(_HitRate):
         self.k = checks._positive(k, "top_k_accuracy k")
         self.name = name or ("top_k_accuracy" if self.k == 5 else f"top_{self.k}_accuracy")
         super().__init__()
+
+    def _check_merge(self, other):
+        super()._check_merge(other)
+        if other.k != self.k:
+            raise ValueError(f"cannot merge {self.name!r}: k={other.k} into k={self.k}")
 
     def update(self, out, y, sample_weight=None):
         true, pred, w, c, multilabel = self._classes(out, y, sample_weight)
@@ -255,6 +296,23 @@ class _MacroMetric(_ClassMetric):
         self._true += np.bincount(true, weights=w, minlength=c)
         self._seen[true] = True   # seen in y_true or y_pred, whatever their weight
         self._seen[pred] = True
+
+    def merge(self, other):
+        self._check_merge(other)
+        if other._tp is not None and self._tp is not None and len(other._tp) != len(self._tp):
+            raise ValueError(f"cannot merge {self.name!r}: {len(other._tp)} classes into {len(self._tp)}")
+        self._nan = self._nan or other._nan
+        if other._tp is None:       # other never updated
+            return self
+        if self._tp is None:
+            self._tp, self._pred, self._true = other._tp.copy(), other._pred.copy(), other._true.copy()
+            self._seen = other._seen.copy()
+            return self
+        self._tp += other._tp
+        self._pred += other._pred
+        self._true += other._true
+        self._seen |= other._seen
+        return self
 
     def result(self):
         if self._nan or self._seen is None or not self._seen.any():
@@ -317,6 +375,17 @@ class _ValueMetric(Metric):
             raise ValueError(f"{who}: outputs have {d} columns in this batch, {self._d} before")
         return out.astype(np.float64), y.astype(np.float64), w
 
+    def _merge_start(self, other):
+        """Check other; False if it holds nothing (never updated), else self is started."""
+        self._check_merge(other)
+        if other._d is None:
+            return False
+        if self._d is None:
+            self._start(other._d)
+        elif self._d != other._d:
+            raise ValueError(f"cannot merge {self.name!r}: {other._d} output columns into {self._d}")
+        return True
+
 
 class MAE(_ValueMetric):
     """mean_absolute_error(multioutput="uniform_average")."""
@@ -334,6 +403,12 @@ class MAE(_ValueMetric):
         out, y, w = self._pairs(out, y, sample_weight)
         self._abs += w @ np.abs(out - y)
         self._w += float(w.sum())
+
+    def merge(self, other):
+        if self._merge_start(other):
+            self._abs += other._abs
+            self._w += other._w
+        return self
 
     def result(self):
         if self._d is None or self._w == 0:
@@ -361,19 +436,29 @@ class R2(_ValueMetric):
         self._n += len(y)
         wb = float(w.sum())
         self._sse += w @ (y - out) ** 2
-        if wb == 0:
-            return
-        mean_b = (w @ y) / wb
-        m2_b = w @ (y - mean_b) ** 2
+        if wb:
+            mean_b = (w @ y) / wb
+            self._fold(wb, mean_b, w @ (y - mean_b) ** 2)
+
+    def _fold(self, wb, mean_b, m2_b):
+        """Chan et al.: add a group of weight wb, weighted mean mean_b and sum of squares m2_b."""
         total = self._w + wb
         delta = mean_b - self._mean
         self._mean = self._mean + delta * (wb / total)
         self._m2 = self._m2 + m2_b + delta ** 2 * (self._w * wb / total)
         self._w = total
 
+    def merge(self, other):
+        if self._merge_start(other):
+            self._n += other._n
+            self._sse += other._sse
+            if other._w:
+                self._fold(other._w, other._mean, other._m2)
+        return self
+
     def result(self):
-        if self._d is None or self._n < 2 or self._w == 0:
-            return float("nan")
+        if self._d is None or self._n < 2 or self._w == 0 or np.isnan(self._sse).any():
+            return float("nan")   # NaN outputs (checked first: a constant column would score 0)
         num, den = self._sse, self._m2
         scores = np.ones(self._d)
         valid = (den != 0) & (num != 0)
@@ -402,6 +487,10 @@ class FunctionMetric(Metric):
         self._sum = self._total = 0.0
 
     def update(self, out, y, sample_weight=None):
+        if self.fn is None:
+            raise RuntimeError(f"metric {self.name!r}: this copy was unpickled without its function "
+                               "(a lambda or local function does not pickle); it can merge() and "
+                               "give result(), not update()")
         n = len(out)
         if self._takes_weights and sample_weight is not None:
             w = _weights(sample_weight, n, self.name)
@@ -418,6 +507,33 @@ class FunctionMetric(Metric):
 
     def result(self):
         return self._sum / self._total if self._total else float("nan")
+
+    def merge(self, other):
+        self._check_merge(other)
+        self._sum += other._sum
+        self._total += other._total
+        return self
+
+    def __getstate__(self):
+        # A lambda or local function cannot be pickled; its sums can, so the copy another rank
+        # receives merges and gives result(), and says why if asked to update.
+        state = dict(self.__dict__)
+        try:
+            pickle.dumps(self.fn)
+        except Exception:
+            state["fn"] = None
+        return state
+
+    def __copy__(self):   # clone() (copy.copy) keeps fn, picklable or not
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        return new
+
+    def __deepcopy__(self, memo):
+        new = self.__copy__()
+        memo[id(self)] = new
+        new.__dict__.update(copy.deepcopy({k: v for k, v in self.__dict__.items() if k != "fn"}, memo))
+        return new
 
 
 METRICS = {"accuracy": Accuracy, "top_k_accuracy": TopKAccuracy, "precision": Precision,
@@ -461,3 +577,28 @@ def build(specs, loss=None):
     if dup:
         raise ValueError(f"metrics {dup} given more than once (each name is one log key)")
     return built
+
+
+def merge_all(gathered):
+    """One new metric holding the sums of every metric in gathered (e.g. one per rank, from
+    distributed.allgather(metric)), folded left to right with merge(); gathered is unchanged."""
+    gathered = list(gathered)
+    if not gathered:
+        raise ValueError("merge_all needs at least one metric")
+    if not isinstance(gathered[0], Metric):
+        raise TypeError(f"merge_all merges fastnn.metrics.Metric objects, got {type(gathered[0]).__name__}")
+    merged = gathered[0].clone()
+    for other in gathered:
+        merged.merge(other)
+    return merged
+
+
+def check_mergeable(metrics):
+    """Raise NotImplementedError for the first metric whose class has no merge() of its own
+    (call it before distributed training starts). metrics: a Metric or (nested) lists of them."""
+    if isinstance(metrics, Metric):
+        if type(metrics).merge is Metric.merge:
+            Metric.merge(metrics, metrics)
+        return
+    for m in metrics or ():
+        check_mergeable(m)

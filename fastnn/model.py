@@ -344,9 +344,9 @@ class Model:
     def _outputs_in(self, dxs):
         return list(dxs) if self._multi_in else dxs[0]
 
-    def _backprop(self, tape, grads, input_grads=False):
+    def _backprop(self, tape, grads, input_grads=False, after_layer=None):
         with self._lock:
-            return self._graph.backprop(tape, grads, input_grads)
+            return self._graph.backprop(tape, grads, input_grads, after_layer)
 
     @property
     def fuse(self):

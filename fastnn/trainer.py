@@ -102,13 +102,19 @@ class Trainer:
 
     State kept across fits: ``epoch`` (epochs completed), ``history`` (every epoch's logs),
     ``scheduler`` (the last one given to fit). ``save_checkpoint`` / ``load_checkpoint``
-    store and restore all of it with the model and the optimizer's state."""
+    store and restore all of it with the model and the optimizer's state.
+
+    ``distributed=True`` trains data-parallel on the ranks of ``mpiexec -n N`` (fastnn.distributed):
+    ``batch_size`` is per rank, and N ranks equal one process at batch N * batch_size, step for
+    step. Rank 0's weights are broadcast at each fit; logs, validation and metrics are reduced
+    over the ranks; only rank 0 (``trainer.is_main``) shows progress and writes files. BatchNorm
+    uses each rank's batch statistics unless ``sync_batchnorm=True``. An exception on one rank
+    ends every rank (MPI abort)."""
 
     def __init__(self, model, loss="cross_entropy", optimizer=None, seed=0, loss_weights=None,
-                 loss_options=None, metrics=None, distributed=False):
-        if distributed:   # the design's argument; the MPI data-parallel path is not built yet
-            raise NotImplementedError("Trainer(distributed=True): multi-process training on MPI is not "
-                                      "built yet (tracker issue 12); train in one process")
+                 loss_options=None, metrics=None, distributed=False, sync_batchnorm=False):
+        if sync_batchnorm and not distributed:
+            raise ValueError("sync_batchnorm=True goes with distributed=True")
         self.model = model
         n_out = len(model._graph.outputs)
         per_output = _per_output(loss, n_out, "loss")
@@ -134,6 +140,13 @@ class Trainer:
         self.history = History()
         self.scheduler = None
         self._params = None
+        self.distributed = bool(distributed)
+        self._dp = None
+        if self.distributed:
+            from .distributed import DataParallel
+            self._dp = DataParallel(model, sync_batchnorm=sync_batchnorm)
+        self.is_main = self._dp is None or self._dp.rank == 0   # the process that prints and writes
+        self.comm_stats = None   # distributed: {"steps", "wait_s", "bytes"} of the last fit
 
     def _make_metrics(self, specs):
         """Per output, the metric objects (one set each output; keys get 'output_k_' with several)."""
@@ -212,6 +225,8 @@ class Trainer:
     def _train_batch(self, xs, ys, w, guard=None, where=None):
         """One optimizer step on a checked batch: (weighted loss, per-output losses, outputs).
         With a guard, a non-finite loss or gradient raises before the step (guard.fail)."""
+        if self._dp is not None:
+            return self._train_batch_dp(xs, ys, w, guard, where)
         model, to_device = self.model, self.model.backend.to_device
         if guard is not None and guard.batch_state:
             guard.begin_batch()
@@ -232,6 +247,50 @@ class Trainer:
         self.optimizer.step(params)
         return total, parts, outs
 
+    def _train_batch_dp(self, xs, ys, w, guard, where):
+        """_train_batch on this rank's part of a global batch (xs None: no rows here). The loss
+        gradient is scaled by this rank's share of the global weight, so the gradients summed
+        over the ranks are the global batch's; the guard checks the global loss and gradient,
+        so every rank stops alike. Returns the global batch's loss first."""
+        dp, model = self._dp, self.model
+        rows = 0 if xs is None else len(ys[0])
+        bw = rows if w is None or not rows else float(w.sum())
+        global_w, _ = dp.agree(bw, rows)
+        outs = parts = None
+        if rows:
+            to_device = model.backend.to_device
+            if guard is not None and guard.batch_state:
+                guard.begin_batch()
+            outs, tape = model._train_forward([to_device(x) for x in xs])
+            total, parts, grads = self._batch_losses(outs, [to_device(t) for t in ys], w)
+            share = bw / global_w if global_w else 0.0
+            if share != 1.0:
+                grads = [g * share for g in grads]
+            dp.start_loss(total * bw if bw else 0.0)
+            model.zero_grad()
+            dp.backprop(tape, grads)
+        else:
+            dp.start_loss(0.0)
+            dp.skip_backprop()
+        loss = dp.finish_step() / global_w if global_w else 0.0
+        if guard is not None:
+            if not math.isfinite(loss):
+                guard.fail("the loss", loss, *where)
+            if guard.host:
+                g = model._flat_grad
+                norm2 = g.dot(g)
+                if not math.isfinite(norm2):
+                    guard.fail("the gradient's squared norm", norm2, *where)
+        params = self._params
+        if params is None or params.flat_data is not model._flat_data:
+            params = self._params = model.parameters()
+        self.optimizer.step(params)
+        return loss, parts, outs
+
+    def _dp_end_of_epoch(self):
+        """After a rank's batches ran out: agree that every rank's did (else RanksDisagree)."""
+        self._dp.agree(0.0, 0, in_step=False)
+
     # --------------------------------------------------------------- fit
     def fit(self, X, y=None, epochs=1, batch_size=32, validation_data=None, validation_split=0.0,
             sample_weight=None, class_weight=None, initial_epoch=0, shuffle=True, callbacks=(),
@@ -247,7 +306,7 @@ class Trainer:
         silent, 1 a progress bar per epoch (``progress=True``), 2 one line per epoch.
         ``nan_guard`` stops fit in the batch where the loss or a gradient stops being finite
         (FloatingPointError naming it) with the weights of the last finite step."""
-        with backend_threads(self.model.backend):
+        with backend_threads(self.model.backend), _abort_others_on_error(self):
             return self._fit(X, y, epochs, batch_size, validation_data, validation_split,
                              sample_weight, class_weight, initial_epoch, shuffle, callbacks,
                              scheduler, progress, verbose, steps_per_epoch, nan_guard)
@@ -271,7 +330,7 @@ class Trainer:
                                  f"validation rows of {n}")
             part = lambda d, s: [a[s] for a in d] if isinstance(d, (list, tuple)) else d[s]
             val = _batches.source(self._check_data, part(X, slice(cut, None)), part(y, slice(cut, None)),
-                                  None, 1024, False, self.seed, what="validation rows")
+                                  None, 1024, False, self.seed, what="validation rows", shard=self._shard())
             X, y = part(X, slice(0, cut)), part(y, slice(0, cut))
             if sample_weight is not None:
                 sample_weight = np.asarray(sample_weight)[:cut]
@@ -284,12 +343,12 @@ class Trainer:
             if pair:
                 wv = validation_data[2] if len(validation_data) == 3 else None
                 val = _batches.source(self._check_data, validation_data[0], validation_data[1], wv,
-                                      1024, False, self.seed, what="X_val")
+                                      1024, False, self.seed, what="X_val", shard=self._shard())
             else:
                 val = _batches.source(self._check_data, validation_data, None, None, 1024, False,
-                                      self.seed, what="X_val")
+                                      self.seed, what="X_val", shard=self._shard())
         train = _batches.source(self._check_data, X, y, sample_weight, batch_size, shuffle, self.seed,
-                                steps_per_epoch)
+                                steps_per_epoch, shard=self._shard())
         if class_weight is not None:
             loss0 = self._losses[0]
             if len(self._losses) != 1 or not loss0.classifier:
@@ -307,10 +366,13 @@ class Trainer:
                 train.class_weight = class_weight
         return train, val
 
+    def _shard(self):
+        return None if self._dp is None else self._dp.shard
+
     def _weights(self, source, xs, ys, w):
         """The batch's sample weights: given ones times the class weights (or None)."""
         cw = getattr(source, "class_weight", None)
-        if cw is None:
+        if cw is None or xs is None:
             return w
         n_classes = self.model._output_shapes(xs)[0][-1]
         cw_rows = losses.class_weight_to_sample_weight(cw, ys[0], n_classes,
@@ -330,6 +392,8 @@ class Trainer:
             verbose = 1 if progress else 0
         if verbose not in (0, 1, 2):
             raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
+        if not self.is_main:
+            verbose = 0   # distributed: rank 0 shows progress
         callbacks = list(callbacks or ())
         for cb in callbacks:
             if not hasattr(cb, "on_epoch_end"):
@@ -348,6 +412,8 @@ class Trainer:
         hooks.call("on_train_begin", {})
         # A callback that restored a backup (BackupAndRestore) moved trainer.epoch: go on from there.
         start = self.epoch if self.epoch != before else initial_epoch
+        if self._dp is not None:
+            self._dp.begin_fit(len(train))
         guard = NanGuard(self) if nan_guard else None
         ended = {}
         try:
@@ -369,6 +435,8 @@ class Trainer:
             ended = {"exception": exc}
             raise
         finally:
+            if self._dp is not None:
+                self.comm_stats = self._dp.stats()
             hooks.call("on_train_end", ended)
         return self.history
 
@@ -392,7 +460,7 @@ class Trainer:
         if train.replayable:
             def replay(k):
                 for j in range(k):
-                    xs, ys, w = train.batch(epoch, j)
+                    xs, ys, w = train.batch(epoch, j) or (None, None, None)
                     self._train_batch(xs, ys, self._weights(train, xs, ys, w))
                     if per_batch_sched:
                         scheduler.step()
@@ -402,14 +470,21 @@ class Trainer:
         to_host = self.model.backend.to_host
         batch_hooks = hooks.batch
         k = -1
+        dp = self._dp
         try:
-            for k, (xs, ys, w) in enumerate(train.epoch(epoch)):
+            for k, item in enumerate(train.epoch(epoch)):
+                # distributed: None when this rank has no rows of the global batch
+                xs, ys, w = item if item is not None else (None, None, None)
                 if batch_hooks:
                     hooks.call("on_train_batch_begin", k, {})
                 w = self._weights(train, xs, ys, w)
                 total, parts, outs = self._train_batch(xs, ys, w, guard, (epoch, k, replay))
                 if per_batch_sched:
                     scheduler.step()
+                if xs is None:
+                    if batch_hooks:
+                        hooks.call("on_train_batch_end", k, {"loss": total, "size": 0})
+                    continue
                 size = len(ys[0])
                 bw = size if w is None else float(w.sum())
                 rows += size
@@ -440,6 +515,11 @@ class Trainer:
                         bar.set_postfix_str(f"loss={total_loss / wsum:.4f}" if wsum else "", refresh=False)
                 if self.stop_training:
                     break
+            if dp is not None:   # every rank's batches ended too; then the sums over the ranks
+                self._dp_end_of_epoch()
+                total_loss, per_output, correct, rows, wsum, counted, metrics = self._reduce(
+                    total_loss, per_output, correct, rows, wsum, counted, metrics)
+                dp.sync_buffers()
             if guard is not None and rows and not guard.weights_ok():
                 guard.fail("the weights", "non-finite", epoch, k + 1, replay)
             if not guard and rows and not self.stop_training and not math.isfinite(total_loss):
@@ -455,6 +535,18 @@ class Trainer:
                 bar.close()
         self.history.append(epoch, logs)
         return logs
+
+    def _reduce(self, total_loss, per_output, correct, rows, wsum, counted, metrics):
+        """The epoch's (or evaluation's) sums over every rank; metrics merged in rank order."""
+        n = len(per_output)
+        got = self._dp.sum([total_loss, rows, wsum] + list(per_output) + list(correct) + list(counted))
+        total_loss, rows, wsum = float(got[0]), int(got[1]), float(got[2])
+        per_output = [float(v) for v in got[3:3 + n]]
+        correct = [int(v) for v in got[3 + n:3 + 2 * n]]
+        counted = [int(v) for v in got[3 + 2 * n:]]
+        if metrics is not None:
+            metrics = self._dp.merge_metrics(metrics)
+        return total_loss, per_output, correct, rows, wsum, counted, metrics
 
     def _logs(self, total, per_output, correct, n, wsum, metrics, counted=None):
         """{'loss', metrics...} (one output) or also 'output_<k>_loss', 'output_<k>_<metric>' per
@@ -479,8 +571,9 @@ class Trainer:
         """{'loss': mean loss, and the metrics (default: 'accuracy' for classification losses)}.
         X, y as for fit (arrays, memmaps, or a loader with y=None)."""
         batch_size = positive_int(batch_size, "batch_size")
-        source = _batches.source(self._check_data, X, y, sample_weight, batch_size, False, self.seed)
-        with backend_threads(self.model.backend):
+        source = _batches.source(self._check_data, X, y, sample_weight, batch_size, False, self.seed,
+                                 shard=self._shard())
+        with backend_threads(self.model.backend), _abort_others_on_error(self):
             return self._evaluate(source)
 
     def _evaluate(self, source):
@@ -493,7 +586,10 @@ class Trainer:
                 for m in ms:
                     m.reset()
         model, to_device = self.model, self.model.backend.to_device
-        for xs, ys, w in source.epoch(0):
+        for item in source.epoch(0):
+            if item is None:   # distributed: no rows of this batch on this rank
+                continue
+            xs, ys, w = item
             outs = model._infer(xs)
             w = self._weights(source, xs, ys, w)
             loss, parts, _ = self._batch_losses([to_device(o) for o in outs], [to_device(t) for t in ys], w)
@@ -510,6 +606,9 @@ class Trainer:
                 elif lossk.labels or lossk.classifier:
                     correct[k] += self._correct(lossk, out, t)
                     counted[k] += size - _ignored(lossk, t)
+        if self._dp is not None:
+            total_loss, per_output, correct, rows, wsum, counted, metrics = self._reduce(
+                total_loss, per_output, correct, rows, wsum, counted, metrics)
         return self._logs(total_loss, per_output, correct, rows, wsum, metrics, counted=counted)
 
     # -------------------------------------------------------- checkpoints
@@ -525,6 +624,24 @@ class Trainer:
         trainer.epoch) continues the run bit for bit."""
         from . import checkpoint
         return checkpoint.load_trainer(path, backend=backend, **kwargs)
+
+
+class _abort_others_on_error:
+    """Distributed: an exception on this rank ends every rank (MPI abort), unless every rank
+    raises it at once (the NaN guard's stop, RanksDisagree: decided on reduced values)."""
+
+    def __init__(self, trainer):
+        self.dp = trainer._dp
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if self.dp is not None and exc is not None and not isinstance(exc, FloatingPointError) \
+                and not getattr(exc, "all_ranks", False):
+            from .distributed import abort_on_error
+            abort_on_error(exc)
+        return False
 
 
 class _Hooks:
