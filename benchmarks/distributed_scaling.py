@@ -182,16 +182,19 @@ def main(argv=None):
     params = runs[configs[0]][0]["params"]
     print(f"\n784-256-128-10 MLP ({params:,} parameters), {args.rows:,} rows x {args.epochs} epochs, "
           f"{args.backend}, one thread per rank, median of {args.repeats}")
-    print("| ranks | batch per rank (global) | samples/s | vs 1 rank | comm wait per step | "
-          "MB allreduced per step | bare allreduce (ms) |")
+    print("| ranks | batch per rank (global) | samples/s | vs 1 rank (ratio of medians; median of "
+          "each round's ratio, range) | comm wait per step | MB allreduced per step | bare allreduce (ms) |")
     print("|---|---|---|---|---|---|---|")
+    first = runs[(args.ranks[0], args.batch)]
     for c in configs:
         ranks, batch = c
         sps, steps = med(c, "samples_per_s"), med(c, "steps")
         wait = med(c, "wait_s") / max(steps, 1) * 1e3
         mb = med(c, "bytes") / max(steps, 1) / 1e6
         step_ms = med(c, "seconds") / max(steps, 1) * 1e3
-        print(f"| {ranks} | {batch} ({ranks * batch}) | {sps:,.0f} | {sps / base:.2f}x | "
+        paired = [r["samples_per_s"] / f["samples_per_s"] for r, f in zip(runs[c], first)]   # same round
+        print(f"| {ranks} | {batch} ({ranks * batch}) | {sps:,.0f} | {sps / base:.2f}x; "
+              f"{statistics.median(paired):.2f}x ({min(paired):.2f}-{max(paired):.2f}) | "
               f"{wait:.2f} ms of {step_ms:.2f} ms | {mb:.2f} | {med(c, 'allreduce_s') * 1e3:.3f} |")
     if args.json:
         with open(args.json, "w") as f:
