@@ -80,7 +80,7 @@ def train_digits(backends=None, epochs=None, batch_size=32, lr=None, momentum=0.
     if distributed:
         from . import distributed as dist
         if not dist.is_main():   # every rank trains; one prints
-            out, progress = open(os.devnull, "w"), False
+            out, progress = _Discard(), False
     _, _, default_epochs, default_lr = _family(model)
     epochs = default_epochs if epochs is None else epochs
     lr = default_lr if lr is None else lr
@@ -508,6 +508,16 @@ def _launcher_size():
         except (KeyError, ValueError):
             continue
     return 1
+
+
+class _Discard:
+    """Where a rank other than 0 prints."""
+
+    def write(self, text):
+        return len(text)
+
+    def flush(self):
+        pass
 
 
 class _ArgumentProblem(Exception):
