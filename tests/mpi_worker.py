@@ -33,7 +33,7 @@ def train(kind, batch_size, epochs=3, distributed=False, sync_batchnorm=False, *
     """(final flat weights, history dict, trainer) of a small seeded fit."""
     X, y = data(kind)
     m = model(kind)
-    t = fnn.Trainer(m, "cross_entropy", fnn.optim.Adam(lr=0.01), metrics=None,
+    t = fnn.Trainer(m, "cross_entropy", fnn.optim.Adam(lr=0.01), metrics=["accuracy", "f1"],
                     distributed=distributed, sync_batchnorm=sync_batchnorm)
     h = t.fit(X, y, epochs=epochs, batch_size=batch_size, validation_split=0.2, verbose=0, **fit)
     return np.asarray(m._flat_data).copy(), h.history, t
@@ -54,7 +54,7 @@ def main(case, out):
         X, y = data("mlp")
         m = model("mlp")
         t = fnn.Trainer(m, "cross_entropy", fnn.optim.Adam(lr=0.01), distributed=True)
-        t.fit(X, y, epochs=2, batch_size=8, verbose=0)
+        t.fit(X, y, epochs=2, batch_size=8, verbose=0, callbacks=[fnn.callbacks.CSVLogger(out + ".log.csv")])
         t.save_checkpoint(out + ".ckpt.safetensors")
         results["mlp"] = (np.asarray(m._flat_data).copy(), t.history.history)
     elif case == "fail":   # rank 1 raises in its 3rd batch of epoch 1; rank 0 would wait forever
