@@ -72,6 +72,22 @@ def local_rank():
         node.Free()
 
 
+def select_gpu():
+    """Under an MPI launcher, make this rank's CUDA device the (local rank mod #GPUs)-th, so
+    the ranks of a machine use its GPUs one each; returns that index (None if not done)."""
+    if not launched():
+        return None
+    from numba import cuda
+    if cuda.jit.__module__.startswith("numba.cuda.simulator"):
+        return None
+    count = len(cuda.gpus)
+    if not count:
+        return None
+    index = local_rank() % count
+    cuda.select_device(index)
+    return index
+
+
 def barrier():
     comm = _comm()
     if comm is not None:

@@ -57,6 +57,18 @@ def main(case, out):
         t.fit(X, y, epochs=2, batch_size=8, verbose=0, callbacks=[fnn.callbacks.CSVLogger(out + ".log.csv")])
         t.save_checkpoint(out + ".ckpt.safetensors")
         results["mlp"] = (np.asarray(m._flat_data).copy(), t.history.history)
+    elif case == "cuda":   # the host-staged allreduce (run with NUMBA_ENABLE_CUDASIM=1), tiny
+        X, y = data("mlp", n=40)
+        for backend, batch, dist in (("cuda", 8, True), ("numpy", 8 * size, False)):
+            m = model("mlp", backend)
+            t = fnn.Trainer(m, "cross_entropy", fnn.optim.Adam(lr=0.01), distributed=dist)
+            t.fit(X, y, epochs=2, batch_size=batch, verbose=0)
+            results[backend] = (np.asarray(m._flat_data).copy(), t.history.history)
+    elif case == "nan":   # a diverging run: the guard stops every rank alike, no abort
+        X, y = data("mlp")
+        X[:, 0] *= 1e6
+        t = fnn.Trainer(model("mlp"), "mse", fnn.optim.SGD(lr=1e3), distributed=True)
+        t.fit(X, np.eye(4)[y], epochs=5, batch_size=8, verbose=0)
     elif case == "fail":   # rank 1 raises in its 3rd batch of epoch 1; rank 0 would wait forever
         class Boom(fnn.callbacks.Callback):
             def on_train_batch_end(self, batch, logs=None):

@@ -23,8 +23,8 @@ MPIEXEC = next((str(p) for p in (Path(sys.executable).parent / "mpiexec", shutil
 needs_mpi = pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not installed: pip install '.[mpi]'")
 
 
-def mpirun(case, out, n=2, timeout=240):
-    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+def mpirun(case, out, n=2, timeout=240, **env):
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", NUMBA_NUM_THREADS="1", **env)
     start = time.perf_counter()
     proc = subprocess.run([MPIEXEC, "-n", str(n), sys.executable, WORKER, case, str(out)],
                           capture_output=True, text=True, timeout=timeout, env=env)
@@ -65,6 +65,26 @@ def test_sync_batchnorm_equals_one_process_and_local_statistics_differ(equal_run
     # per-rank statistics normalise each half-batch on its own: another (valid) run
     assert np.abs(r["bn_local.w"] - w).max() > 1e-6
     assert np.isfinite(meta["history"]["bn_local"]["loss"]).all()
+
+
+@needs_mpi
+def test_cuda_ranks_stage_the_allreduce_through_the_host(tmp_path):
+    """numba.cuda's simulator (no GPU here): 2 ranks on the cuda backend == numpy at batch 16."""
+    out = tmp_path / "cuda.npz"
+    proc, _ = mpirun("cuda", out, NUMBA_ENABLE_CUDASIM="1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r, meta = results(out)
+    np.testing.assert_allclose(r["cuda.w"], r["numpy.w"], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(meta["history"]["cuda"]["loss"], meta["history"]["numpy"]["loss"],
+                               rtol=0, atol=1e-9)
+
+
+@needs_mpi
+def test_the_nan_guard_stops_every_rank_alike(tmp_path):
+    proc, _ = mpirun("nan", tmp_path / "nan.npz", timeout=120)
+    assert proc.returncode != 0
+    assert proc.stderr.count("FloatingPointError: the ") == 2   # both ranks, the same check
+    assert "MPI_Abort" not in proc.stderr
 
 
 @needs_mpi
@@ -127,3 +147,40 @@ def test_shard_parts_cover_a_batch_once():
     np.testing.assert_array_equal(np.concatenate(parts), idx)
     assert [shard_part(slice(8, 16), r, 2) for r in range(2)] == [slice(8, 12), slice(12, 16)]
     assert len(shard_part(np.arange(1), 1, 2)) == 0
+
+
+def test_gradient_buckets_start_during_backward_last_layers_first():
+    pytest.importorskip("mpi4py")
+    from fastnn.distributed import DataParallel
+    from fastnn.layers import Dense, ReLU
+    model = fnn.Sequential(Dense(6, 32), ReLU(), Dense(32, 32), ReLU(), Dense(32, 32), ReLU(),
+                           Dense(32, 4), dtype="float64", seed=0)
+    dp = DataParallel(model, bucket_mb=600 * 8 / 2 ** 20)   # 600 float64s: about a Dense(32, 32) each
+    sync = dp.grads
+    spans = sorted(sync.buckets)
+    assert len(spans) >= 3 and spans[0][0] == 0 and spans[-1][1] == model._flat_grad.size
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))   # each gradient in one bucket
+    assert sync.buckets[0][1] == model._flat_grad.size          # the last layers' bucket first
+    started = []
+    real_start = sync._start
+
+    def spy(ready, left):
+        before = sync._next
+        real_start(ready, left)
+        started.extend([left] * (sync._next - before))
+
+    sync._start = spy
+    x = np.random.default_rng(0).normal(size=(5, 6))
+    outs, tape = model._train_forward([x])
+    records = len(tape.records)
+    model.zero_grad()
+    dp.backprop(tape, [np.ones_like(outs[0])])
+    dp.start_loss(0.0)
+    dp.finish_step()
+    assert len(started) == len(sync.buckets)
+    assert 0 < started[0] < records   # the first bucket went out while backward still ran
+    got = np.asarray(model._flat_grad).copy()
+    outs, tape = model._train_forward([x])
+    model.zero_grad()
+    model._backprop(tape, [np.ones_like(outs[0])])
+    np.testing.assert_array_equal(got, np.asarray(model._flat_grad))   # one rank: the sum is itself
