@@ -440,6 +440,7 @@ class Trainer:
         finally:
             if self._dp is not None:
                 self.comm_stats = self._dp.stats()
+                self._dp.end_fit()
             hooks.call("on_train_end", ended)
         return self.history
 
