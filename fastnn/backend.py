@@ -85,6 +85,9 @@ def _load(name):
         ok, why = available()
         if not ok:
             raise BackendUnavailable(f"backend {name!r} is not available here: {why}")
+        if name == "cuda":   # under mpiexec: one GPU per rank of each machine
+            from . import distributed
+            distributed.select_gpu()
     except BackendUnavailable as exc:
         _failures[name] = str(exc)
         raise

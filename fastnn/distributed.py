@@ -72,6 +72,22 @@ def local_rank():
         node.Free()
 
 
+def select_gpu():
+    """Under an MPI launcher, make this rank's CUDA device the (local rank mod #GPUs)-th, so
+    the ranks of a machine use its GPUs one each; returns that index (None if not done)."""
+    if not launched():
+        return None
+    from numba import cuda
+    if cuda.jit.__module__.startswith("numba.cuda.simulator"):
+        return None
+    count = len(cuda.gpus)
+    if not count:
+        return None
+    index = local_rank() % count
+    cuda.select_device(index)
+    return index
+
+
 def barrier():
     comm = _comm()
     if comm is not None:
@@ -254,10 +270,13 @@ class DataParallel:
         self.model = model
         self.comm.same_on_all(_architecture(model), "the model (layers, parameter and buffer shapes, dtype)")
         self.sync_batchnorm = bool(sync_batchnorm)
+        from .layers.dropout import Dropout
         from .layers.normalization import _BatchNorm
         for _, layer in model._named_layers():   # nested layers (Residual's) too
             if isinstance(layer, _BatchNorm):
                 layer.sync = self.comm if self.sync_batchnorm else None
+        self.dropouts = [layer for _, layer in model._named_layers() if isinstance(layer, Dropout)]
+        self._some_empty = False
         if not isinstance(bucket_mb, (int, float)) or isinstance(bucket_mb, bool) or not bucket_mb > 0:
             raise ValueError(f"bucket_mb must be a positive number of megabytes, got {bucket_mb!r}")
         self.grads = GradientSync(world, model, bucket_mb * 2 ** 20)
@@ -295,20 +314,28 @@ class DataParallel:
 
     # ---------------------------------------------------------------- steps
     def agree(self, weight, rows, in_step=True):
-        """The global batch's weight sum; RanksDisagree on every rank if some ranks ran out
-        of batches while others had more, or (sync_batchnorm) a rank has no rows."""
+        """The global batch's weight sum, after every rank said what it holds; RanksDisagree on
+        every rank if some ranks ran out of batches while others had more, or (sync_batchnorm)
+        a rank has no rows. Sets each Dropout's row offset to the rows of the ranks before."""
         t = time.perf_counter()
-        got = self.comm.allreduce_sum(np.array([weight, 1.0 if in_step else 0.0, 1.0 if rows else 0.0]))
+        mine = np.array([weight, 1.0 if in_step else 0.0, rows], dtype=np.float64)
+        every = np.empty((self.size, 3))
+        self.comm.comm.Allgather(mine, every)
         self.agree_s += time.perf_counter() - t
-        total, ranks, with_rows = got
+        total, ranks = float(every[:, 0].sum()), int(every[:, 1].sum())
         if 0 < ranks < self.size:
-            raise RanksDisagree(f"{self.size - int(ranks)} of {self.size} ranks ran out of batches before "
+            raise RanksDisagree(f"{self.size - ranks} of {self.size} ranks ran out of batches before "
                                 "the others: every rank must get the same number of batches per epoch")
-        if ranks and self.sync_batchnorm and with_rows < self.size:
+        empty = ranks > 0 and (every[:, 2] == 0).any()
+        if empty and self.sync_batchnorm:
             raise RanksDisagree("sync_batchnorm: a global batch has fewer rows than there are ranks, so "
                                 "some rank has none; choose the data size or batch size so every rank "
                                 "gets rows in every batch")
-        return float(total), ranks > 0
+        offset = int(every[:self.rank, 2].sum())
+        for layer in self.dropouts:
+            layer.row_offset = offset
+        self._some_empty = bool(empty)
+        return total, ranks > 0
 
     def start_loss(self, weighted_loss):
         self._loss[0] = weighted_loss
@@ -326,6 +353,10 @@ class DataParallel:
         self.grads.wait()
         if self.host_grad is not self.model._flat_grad:
             _copy_into(self.model._flat_grad, self.host_grad, self.model.backend)
+        if self._some_empty and self.dropouts:   # a rank without rows drew no masks: catch up
+            calls = self.comm.comm.bcast([d.calls for d in self.dropouts], root=0)
+            for layer, n in zip(self.dropouts, calls):
+                layer.calls = n
         return float(self._loss[0])
 
     # ----------------------------------------------------------- epoch end
@@ -341,6 +372,10 @@ class DataParallel:
                 for m, o in zip(ms, os_):
                     m.merge(o)
         return merged
+
+    def end_fit(self):
+        for layer in self.dropouts:   # the model used alone again draws whole-batch masks
+            layer.row_offset = 0
 
     def stats(self):
         return {"steps": self.grads.steps, "wait_s": self.grads.wait_s + self.agree_s,

@@ -145,6 +145,9 @@ class Trainer:
         if self.distributed:
             from .distributed import DataParallel
             self._dp = DataParallel(model, sync_batchnorm=sync_batchnorm)
+            if self._metrics is not None:   # merged over the ranks: fail now, not after an epoch
+                from .metrics import check_mergeable
+                check_mergeable(self._metrics)
         self.is_main = self._dp is None or self._dp.rank == 0   # the process that prints and writes
         self.comm_stats = None   # distributed: {"steps", "wait_s", "bytes"} of the last fit
 
@@ -437,6 +440,7 @@ class Trainer:
         finally:
             if self._dp is not None:
                 self.comm_stats = self._dp.stats()
+                self._dp.end_fit()
             hooks.call("on_train_end", ended)
         return self.history
 

@@ -21,7 +21,7 @@ def data(kind, n=90, seed=1):
 
 def model(kind, backend="cython"):
     layers = {
-        "mlp": lambda: [Dense(6, 16), Tanh(), Dense(16, 8), ReLU(), Dense(8, 4)],
+        "mlp": lambda: [Dense(6, 16), Tanh(), Dropout(0.3), Dense(16, 8), ReLU(), Dense(8, 4)],
         "cnn": lambda: [Conv1D(2, 4, 3), ReLU(), MaxPool1D(2), Flatten(), Dense(20, 4)],
         "lstm": lambda: [LSTM(3, 6), Dense(6, 4)],
         "bn": lambda: [Conv2D(2, 3, 3), BatchNorm2D(3), ReLU(), GlobalAvgPool2D(), Dense(3, 4)],
@@ -29,11 +29,11 @@ def model(kind, backend="cython"):
     return fnn.Sequential(*layers, backend=backend, dtype="float64", seed=3)
 
 
-def train(kind, batch_size, epochs=3, distributed=False, sync_batchnorm=False, **fit):
+def train(kind, batch_size, epochs=3, distributed=False, sync_batchnorm=False, n=90, **fit):
     """(final flat weights, history dict, trainer) of a small seeded fit."""
-    X, y = data(kind)
+    X, y = data(kind, n)
     m = model(kind)
-    t = fnn.Trainer(m, "cross_entropy", fnn.optim.Adam(lr=0.01), metrics=None,
+    t = fnn.Trainer(m, "cross_entropy", fnn.optim.Adam(lr=0.01), metrics=["accuracy", "f1"],
                     distributed=distributed, sync_batchnorm=sync_batchnorm)
     h = t.fit(X, y, epochs=epochs, batch_size=batch_size, validation_split=0.2, verbose=0, **fit)
     return np.asarray(m._flat_data).copy(), h.history, t
@@ -46,6 +46,8 @@ def main(case, out):
         for kind in ("mlp", "cnn", "lstm"):
             w, hist, _ = train(kind, 8, distributed=True)
             results[kind] = (w, hist)
+        # 65 training rows: the last global batch has 1 row, so rank 1 has none (Dropout catches up)
+        results["mlp_tail"] = train("mlp", 8, distributed=True, n=82)[:2]
         w, hist, _ = train("bn", 8, distributed=True, sync_batchnorm=True)
         results["bn_sync"] = (w, hist)
         w, hist, t = train("bn", 8, distributed=True)   # per-rank statistics: runs, differs
@@ -54,9 +56,21 @@ def main(case, out):
         X, y = data("mlp")
         m = model("mlp")
         t = fnn.Trainer(m, "cross_entropy", fnn.optim.Adam(lr=0.01), distributed=True)
-        t.fit(X, y, epochs=2, batch_size=8, verbose=0)
+        t.fit(X, y, epochs=2, batch_size=8, verbose=0, callbacks=[fnn.callbacks.CSVLogger(out + ".log.csv")])
         t.save_checkpoint(out + ".ckpt.safetensors")
         results["mlp"] = (np.asarray(m._flat_data).copy(), t.history.history)
+    elif case == "cuda":   # the host-staged allreduce (run with NUMBA_ENABLE_CUDASIM=1), tiny
+        X, y = data("mlp", n=40)
+        for backend, batch, dist in (("cuda", 8, True), ("numpy", 8 * size, False)):
+            m = model("mlp", backend)
+            t = fnn.Trainer(m, "cross_entropy", fnn.optim.Adam(lr=0.01), distributed=dist)
+            t.fit(X, y, epochs=2, batch_size=batch, verbose=0)
+            results[backend] = (np.asarray(m._flat_data).copy(), t.history.history)
+    elif case == "nan":   # a diverging run: the guard stops every rank alike, no abort
+        X, y = data("mlp")
+        X[:, 0] *= 1e6
+        t = fnn.Trainer(model("mlp"), "mse", fnn.optim.SGD(lr=1e3), distributed=True)
+        t.fit(X, np.eye(4)[y], epochs=5, batch_size=8, verbose=0)
     elif case == "fail":   # rank 1 raises in its 3rd batch of epoch 1; rank 0 would wait forever
         class Boom(fnn.callbacks.Callback):
             def on_train_batch_end(self, batch, logs=None):

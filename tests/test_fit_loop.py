@@ -337,10 +337,18 @@ def test_a_drawn_bar_shows_batches_and_the_running_loss(digits, capsys, monkeypa
     assert "epoch 1/1" in err and "4/4" in err and "loss=" in err and "accuracy=" in err
 
 
-def test_distributed_is_refused_clearly_until_it_exists():
-    with pytest.raises(NotImplementedError, match="MPI"):
-        fnn.Trainer(small_model(), distributed=True)
-    assert fnn.Trainer(small_model(), distributed=False).epoch == 0
+def test_distributed_in_one_process_is_the_plain_fit(digits):
+    """Without a launcher a distributed trainer is rank 0 of 1: the same steps as without."""
+    pytest.importorskip("mpi4py")
+    X, y, _, _ = digits
+    runs = []
+    for distributed in (False, True):
+        model = small_model()
+        trainer = fnn.Trainer(model, optimizer=fnn.optim.SGD(lr=0.05), distributed=distributed)
+        trainer.fit(X[:300], y[:300], epochs=2, batch_size=32, verbose=0)
+        runs.append((np.asarray(model._flat_data).copy(), trainer.history.history["loss"]))
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    assert runs[0][1] == runs[1][1]
 
 
 def test_a_short_epoch_prints_one_line_and_no_bar(digits, capsys):

@@ -28,6 +28,9 @@ class Dropout(Layer):
         self.p = float(p)
         self._key = None
         self.calls = 0
+        # Distributed: the rows of the global batch before this rank's part. The mask is
+        # counter-based, so starting it that many rows on makes it the global batch's slice.
+        self.row_offset = 0
 
     def config(self):
         return {"p": self.p}
@@ -49,7 +52,11 @@ class Dropout(Layer):
         if not ctx.training or self.p == 0.0:
             ctx.mask = None
             return x
-        y, ctx.mask = self.kernels.dropout(x, self.p, self._stream_seed())
+        seed = self._stream_seed()
+        if self.row_offset:
+            skip = self.row_offset * (x.size // x.shape[0])   # elements of the earlier ranks' rows
+            seed = (seed + skip * _ref.SPLITMIX_GOLDEN) & ((1 << 64) - 1)
+        y, ctx.mask = self.kernels.dropout(x, self.p, seed)
         return y
 
     def backward(self, ctx, dy):
