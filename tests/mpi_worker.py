@@ -39,6 +39,19 @@ def train(kind, batch_size, epochs=3, distributed=False, sync_batchnorm=False, n
     return np.asarray(m._flat_data).copy(), h.history, t
 
 
+def loader_fit(batch_size, distributed=False):
+    """A fit on a shuffled fastnn DataLoader (each rank iterates its part of every global
+    batch), then evaluate: (weights, history + the evaluate logs as 'eval_*')."""
+    X, y = data("mlp", 75)
+    m = model("mlp")
+    t = fnn.Trainer(m, "cross_entropy", fnn.optim.Adam(lr=0.01), metrics=["accuracy", "f1"],
+                    distributed=distributed)
+    loader = fnn.data.DataLoader(X[:60], y[:60], batch_size=batch_size, shuffle=True, seed=4)
+    hist = dict(t.fit(loader, epochs=3, verbose=0).history)
+    hist.update({"eval_" + k: [v] for k, v in t.evaluate(X[60:], y[60:], batch_size=4).items()})
+    return np.asarray(m._flat_data).copy(), hist
+
+
 def main(case, out):
     rank, size = fnn.distributed.rank(), fnn.distributed.size()
     results = {}
@@ -48,6 +61,7 @@ def main(case, out):
             results[kind] = (w, hist)
         # 65 training rows: the last global batch has 1 row, so rank 1 has none (Dropout catches up)
         results["mlp_tail"] = train("mlp", 8, distributed=True, n=82)[:2]
+        results["mlp_loader"] = loader_fit(8, distributed=True)
         w, hist, _ = train("bn", 8, distributed=True, sync_batchnorm=True)
         results["bn_sync"] = (w, hist)
         w, hist, t = train("bn", 8, distributed=True)   # per-rank statistics: runs, differs

@@ -58,6 +58,16 @@ def test_two_ranks_equal_one_process_at_the_global_batch(equal_run, kind):
 
 
 @needs_mpi
+def test_a_data_loader_and_evaluate_on_two_ranks_equal_one_process(equal_run):
+    r, meta = equal_run
+    w, hist = W.loader_fit(16)
+    np.testing.assert_allclose(r["mlp_loader.w"], w, rtol=0, atol=1e-9)
+    got = meta["history"]["mlp_loader"]
+    for key in ("loss", "accuracy", "f1", "eval_loss", "eval_accuracy", "eval_f1"):
+        np.testing.assert_allclose(got[key], hist[key], rtol=0, atol=1e-9, err_msg=key)
+
+
+@needs_mpi
 def test_sync_batchnorm_equals_one_process_and_local_statistics_differ(equal_run):
     r, meta = equal_run
     w, hist, _ = W.train("bn", 16)
