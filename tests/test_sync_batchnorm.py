@@ -324,3 +324,37 @@ def test_rank_with_no_rows(backend):
     for m in ranks:
         for k, v in _buffers(whole).items():
             _close(_buffers(m)[k], v)
+
+
+@pytest.mark.parametrize("backend", CPU)
+def test_first_layer_without_dx_and_float32(backend):
+    """BatchNorm first (its dx unused): no allreduce, the summed gradients still the whole
+    batch's; in float32 to float32's tolerance."""
+    rng = np.random.default_rng(19)
+    x = (rng.standard_normal((9, 4)) * 2 + 3).astype(np.float32)
+    dy = rng.standard_normal((9, 2)).astype(np.float32)
+
+    def make(b):
+        return fnn.Sequential(BatchNorm1D(4), Dense(4, 2), backend=b, dtype="float32", seed=0)
+    whole = make(backend)
+    whole.train()
+    y = whole.forward(x)
+    whole.backward(dy)
+    comm, ranks = FakeComm(2), [make(backend) for _ in range(2)]
+    for m in ranks:
+        m.train()
+        m.layers[0].sync = comm
+
+    def step(r, model, xs, dys):
+        out = model.forward(xs)
+        model.zero_grad()
+        model.backward(dys)
+        return out, {p.name: np.asarray(p.grad).copy() for p in model.parameters()}
+    got = comm.run(step, [(ranks[0], x[:5], dy[:5]), (ranks[1], x[5:], dy[5:])])
+    assert comm.calls[0] == [("allgather_array", (1 + 2 * 4,))]
+    tol = dict(rtol=1e-5, atol=1e-5)
+    assert_close(np.concatenate([g[0] for g in got]), y, np.float32, **tol)
+    for p in whole.parameters():
+        assert_close(got[0][1][p.name] + got[1][1][p.name], p.grad, np.float32, **tol)
+    for k, v in _buffers(whole).items():
+        assert_close(_buffers(ranks[0])[k], v, np.float32, **tol)
