@@ -10,7 +10,8 @@ import pytest
 
 import fastnn as fnn
 import fastnn.graph
-from fastnn.layers import BatchNorm1D, BatchNorm2D, Conv2D, Dense, GlobalAvgPool2D, ReLU
+from fastnn.layers import BatchNorm1D, BatchNorm2D, Conv2D, Dense, GlobalAvgPool2D, ReLU, Residual
+from fastnn.layers.normalization import set_batchnorm_sync
 from conftest import assert_close
 
 CPU = [b for b in fnn.backends() if b in ("numpy", "cython", "numba")]
@@ -105,9 +106,7 @@ def _check_sync(make, x, dys, parts, backend, steps=2):
     comm = FakeComm(size)
     for m in ranks:
         m.train()
-        for layer in m.layers:
-            if isinstance(layer, (BatchNorm1D, BatchNorm2D)):
-                layer.sync = comm
+        assert set_batchnorm_sync(m.layers, comm) >= 1
 
     def step(r, model, xs, dy):
         y = model.forward(xs)
@@ -173,6 +172,23 @@ def test_cnn_sync_equals_whole_batch(backend):
     # each training step: one packed allgather in forward, one packed allreduce in backward
     assert comm.calls[0] == [("allgather_array", (1 + 2 * 4,)), ("allreduce_sum", (2 * 4,))] * 2
     assert all(calls == comm.calls[0] for calls in comm.calls)
+
+
+def test_batchnorm_inside_residual():
+    rng = np.random.default_rng(25)
+    x = rng.standard_normal((7, 4))
+    dys = [rng.standard_normal(x.shape) for _ in range(2)]
+
+    def make(backend):
+        return fnn.Sequential(Dense(4, 4), Residual(BatchNorm1D(4), ReLU(), Dense(4, 4), BatchNorm1D(4)),
+                              backend=backend, dtype="float64", seed=0)
+    _, ranks, comm = _check_sync(_randomized(make, 26), x, dys, (4, 3), CPU[-1])
+    assert [name for name, _ in comm.calls[1]] == ["allgather_array"] * 2 + ["allreduce_sum"] * 2 + \
+        ["allgather_array"] * 2 + ["allreduce_sum"] * 2
+    assert set_batchnorm_sync(ranks[0].layers, None) == 2
+    inner = [layer for _, layer in ranks[0].layers[1].sublayers() if isinstance(layer, BatchNorm1D)]
+    assert len(inner) == 2 and all(layer.sync is None for layer in inner)
+    assert all(layer.sync is comm for _, layer in ranks[1].layers[1].sublayers() if isinstance(layer, BatchNorm1D))
 
 
 def test_momentum_none_cumulative_average():
@@ -298,6 +314,9 @@ def test_sync_must_be_a_communicator():
         bn.sync = "mpi"
     bn.sync = FakeComm(1)
     bn.sync = None
+    assert bn.sync is None
+    with pytest.raises(TypeError, match="communicator"):
+        set_batchnorm_sync([BatchNorm1D(2), bn], 42)
     assert bn.sync is None
 
 

@@ -268,3 +268,22 @@ class BatchNorm1D(_BatchNorm):
 class BatchNorm2D(_BatchNorm):
     """torch.nn.BatchNorm2d on (N, C, H, W): statistics per channel over N, H and W."""
     dims = 2
+
+
+def set_batchnorm_sync(layers, comm):
+    """Set ``sync = comm`` (a communicator, or None to turn it off) on every BatchNorm1D /
+    BatchNorm2D among ``layers`` (e.g. model.layers) and the layers inside them
+    (Residual's), each once; returns how many. The distributed Trainer's
+    sync_batchnorm option."""
+    seen, stack, found = set(), list(layers), []
+    while stack:
+        layer = stack.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        if isinstance(layer, _BatchNorm):
+            found.append(layer)
+        stack.extend(sub for _, sub in layer.sublayers())
+    for layer in found:   # a bad comm fails at the first, before any layer changed
+        layer.sync = comm
+    return len(found)
