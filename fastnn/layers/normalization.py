@@ -7,7 +7,14 @@ and the spatial axes: the kernels see x as (N, C, S), S = 1 for (N, C) inputs,
 L for (N, C, L), H * W for (N, C, H, W). In training it uses the batch's
 statistics (biased variance) and moves the running ones (unbiased variance) by
 ``momentum``; in eval (``ctx.training`` False) it uses the running ones.
+
+Synchronized BatchNorm (torch.nn.SyncBatchNorm): with ``layer.sync`` set to a
+communicator (the distributed Trainer's ``sync_batchnorm=True`` sets it), a
+training step computes what one process computes on the concatenation of every
+rank's batch: one allgather of each rank's (count, mean, variance) per channel in
+forward, one allreduce of (dweight, dbias) in backward for dx.
 """
+import math
 import numbers
 
 import numpy as np
@@ -99,6 +106,28 @@ class _BatchNorm(Layer):
                 raise ValueError(f"{who} momentum must lie in [0, 1] (or be None for a "
                                  f"cumulative average), got {momentum!r}")
         self.momentum = momentum
+        self.sync = None
+
+    @property
+    def sync(self):
+        """None (per-process statistics), or the communicator a synchronized BatchNorm
+        trains through: an object with allgather_array(a) -> list of arrays (one per
+        rank, rank order) and allreduce_sum(a) -> array, both blocking collectives.
+        Not part of config() or the state: a run's setting, not the model's."""
+        return self._sync
+
+    @sync.setter
+    def sync(self, comm):
+        if comm is not None and not all(callable(getattr(comm, name, None))
+                                        for name in ("allgather_array", "allreduce_sum")):
+            raise TypeError(f"{type(self).__name__}.sync must be None or a communicator with "
+                            f"allgather_array and allreduce_sum methods, got {type(comm).__name__}")
+        self._sync = comm
+
+    def build(self, backend, dtype, params, grads, buffers=None):
+        super().build(backend, dtype, params, grads, buffers)
+        # where the arrays live: identities on CPU backends, device <-> host on cuda
+        self._to_host, self._to_device = backend.to_host, backend.to_device
 
     def param_shapes(self):
         return {"weight": (self.num_features,), "bias": (self.num_features,)}
@@ -129,21 +158,32 @@ class _BatchNorm(Layer):
         return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum}
 
     def _as3d(self, x):
-        return x.reshape(x.shape[0], x.shape[1], -1) if x.ndim != 3 else x
+        # (the spatial size spelt out: -1 cannot be inferred for an empty batch)
+        return x.reshape(x.shape[0], x.shape[1], math.prod(x.shape[2:])) if x.ndim != 3 else x
+
+    def _too_few(self, x, where=""):
+        return ValueError(f"{type(self).__name__}: training needs more than 1 value per channel{where}, "
+                          f"got input shape {tuple(x.shape)} (use a larger batch, or eval mode)")
+
+    def _count_batch(self):
+        """num_batches_tracked += 1; the running statistics' update factor for this step."""
+        count = self.buffers["num_batches_tracked"]
+        one = count.reshape(1)   # a view: in place on a NumPy 0-d array and on a device array
+        one += np.ones(1, self.dtype)
+        # momentum None: torch's cumulative average, factor 1 / batches seen
+        return self.momentum if self.momentum is not None else 1.0 / float(np.asarray(count))
 
     def forward(self, ctx, x):
         x3 = self._as3d(x)
         training = bool(ctx.training)
+        ctx.sync = self._sync if training else None
+        if ctx.sync is not None:
+            return self._sync_forward(ctx, x, x3)
         factor = 0.0
         if training:
             if x3.shape[0] * x3.shape[2] < 2:
-                raise ValueError(f"{type(self).__name__}: training needs more than 1 value per channel, "
-                                 f"got input shape {tuple(x.shape)} (use a larger batch, or eval mode)")
-            count = self.buffers["num_batches_tracked"]
-            one = count.reshape(1)   # a view: in place on a NumPy 0-d array and on a device array
-            one += np.ones(1, self.dtype)
-            # momentum None: torch's cumulative average, factor 1 / batches seen
-            factor = self.momentum if self.momentum is not None else 1.0 / float(np.asarray(count))
+                raise self._too_few(x)
+            factor = self._count_batch()
         y, ctx.mean, ctx.rstd = self.kernels.batch_norm(
             x3, self.params["weight"], self.params["bias"], self.buffers["running_mean"],
             self.buffers["running_var"], factor, self.eps, training)
@@ -151,11 +191,73 @@ class _BatchNorm(Layer):
         return y.reshape(x.shape)
 
     def backward(self, ctx, dy):
+        if ctx.sync is not None:
+            return self._sync_backward(ctx, dy)
         dx, dw, db = self.kernels.batch_norm_backward(
             self._as3d(dy), ctx.x, ctx.mean, ctx.rstd, self.params["weight"], ctx.batch_stats, ctx.need_dx)
         self.grads["weight"] += dw
         self.grads["bias"] += db
         return None if dx is None else dx.reshape(dy.shape)
+
+    # ------------------------------------------------------ synchronized
+    def _local_stats(self, x3):
+        """This rank's per-channel (mean, biased variance), float64 (C,) each."""
+        n, c, s_len = x3.shape
+        m = n * s_len
+        if m < 2:   # 0 or 1 value a channel: the kernel's unbiased variance would divide by 0
+            host = np.asarray(self._to_host(x3), np.float64).reshape(m, c)
+            return host.sum(axis=0), np.zeros(c)
+        # The training kernel with momentum 1 on zeroed scratch buffers leaves in them
+        # the batch mean and the unbiased variance, from the backend's own one-sweep
+        # reduction (its y is discarded).
+        rm, rv = np.zeros(c, self.dtype), np.zeros(c, self.dtype)
+        self.kernels.batch_norm(x3, self.params["weight"], self.params["bias"], rm, rv, 1.0, self.eps, True)
+        return rm.astype(np.float64), rv.astype(np.float64) * ((m - 1) / m)
+
+    def _sync_forward(self, ctx, x, x3):
+        comm, c = ctx.sync, self.num_features
+        m = x3.shape[0] * x3.shape[2]
+        mean, var = self._local_stats(x3)
+        stats = np.stack(comm.allgather_array(np.concatenate(([float(m)], mean, var))))
+        counts, means, variances = stats[:, 0], stats[:, 1:c + 1], stats[:, c + 1:]
+        total = float(counts.sum())
+        if total < 2:
+            raise self._too_few(x, f" over all {len(counts)} ranks")
+        # Chan et al.: the exact mean and biased variance of the concatenated batches
+        g_mean = counts @ means / total
+        g_var = (counts @ variances + counts @ (means - g_mean) ** 2) / total
+        factor = self._count_batch()
+        for name, batch in (("running_mean", g_mean), ("running_var", g_var * (total / (total - 1)))):
+            buf = self.buffers[name]
+            buf[...] = ((1 - factor) * np.asarray(self._to_host(buf), np.float64)
+                        + factor * batch).astype(self.dtype)
+        # normalise with the global statistics: the eval-mode kernel, them as its running ones
+        ctx.var = g_var.astype(self.dtype)
+        y, ctx.mean, ctx.rstd = self.kernels.batch_norm(
+            x3, self.params["weight"], self.params["bias"], g_mean.astype(self.dtype), ctx.var,
+            0.0, self.eps, False)
+        ctx.x, ctx.count = x3, total
+        return y.reshape(x.shape)
+
+    def _sync_backward(self, ctx, dy):
+        # training=False: dx = dy * weight * rstd, dweight and dbias this rank's sums
+        dx, dw, db = self.kernels.batch_norm_backward(
+            self._as3d(dy), ctx.x, ctx.mean, ctx.rstd, self.params["weight"], False, ctx.need_dx)
+        self.grads["weight"] += dw
+        self.grads["bias"] += db
+        if dx is None:
+            return None
+        c = self.num_features
+        host = lambda a: np.asarray(self._to_host(a), np.float64)
+        sums = ctx.sync.allreduce_sum(np.concatenate((host(dw), host(db))))
+        # dx = weight * rstd * (dy - dbias_g / m_g - xhat * dweight_g / m_g): the last two
+        # terms are xhat * a + b per channel, the eval-mode kernel with weight a, bias b.
+        scale = host(self.params["weight"]) * host(ctx.rstd) / -ctx.count
+        a = self._to_device((scale * sums[:c]).astype(self.dtype))
+        b = self._to_device((scale * sums[c:]).astype(self.dtype))
+        corr, _, _ = self.kernels.batch_norm(ctx.x, a, b, ctx.mean, ctx.var, 0.0, self.eps, False)
+        dx += corr
+        return dx.reshape(dy.shape)
 
 
 class BatchNorm1D(_BatchNorm):
@@ -166,3 +268,22 @@ class BatchNorm1D(_BatchNorm):
 class BatchNorm2D(_BatchNorm):
     """torch.nn.BatchNorm2d on (N, C, H, W): statistics per channel over N, H and W."""
     dims = 2
+
+
+def set_batchnorm_sync(layers, comm):
+    """Set ``sync = comm`` (a communicator, or None to turn it off) on every BatchNorm1D /
+    BatchNorm2D among ``layers`` (e.g. model.layers) and the layers inside them
+    (Residual's), each once; returns how many. The distributed Trainer's
+    sync_batchnorm option."""
+    seen, stack, found = set(), list(layers), []
+    while stack:
+        layer = stack.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        if isinstance(layer, _BatchNorm):
+            found.append(layer)
+        stack.extend(sub for _, sub in layer.sublayers())
+    for layer in found:   # a bad comm fails at the first, before any layer changed
+        layer.sync = comm
+    return len(found)
