@@ -271,10 +271,10 @@ class DataParallel:
         self.comm.same_on_all(_architecture(model), "the model (layers, parameter and buffer shapes, dtype)")
         self.sync_batchnorm = bool(sync_batchnorm)
         from .layers.dropout import Dropout
-        from .layers.normalization import _BatchNorm
-        for _, layer in model._named_layers():   # nested layers (Residual's) too
-            if isinstance(layer, _BatchNorm):
-                layer.sync = self.comm if self.sync_batchnorm else None
+        from .layers.normalization import set_batchnorm_sync
+        # BatchNorm's blocking collectives run during backward beside the gradient buckets'
+        # non-blocking ones: on a communicator of their own, so neither can match the other's.
+        set_batchnorm_sync(model.layers, Comm(world.Dup()) if self.sync_batchnorm else None)
         self.dropouts = [layer for _, layer in model._named_layers() if isinstance(layer, Dropout)]
         self._some_empty = False
         if not isinstance(bucket_mb, (int, float)) or isinstance(bucket_mb, bool) or not bucket_mb > 0:

@@ -108,11 +108,13 @@ class Trainer:
     ``batch_size`` is per rank, and N ranks equal one process at batch N * batch_size, step for
     step. Rank 0's weights are broadcast at each fit; logs, validation and metrics are reduced
     over the ranks; only rank 0 (``trainer.is_main``) shows progress and writes files. BatchNorm
-    uses each rank's batch statistics unless ``sync_batchnorm=True``. An exception on one rank
-    ends every rank (MPI abort)."""
+    uses each rank's batch statistics unless ``sync_batchnorm=True``. The gradients are summed in
+    buckets of about ``bucket_mb`` MB, each started during backward once its layers are done
+    (torch DDP's bucket_cap_mb). An exception on one rank ends every rank (MPI abort)."""
 
     def __init__(self, model, loss="cross_entropy", optimizer=None, seed=0, loss_weights=None,
-                 loss_options=None, metrics=None, distributed=False, sync_batchnorm=False):
+                 loss_options=None, metrics=None, distributed=False, sync_batchnorm=False,
+                 bucket_mb=1.0):
         if sync_batchnorm and not distributed:
             raise ValueError("sync_batchnorm=True goes with distributed=True")
         self.model = model
@@ -144,7 +146,7 @@ class Trainer:
         self._dp = None
         if self.distributed:
             from .distributed import DataParallel
-            self._dp = DataParallel(model, sync_batchnorm=sync_batchnorm)
+            self._dp = DataParallel(model, sync_batchnorm=sync_batchnorm, bucket_mb=bucket_mb)
             if self._metrics is not None:   # merged over the ranks: fail now, not after an epoch
                 from .metrics import check_mergeable
                 check_mergeable(self._metrics)
