@@ -241,6 +241,12 @@ class Trainer:
             guard.fail("the loss", total, *where)
         model.zero_grad()
         model._backprop(tape, grads)
+        self._step(guard, where)
+        return total, parts, outs
+
+    def _step(self, guard, where):
+        """The guard's check of the gradient (host backends), then the optimizer's step."""
+        model = self.model
         if guard is not None and guard.host:   # one dot over the flat gradient (nan_guard.py)
             g = model._flat_grad
             norm2 = g.dot(g)
@@ -250,7 +256,6 @@ class Trainer:
         if params is None or params.flat_data is not model._flat_data:
             params = self._params = model.parameters()   # kept: the optimizer caches its checks on it
         self.optimizer.step(params)
-        return total, parts, outs
 
     def _train_batch_dp(self, xs, ys, w, guard, where):
         """_train_batch on this rank's part of a global batch (xs None: no rows here). The loss
@@ -278,18 +283,9 @@ class Trainer:
             dp.start_loss(0.0)
             dp.skip_backprop()
         loss = dp.finish_step() / global_w if global_w else 0.0
-        if guard is not None:
-            if not math.isfinite(loss):
-                guard.fail("the loss", loss, *where)
-            if guard.host:
-                g = model._flat_grad
-                norm2 = g.dot(g)
-                if not math.isfinite(norm2):
-                    guard.fail("the gradient's squared norm", norm2, *where)
-        params = self._params
-        if params is None or params.flat_data is not model._flat_data:
-            params = self._params = model.parameters()
-        self.optimizer.step(params)
+        if guard is not None and not math.isfinite(loss):
+            guard.fail("the loss", loss, *where)
+        self._step(guard, where)
         return loss, parts, outs
 
     def _dp_end_of_epoch(self):
