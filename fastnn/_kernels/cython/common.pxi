@@ -3,7 +3,7 @@ cimport cython
 cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport parallel, prange
-from libc.math cimport log, sqrt
+from libc.math cimport log, sqrt, sqrtf
 
 cnp.import_array()
 
@@ -153,6 +153,14 @@ cdef inline floating _exp(floating x) noexcept nogil:
         return fnn_expf(x)
     else:
         return fnn_exp(x)
+
+
+cdef inline floating _sqrt(floating x) noexcept nogil:
+    # sqrtf for float: libc's sqrt would promote the whole loop to double (half the lanes)
+    if floating is float:
+        return sqrtf(x)
+    else:
+        return sqrt(x)
 
 
 cdef inline floating _vsum(const floating *x, Py_ssize_t n) noexcept nogil:

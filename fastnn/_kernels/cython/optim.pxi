@@ -85,7 +85,7 @@ cdef void _adam_k(floating *p, const floating *g, floating *m, floating *v, Py_s
         vi = b2 * v[i] + c2 * gi * gi
         m[i] = mi
         v[i] = vi
-        p[i] = p[i] - lr * (mi * ibc1) / (sqrt(vi * ibc2) + eps)
+        p[i] = p[i] - lr * (mi * ibc1) / (_sqrt(vi * ibc2) + eps)
 
 
 cdef void _adam_par(floating *p, const floating *g, floating *m, floating *v, Py_ssize_t n,

@@ -14,7 +14,7 @@ cdef void _adamw_k(floating *p, const floating *g, floating *m, floating *v, Py_
         vi = b2 * v[i] + c2 * gi * gi
         m[i] = mi
         v[i] = vi
-        p[i] = p[i] * decay - step * mi / (sqrt(vi) * ibc2s + eps)
+        p[i] = p[i] * decay - step * mi / (_sqrt(vi) * ibc2s + eps)
 
 
 def adamw_step(param, grad, m, v, double lr, double beta1, double beta2, double eps,
@@ -51,7 +51,7 @@ cdef void _rmsprop_k(floating *p, const floating *g, floating *sq, floating *ga,
             a = alpha * ga[i] + ac * gi
             ga[i] = a
             s = s - a * a
-        avg = sqrt(s) + eps
+        avg = _sqrt(s) + eps
         if mom != 0:
             b = mom * mb[i] + gi / avg
             mb[i] = b
@@ -87,7 +87,7 @@ cdef void _adagrad_k(floating *p, const floating *g, floating *ss, Py_ssize_t n,
         gi = g[i] + wd * p[i]
         s = ss[i] + gi * gi
         ss[i] = s
-        p[i] = p[i] - clr * gi / (sqrt(s) + eps)
+        p[i] = p[i] - clr * gi / (_sqrt(s) + eps)
 
 
 def adagrad_step(param, grad, state_sum, double lr, double lr_decay=0.0, double weight_decay=0.0,
