@@ -376,7 +376,8 @@ class _BaseMLP(BaseEstimator):
         loss = self._make_loss(weights)
         optimizer = _Penalized(self._optimizer, weights, float(self.alpha), loss)
         seed = int(self._random_state.randint(np.iinfo(np.int32).max))
-        trainer = Trainer(model, loss=loss, optimizer=optimizer, seed=seed)
+        # metrics=[]: scikit-learn keeps no training accuracy, so fit does not compute it per batch
+        trainer = Trainer(model, loss=loss, optimizer=optimizer, seed=seed, metrics=[])
         loop = _SklearnLoop(self, trainer, n_samples, X_val, y_val)
         self.n_iter_ = 0
         epochs = 1 if incremental else int(self.max_iter)
