@@ -230,57 +230,6 @@ cdef void _gemm_worker(const floating *A, const floating *B, floating *C,
                          M, ns, K, ta, tb, acc, Ap, Bp, MC, KC, NC)
 
 
-
-# ---- narrow shapes (issue 13): a small model's output layer, where packing costs more than it saves.
-# C (M x N) (+)= A @ B.T with N <= 16 (linear into a few outputs): B.T packed as K x 16 (zero
-# columns past N), 8 rows of C at a time, each row one 16-wide accumulator the compiler keeps
-# in vector registers. A is read in place (no packing of the M x K operand).
-cdef enum:
-    _NARROW = 16
-
-cdef int _gemm_nt_narrow(const floating *A, const floating *B, floating *C, Py_ssize_t M,
-                         Py_ssize_t N, Py_ssize_t K, bint acc) noexcept nogil:
-    cdef floating *Bt = <floating *> fnn_aligned_alloc(K * _NARROW * sizeof(floating))
-    if Bt == NULL:
-        return -1
-    cdef Py_ssize_t i, j, k, r, rows
-    cdef floating c[8][_NARROW]
-    cdef const floating *bk
-    for k in range(K):
-        for j in range(_NARROW):
-            Bt[k * _NARROW + j] = B[j * K + k] if j < N else 0
-    i = 0
-    while i < M:
-        rows = _imin(8, M - i)
-        for r in range(8):
-            for j in range(_NARROW):
-                c[r][j] = 0
-        if rows == 8:
-            for k in range(K):
-                bk = Bt + k * _NARROW
-                for j in range(_NARROW):
-                    c[0][j] += A[i * K + k] * bk[j]
-                    c[1][j] += A[(i + 1) * K + k] * bk[j]
-                    c[2][j] += A[(i + 2) * K + k] * bk[j]
-                    c[3][j] += A[(i + 3) * K + k] * bk[j]
-                    c[4][j] += A[(i + 4) * K + k] * bk[j]
-                    c[5][j] += A[(i + 5) * K + k] * bk[j]
-                    c[6][j] += A[(i + 6) * K + k] * bk[j]
-                    c[7][j] += A[(i + 7) * K + k] * bk[j]
-        else:
-            for r in range(rows):
-                for k in range(K):
-                    bk = Bt + k * _NARROW
-                    for j in range(_NARROW):
-                        c[r][j] += A[(i + r) * K + k] * bk[j]
-        for r in range(rows):
-            for j in range(N):
-                C[(i + r) * N + j] = (C[(i + r) * N + j] + c[r][j]) if acc else c[r][j]
-        i += 8
-    fnn_aligned_free(Bt)
-    return 0
-
-
 cdef int _gemm(const floating *A, const floating *B, floating *C,
                Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, bint ta, bint tb, bint acc,
                int nthreads) noexcept nogil:
@@ -308,10 +257,6 @@ cdef int _gemm(const floating *A, const floating *B, floating *C,
     NC = ((NC + NR - 1) // NR) * NR
     if M * N * K < _PAR_MIN_WORK or nthreads < 1:
         nthreads = 1
-    # A narrow one-thread x @ w.T skips the packing (dy.T @ x for few outputs, tried the same
-    # way, was slower than the packed path: it stays there)
-    if nthreads == 1 and tb and not ta and 0 < N <= _NARROW and 0 < K <= 65536 and M > 0:
-        return _gemm_nt_narrow(A, B, C, M, N, K, acc)
     nthreads = _team_size(nthreads)
     # Strips along the longer side (in tiles). Each strip repacks the other
     # operand, so strips stay big: one per thread by default (measured best
