@@ -230,6 +230,97 @@ cdef void _gemm_worker(const floating *A, const floating *B, floating *C,
                          M, ns, K, ta, tb, acc, Ap, Bp, MC, KC, NC)
 
 
+
+# ---- narrow shapes (issue 13): a small model's output layer, where packing costs more than it saves.
+# C (M x N) (+)= A @ B.T with N <= 16 (linear into a few outputs), for EVERY M (so a row's sum
+# never depends on the rows it came with: scikit-learn's subset-invariance checks): B.T packed as
+# K x 16 (zero columns past N), 8 rows of C at a time, each row one 16-wide accumulator the
+# compiler keeps in vector registers; A read in place. Threads take chunks of rows.
+cdef enum:
+    _NARROW = 16
+    _NARROW_CHUNK = 256   # rows a thread takes at a time
+
+cdef inline void _narrow8(const floating *A, Py_ssize_t lda, const floating *Bt,
+                          floating *out, Py_ssize_t K) noexcept nogil:
+    """out (8 x 16) = 8 rows of A (lda apart) @ Bt: the one code path every row goes through.
+    The sums live in a local array (kept in vector registers), stored once at the end."""
+    cdef Py_ssize_t j, k, r
+    cdef floating c[8][_NARROW]
+    cdef const floating *bk
+    for r in range(8):
+        for j in range(_NARROW):
+            c[r][j] = 0
+    for k in range(K):
+        bk = Bt + k * _NARROW
+        for j in range(_NARROW):
+            c[0][j] += A[k] * bk[j]
+            c[1][j] += A[lda + k] * bk[j]
+            c[2][j] += A[2 * lda + k] * bk[j]
+            c[3][j] += A[3 * lda + k] * bk[j]
+            c[4][j] += A[4 * lda + k] * bk[j]
+            c[5][j] += A[5 * lda + k] * bk[j]
+            c[6][j] += A[6 * lda + k] * bk[j]
+            c[7][j] += A[7 * lda + k] * bk[j]
+    for r in range(8):
+        for j in range(_NARROW):
+            out[r * _NARROW + j] = c[r][j]
+
+
+cdef void _narrow_rows(const floating *A, const floating *Bt, floating *C, Py_ssize_t i0,
+                       Py_ssize_t i1, Py_ssize_t N, Py_ssize_t K, bint acc,
+                       floating *pad) noexcept nogil:
+    """Rows i0..i1 of C; a last group of fewer than 8 rows is copied into pad (8 x K, zeros
+    below it) and takes the same 8-row code, so each row's rounding is the same anywhere."""
+    cdef Py_ssize_t i, j, k, r, rows
+    cdef floating c[8 * _NARROW]
+    i = i0
+    while i < i1:
+        rows = _imin(8, i1 - i)
+        if rows == 8:
+            _narrow8(A + i * K, K, Bt, c, K)
+        else:
+            for r in range(8):
+                for k in range(K):
+                    pad[r * K + k] = A[(i + r) * K + k] if r < rows else 0
+            _narrow8(pad, K, Bt, c, K)
+        for r in range(rows):
+            for j in range(N):
+                C[(i + r) * N + j] = (C[(i + r) * N + j] + c[r * _NARROW + j]) if acc else c[r * _NARROW + j]
+        i += 8
+
+
+cdef int _gemm_nt_narrow(const floating *A, const floating *B, floating *C, Py_ssize_t M,
+                         Py_ssize_t N, Py_ssize_t K, bint acc, int nthreads) noexcept nogil:
+    cdef Py_ssize_t nchunks = (M + _NARROW_CHUNK - 1) // _NARROW_CHUNK
+    if nthreads > nchunks:
+        nthreads = <int> nchunks
+    if nthreads < 1:
+        nthreads = 1
+    # Bt, then one 8 x K padding block per thread (a chunk's ragged last rows)
+    cdef floating *Bt = <floating *> fnn_aligned_alloc((K * _NARROW + nthreads * 8 * K) * sizeof(floating))
+    if Bt == NULL:
+        return -1
+    cdef floating *pads = Bt + K * _NARROW
+    cdef Py_ssize_t j, k, q, lo
+    cdef long next_chunk = 0
+    for k in range(K):
+        for j in range(_NARROW):
+            Bt[k * _NARROW + j] = B[j * K + k] if j < N else 0
+    if nthreads <= 1:
+        _narrow_rows(A, Bt, C, 0, M, N, K, acc, pads)
+    else:
+        with parallel(num_threads=nthreads):
+            while True:   # chunk boundaries are multiples of 8 rows: the same sums as one thread
+                q = fnn_atomic_next(&next_chunk)
+                if q >= nchunks:
+                    break
+                lo = q * _NARROW_CHUNK
+                _narrow_rows(A, Bt, C, lo, _imin(lo + _NARROW_CHUNK, M), N, K, acc,
+                             pads + fnn_team_rank() * 8 * K)
+    fnn_aligned_free(Bt)
+    return 0
+
+
 cdef int _gemm(const floating *A, const floating *B, floating *C,
                Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, bint ta, bint tb, bint acc,
                int nthreads) noexcept nogil:
@@ -257,6 +348,8 @@ cdef int _gemm(const floating *A, const floating *B, floating *C,
     NC = ((NC + NR - 1) // NR) * NR
     if M * N * K < _PAR_MIN_WORK or nthreads < 1:
         nthreads = 1
+    if tb and not ta and 0 < N <= _NARROW and 0 < K <= 65536 and M > 0:
+        return _gemm_nt_narrow(A, B, C, M, N, K, acc, _team_size(nthreads) if nthreads > 1 else 1)
     nthreads = _team_size(nthreads)
     # Strips along the longer side (in tiles). Each strip repacks the other
     # operand, so strips stay big: one per thread by default (measured best
