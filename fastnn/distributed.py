@@ -292,11 +292,7 @@ class DataParallel:
     def begin_fit(self, n_batches):
         """Every rank starts from rank 0's weights and buffers; all must see as many batches."""
         self.comm.same_on_all(n_batches, "the number of batches per epoch (give every rank the same data)")
-        flat = self.model._flat_data
-        host = np.ascontiguousarray(self.model.backend.to_host(flat))
-        self.comm.comm.Bcast(host, root=0)
-        if host is not flat:
-            _copy_into(flat, host, self.model.backend)
+        self._from_rank0(self.model._flat_data)
         self.sync_buffers()
         self.grads.wait_s = self.agree_s = 0.0
         self.grads.steps = self.grads.bytes = 0
@@ -304,9 +300,11 @@ class DataParallel:
     def sync_buffers(self):
         """Rank 0's buffers (BatchNorm's running statistics) on every rank, as torch's DDP
         broadcasts them: each rank's own batches moved its copy."""
-        flat = self.model._flat_buffers
-        if flat.size == 0:
-            return
+        if self.model._flat_buffers.size:
+            self._from_rank0(self.model._flat_buffers)
+
+    def _from_rank0(self, flat):
+        """Rank 0's values of a flat model buffer (through the host on a device backend)."""
         host = np.ascontiguousarray(self.model.backend.to_host(flat))
         self.comm.comm.Bcast(host, root=0)
         if host is not flat:
@@ -365,13 +363,9 @@ class DataParallel:
 
     def merge_metrics(self, metrics):
         """Every rank's streamed metric objects folded in rank order (the same on every rank)."""
-        gathered = self.comm.comm.allgather(metrics)
-        merged = gathered[0]
-        for other in gathered[1:]:
-            for ms, os_ in zip(merged, other):
-                for m, o in zip(ms, os_):
-                    m.merge(o)
-        return merged
+        from .metrics import merge_all
+        gathered = self.comm.comm.allgather(metrics)   # [rank][output][metric]
+        return [[merge_all(per_rank) for per_rank in zip(*outputs)] for outputs in zip(*gathered)]
 
     def end_fit(self):
         for layer in self.dropouts:   # the model used alone again draws whole-batch masks
