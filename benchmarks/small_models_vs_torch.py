@@ -1,18 +1,19 @@
 """Training steps (forward, backward, Adam) of small models at batch 100, fastnn's
-backends against PyTorch CPU in one process: steps/s and the ratio to torch.
+backends against PyTorch CPU eager and JAX with the whole step jit-compiled (jax_models.py),
+in one process: steps/s, and the default backend's ratio to each.
 
 Models (the convolutional/recurrent issue's speed targets):
   cnn:    Conv1D(1,25,5,s2)-ReLU-Conv1D(25,25,3,s2)-ReLU-Conv1D(25,25,3,s2)-ReLU-Flatten-Dense(75,10), length 40
-  bilstm: bidirectional LSTM(1,H) - Dense(2H,10), 40 steps, 1 feature
-  gru:    GRU(1,H) - Dense(H,10), 40 steps, 1 feature
+  lstm, gru:     LSTM/GRU(1,H) - Dense(H,10) on the last state, 40 steps, 1 feature
+  bilstm, bigru: the same, bidirectional - Dense(2H,10)
   mlp:    40-100-100-10 ReLU MLP
   bncnn:  Conv2D(1,16,3,p1)-BatchNorm2D-ReLU-MaxPool2D(2)-Conv2D(16,32,3,p1)-BatchNorm2D-ReLU-GlobalAvgPool2D
           -Dense(32,10), 8x8 digits-size images
   bncnn1d: Conv1D(1,25,5,s2)-BatchNorm1D-ReLU-Conv1D(25,25,3,s2)-BatchNorm1D-ReLU-GlobalAvgPool1D-Dense(25,10),
           length 40
 
-    python benchmarks/small_models_vs_torch.py [--models cnn bilstm gru mlp bncnn bncnn1d] [--hidden 6 32]
-                                                [--torch-threads 1]
+    python benchmarks/small_models_vs_torch.py [--models mlp cnn bncnn bncnn1d lstm bilstm gru bigru]
+                                                [--hidden 6 32 128] [--torch-threads 1] [--no-jax]
 """
 import argparse
 import statistics
@@ -24,6 +25,8 @@ import fastnn as fnn
 from fastnn import layers as L
 
 BATCH = 100
+RECURRENT = {"lstm": ("LSTM", 1), "bilstm": ("LSTM", 2), "gru": ("GRU", 1), "bigru": ("GRU", 2)}
+MODELS = ["mlp", "cnn", "bncnn", "bncnn1d", *RECURRENT]
 
 
 def fastnn_model(kind, hidden, backend):
@@ -37,10 +40,9 @@ def fastnn_model(kind, hidden, backend):
     elif kind == "bncnn1d":
         layers = [L.Conv1D(1, 25, 5, stride=2), L.BatchNorm1D(25), L.ReLU(), L.Conv1D(25, 25, 3, stride=2),
                   L.BatchNorm1D(25), L.ReLU(), L.GlobalAvgPool1D(), L.Dense(25, 10)]
-    elif kind == "bilstm":
-        layers = [L.LSTM(1, hidden, bidirectional=True), L.Dense(2 * hidden, 10)]
-    elif kind == "gru":
-        layers = [L.GRU(1, hidden), L.Dense(hidden, 10)]
+    elif kind in RECURRENT:
+        cell, directions = RECURRENT[kind]
+        layers = [getattr(L, cell)(1, hidden, bidirectional=directions == 2), L.Dense(directions * hidden, 10)]
     else:
         layers = [L.Dense(40, 100), L.ReLU(), L.Dense(100, 100), L.ReLU(), L.Dense(100, 10)]
     return fnn.Sequential(*layers, backend=backend, seed=0)
@@ -71,16 +73,16 @@ def torch_model(kind, hidden):
         return nn.Sequential(nn.Conv1d(1, 25, 5, stride=2), nn.BatchNorm1d(25), nn.ReLU(),
                              nn.Conv1d(25, 25, 3, stride=2), nn.BatchNorm1d(25), nn.ReLU(),
                              nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(25, 10))
-    if kind == "bilstm":
-        return nn.Sequential(LastState(nn.LSTM(1, hidden, batch_first=True, bidirectional=True)),
-                             nn.Linear(2 * hidden, 10))
-    if kind == "gru":
-        return nn.Sequential(LastState(nn.GRU(1, hidden, batch_first=True)), nn.Linear(hidden, 10))
+    if kind in RECURRENT:
+        cell, directions = RECURRENT[kind]
+        rnn = getattr(nn, cell)(1, hidden, batch_first=True, bidirectional=directions == 2)
+        return nn.Sequential(LastState(rnn), nn.Linear(directions * hidden, 10))
     return nn.Sequential(nn.Linear(40, 100), nn.ReLU(), nn.Linear(100, 100), nn.ReLU(), nn.Linear(100, 10))
 
 
 def batch_for(kind, rng):
-    shape = {"cnn": (BATCH, 1, 40), "bncnn": (BATCH, 1, 8, 8), "bncnn1d": (BATCH, 1, 40), "bilstm": (BATCH, 40, 1), "gru": (BATCH, 40, 1)}.get(kind, (BATCH, 40))
+    shape = {"cnn": (BATCH, 1, 40), "bncnn": (BATCH, 1, 8, 8), "bncnn1d": (BATCH, 1, 40)}.get(
+        kind, (BATCH, 40, 1) if kind in RECURRENT else (BATCH, 40))
     return rng.standard_normal(shape).astype(np.float32), rng.integers(0, 10, BATCH)
 
 
@@ -128,38 +130,48 @@ def steps_per_second(step, seconds=0.5, repeats=5):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--models", nargs="+", default=["cnn", "bilstm", "gru", "mlp"])
-    parser.add_argument("--hidden", type=int, nargs="+", default=[6, 32])
+    parser.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
+    parser.add_argument("--hidden", type=int, nargs="+", default=[6, 32, 128])
     parser.add_argument("--backends", nargs="+", default=[b for b in fnn.backends() if b != "cuda"])
     parser.add_argument("--seconds", type=float, default=1.0)
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="torch.set_num_threads (default: torch's own choice)")
+    parser.add_argument("--no-jax", action="store_true", help="leave out the JAX-jit column")
     args = parser.parse_args()
     if args.torch_threads:
         import torch
         torch.set_num_threads(args.torch_threads)
+    peers = {"torch": torch_step}
+    if not args.no_jax:
+        from jax_models import jax_step
+        peers["jax"] = jax_step
+    default = fnn.backend.default_backend()
     rng = np.random.default_rng(0)
-    print("| model | engine | steps/s | vs torch |\n|---|---|---|---|")
+    engines = [*peers, *args.backends]
+    print(f"| model | {' | '.join(engines)} | {default} vs torch | {default} vs jax |")
+    print("|---" * (len(engines) + 3) + "|")
     from fastnn.threads import backend_threads
     for kind in args.models:
-        for hidden in (args.hidden if kind in ("bilstm", "gru") else [None]):
+        for hidden in (args.hidden if kind in RECURRENT else [None]):
             x, y = batch_for(kind, rng)
             rates = {}
-            # torch first, and a pause between engines: a thread pool still
+            # peers first, and a pause between engines: a thread pool still
             # spinning from the engine before starves the next one's threads.
-            try:
-                rates["torch"] = steps_per_second(torch_step(kind, hidden, x, y), args.seconds)
-            except ImportError:
-                pass
-            for b in args.backends:
+            for name, make in peers.items():
+                try:
+                    rates[name] = steps_per_second(make(kind, hidden, x, y), args.seconds)
+                except ImportError:
+                    pass
                 time.sleep(0.3)
+            for b in args.backends:
                 with backend_threads(fnn.get_backend(b)):
                     rates[b] = steps_per_second(fastnn_step(kind, hidden, b, x, y), args.seconds)
-            time.sleep(0.3)
+                time.sleep(0.3)
             label = kind if hidden is None else f"{kind} H={hidden}"
-            for name, r in sorted(rates.items(), key=lambda kv: kv[0] == "torch"):
-                vs = f"{r / rates['torch']:.2f}x" if "torch" in rates else "n/a"
-                print(f"| {label} | {name} | {r:,.0f} | {vs} |", flush=True)
+            cells = [f"{rates[e]:,.0f}" if e in rates else "n/a" for e in engines]
+            vs = [f"{rates[default] / rates[p]:.2f}x" if p in rates and default in rates else "n/a"
+                  for p in ("torch", "jax")]
+            print(f"| {label} | {' | '.join(cells)} | {' | '.join(vs)} |", flush=True)
 
 
 if __name__ == "__main__":
