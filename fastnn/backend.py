@@ -5,6 +5,11 @@ module's own (its NATIVE table) where it has one, else the registry's compositio
 its own kernels, else the NumPy reference (or the module's ``fallback``). Each public
 kernel call is validated by its check first; ``backend.raw`` holds the unchecked
 kernels for callers (the layers) that validated their inputs once already.
+
+"auto" (fastnn/_kernels/choice.py) is the default where the compiled backends load: per
+kernel family and size the faster of cython's and numba's kernels, measured at first use and
+recorded. It is a compiled CPU backend like them, but ``backends()`` lists only the concrete
+backends (the tests parametrize over it).
 """
 import functools
 import importlib
@@ -21,7 +26,8 @@ _MODULES = {
     "cython": "fastnn._kernels.cython",
     "cuda": "fastnn._kernels.cuda",
 }
-DEFAULT_ORDER = ("cython", "numba", "numpy")
+DEFAULT_ORDER = ("cython", "numba", "numpy")   # where "auto" cannot run
+AUTO = "auto"
 
 
 class BackendUnavailable(RuntimeError):
@@ -77,6 +83,8 @@ _failures = {}
 def _load(name):
     if name in _loaded:
         return _loaded[name]
+    if name == AUTO:
+        return _load_auto()
     if name in _failures:
         raise BackendUnavailable(_failures[name])
     try:
@@ -103,6 +111,38 @@ def _load(name):
     return _loaded[name]
 
 
+def _load_auto():
+    """The auto backend: needs cython (its base, loaded now) and numba (loaded at the first
+    measurement; here only looked up, so that a model of Dense layers never imports numba)."""
+    import importlib.util
+    if AUTO in _failures:
+        raise BackendUnavailable(_failures[AUTO])
+    try:
+        _load("cython")
+        if importlib.util.find_spec("numba") is None:
+            raise BackendUnavailable("backend 'auto' is not available here: numba is not installed")
+    except BackendUnavailable as exc:
+        _failures[AUTO] = str(exc).replace("backend 'cython'", "backend 'auto' needs cython, but cython")
+        raise BackendUnavailable(_failures[AUTO]) from None
+    from ._kernels import choice
+    _loaded[AUTO] = choice.AutoBackend(_load)
+    return _loaded[AUTO]
+
+
+def kernel_choices():
+    """What the auto backend chose in this process, per family and size key (and each
+    override): {name: {'family', 'backend', 'source': 'measured'|'recorded'|'override', 'us'}}."""
+    return _load(AUTO).kernel_choices()
+
+
+def choose(name, backend):
+    """Make the auto backend run one family's ('lstm': lstm and lstm_backward) or one
+    registry kernel's ('lstm_backward', 'matmul') kernels from backend ('cython', 'numba' or
+    'numpy') at every size; backend None measures again. Beats FASTNN_KERNELS. Layers look
+    their kernels up per call, so it applies to models built before it too."""
+    _load(AUTO).choose(name, backend)
+
+
 def backends():
     """Names of the backends that can run here, e.g. ['numpy', 'numba', 'cython']."""
     names = []
@@ -116,11 +156,12 @@ def backends():
 
 
 def default_backend():
-    """FASTNN_BACKEND if set, else the first usable of cython, numba, numpy."""
+    """FASTNN_BACKEND if set, else 'auto' where it can run, else the first usable of cython,
+    numba, numpy."""
     chosen = os.environ.get("FASTNN_BACKEND")
     if chosen:
         return chosen
-    for name in DEFAULT_ORDER:
+    for name in (AUTO, *DEFAULT_ORDER):
         try:
             _load(name)
             return name
@@ -137,6 +178,6 @@ def get_backend(name=None):
         name = default_backend()
     if not isinstance(name, str):
         raise TypeError(f"backend must be a name such as 'numpy', got {name!r}")
-    if name not in _MODULES:
-        raise ValueError(f"unknown backend {name!r}; known backends: {sorted(_MODULES)}")
+    if name not in _MODULES and name != AUTO:
+        raise ValueError(f"unknown backend {name!r}; known backends: {sorted([*_MODULES, AUTO])}")
     return _load(name)

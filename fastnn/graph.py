@@ -77,6 +77,7 @@ class Tape:
 # Numba's workqueue threading layer (its fallback without OpenMP or TBB) aborts when two threads
 # launch parallel kernels at once: calls into it are serialised.
 _LOCKS = {"numba": threading.RLock()}
+_LOCKS["auto"] = _LOCKS["numba"]   # auto may run numba's kernels (fastnn/_kernels/choice.py)
 
 
 class _NoLock:

@@ -1,8 +1,18 @@
+import atexit
+import os
+import shutil
+import tempfile
+
 import numpy as np
 import pytest
 
 import fastnn as fnn
 from fastnn._kernels import registry
+
+# kernel choice (issue 13): the auto backend records its measured choices under FASTNN_CACHE_DIR;
+# the suite keeps them in a temporary folder of its own, never in the real ~/.cache
+os.environ["FASTNN_CACHE_DIR"] = tempfile.mkdtemp(prefix="fastnn-test-cache-")
+atexit.register(shutil.rmtree, os.environ["FASTNN_CACHE_DIR"], True)
 
 BACKENDS = fnn.backends()
 # Backends other than the reference: what parity tests compare with it.
