@@ -14,6 +14,10 @@ Models (the convolutional/recurrent issue's speed targets):
 
     python benchmarks/small_models_vs_torch.py [--models mlp cnn bncnn bncnn1d lstm bilstm gru bigru]
                                                 [--hidden 6 32 128] [--torch-threads 1] [--no-jax]
+                                                [--backends numba cython auto]
+
+The "vs" columns are the default backend's (auto, unless FASTNN_BACKEND says otherwise); with
+auto among the backends, the last column is auto against the better of numba and cython.
 """
 import argparse
 import statistics
@@ -128,11 +132,22 @@ def steps_per_second(step, seconds=0.5, repeats=5):
     return statistics.median(rates)
 
 
+def default_backends():
+    """Every CPU backend, and auto (the default: per kernel the faster of numba and cython)."""
+    names = [b for b in fnn.backends() if b != "cuda"]
+    try:
+        fnn.get_backend("auto")
+        names.append("auto")
+    except fnn.BackendUnavailable:
+        pass
+    return names
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
     parser.add_argument("--hidden", type=int, nargs="+", default=[6, 32, 128])
-    parser.add_argument("--backends", nargs="+", default=[b for b in fnn.backends() if b != "cuda"])
+    parser.add_argument("--backends", nargs="+", default=default_backends())
     parser.add_argument("--seconds", type=float, default=1.0)
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="torch.set_num_threads (default: torch's own choice)")
@@ -148,8 +163,12 @@ def main():
     default = fnn.backend.default_backend()
     rng = np.random.default_rng(0)
     engines = [*peers, *args.backends]
-    print(f"| model | {' | '.join(engines)} | {default} vs torch | {default} vs jax |")
-    print("|---" * (len(engines) + 3) + "|")
+    # auto's column beside the better of its two candidates: >= 1 within noise is the point of auto
+    best_of = [b for b in ("numba", "cython") if b in args.backends] if "auto" in args.backends else []
+    extra = ["auto vs best of " + "/".join(best_of)] if best_of else []
+    print(f"| model | {' | '.join(engines)} | {default} vs torch | {default} vs jax | {' | '.join(extra)}"
+          f"{' |' if extra else ''}")
+    print("|---" * (len(engines) + 3 + len(extra)) + "|")
     from fastnn.threads import backend_threads
     for kind in args.models:
         for hidden in (args.hidden if kind in RECURRENT else [None]):
@@ -171,7 +190,13 @@ def main():
             cells = [f"{rates[e]:,.0f}" if e in rates else "n/a" for e in engines]
             vs = [f"{rates[default] / rates[p]:.2f}x" if p in rates and default in rates else "n/a"
                   for p in ("torch", "jax")]
+            if extra:
+                vs.append(f"{rates['auto'] / max(rates[b] for b in best_of):.2f}x")
             print(f"| {label} | {' | '.join(cells)} | {' | '.join(vs)} |", flush=True)
+    if "auto" in args.backends:
+        print("\nauto's choices (fnn.backend.kernel_choices()):")
+        for name, entry in sorted(fnn.backend.kernel_choices().items()):
+            print(f"  {name}: {entry['backend']} ({entry['source']}, us {entry['us']})")
 
 
 if __name__ == "__main__":
