@@ -1,5 +1,5 @@
 """Command line: `fastnn digits [--model mlp|cnn|lstm|transformer]` (the main job),
-`fastnn backends [--kernels]`, `fastnn warmup` and `fastnn --version`.
+`fastnn backends [--kernels]`, `fastnn warmup`, `fastnn tune` and `fastnn --version`.
 `mpiexec -n N fastnn digits --distributed` trains data-parallel on N MPI ranks
 (pip install 'fastnn[mpi]'): --batch-size is per rank and only rank 0 prints.
 
@@ -433,7 +433,13 @@ def _parser():
     w.add_argument("--backends", nargs="*", default=None, help="default: numba")
     w.add_argument("--families", nargs="+", default=None, choices=list(WARMUP),
                    help="default: all of them")
-    parser.commands = {"digits": d, "backends": b, "warmup": w}   # each reports its own errors
+    # kernel choice (issue 13): measure the auto backend's choices ahead of time
+    t = sub.add_parser("tune", help="measure and record the auto backend's choice of kernel (cython or "
+                                    "numba) at the benchmark sizes (else each size is measured at first use)")
+    t.add_argument("--batch-sizes", nargs="+", type=_positive_int, default=None,
+                   help="default: 32 64 128")
+    t.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "float64"])
+    parser.commands = {"digits": d, "backends": b, "warmup": w, "tune": t}   # each reports its own errors
     return parser
 
 
@@ -463,6 +469,15 @@ def _run(parser, args):
         from .backend import backends
         names = _check_backends(parser, args.backends, lambda: [b for b in ("numba",) if b in backends()])
         warmup(backends=names, families=args.families)
+        return 0
+    if args.command == "tune":
+        from .backend import BackendUnavailable, get_backend
+        from ._kernels import choice
+        try:
+            get_backend("auto")
+        except (BackendUnavailable, ValueError) as exc:
+            parser.error(str(exc).splitlines()[0])
+        choice.tune(batches=args.batch_sizes or choice.TUNE_BATCHES, dtypes=args.dtypes)
         return 0
     # digits: every argument checked before the first epoch
     from .backend import backends

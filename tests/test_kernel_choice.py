@@ -395,3 +395,17 @@ def test_auto_trains_and_sets_threads():
         assert np.isfinite(history.history["loss"]).all()
     finally:
         be.module.set_num_threads(n)
+
+
+def test_fastnn_tune_measures_the_benchmark_sizes_even_where_recorded(capsys):
+    from fastnn import cli
+    assert cli.main(["tune", "--batch-sizes", "2", "--dtypes", "float64"]) == 0
+    first = capsys.readouterr().out
+    assert "lstm/float64/N2,T32,F1,H128" in first and "conv2d/float64/N2,C16,O32,HW16,K8" in first
+    assert first.strip().endswith(choice.record_path())
+    assert cli.main(["tune", "--batch-sizes", "2", "--dtypes", "float64"]) == 0    # measured again
+    choices = fnn.backend.kernel_choices()
+    assert choices["gru/float64/N2,T32,F1,H8"]["source"] == "measured"
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["tune", "--batch-sizes", "0"])
+    assert exc.value.code == 2

@@ -289,6 +289,7 @@ class AutoBackend(Backend):
         self._overrides = {}
         self._lock = threading.RLock()
         self._unusable = set()
+        self._remeasure = False                  # tune(): measure even what is recorded
         self.raw = types.SimpleNamespace()
         self.sources = {}
         for kernel in registry.KERNELS.values():
@@ -387,7 +388,7 @@ class AutoBackend(Backend):
                 if self._recorded is None:
                     self._recorded = self.record.load()
                 name = key_name(fam.name, key)
-                recorded = self._recorded.get(name)
+                recorded = None if self._remeasure else self._recorded.get(name)
                 backend = self._try_load(recorded) if recorded else None
                 if backend is not None:
                     self._keep(fam, key, backend, "recorded", None)
@@ -406,14 +407,16 @@ class AutoBackend(Backend):
                                        "us": us}
 
     def _measure(self, fam, which, args, kwargs, candidates):
-        """(winner, {backend: [forward us, backward us]}, the winner's output), each candidate
-        run on copies of the array arguments so that no caller's array is touched."""
+        """(winner, {backend: [forward us, backward us]}, the winner's output). Each candidate
+        runs on copies of the array arguments (no caller's array is touched), is warmed up
+        once, then the candidates are timed in turns (a burst of noise from another program
+        hits them alike), best of REPEATS turns or fewer once BUDGET_S each is spent."""
         copy = lambda a: a.copy() if isinstance(a, reference.np.ndarray) else a
         bound = None
         if which == 0:
             bound = inspect.signature(getattr(reference, fam.forward)).bind(*args, **kwargs)
             bound.apply_defaults()
-        times, outs = {}, {}
+        runs, outs = {}, {}
         for name, be in candidates.items():
             a, kw = tuple(map(copy, args)), {k: copy(v) for k, v in kwargs.items()}
             forward, backward = getattr(be.raw, fam.forward), getattr(be.raw, fam.backward)
@@ -422,35 +425,37 @@ class AutoBackend(Backend):
                     out = forward(*a, **kw)                       # warm-up: numba compiles here
                     b_args = fam.backward_args(_rebound(bound, a, kw), out)
                     backward(*b_args)
-                    best, spent = [math.inf, math.inf], 0.0
-                    for _ in range(REPEATS):
-                        t0 = time.perf_counter()
-                        out = forward(*a, **kw)
-                        t1 = time.perf_counter()
-                        backward(*b_args)
-                        t2 = time.perf_counter()
-                        best = [min(best[0], t1 - t0), min(best[1], t2 - t1)]
-                        spent += t2 - t0
-                        if spent > BUDGET_S:
-                            break
+                    runs[name] = ((lambda f=forward, a=a, kw=kw: f(*a, **kw)),
+                                  (lambda b=backward, b_args=b_args: b(*b_args)))
                 else:   # the backward came first (no forward inputs here): time it alone
                     out = backward(*a, **kw)
-                    best, spent = [0.0, math.inf], 0.0
-                    for _ in range(REPEATS):
-                        t0 = time.perf_counter()
-                        out = backward(*a, **kw)
-                        best[1] = min(best[1], time.perf_counter() - t0)
-                        spent += best[1]
-                        if spent > BUDGET_S:
-                            break
+                    runs[name] = (None, (lambda b=backward, a=a, kw=kw: b(*a, **kw)))
             except Exception as exc:
                 if name == CANDIDATES[0]:
                     raise
                 warnings.warn(f"fastnn kernel choice: {name}'s {fam.name} failed while measuring "
                               f"({type(exc).__name__}: {exc}); not using it", RuntimeWarning, stacklevel=4)
                 continue
-            times[name] = [round(t * 1e6, 1) for t in best]
             outs[name] = out
+        best = {name: [0.0 if fwd is None else math.inf, math.inf] for name, (fwd, _) in runs.items()}
+        spent = 0.0
+        for _ in range(REPEATS):
+            for name, (fwd, bwd) in runs.items():
+                t0 = time.perf_counter()
+                if fwd is not None:
+                    outs[name] = fwd()
+                t1 = time.perf_counter()
+                result = bwd()
+                t2 = time.perf_counter()
+                if fwd is None:
+                    outs[name] = result
+                if fwd is not None:
+                    best[name][0] = min(best[name][0], t1 - t0)
+                best[name][1] = min(best[name][1], t2 - t1)
+                spent += t2 - t0
+            if spent > BUDGET_S * len(runs):
+                break
+        times = {name: [round(t * 1e6, 1) for t in b] for name, b in best.items()}
         winner = min(times, key=lambda n: sum(times[n]))
         return winner, times, outs[winner]
 
@@ -479,3 +484,59 @@ def _rebound(bound, args, kwargs):
     new = bound.signature.bind(*args, **kwargs)
     new.apply_defaults()
     return new
+
+
+# ---------------------------------------------------------------- tune
+
+TUNE_HIDDEN = (6, 32, 128)
+TUNE_BATCHES = (32, 64, 128)
+
+
+def _tune_cases(batch, dtype, rng):
+    """(family, forward args) at the sizes of benchmarks/small_models_vs_torch.py: the recurrent
+    cells on 40 steps of 1 feature, the CNN's Conv1D stack (length 40) and the BatchNorm CNN's
+    Conv2D pair (8x8 images)."""
+    r = lambda *shape: (rng.standard_normal(shape) * 0.3).astype(dtype)
+    for cell, gates in (("rnn", 1), ("lstm", 4), ("gru", 3)):
+        for hid in TUNE_HIDDEN:
+            g = gates * hid
+            yield cell, (r(batch, 40, 1), r(g, 1), r(g, hid), r(g), r(g))
+    for c_in, c_out, k, length in ((1, 25, 5, 40), (25, 25, 3, 18), (25, 25, 3, 8)):
+        yield "conv1d", (r(batch, c_in, length), r(c_out, c_in, k), r(c_out), 2, 0)
+    for c_in, c_out, side in ((1, 16, 8), (16, 32, 4)):
+        yield "conv2d", (r(batch, c_in, side, side), r(c_out, c_in, 3, 3), r(c_out), (1, 1), (1, 1))
+
+
+def tune(batches=TUNE_BATCHES, dtypes=("float32",), out=None):
+    """Measure (again, even where recorded) and record auto's choice at the benchmark sizes
+    for each batch size and dtype ("measured at install": `fastnn tune`). Returns
+    kernel_choices() of the measured keys."""
+    import sys
+    from ..backend import get_backend
+    out = out or sys.stdout
+    auto = get_backend("auto")
+    rng = reference.np.random.default_rng(0)
+    seen = []
+    with auto._lock:
+        auto._remeasure = True
+        try:
+            for dtype in dtypes:
+                for batch in batches:
+                    for family, args in _tune_cases(int(batch), reference.np.dtype(dtype), rng):
+                        key = (family, FAMILIES[family].key(*args))
+                        if key in seen:
+                            continue
+                        seen.append(key)
+                        auto._chosen.pop(key, None)
+                        auto._dispatchers[FAMILIES[family].forward](*args)
+        finally:
+            auto._remeasure = False
+    choices = auto.kernel_choices()
+    result = {}
+    for family, key in seen:
+        name = key_name(family, key)
+        entry = result[name] = choices[name]
+        times = ", ".join(f"{b} {sum(t):,.0f} us" for b, t in (entry["us"] or {}).items())
+        print(f"{name:<42} {entry['backend']:<7} ({times})", file=out)
+    print(f"recorded in {auto.record.path}", file=out)
+    return result
