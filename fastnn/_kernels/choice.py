@@ -8,9 +8,9 @@ call of a key in a process, each candidate runs once to warm up (numba compiles 
 cache there), then is timed best-of-3 (fewer when one run is slow) on copies of the caller's
 inputs, with a synthetic upstream gradient of ones for the backward; the winner is kept for the
 process and recorded in a JSON file (see Record). The caller gets the winner's output, the
-same numbers an unmeasured call would return. Every other kernel is cython's: measured at the
-sizes of benchmarks/small_models_vs_torch.py, numba's Dense/GEMM, activations, losses,
-optimizer, pooling and normalization kernels were never the faster (see README "Kernel choice").
+same numbers an unmeasured call would return. Every other kernel is cython's: numba's Dense
+(linear forward + backward) was slower at every size measured, and the rest were not measured
+per size (a family is one entry in FAMILIES; see README "Kernel choice").
 
 Overrides beat measurement: FASTNN_KERNELS="lstm=numba,conv2d=cython" (read when auto is
 built) or choose("lstm", "numba") (choose("lstm", None) measures again). A name is a family
