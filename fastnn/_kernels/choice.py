@@ -5,10 +5,10 @@ conv1d, conv2d: each a forward and its backward, chosen together by their summed
 chosen per SIZE KEY: the family, the dtype and the rounded log2 of the main dims (recurrent:
 N, T, F, H; conv: N, C_in, C_out, the input's L or H*W, the kernel's k or kh*kw). At the first
 call of a key in a process, each candidate runs once to warm up (numba compiles or loads its
-cache there), then is timed best-of-3 (fewer when one run is slow) on copies of the caller's
-inputs, with a synthetic upstream gradient of ones for the backward; the winner is kept for the
-process and recorded in a JSON file (see Record). The caller gets the winner's output, the
-same numbers an unmeasured call would return. Every other kernel is cython's: numba's Dense
+cache there), then the candidates are timed in turns, best of 3 to 8 (one when a run is slow),
+on copies of the caller's inputs, the backward on an upstream gradient of ones. The winner is
+kept for the process and recorded in a JSON file (see Record). The caller gets the winner's
+output, the same numbers an unmeasured call would return. Every other kernel is cython's: numba's Dense
 (linear forward + backward) was slower at every size measured, and the rest were not measured
 per size (a family is one entry in FAMILIES; see README "Kernel choice").
 
@@ -38,8 +38,9 @@ from ..backend import Backend
 CANDIDATES = ("cython", "numba")       # measured; the first is the base for everything else
 OVERRIDE_BACKENDS = ("cython", "numba", "numpy")
 SCHEMA = "fastnn.kernel_choice/1"
-REPEATS = 3                            # best of this many timed runs ...
-BUDGET_S = 0.02                        # ... or fewer once one candidate has used this much time
+# Timing: best of at least MIN_ROUNDS and at most MAX_ROUNDS turns, stopping once each candidate
+# has used BUDGET_S, or after any round past CAP_S (a slow size: one turn, no more).
+MIN_ROUNDS, MAX_ROUNDS, BUDGET_S, CAP_S = 3, 8, 0.01, 0.1
 
 
 def bucket(n):
@@ -410,7 +411,7 @@ class AutoBackend(Backend):
         """(winner, {backend: [forward us, backward us]}, the winner's output). Each candidate
         runs on copies of the array arguments (no caller's array is touched), is warmed up
         once, then the candidates are timed in turns (a burst of noise from another program
-        hits them alike), best of REPEATS turns or fewer once BUDGET_S each is spent."""
+        hits them alike), best of MIN_ROUNDS to MAX_ROUNDS turns (see BUDGET_S and CAP_S)."""
         copy = lambda a: a.copy() if isinstance(a, reference.np.ndarray) else a
         bound = None
         if which == 0:
@@ -439,7 +440,7 @@ class AutoBackend(Backend):
             outs[name] = out
         best = {name: [0.0 if fwd is None else math.inf, math.inf] for name, (fwd, _) in runs.items()}
         spent = 0.0
-        for _ in range(REPEATS):
+        for rounds in range(1, MAX_ROUNDS + 1):
             for name, (fwd, bwd) in runs.items():
                 t0 = time.perf_counter()
                 if fwd is not None:
@@ -453,7 +454,7 @@ class AutoBackend(Backend):
                     best[name][0] = min(best[name][0], t1 - t0)
                 best[name][1] = min(best[name][1], t2 - t1)
                 spent += t2 - t0
-            if spent > BUDGET_S * len(runs):
+            if spent > CAP_S * len(runs) or (rounds >= MIN_ROUNDS and spent > BUDGET_S * len(runs)):
                 break
         times = {name: [round(t * 1e6, 1) for t in b] for name, b in best.items()}
         winner = min(times, key=lambda n: sum(times[n]))
@@ -470,13 +471,6 @@ class AutoBackend(Backend):
                 out[name] = {"family": fam.name if fam else registry.KERNELS[name].family,
                              "backend": backend, "source": "override", "us": None}
         return out
-
-    def forget(self):
-        """Drop this process's choices (the record file stays): the next call reads it again."""
-        with self._lock:
-            self._chosen.clear()
-            self._info.clear()
-            self._recorded = None
 
 
 def _rebound(bound, args, kwargs):
