@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 import warnings
 
 import numpy as np
@@ -409,3 +410,40 @@ def test_fastnn_tune_measures_the_benchmark_sizes_even_where_recorded(capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(["tune", "--batch-sizes", "0"])
     assert exc.value.code == 2
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_child_forked_while_the_parent_measures_can_measure():
+    import threading
+    be = fnn.get_backend("auto")
+    args = recurrent_args("rnn", np.float64, n=5, t=3, f=3, h=5)
+    held, release = threading.Event(), threading.Event()
+
+    def measuring():                     # another thread holds the lock at the fork, as a measurement does
+        with be._lock:
+            held.set()
+            release.wait(60)
+    thread = threading.Thread(target=measuring)
+    thread.start()
+    held.wait(60)
+    try:
+        pid = os.fork()
+        if pid == 0:                     # the child: its first use of a new key must not hang
+            try:
+                be.raw.rnn(*args)
+                os._exit(0)
+            except BaseException:
+                os._exit(1)
+    finally:
+        release.set()
+        thread.join()
+    deadline = time.monotonic() + 60
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            pytest.fail("the forked child hung on the measuring lock")
+        time.sleep(0.05)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0

@@ -289,6 +289,8 @@ class AutoBackend(Backend):
         self._info = {}                          # (family, key) -> {backend, source, us}
         self._overrides = {}
         self._lock = threading.RLock()
+        if hasattr(os, "register_at_fork"):   # a child forked mid-measurement must not inherit the held lock
+            os.register_at_fork(after_in_child=self._new_lock)
         self._unusable = set()
         self._remeasure = False                  # tune(): measure even what is recorded
         self.raw = types.SimpleNamespace()
@@ -306,6 +308,9 @@ class AutoBackend(Backend):
 
     def __repr__(self):
         return "<fastnn backend 'auto'>"
+
+    def _new_lock(self):
+        self._lock = threading.RLock()
 
     def _checked(self, check, name):
         raw = self.raw
