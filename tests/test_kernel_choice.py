@@ -447,3 +447,39 @@ def test_a_child_forked_while_the_parent_measures_can_measure():
             pytest.fail("the forked child hung on the measuring lock")
         time.sleep(0.05)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+@pytest.mark.parametrize("family", sorted(choice.FAMILIES))
+def test_every_family_on_auto_matches_the_reference_on_the_registry_examples(tmp_path, family):
+    """Forward (measured, then chosen) and backward of each family through a fresh auto, on the
+    registry's test examples in float64; in-place updates (batch_norm's running statistics)
+    happen once, as the reference's."""
+    from fastnn._kernels import registry
+    fam, ref = choice.FAMILIES[family], fnn.get_backend("numpy")
+    be = fresh(tmp_path / "k.json")
+    for example in registry.KERNELS[fam.forward].examples.tests[:3]:
+        for _ in range(2):
+            check = registry.KERNELS[fam.forward].check                # raw kernels take checked arguments
+            a, k = example.make(np.random.default_rng(7), np.float64)
+            args, kwargs = check(*a, **k)
+            a, k = example.make(np.random.default_rng(7), np.float64)
+            ref_args, ref_kwargs = check(*a, **k)
+            got = getattr(be.raw, fam.forward)(*args, **kwargs)
+            want = getattr(ref.raw, fam.forward)(*ref_args, **ref_kwargs)
+            got_t, want_t = (got if isinstance(got, tuple) else (got,)), (want if isinstance(want, tuple) else (want,))
+            for a, b in zip(got_t, want_t):
+                assert_close(a, b, np.float64, 1e-9, 1e-11)
+            for a, b in zip(args, ref_args):                          # in-place updates: the same
+                if isinstance(a, np.ndarray):
+                    assert_close(a, b, np.float64, 1e-9, 1e-11)
+            import inspect
+            bound = inspect.signature(getattr(choice.reference, fam.forward)).bind(*ref_args, **ref_kwargs)
+            bound.apply_defaults()
+            b_args = fam.backward_args(bound, want)
+            got_b = getattr(be.raw, fam.backward)(*b_args)           # raw: backward_args are positional
+            want_b = getattr(ref.raw, fam.backward)(*b_args)
+            for a, b in zip(got_b if isinstance(got_b, tuple) else (got_b,),
+                            want_b if isinstance(want_b, tuple) else (want_b,)):
+                if a is not None or b is not None:
+                    assert_close(a, b, np.float64, 1e-9, 1e-11)
+    assert {v["source"] for v in be.kernel_choices().values()} == {"measured"}

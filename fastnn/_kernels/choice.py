@@ -1,16 +1,19 @@
 """The "auto" backend: per kernel family and size, the faster of the cython and numba kernels.
 
 Every kernel of auto is one concrete backend's kernel. The families in FAMILIES (rnn, lstm, gru,
-conv1d, conv2d: each a forward and its backward, chosen together by their summed time) are
-chosen per SIZE KEY: the family, the dtype and the rounded log2 of the main dims (recurrent:
-N, T, F, H; conv: N, C_in, C_out, the input's L or H*W, the kernel's k or kh*kw). At the first
+conv1d, conv2d, batch_norm, global_avgpool, max/avgpool1d/2d: each a forward and its backward,
+chosen together by their summed time) are chosen per SIZE KEY: the family, the dtype and the
+rounded log2 of the main dims (recurrent: N, T, F, H; conv: N, C_in, C_out, the input's L or
+H*W, the kernel's k or kh*kw; batch_norm and the pools: N, C and the spatial size). At the first
 call of a key in a process, each candidate runs once to warm up (numba compiles or loads its
 cache there), then the candidates are timed in turns, best of 3 to 8 (one when a run is slow),
 on copies of the caller's inputs, the backward on an upstream gradient of ones. The winner is
 kept for the process and recorded in a JSON file (see Record). The caller gets the winner's
-output, the same numbers an unmeasured call would return. Every other kernel is cython's: numba's Dense
-(linear forward + backward) was slower at every size measured, and the rest were not measured
-per size (a family is one entry in FAMILIES; see README "Kernel choice").
+output, the same numbers an unmeasured call would return (a forward that updates an argument
+in place, batch_norm's running statistics, measures on copies and then runs the winner once on
+the caller's arrays). Every other kernel is cython's: numba's Dense (linear forward +
+backward), activations, cross-entropy and Adam were slower at the sizes measured, and the rest
+were not measured per size (a family is one entry in FAMILIES; see README "Kernel choice").
 
 Overrides beat measurement: FASTNN_KERNELS="lstm=numba,conv2d=cython" (read when auto is
 built) or choose("lstm", "numba") (choose("lstm", None) measures again). A name is a family
@@ -81,6 +84,35 @@ def _conv_backward_args(bound, out):
     return (reference.np.ones_like(out), a["x"], a["w"], a["stride"], a["padding"], True)
 
 
+def _nd_key(x, *rest, **kwargs):
+    return (x.dtype.char, bucket(x.shape[0]), bucket(x.shape[1]), bucket(math.prod(x.shape[2:])))
+
+
+def _nd_backward_key(dy, x, *rest, **kwargs):
+    return _nd_key(x)
+
+
+def _batch_norm_backward_args(bound, out):
+    y, mean, rstd = out
+    a = bound.arguments
+    return (reference.np.ones_like(y), a["x"], mean, rstd, a["weight"], a["training"], True)
+
+
+def _global_avgpool_backward_args(bound, out):
+    return (reference.np.ones_like(out), bound.arguments["x"])
+
+
+def _maxpool_backward_args(bound, out):
+    y, idx = out
+    a = bound.arguments
+    return (reference.np.ones_like(y), a["x"], idx, a["kernel_size"], a["stride"])
+
+
+def _avgpool_backward_args(bound, out):
+    a = bound.arguments
+    return (reference.np.ones_like(out), a["x"], a["kernel_size"], a["stride"])
+
+
 @dataclass(frozen=True)
 class Family:
     name: str
@@ -90,6 +122,7 @@ class Family:
     key: Callable             # forward's (*args, **kwargs) -> size key
     backward_key: Callable    # backward's (*args, **kwargs) -> the same key
     backward_args: Callable   # (forward's bound arguments, forward's output) -> backward's args
+    updates_inputs: bool = False   # the forward writes into an argument (batch_norm's running stats)
 
 
 FAMILIES = {}
@@ -101,6 +134,15 @@ for _dims in (1, 2):
     FAMILIES[_name] = Family(_name, _name, _name + "_backward",
                              ("N", "C", "O", "L" if _dims == 1 else "HW", "K"),
                              _conv_key, _conv_backward_key, _conv_backward_args)
+FAMILIES["batch_norm"] = Family("batch_norm", "batch_norm", "batch_norm_backward", ("N", "C", "S"), _nd_key,
+                                _nd_backward_key, _batch_norm_backward_args, updates_inputs=True)
+FAMILIES["global_avgpool"] = Family("global_avgpool", "global_avgpool", "global_avgpool_backward",
+                                    ("N", "C", "S"), _nd_key, _nd_backward_key, _global_avgpool_backward_args)
+for _kind, _args in (("max", _maxpool_backward_args), ("avg", _avgpool_backward_args)):
+    for _dims in (1, 2):
+        _name = f"{_kind}pool{_dims}d"
+        FAMILIES[_name] = Family(_name, _name, _name + "_backward", ("N", "C", "L" if _dims == 1 else "HW"),
+                                 _nd_key, _nd_backward_key, _args)
 _OF_KERNEL = {k: f for f in FAMILIES.values() for k in (f.forward, f.backward)}
 _DTYPES = {"f": "float32", "d": "float64"}
 
@@ -403,7 +445,9 @@ class AutoBackend(Backend):
                     winner, us, out = self._measure(fam, which, args, kwargs, candidates)
                     self._keep(fam, key, candidates[winner], "measured", us)
                     self.record.add({name: {"backend": winner, "us": us}})
-                    return out
+                    if not (fam.updates_inputs and which == 0):
+                        return out
+                    # measured on copies: the caller's arrays get the one real update below
         return self._chosen[(fam.name, key)][which](*args, **kwargs)
 
     def _keep(self, fam, key, backend, source, us):
@@ -493,8 +537,8 @@ TUNE_BATCHES = (32, 64, 128)
 
 def _tune_cases(batch, dtype, rng):
     """(family, forward args) at the sizes of benchmarks/small_models_vs_torch.py: the recurrent
-    cells on 40 steps of 1 feature, the CNN's Conv1D stack (length 40) and the BatchNorm CNN's
-    Conv2D pair (8x8 images)."""
+    cells on 40 steps of 1 feature, the CNN's Conv1D stack (length 40), the BatchNorm CNN's
+    Conv2D pair (8x8 images), their BatchNorms, MaxPool2D and global average pools."""
     r = lambda *shape: (rng.standard_normal(shape) * 0.3).astype(dtype)
     for cell, gates in (("rnn", 1), ("lstm", 4), ("gru", 3)):
         for hid in TUNE_HIDDEN:
@@ -504,6 +548,12 @@ def _tune_cases(batch, dtype, rng):
         yield "conv1d", (r(batch, c_in, length), r(c_out, c_in, k), r(c_out), 2, 0)
     for c_in, c_out, side in ((1, 16, 8), (16, 32, 4)):
         yield "conv2d", (r(batch, c_in, side, side), r(c_out, c_in, 3, 3), r(c_out), (1, 1), (1, 1))
+    ones, zeros = (lambda c: reference.np.ones(c, dtype)), (lambda c: reference.np.zeros(c, dtype))
+    for c, s in ((16, 64), (32, 16), (25, 18), (25, 8)):      # the BatchNorm CNNs' BatchNorm2D/1D
+        yield "batch_norm", (r(batch, c, s), ones(c), zeros(c), zeros(c), ones(c), 0.1, 1e-5, True)
+    yield "maxpool2d", (r(batch, 16, 8, 8), (2, 2), (2, 2))
+    for c, s in ((32, 16), (25, 8)):
+        yield "global_avgpool", (r(batch, c, s),)
 
 
 def tune(batches=TUNE_BATCHES, dtypes=("float32",), out=None):
