@@ -32,6 +32,7 @@ import threading
 import time
 import types
 import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Callable
 
@@ -332,7 +333,8 @@ class AutoBackend(Backend):
         self._overrides = {}
         self._lock = threading.RLock()
         if hasattr(os, "register_at_fork"):   # a child forked mid-measurement must not inherit the held lock
-            os.register_at_fork(after_in_child=self._new_lock)
+            me = weakref.ref(self)
+            os.register_at_fork(after_in_child=lambda: me() is not None and me()._new_lock())
         self._unusable = set()
         self._remeasure = False                  # tune(): measure even what is recorded
         self.raw = types.SimpleNamespace()
