@@ -163,52 +163,32 @@ cdef inline floating _sqrt(floating x) noexcept nogil:
         return sqrt(x)
 
 
+cdef extern from "fnn_vec.h":
+    float fnn_vsum_s(const float *x, long n) nogil
+    double fnn_vsum_d(const double *x, long n) nogil
+    float fnn_vmax_s(const float *x, long n) nogil
+    double fnn_vmax_d(const double *x, long n) nogil
+    void fnn_vdot4_s(const float *d, const float *c0, const float *c1, const float *c2,
+                     const float *c3, long n, float *out) nogil
+    void fnn_vdot4_d(const double *d, const double *c0, const double *c1, const double *c2,
+                     const double *c3, long n, double *out) nogil
+
+
 cdef inline floating _vsum(const floating *x, Py_ssize_t n) noexcept nogil:
-    """Sum of x[0:n] in 16 independent lanes (so the compiler vectorizes it)."""
-    cdef floating acc[16]
-    cdef floating s = 0
-    cdef Py_ssize_t i, j, n16 = n - n % 16
-    for j in range(16):
-        acc[j] = 0
-    for i in range(0, n16, 16):
-        for j in range(16):
-            acc[j] += x[i + j]
-    for j in range(16):
-        s += acc[j]
-    for i in range(n16, n):
-        s += x[i]
-    return s
+    """Sum of x[0:n] in 16 lanes (fnn_vec.h)."""
+    if floating is float:
+        return fnn_vsum_s(x, n)
+    else:
+        return fnn_vsum_d(x, n)
 
 
 cdef inline double _vsum_d(const double *x, Py_ssize_t n) noexcept nogil:
-    cdef double acc[16]
-    cdef double s = 0
-    cdef Py_ssize_t i, j, n16 = n - n % 16
-    for j in range(16):
-        acc[j] = 0
-    for i in range(0, n16, 16):
-        for j in range(16):
-            acc[j] += x[i + j]
-    for j in range(16):
-        s += acc[j]
-    for i in range(n16, n):
-        s += x[i]
-    return s
+    return fnn_vsum_d(x, n)
 
 
 cdef inline floating _vmax(const floating *x, Py_ssize_t n) noexcept nogil:
-    """Largest of x[0:n] (n >= 1), in 16 lanes."""
-    cdef floating acc[16]
-    cdef floating m = x[0]
-    cdef Py_ssize_t i, j, n16 = n - n % 16
-    if n16:
-        for j in range(16):
-            acc[j] = x[j]
-        for i in range(16, n16, 16):
-            for j in range(16):
-                acc[j] = x[i + j] if x[i + j] > acc[j] else acc[j]
-        for j in range(16):
-            m = acc[j] if acc[j] > m else m
-    for i in range(n16, n):
-        m = x[i] if x[i] > m else m
-    return m
+    """Largest of x[0:n] (n >= 1), in 16 lanes (fnn_vec.h)."""
+    if floating is float:
+        return fnn_vmax_s(x, n)
+    else:
+        return fnn_vmax_d(x, n)

@@ -36,8 +36,8 @@ cdef extern from *:
     typedef float fnn_bn_vs __attribute__((vector_size(64)));
     typedef double fnn_bn_vd __attribute__((vector_size(128)));
     #define FNN_BN_ROWS(T, S)                                                                   \
-    static T fnn_hsum16_##S(fnn_bn_v##S v) {  /* a tree, as _tree */                          \
-        T a[16]; memcpy(a, &v, sizeof a);                                                    \
+    static T fnn_hsum16_##S(const fnn_bn_v##S *v) {  /* a tree, as _tree */                   \
+        T a[16]; memcpy(a, v, sizeof a);                                                    \
         for (int h = 8; h; h >>= 1) for (int j = 0; j < h; ++j) a[j] += a[j + h];              \
         return a[0];                                                                         \
     }                                                                                        \
@@ -49,7 +49,7 @@ cdef extern from *:
             memcpy(&v, row + p, sizeof v); v -= k; a1 += v; a2 += v * v;                     \
         }                                                                                    \
         for (; p < f; ++p) { T d = row[p] - k; t1 += d; t2 += d * d; }                       \
-        *s = t1 + fnn_hsum16_##S(a1); *ss = t2 + fnn_hsum16_##S(a2);                         \
+        *s = t1 + fnn_hsum16_##S(&a1); *ss = t2 + fnn_hsum16_##S(&a2);                         \
     }                                                                                        \
     /* dw += dy * xhat, db += dy; *sg = sum(g), *sgx = sum(g * xhat), g = dy * w (w may be NULL) */ \
     static void fnn_ln_bwd_row_##S(long f, const T *row, const T *d, const T *w, T mu, T rs,  \
@@ -69,7 +69,7 @@ cdef extern from *:
             T x1 = (row[p] - mu) * rs, g1 = w ? d[p] * w[p] : d[p];                          \
             dw[p] += d[p] * x1; db[p] += d[p]; t1 += g1; t2 += g1 * x1;                      \
         }                                                                                    \
-        *sg = t1 + fnn_hsum16_##S(ag); *sgx = t2 + fnn_hsum16_##S(ax);                       \
+        *sg = t1 + fnn_hsum16_##S(&ag); *sgx = t2 + fnn_hsum16_##S(&ax);                       \
     }                                                                                        \
     static void fnn_bn_sums_row_##S(long sl, const T *row, T k, T *lanes, T *tail) {          \
         fnn_bn_v##S a1, a2, v;                                                               \
