@@ -120,6 +120,16 @@ def _omp_pause():
     return fnn_omp_pause() == 0
 
 
+cdef extern from "fnn_blaspool.h" nogil:
+    void *fnn_blas_pool_callback()
+
+
+def _blas_pool_callback():
+    """Address of the C callback that runs OpenBLAS's parallel jobs on this module's OpenMP
+    pool (fnn_blaspool.h; installed by fastnn/threads.py), or 0 when built without OpenMP."""
+    return <size_t> fnn_blas_pool_callback() if fnn_have_openmp() else 0
+
+
 def _forbid_threads():
     """In a forked child with a stale OpenMP pool: every kernel on one thread, for good."""
     global _threads_forbidden, _num_threads

@@ -67,6 +67,13 @@ NATIVE = _registry.overrides(
 globals().update(NATIVE)
 
 
+# Numba's 'omp' layer is the Cython kernels' libgomp: give numpy's BLAS that one pool too
+# (fastnn/threads.py; a no-op without the Cython kernels or with FASTNN_BLAS_POOL=own).
+from ... import threads as _threads  # noqa: E402
+
+_threads.share_blas_pool()
+
+
 def available():
     """(True, '') : Numba imported, so these kernels can run here."""
     return True, ""
