@@ -2,8 +2,8 @@
 
 The "user calls numpy between our kernels" case: calls alternate ours / numpy /
 ours / numpy ..., each timed on its own; beside that the same kernels alone
-(quiet figures). GFLOP/s come from the total time of each side's calls (a call
-that waited 4 ms for a core counts in full), with the median call beside it.
+(quiet figures). GFLOP/s: the best of 8 stretches of calls, each from its total time (a
+call that waited 4 ms for a core counts in full), with the median call beside it.
 
     python benchmarks/threads_vs_openblas.py [--backends cython numba] [--seconds 0.3]
     python benchmarks/threads_vs_openblas.py --busy      # + a busy process pinned to the other core
@@ -19,6 +19,7 @@ quiet speed; ours two threads, numpy two threads. Prints markdown tables.
 import argparse
 import multiprocessing as mp
 import os
+import signal
 import sys
 import time
 
@@ -66,9 +67,19 @@ def _interleaved(fns, seconds, min_rounds=20):
     return [np.array(t) for t in times]
 
 
-def gflops(flop, times):
-    """(from the total time, from the median call)"""
-    return flop * len(times) / times.sum() / 1e9, flop / np.median(times) / 1e9
+WINDOWS = 8
+
+
+def gflops(flop, times, windows=WINDOWS):
+    """(GF/s of the best of `windows` consecutive stretches of calls, of the median call).
+
+    Each stretch's rate comes from its total time, so a call that waited for a core counts
+    in full; the best stretch is the one a busy neighbour (another program on this shared
+    machine) happened to leave alone. A fight between our pool and OpenBLAS's is there in
+    every stretch: it shows in the best one too."""
+    parts = np.array_split(times, min(windows, len(times)))
+    best = max(flop * len(p) / p.sum() for p in parts)
+    return best / 1e9, flop / np.median(times) / 1e9
 
 
 class OtherLoad:
@@ -123,9 +134,18 @@ class Busy:
         time.sleep(0.2)
         return self
 
+    def run(self, on):
+        """Let the busy process spin (on) or stop it (SIGSTOP) for a quiet measurement."""
+        os.kill(self.proc.pid, signal.SIGCONT if on else signal.SIGSTOP)
+        time.sleep(0.05)
+
     def __exit__(self, *exc):
+        self.run(True)
         self.proc.terminate()
         self.proc.join()
+
+
+RAW = False   # --raw: the unchecked kernels (backend.raw.matmul), without the input check's cost
 
 
 def kernels(names, threads):
@@ -133,13 +153,13 @@ def kernels(names, threads):
     for name in names:
         be = fnn.get_backend(name)
         be.module.set_num_threads(threads)
-        out[name] = be.matmul
+        out[name] = be.raw.matmul if RAW else be.matmul
     return out
 
 
 def run_interleaved(args, rng):
     mm = kernels(args.backends, args.threads)
-    cols = " | ".join(f"{b} GF/s (median) | numpy GF/s (median) | {b}/numpy" for b in args.backends)
+    cols = " | ".join(f"{b} GF/s (median call) | numpy GF/s (median call) | {b}/numpy" for b in args.backends)
     print(f"\n### Interleaved with numpy.matmul, {args.threads} threads each, {args.dtype}\n")
     print(f"| shape | {cols} |")
     print("|---" * (1 + 3 * len(args.backends)) + "|")
@@ -160,31 +180,38 @@ def run_interleaved(args, rng):
     return worst
 
 
-def quiet_speeds(args, rng, mm):
-    """{(label, name): GF/s} of each kernel alone (name 'numpy' = numpy.matmul)."""
+def alone_speeds(args, rng, mm, busy=None):
+    """{(label, name, 'quiet' | 'busy'): GF/s} of each kernel alone (name 'numpy' =
+    numpy.matmul). With a Busy process: each shape quiet (the process stopped), then busy
+    (continued), so a neighbour's drift on this shared machine hits both alike."""
     out = {}
+    phases = ["quiet"] + (["busy"] if busy is not None else [])
     with threadpool_limits(args.threads, user_api="blas"):
         for label, m, k, n, ta, tb in SHAPES:
             a, b = operands(m, k, n, ta, tb, args.dtype, rng)
             opa, opb = (a.T if ta else a), (b.T if tb else b)
             flop = 2.0 * m * n * k
-            for name, f in mm.items():
-                out[label, name] = gflops(flop, _timed(lambda: f(a, b, ta, tb), args.seconds))[0]
-            out[label, "numpy"] = gflops(flop, _timed(lambda: opa @ opb, args.seconds))[0]
-            time.sleep(0.15)   # let OpenBLAS's workers go back to sleep before the next kernel
+            for phase in phases:
+                if busy is not None:
+                    busy.run(phase == "busy")
+                for name, f in mm.items():
+                    out[label, name, phase] = gflops(flop, _timed(lambda: f(a, b, ta, tb), args.seconds))[0]
+                out[label, "numpy", phase] = gflops(flop, _timed(lambda: opa @ opb, args.seconds))[0]
+                time.sleep(0.15)   # OpenBLAS's own workers (FASTNN_BLAS_POOL=own) back to sleep
+    if busy is not None:
+        busy.run(True)
     return out
 
 
 def run_alone(args, rng, busy=False):
     mm = kernels(args.backends, args.threads)
     names = list(mm) + ["numpy"]
-    quiet = quiet_speeds(args, rng, mm)
     if busy:
         with Busy() as b:
-            loaded = quiet_speeds(args, rng, mm)
+            speeds = alone_speeds(args, rng, mm, b)
         title = f"Alone, quiet and beside a busy process on core {b.core}"
     else:
-        loaded = None
+        speeds = alone_speeds(args, rng, mm)
         title = "Alone (quiet)"
     print(f"\n### {title}, {args.threads} threads, {args.dtype}: GF/s" + (" (busy/quiet)" if busy else "") + "\n")
     print("| shape | " + " | ".join(names) + " |")
@@ -193,17 +220,18 @@ def run_alone(args, rng, busy=False):
     for label, *_ in SHAPES:
         cells = []
         for n in names:
-            q = quiet[label, n]
+            q = speeds[label, n, "quiet"]
             if busy:
-                frac = loaded[label, n] / q
+                loaded = speeds[label, n, "busy"]
+                frac = loaded / q
                 worst[n] = min(worst[n], frac)
-                cells.append(f"{q:.0f} -> {loaded[label, n]:.0f} ({frac:.2f})")
+                cells.append(f"{q:.0f} -> {loaded:.0f} ({frac:.2f})")
             else:
                 cells.append(f"{q:.0f}")
         print(f"| {label} | {' | '.join(cells)} |", flush=True)
     if busy:
         print("\nlowest busy/quiet: " + ", ".join(f"{n} {w:.2f}" for n, w in worst.items()))
-    return quiet, worst
+    return speeds, worst
 
 
 def main(argv=None):
@@ -216,14 +244,18 @@ def main(argv=None):
     parser.add_argument("--busy", action="store_true", help="also run beside a busy process")
     parser.add_argument("--only", choices=["interleaved", "alone", "busy"],
                         help="run just one of the tables")
+    parser.add_argument("--raw", action="store_true",
+                        help="time backend.raw.matmul (no input check) instead of backend.matmul")
     args = parser.parse_args(argv)
+    global RAW
+    RAW = args.raw
     rng = np.random.default_rng(0)
     env = {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OPENBLAS_NUM_THREADS",
                                       "OMP_NUM_THREADS", "FASTNN_BLAS_POOL") if k in os.environ}
     kernels(args.backends, args.threads)      # load the backends (the BLAS pool is set up then)
     print(f"python {sys.version.split()[0]}, numpy {np.__version__}, cores "
           f"{len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()}, "
-          f"nice {os.nice(0)}, env {env or '{}'}\nfastnn {os.path.dirname(fnn.__file__)}: "
+          f"{'raw' if RAW else 'checked'} matmul, nice {os.nice(0)}, env {env or '{}'}\nfastnn {os.path.dirname(fnn.__file__)}: "
           f"{getattr(fnn.threads, 'describe', lambda: 'no threads.describe()')()}")
     if args.only in (None, "interleaved"):
         with OtherLoad():

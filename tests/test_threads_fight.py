@@ -265,3 +265,63 @@ def test_a_smaller_openmp_team_still_runs_every_blas_job(env):
     out = _run("plain", **env)
     _right(out["parent"])
     assert out["parent"]["callback"], out
+
+
+# ---- the straggler guards (a busy process on the other core holds up a worker thread)
+
+def test_numba_guard_backs_off_after_a_held_up_call_and_keeps_results_right():
+    nb = pytest.importorskip("fastnn._kernels.numba_cpu")
+    from fastnn._kernels.numba_cpu import _threads as nt
+    be = fnn.get_backend("numba")
+    be.module.set_num_threads(2)
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((256, 300))
+    b = rng.standard_normal((300, 260))
+    nt.set_straggler_guard(0.0005)
+    try:
+        nt.report(1e6, 1e-4, 8)            # a call on time (or the best rate seen is higher)
+        assert nt.usable() == 2
+        nt.report(1e6, 0.05, 8)            # the same work 500x slower: held up
+        assert nt.usable() == 1 and nt.straggler_state()["solo_for_s"] > 0
+        assert be.module.get_num_threads() == 2          # the setting itself is unchanged
+        np.testing.assert_allclose(be.matmul(a, b), a @ b, rtol=1e-10, atol=1e-10)
+        nt.set_straggler_guard(0)          # off: threads again at once, and no back-off
+        assert nt.usable() == 2
+        nt.report(1e6, 10.0, 8)
+        assert nt.usable() == 2
+        np.testing.assert_allclose(be.matmul(a, b), a @ b, rtol=1e-10, atol=1e-10)
+    finally:
+        nt.set_straggler_guard(0.0005)
+        nb.set_num_threads(2)
+
+
+def test_numba_guard_ignores_calls_that_are_merely_slower_shapes():
+    pytest.importorskip("fastnn._kernels.numba_cpu")
+    from fastnn._kernels.numba_cpu import _threads as nt
+    nt.set_straggler_guard(0.0005)
+    fnn.get_backend("numba").module.set_num_threads(2)
+    key = 2                                # an itemsize no real GEMM reports (float16)
+    try:
+        nt.report(1e9, 0.1, key)           # best rate 1e10 / s
+        nt.report(1e5, 1e-4, key)          # 10x slower, but 0.09 ms late: a small shape
+        nt.report(1e9, 0.2, key)           # 2x slower, a big shape: within 2.5x
+        assert nt.usable() == 2
+    finally:
+        nt._rate.pop(key, None)
+        nt.set_straggler_guard(0.0005)
+
+
+def test_cython_guard_results_right_with_any_wait_counted_as_late():
+    mod = cy._mod
+    be = fnn.get_backend("cython")
+    be.module.set_num_threads(2)
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal((300, 280)).astype(np.float32)
+    b = rng.standard_normal((280, 330)).astype(np.float32)
+    want = a.astype(np.float64) @ b
+    try:
+        mod._set_straggler_guard(1e-12)    # nearly any wait at the end counts: backs off often
+        for _ in range(5):                 # threaded and one-thread calls alike stay right
+            np.testing.assert_allclose(be.matmul(a, b), want, rtol=1e-4, atol=1e-3)
+    finally:
+        mod._set_straggler_guard(0.0005)

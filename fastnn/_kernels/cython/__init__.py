@@ -154,6 +154,6 @@ globals().update(NATIVE)
 
 # One thread pool for our kernels and numpy's BLAS (fastnn/threads.py): OpenBLAS's parallel
 # jobs run on this module's OpenMP pool instead of OpenBLAS's own spinning threads.
-from ... import threads as _threads  # noqa: E402
+from ... import threads as _fnn_threads  # noqa: E402
 
-_threads.share_blas_pool()
+_fnn_threads.share_blas_pool()
