@@ -234,6 +234,45 @@ def run_alone(args, rng, busy=False):
     return speeds, worst
 
 
+def _guards(names):
+    """{backend: set_straggler_guard(late_s)} of the compiled backends."""
+    out = {}
+    for name in names:
+        if name == "cython":
+            out[name] = lambda late: fnn.get_backend("cython").module._mod._set_straggler_guard(late)
+        elif name == "numba":
+            from fastnn._kernels.numba_cpu import _threads
+            out[name] = _threads.set_straggler_guard
+    return out
+
+
+def run_guard(args, rng, batch=10):
+    """Our kernels alone with the straggler guard on against off, interleaved in batches of
+    calls: on a quiet machine the guard must cost nothing (it only ever drops to one thread)."""
+    mm = kernels(args.backends, args.threads)
+    guards = _guards(args.backends)
+    print(f"\n### Straggler guard on / off, kernels alone, {args.threads} threads, {args.dtype}: GF/s\n")
+    print("| shape | " + " | ".join(f"{b} on | {b} off | {b} on/off" for b in guards) + " |")
+    print("|---" * (1 + 3 * len(guards)) + "|")
+    for label, m, k, n, ta, tb in SHAPES:
+        a, b = operands(m, k, n, ta, tb, args.dtype, rng)
+        flop = 2.0 * m * n * k * batch
+        cells = []
+        for name, set_guard in guards.items():
+            f = mm[name]
+
+            def calls(late):
+                set_guard(late)
+                for _ in range(batch):
+                    f(a, b, ta, tb)
+            t_on, t_off = _interleaved([lambda: calls(0.0005), lambda: calls(0)], args.seconds)
+            on, off = gflops(flop, t_on)[0], gflops(flop, t_off)[0]
+            cells.append(f"{on:.0f} | {off:.0f} | {on / off:.2f}")
+        print(f"| {label} | {' | '.join(cells)} |", flush=True)
+    for set_guard in guards.values():
+        set_guard(0.0005)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", nargs="+",
@@ -242,7 +281,7 @@ def main(argv=None):
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--seconds", type=float, default=0.3, help="per shape and kernel")
     parser.add_argument("--busy", action="store_true", help="also run beside a busy process")
-    parser.add_argument("--only", choices=["interleaved", "alone", "busy"],
+    parser.add_argument("--only", choices=["interleaved", "alone", "busy", "guard"],
                         help="run just one of the tables")
     parser.add_argument("--raw", action="store_true",
                         help="time backend.raw.matmul (no input check) instead of backend.matmul")
@@ -263,6 +302,9 @@ def main(argv=None):
     if args.only == "alone" or (args.only is None and not args.busy):
         with OtherLoad():
             run_alone(args, rng)
+    if args.only == "guard":
+        with OtherLoad():
+            run_guard(args, rng)
     if args.only == "busy" or (args.only is None and args.busy):
         with OtherLoad():     # counts the busy process too (about 1 core)
             run_alone(args, rng, busy=True)
