@@ -106,7 +106,9 @@ def _setter(lib):
 def share_blas_pool():
     """Run the parallel jobs of every loaded OpenBLAS on our OpenMP pool (see the module
     docstring); returns the paths of the libraries now shared. Idempotent; does nothing
-    when FASTNN_BLAS_POOL=own or the Cython kernels (with OpenMP) are not there."""
+    when FASTNN_BLAS_POOL=own or the Cython kernels (with OpenMP) are not there. OpenBLAS
+    asks that the callback be set while no other thread is inside a BLAS call: fastnn
+    calls this when a compiled backend is first imported."""
     global _hooked
     if _pool_choice() == "own":
         _state["pool"] = f"own ({ENV_POOL}=own)"
