@@ -306,7 +306,7 @@ def main(argv=None):
         with OtherLoad():
             run_guard(args, rng)
     if args.only == "busy" or (args.only is None and args.busy):
-        with OtherLoad():     # counts the busy process too (about 1 core)
+        with OtherLoad():     # the busy process is our child: not counted as "other"
             run_alone(args, rng, busy=True)
 
 
