@@ -58,6 +58,13 @@ def _threaded_products(rng):
 
 # ---- in this process
 
+def test_the_cython_modules_carry_the_blas_pool_callback():
+    assert hasattr(cy._mod, "_blas_pool_callback"), (
+        "the compiled Cython modules predate fnn_blaspool.h: rebuild them "
+        "(python setup.py build_ext --inplace)")
+    assert (cy._mod._blas_pool_callback() != 0) == cy.has_openmp()
+
+
 @needs_callback
 def test_loading_a_compiled_backend_shares_the_pool():
     if threads._pool_choice() == "own":
