@@ -5,6 +5,10 @@ times slower than cython the reference is).
 
     python benchmarks/recurrent_kernels.py [--cells lstm gru] [--hidden 6 32 128] [--batch 100]
                                            [--steps 40] [--features 1] [--dtype float32] [--seconds 0.3]
+                                           [--baseline path/to/another/_avx512.cpython-*.so]
+
+--baseline loads another build of the cython kernel module (e.g. main's) beside this one as the
+backend 'base' (raw kernels, no input checks), to see what a change bought.
 """
 import argparse
 import time
@@ -37,10 +41,23 @@ def best_time(fn, seconds):
     return best
 
 
+EXTRA = {}
+
+
+def load_module(path):
+    """Another build of the cython kernel module, under a name of its own."""
+    import importlib.util
+    isa = path.rsplit("/", 1)[-1].split(".")[0]            # _avx512, _avx2 or _generic
+    spec = importlib.util.spec_from_file_location(f"fastnn_baseline.{isa}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def bench(cell, n, t, f, h, dtype, backends, seconds, rounds=3):
     rng = np.random.default_rng(0)
     x, w_ih, w_hh, b_ih, b_hh = inputs(cell, n, t, f, h, dtype, rng)
-    kb = {b: fnn.get_backend(b) for b in backends}
+    kb = {b: EXTRA[b] if b in EXTRA else fnn.get_backend(b) for b in backends}
     saved = getattr(kb["numpy"] if "numpy" in kb else fnn.get_backend("numpy"), cell)(x, w_ih, w_hh, b_ih, b_hh)
     saved = saved if isinstance(saved, tuple) else (saved,)
     dh = rng.standard_normal((n, t, h)).astype(dtype)
@@ -65,13 +82,21 @@ def main():
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--seconds", type=float, default=0.3)
     parser.add_argument("--backends", nargs="+", default=["numpy", "numba", "cython"])
+    parser.add_argument("--baseline", default=None, help="another build of the cython module (.so)")
+    parser.add_argument("--threads", type=int, default=1, help="kernel threads of cython (and base)")
     args = parser.parse_args()
+    from fastnn._kernels import cython as cyk
+    cyk.set_num_threads(args.threads)
+    if args.baseline:
+        EXTRA["base"] = load_module(args.baseline)
+        EXTRA["base"]._set_num_threads(args.threads)
+        args.backends = args.backends + ["base"]
     try:
         from threadpoolctl import threadpool_limits
         threadpool_limits(1)
     except ImportError:
         pass
-    print(f"fastnn from {fnn.__file__}; T={args.steps} F={args.features} {args.dtype}; "
+    print(f"fastnn from {fnn.__file__}; T={args.steps} F={args.features} {args.dtype}, {args.threads} thread(s); "
           f"cells: us per call of cython, others as (their time / cython's)")
     others = [b for b in args.backends if b != "cython"]
     print(f"| cell | N | H | cython fwd us | cython bwd us | " +

@@ -22,9 +22,21 @@
 # W_hh panel (H columns, padded to NR) gives the dh_{t-1} carry. The GRU's A
 # holds (d_r, d_z, d_new * r), as W_hh's n rows meet d_new * r. dx_t needs no
 # carry, so it comes after the time loop from da W_ih over all N*T rows (at
-# F = 1, H = 32 sweeping [W_hh | W_ih] per step padded 33 columns to 64). The
-# weight gradients come from one packed GEMM over all N*T rows
-# (dW = da^T [x | h_prev]), the bias gradients from column sums.
+# F = 1, H = 32 sweeping [W_hh | W_ih] per step padded 33 columns to 64). Then
+# dW_ih and the bias gradients are column sums over the N*T rows (a GEMM for
+# F >= 16), and dW_hh^T = h_prev^T d_hid is one GEMM over the rows with t > 0
+# (d_hid's t = 0 rows zeroed, h read shifted by one row: no [x | h] copy).
+#
+# Small hidden sizes (H <= _RNN_LANES_MAX_H) take the samples-in-lanes path of
+# fnn_rec_lanes.h instead: LB samples (one ISA vector: 16 floats with AVX-512)
+# per block, each gate row one vector, so the gate nonlinearities run on full
+# vectors where the row path above would leave most lanes idle (H = 6: 6 of
+# 16). The saved states keep the reference's (N, T, ...) layout: chunks of
+# steps are transposed into and out of the lanes. Its backward sums dW, db and
+# dx in the time loop while its accumulators are small (_RNN_FUSED_MAX_BYTES;
+# per block, added in block order: the same result on any number of threads),
+# else it writes da rows for the GEMMs above. Measured (batch 100, T = 40,
+# F = 1): lanes win below H = 16, rows from H = 16 (a full vector per row).
 
 from libc.string cimport memcpy
 
@@ -184,7 +196,7 @@ cdef enum:
 # vectors at any H. Above it the samples-in-rows path below (GEMM microkernel per step,
 # gate math along the hidden axis) is faster. _set_rnn_lanes_max_h moves it (tests: -1
 # forces rows, a large value lanes).
-cdef Py_ssize_t _RNN_LANES_MAX_H = 16
+cdef Py_ssize_t _RNN_LANES_MAX_H = 15
 
 
 def _set_rnn_lanes_max_h(Py_ssize_t h):
@@ -417,8 +429,10 @@ cdef void _lanes_bwd_worker(int kind, const floating *dh, const floating *x, con
 
 
 # The fused lanes backward keeps every weight gradient of a block in lane
-# accumulators, G * (H + F + 2) vectors: only while they stay in L1.
-cdef Py_ssize_t _RNN_FUSED_MAX_BYTES = 40960
+# accumulators, G * (H + F + 2) vectors, read and written every step: only
+# while they stay near L1 (72 KB: an LSTM up to H = 15 at F = 1; measured
+# faster than da rows + GEMMs there).
+cdef Py_ssize_t _RNN_FUSED_MAX_BYTES = 73728
 
 
 def _set_rnn_fused_max_bytes(Py_ssize_t b):
@@ -738,12 +752,13 @@ cdef int _rec_bwd(int kind, const floating *dh, const floating *x, const floatin
             return _rec_bwd_fused(kind, dh, x, h, c, gates, hn, w_ih, w_hh, dx, dw_ih, dw_hh,
                                   db_ih, db_hh, N, T, F, H, nthreads)
     cdef floating *bp = <floating *> fnn_aligned_alloc(
-        (bp_sz + da_sz + dh_sz + wt_sz) * sizeof(floating))
+        (bp_sz + da_sz + dh_sz + wt_sz + _roundup(G * H, 16)) * sizeof(floating))
     if bp == NULL:
         return -1
     cdef floating *da = bp + bp_sz
     cdef floating *dhid = da + da_sz
     cdef floating *wt = dhid + dh_sz
+    cdef floating *dwt = wt + wt_sz
     if lanes:
         # W_hh^T (H, G) for the carry; bp has room (G * gb >= G * H)
         for i in range(G):
@@ -826,9 +841,13 @@ cdef int _rec_bwd(int kind, const floating *dh, const floating *x, const floatin
     for i in range(N):
         for j in range(G):
             dsrc[i * T * G + j] = 0
+    # (as dW_hh^T = h^T d_hid: the GEMM then packs the narrow h and reads d_hid in place)
     if rc == 0:
         if NT > 1:
-            rc = _gemm(dsrc + G, h, dw_hh, G, H, NT - 1, True, False, False, nthreads)
+            rc = _gemm(h, dsrc + G, dwt, H, G, NT - 1, True, False, False, nthreads)
+            for i in range(G):
+                for j in range(H):
+                    dw_hh[i * H + j] = dwt[j * G + i]
         else:
             for i in range(G * H):
                 dw_hh[i] = 0
