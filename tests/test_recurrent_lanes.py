@@ -16,9 +16,10 @@ from fastnn._kernels import reference as ref
 cyk = pytest.importorskip("fastnn._kernels.cython")
 MODULES = {isa: cyk.kernels_for(isa) for isa in cyk.built_isas()}
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
-# (N, H, F): every ragged N around the block sizes, every H in 1..8 and 31, 33, F 1 and 3
+# (N, H, F): every ragged N around the block sizes, every H in 1..8 and 31, 33, F 1 and 3 (and >= 16)
 CASES = [(1, 1, 1), (15, 2, 3), (16, 3, 1), (17, 4, 3), (33, 5, 1), (1, 6, 3), (15, 7, 1),
-         (17, 8, 3), (16, 31, 1), (33, 33, 3), (17, 6, 1), (33, 2, 3)]
+         (17, 8, 3), (16, 31, 1), (33, 33, 3), (17, 6, 1), (33, 2, 3),
+         (5, 3, 20), (9, 17, 18)]   # wide inputs: dW_ih and dx from GEMMs on the row path
 # (lanes max H, fused max bytes): lanes + fused, lanes + da rows, rows
 PATHS = {"lanes-fused": (10 ** 6, 10 ** 9), "lanes-rows-gemm": (10 ** 6, 0), "rows": (-1, 0)}
 
