@@ -27,12 +27,19 @@ PATHS = {"lanes-fused": (10 ** 6, 10 ** 9), "lanes-rows-gemm": (10 ** 6, 0), "ro
 @contextlib.contextmanager
 def path(mod, name):
     max_h, fused = PATHS[name]
-    old_h, old_b = mod._set_rnn_lanes_max_h(max_h), mod._set_rnn_fused_max_bytes(fused)
+    old_h, old_b = mod._set_rnn_lanes_max_h(max_h, max_h), mod._set_rnn_fused_max_bytes(fused)
     try:
         yield
     finally:
-        mod._set_rnn_lanes_max_h(old_h)
+        mod._set_rnn_lanes_max_h(*old_h)
         mod._set_rnn_fused_max_bytes(old_b)
+
+
+def test_default_paths():
+    """Lanes below one full vector of hidden units (float32 16, float64 8), rows from there."""
+    mod = cyk._mod
+    assert mod._set_rnn_lanes_max_h(15, 7) == (15, 7)
+    assert mod._set_rnn_fused_max_bytes(73728) == 73728
 
 
 def _inputs(cell, n, t, f, h, dtype, seed):

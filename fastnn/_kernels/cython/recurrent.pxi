@@ -36,7 +36,8 @@
 # dx in the time loop while its accumulators are small (_RNN_FUSED_MAX_BYTES;
 # per block, added in block order: the same result on any number of threads),
 # else it writes da rows for the GEMMs above. Measured (batch 100, T = 40,
-# F = 1): lanes win below H = 16, rows from H = 16 (a full vector per row).
+# F = 1): lanes win below H = 16 in float32 (8 in float64), rows from one full
+# vector of hidden units a row.
 
 from libc.string cimport memcpy
 
@@ -191,20 +192,24 @@ cdef enum:
     _K_GRU = 2
 
 
-# Hidden sizes up to this run the samples-in-lanes time loops (fnn_rec_lanes.h): one
+# Hidden sizes up to these run the samples-in-lanes time loops (fnn_rec_lanes.h): one
 # vector of the ISA holds a gate row of LB samples, so the gate math runs on full
-# vectors at any H. Above it the samples-in-rows path below (GEMM microkernel per step,
-# gate math along the hidden axis) is faster. _set_rnn_lanes_max_h moves it (tests: -1
-# forces rows, a large value lanes).
+# vectors at any H. From one full vector of hidden units (16 floats, 8 doubles with
+# AVX-512) the samples-in-rows path below (GEMM microkernel per step, gate math along
+# the hidden axis) measured faster. _set_rnn_lanes_max_h moves them (tests: -1 forces
+# rows, a large value lanes).
 cdef Py_ssize_t _RNN_LANES_MAX_H = 15
+cdef Py_ssize_t _RNN_LANES_MAX_H_D = 7
 
 
-def _set_rnn_lanes_max_h(Py_ssize_t h):
-    """Tuning hook: recurrent kernels with hidden size <= h use the samples-in-lanes path
-    (where this build has it); returns the previous value."""
-    global _RNN_LANES_MAX_H
-    old = _RNN_LANES_MAX_H
-    _RNN_LANES_MAX_H = h
+def _set_rnn_lanes_max_h(Py_ssize_t h_float, Py_ssize_t h_double):
+    """Tuning hook: recurrent kernels with hidden size <= h_float (float32) or <= h_double
+    (float64) use the samples-in-lanes path (where this build has it); returns the
+    previous (h_float, h_double)."""
+    global _RNN_LANES_MAX_H, _RNN_LANES_MAX_H_D
+    old = (_RNN_LANES_MAX_H, _RNN_LANES_MAX_H_D)
+    _RNN_LANES_MAX_H = h_float
+    _RNN_LANES_MAX_H_D = h_double
     return old
 
 
@@ -215,8 +220,8 @@ def _rnn_lanes_width(dtype):
     return FNN_LB_S if dtype == "float32" else FNN_LB_D
 
 
-cdef inline bint _use_lanes(Py_ssize_t H) noexcept nogil:
-    return FNN_LANES != 0 and H <= _RNN_LANES_MAX_H
+cdef inline bint _use_lanes(Py_ssize_t H, bint is_double) noexcept nogil:
+    return FNN_LANES != 0 and H <= (_RNN_LANES_MAX_H_D if is_double else _RNN_LANES_MAX_H)
 
 
 def _set_rnn_parallel_min_work(Py_ssize_t w):
@@ -544,7 +549,7 @@ cdef int _rec_fwd(int kind, const floating *x, const floating *w_ih, const float
         return -1
     cdef floating *bias = bp + (F + H) * gp
     _pack_fwd(kind, w_ih, w_hh, b_ih, b_hh, bp, bias, F, H, gp)
-    cdef bint lanes = _use_lanes(H)
+    cdef bint lanes = _use_lanes(H, floating is double)
     cdef Py_ssize_t LB = FNN_LB_S if floating is float else FNN_LB_D
     if lanes:
         ntiles = (N + LB - 1) // LB
@@ -740,7 +745,7 @@ cdef int _rec_bwd(int kind, const floating *dh, const floating *x, const floatin
     cdef Py_ssize_t bp_sz = _roundup(G * gb, 16), da_sz = _roundup(NT * G, 16)
     cdef Py_ssize_t dh_sz = da_sz if kind == _K_GRU else 0
     cdef Py_ssize_t wt_sz = _roundup(G * F, 16)
-    cdef bint lanes = _use_lanes(H)
+    cdef bint lanes = _use_lanes(H, floating is double)
     cdef Py_ssize_t LB = FNN_LB_S if floating is float else FNN_LB_D
     cdef Py_ssize_t accb
     if lanes:
