@@ -150,3 +150,22 @@ def test_saturated_gates_stay_finite():
             assert np.isfinite(o).all()
             assert_close(o, r, dtype, atol=1e-5)
         assert all(np.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("cell", sorted(GATES))
+def test_nan_propagates(cell, dtype):
+    """A NaN input makes NaN states and gradients on every path (the lanes' clamps keep NaN):
+    a diverging run never comes out finite."""
+    for isa, mod in MODULES.items():
+        for name in PATHS:
+            x, w, dh = _inputs(cell, 17, 4, 2, 3, dtype, seed=7)
+            x[3, 1, 0] = np.nan
+            with path(mod, name):
+                out = _tuple(getattr(mod, cell)(x, *w))
+                assert np.isnan(out[0][3, 1:]).all() and np.isfinite(out[0][:3]).all(), (isa, name)
+                clean = _tuple(getattr(mod, cell)(np.nan_to_num(x), *w))
+                dh[5, 2, 1] = np.nan
+                grads = getattr(mod, cell + "_backward")(dh, np.nan_to_num(x), *clean, w[0], w[1])
+            assert all(np.isnan(g).any() for g in grads[1:]), (isa, name)
+            assert np.isnan(grads[0][5, :3]).any() and np.isfinite(grads[0][:5]).all(), (isa, name)

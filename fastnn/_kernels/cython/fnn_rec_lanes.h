@@ -44,15 +44,17 @@ FNN_INLINE fnn_lvs fnn_lsel_s(fnn_lvsi m, fnn_lvs a, fnn_lvs b) {
 FNN_INLINE fnn_lvd fnn_lsel_d(fnn_lvdi m, fnn_lvd a, fnn_lvd b) {
     return (fnn_lvd)(((fnn_lvdi)a & m) | ((fnn_lvdi)b & ~m));
 }
-/* min(max(x, lo), hi): one min and one max instruction (a select costs three) */
+/* min(max(x, lo), hi): one min and one max instruction (a select costs three). x goes
+ * second: x86 min/max return their second operand when either is NaN, so NaN stays NaN
+ * (a diverging run must not come out finite). */
 FNN_INLINE fnn_lvs fnn_lclamp_s(fnn_lvs x, float lo, float hi) {
     fnn_lvs vlo = (fnn_lvs){0} + lo, vhi = (fnn_lvs){0} + hi;
 #if defined(FNN_ISA_AVX512)
-    return (fnn_lvs)_mm512_min_ps(_mm512_max_ps((__m512)x, (__m512)vlo), (__m512)vhi);
+    return (fnn_lvs)_mm512_min_ps((__m512)vhi, _mm512_max_ps((__m512)vlo, (__m512)x));
 #elif defined(FNN_ISA_AVX2)
-    return (fnn_lvs)_mm256_min_ps(_mm256_max_ps((__m256)x, (__m256)vlo), (__m256)vhi);
+    return (fnn_lvs)_mm256_min_ps((__m256)vhi, _mm256_max_ps((__m256)vlo, (__m256)x));
 #elif defined(__SSE2__)
-    return (fnn_lvs)_mm_min_ps(_mm_max_ps((__m128)x, (__m128)vlo), (__m128)vhi);
+    return (fnn_lvs)_mm_min_ps((__m128)vhi, _mm_max_ps((__m128)vlo, (__m128)x));
 #else
     x = fnn_lsel_s((fnn_lvsi)(x > vhi), vhi, x);
     return fnn_lsel_s((fnn_lvsi)(x < vlo), vlo, x);
@@ -61,11 +63,11 @@ FNN_INLINE fnn_lvs fnn_lclamp_s(fnn_lvs x, float lo, float hi) {
 FNN_INLINE fnn_lvd fnn_lclamp_d(fnn_lvd x, double lo, double hi) {
     fnn_lvd vlo = (fnn_lvd){0} + lo, vhi = (fnn_lvd){0} + hi;
 #if defined(FNN_ISA_AVX512)
-    return (fnn_lvd)_mm512_min_pd(_mm512_max_pd((__m512d)x, (__m512d)vlo), (__m512d)vhi);
+    return (fnn_lvd)_mm512_min_pd((__m512d)vhi, _mm512_max_pd((__m512d)vlo, (__m512d)x));
 #elif defined(FNN_ISA_AVX2)
-    return (fnn_lvd)_mm256_min_pd(_mm256_max_pd((__m256d)x, (__m256d)vlo), (__m256d)vhi);
+    return (fnn_lvd)_mm256_min_pd((__m256d)vhi, _mm256_max_pd((__m256d)vlo, (__m256d)x));
 #elif defined(__SSE2__)
-    return (fnn_lvd)_mm_min_pd(_mm_max_pd((__m128d)x, (__m128d)vlo), (__m128d)vhi);
+    return (fnn_lvd)_mm_min_pd((__m128d)vhi, _mm_max_pd((__m128d)vlo, (__m128d)x));
 #else
     x = fnn_lsel_d((fnn_lvdi)(x > vhi), vhi, x);
     return fnn_lsel_d((fnn_lvdi)(x < vlo), vlo, x);

@@ -34,9 +34,11 @@ static long FN(fnn_lanes_chunk)(long T, long F, long H) {
     return tc < T ? tc : T;
 }
 
-/* work buffer of one block, in vectors */
+/* work buffer of one block, in vectors: kind < 0 (-1 - kind) the forward's (2H + TC*(F + 7H)),
+ * else the backward's (2H + G*(H+F+2) + 2H + TC*(4H + 3G + 2F), G <= 4H) */
 static long FN(fnn_lanes_bufsize)(int kind, long T, long F, long H) {
     long tc = FN(fnn_lanes_chunk)(T, F, H);
+    if (kind < 0) return 2 * H + tc * (F + 7 * H) + 16;
     return 12 * H + 4 * F + (tc + 1) * (2 * F + 16 * H) + 4 * H * (H + F + 2) + 16;
 }
 

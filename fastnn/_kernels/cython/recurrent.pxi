@@ -380,9 +380,9 @@ cdef void _lanes_fwd_worker(int kind, const floating *x, const floating *w_ih, c
             break
         if buf == NULL:
             if floating is float:
-                buf = fnn_aligned_alloc(fnn_lanes_bufsize_s(kind, T, F, H) * LB * sizeof(float))
+                buf = fnn_aligned_alloc(fnn_lanes_bufsize_s(-1 - kind, T, F, H) * LB * sizeof(float))
             else:
-                buf = fnn_aligned_alloc(fnn_lanes_bufsize_d(kind, T, F, H) * LB * sizeof(double))
+                buf = fnn_aligned_alloc(fnn_lanes_bufsize_d(-1 - kind, T, F, H) * LB * sizeof(double))
             if buf == NULL:
                 fail[0] = 1
                 return
