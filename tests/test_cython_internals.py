@@ -1,6 +1,7 @@
 """The Cython backend's internals: every kernel of every ISA module this CPU runs
 (avx512, avx2, generic) against the NumPy reference, the GEMM's raw trans flags,
 edge tiles, thread counts and block sizes, and numerically hard inputs."""
+import itertools
 import numpy as np
 import pytest
 
@@ -69,15 +70,17 @@ def test_gemm_small_blocks_many_threads(mod, dtype):
         mod._set_blocking(np.dtype(dtype).name, 16, 24, 40)
         mod._set_parallel_min_work(1)
         mod._set_strips_per_thread(3)
-        for direct in (0, 1000):
+        for direct, split, (m, n) in itertools.product((0, 1000), (0, 1), ((70, 90), (90, 70))):
             mod._set_direct_b_tiles(direct)
+            mod._set_split_by_packing(split)     # both ways of sharing C between threads
             for ta in (False, True):
                 for tb in (False, True):
-                    a, b = _gemm_case(rng, 70, 90, 101, ta, tb, dtype)
+                    a, b = _gemm_case(rng, m, n, 101, ta, tb, dtype)
                     for nt in (1, 2, 4):
                         close(mod._matmul_threads(a, b, ta, tb, nt), ref.matmul(a, b, ta, tb),
                               dtype, rtol=1e-4 if dtype == np.float32 else 1e-10, atol=1e-3)
     finally:
+        mod._set_split_by_packing(True)
         mod._set_blocking(np.dtype(dtype).name, *old)
         mod._set_parallel_min_work(old_min)
         mod._set_strips_per_thread(1)

@@ -82,7 +82,17 @@ def _gemm_operand(x, trans):
     return x, trans
 
 
+_GEMM_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def matmul(a, b, trans_a=False, trans_b=False):
+    # The usual call (two C-contiguous 2-D arrays of one float dtype) in a few attribute reads:
+    # the general path below cost about 6 us a call, as much as a 64^3 product.
+    if (type(a) is np.ndarray and type(b) is np.ndarray and a.ndim == 2 and b.ndim == 2
+            and a.dtype == b.dtype and a.dtype in _GEMM_FLOATS and a.size and b.size
+            and a.flags.c_contiguous and b.flags.c_contiguous
+            and (a.shape[0] if trans_a else a.shape[1]) == (b.shape[1] if trans_b else b.shape[0])):
+        return (a, b, bool(trans_a), bool(trans_b)), {}
     a, b = _array(a, "matmul a"), _array(b, "matmul b")
     _rank(a, "matmul a", 2)
     _rank(b, "matmul b", 2)

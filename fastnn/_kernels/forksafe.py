@@ -50,6 +50,12 @@ def numba_serial():
     return _numba_serial
 
 
+def pool_paused():
+    """False in a fork child whose inherited OpenMP pool could not be shut down before the
+    fork (no OpenMP region may run there; fastnn/threads.py gives OpenBLAS its threads back)."""
+    return _paused
+
+
 def _cython_modules():
     pkg = sys.modules.get("fastnn._kernels.cython")
     return list(getattr(pkg, "_modules", {}).values()) if pkg is not None else []

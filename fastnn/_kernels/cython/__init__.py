@@ -151,3 +151,9 @@ def available():
 NATIVE = registry.overrides("cython", [_mod], HELPERS)
 KERNEL_NAMES = tuple(NATIVE)
 globals().update(NATIVE)
+
+# One thread pool for our kernels and numpy's BLAS (fastnn/threads.py): OpenBLAS's parallel
+# jobs run on this module's OpenMP pool instead of OpenBLAS's own spinning threads.
+from ... import threads as _fnn_threads  # noqa: E402
+
+_fnn_threads.share_blas_pool()

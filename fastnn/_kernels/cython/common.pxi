@@ -43,10 +43,12 @@ cdef int _num_threads = 1
 
 
 # Straggler guard. On a machine shared with other busy processes, a worker
-# thread can wait a whole scheduler tick (4-12 ms) before it runs, and every
-# parallel region must wait for it to arrive. Work is handed out dynamically,
-# so the master then does it all and only the wait is lost. When a worker took
-# no work and the master waited more than _LATE seconds for it, the next
+# thread can wait a whole scheduler tick (4-12 ms) before it runs, or lose its
+# core halfway through its share, and every parallel region must wait for it.
+# Work is handed out dynamically, so the master then does what is left and only
+# the wait is lost. When the master, out of work, waited more than _LATE seconds
+# and more than a quarter of its own working time for the others (a late worker
+# or one descheduled in mid-chunk: a busy process on the other core), the next
 # kernels run on one thread for _solo_span seconds (doubling up to 1 s while
 # it keeps happening, halving back to 20 ms when workers are on time), then
 # threads are tried again. _set_straggler_guard(0) turns this off.
@@ -55,6 +57,7 @@ cdef enum:
 cdef double _LATE = 0.0005
 cdef double _solo_until = 0.0
 cdef double _solo_span = 0.02
+cdef double _region_start = 0.0   # when _team_size last handed out a team
 # Set in a forked child whose inherited OpenMP pool could not be paused before
 # the fork (fastnn/_kernels/forksafe.py): a parallel region there would hang.
 cdef bint _threads_forbidden = 0
@@ -62,28 +65,29 @@ cdef bint _threads_forbidden = 0
 
 cdef inline int _team_size(int nthreads) noexcept nogil:
     """The threads to use now: nthreads, or 1 while backing off after a straggler."""
+    global _region_start
     if _threads_forbidden:
         return 1
     if nthreads > _MAX_TEAM:
         nthreads = _MAX_TEAM
     if nthreads > 1 and _solo_until > 0 and fnn_now() < _solo_until:
         return 1
+    if nthreads > 1:
+        _region_start = fnn_now()
     return nthreads
 
 
 cdef void _team_report(const long *claimed, const double *master_done, int n) noexcept nogil:
-    """After a parallel region: claimed[i] work items per thread, master_done[0]
-    when thread 0 ran out of work."""
+    """After a parallel region: claimed[i] work items per thread (kept for the callers;
+    the wait says it all), master_done[0] when thread 0 ran out of work."""
     global _solo_until, _solo_span
-    cdef int i
-    cdef bint idle = False
-    for i in range(1, n):
-        if claimed[i] == 0:
-            idle = True
-    if idle and fnn_now() - master_done[0] > _LATE:
-        _solo_until = fnn_now() + _solo_span
+    cdef double now = fnn_now()
+    cdef double waited = now - master_done[0]
+    cdef double worked = master_done[0] - _region_start
+    if waited > _LATE and waited > 0.25 * worked:
+        _solo_until = now + _solo_span
         _solo_span = _solo_span * 2 if _solo_span < 0.5 else 1.0
-    elif not idle and _solo_span > 0.02:
+    elif _solo_span > 0.02:
         _solo_span = _solo_span * 0.5
 
 
@@ -118,6 +122,16 @@ def _omp_pause():
     """Before fork: end this thread's OpenMP thread pool (fnn_omp_pause in
     fnn_simd.h), so a forked child starts its own. True if done (or no pool)."""
     return fnn_omp_pause() == 0
+
+
+cdef extern from "fnn_blaspool.h" nogil:
+    void *fnn_blas_pool_callback()
+
+
+def _blas_pool_callback():
+    """Address of the C callback that runs OpenBLAS's parallel jobs on this module's OpenMP
+    pool (fnn_blaspool.h; installed by fastnn/threads.py), or 0 when built without OpenMP."""
+    return <size_t> fnn_blas_pool_callback() if fnn_have_openmp() else 0
 
 
 def _forbid_threads():
@@ -163,52 +177,32 @@ cdef inline floating _sqrt(floating x) noexcept nogil:
         return sqrt(x)
 
 
+cdef extern from "fnn_vec.h":
+    float fnn_vsum_s(const float *x, long n) nogil
+    double fnn_vsum_d(const double *x, long n) nogil
+    float fnn_vmax_s(const float *x, long n) nogil
+    double fnn_vmax_d(const double *x, long n) nogil
+    void fnn_vdot4_s(const float *d, const float *c0, const float *c1, const float *c2,
+                     const float *c3, long n, float *out) nogil
+    void fnn_vdot4_d(const double *d, const double *c0, const double *c1, const double *c2,
+                     const double *c3, long n, double *out) nogil
+
+
 cdef inline floating _vsum(const floating *x, Py_ssize_t n) noexcept nogil:
-    """Sum of x[0:n] in 16 independent lanes (so the compiler vectorizes it)."""
-    cdef floating acc[16]
-    cdef floating s = 0
-    cdef Py_ssize_t i, j, n16 = n - n % 16
-    for j in range(16):
-        acc[j] = 0
-    for i in range(0, n16, 16):
-        for j in range(16):
-            acc[j] += x[i + j]
-    for j in range(16):
-        s += acc[j]
-    for i in range(n16, n):
-        s += x[i]
-    return s
+    """Sum of x[0:n] in 16 lanes (fnn_vec.h)."""
+    if floating is float:
+        return fnn_vsum_s(x, n)
+    else:
+        return fnn_vsum_d(x, n)
 
 
 cdef inline double _vsum_d(const double *x, Py_ssize_t n) noexcept nogil:
-    cdef double acc[16]
-    cdef double s = 0
-    cdef Py_ssize_t i, j, n16 = n - n % 16
-    for j in range(16):
-        acc[j] = 0
-    for i in range(0, n16, 16):
-        for j in range(16):
-            acc[j] += x[i + j]
-    for j in range(16):
-        s += acc[j]
-    for i in range(n16, n):
-        s += x[i]
-    return s
+    return fnn_vsum_d(x, n)
 
 
 cdef inline floating _vmax(const floating *x, Py_ssize_t n) noexcept nogil:
-    """Largest of x[0:n] (n >= 1), in 16 lanes."""
-    cdef floating acc[16]
-    cdef floating m = x[0]
-    cdef Py_ssize_t i, j, n16 = n - n % 16
-    if n16:
-        for j in range(16):
-            acc[j] = x[j]
-        for i in range(16, n16, 16):
-            for j in range(16):
-                acc[j] = x[i + j] if x[i + j] > acc[j] else acc[j]
-        for j in range(16):
-            m = acc[j] if acc[j] > m else m
-    for i in range(n16, n):
-        m = x[i] if x[i] > m else m
-    return m
+    """Largest of x[0:n] (n >= 1), in 16 lanes (fnn_vec.h)."""
+    if floating is float:
+        return fnn_vmax_s(x, n)
+    else:
+        return fnn_vmax_d(x, n)

@@ -8,6 +8,9 @@ cdef Py_ssize_t _MC_D = FNN_MC_D, _KC_D = FNN_KC_D, _NC_D = FNN_NC_D
 cdef Py_ssize_t _PAR_MIN_WORK = 1 << 20
 # Strips per thread when they are big enough (see _gemm).
 cdef Py_ssize_t _STRIPS = 1
+# Split the threads' work along the side that packs the least per thread (see _gemm);
+# 0: along the longer side in tiles (the rule before issue 13).
+cdef bint _SPLIT_BY_PACKING = 1
 # With at most this many micro-tile rows (M <= _DIRECT_B_TILES * MR) a non-transposed
 # B is read in place instead of packed: its panel would be reused too few times.
 cdef Py_ssize_t _DIRECT_B_TILES = FNN_DIRECT_B_TILES
@@ -28,7 +31,7 @@ def _get_blocking():
     return {"float32": (_MC_S, _KC_S, _NC_S), "float64": (_MC_D, _KC_D, _NC_D),
             "tile_float32": (FNN_MR_S, FNN_NR_S), "tile_float64": (FNN_MR_D, FNN_NR_D),
             "parallel_min_work": _PAR_MIN_WORK, "direct_b_tiles": _DIRECT_B_TILES,
-            "strips_per_thread": _STRIPS}
+            "strips_per_thread": _STRIPS, "split_by_packing": _SPLIT_BY_PACKING}
 
 
 def _set_parallel_min_work(Py_ssize_t w):
@@ -39,6 +42,12 @@ def _set_parallel_min_work(Py_ssize_t w):
 def _set_direct_b_tiles(Py_ssize_t t):
     global _DIRECT_B_TILES
     _DIRECT_B_TILES = t
+
+
+def _set_split_by_packing(bint on):
+    """Tuning hook: threads split C where they pack least (on) or along its longer side in tiles."""
+    global _SPLIT_BY_PACKING
+    _SPLIT_BY_PACKING = on
 
 
 def _set_strips_per_thread(Py_ssize_t s):
@@ -356,6 +365,14 @@ cdef int _gemm(const floating *A, const floating *B, floating *C,
     # on an idle machine), _STRIPS per thread once they still hold >= MC rows
     # (or >= 256 columns).
     split_m = (M + MR - 1) // MR >= (N + NR - 1) // NR
+    if _SPLIT_BY_PACKING and nthreads > 1:
+        # A thread of a row split packs all of op(B) and its rows of op(A); of a column split, all
+        # of op(A) and its columns of op(B): at batch 128, x @ W.T into 256 columns packed W twice
+        # (once per thread) along rows. A non-transposed B beside few rows is read in place.
+        if not tb and M <= _DIRECT_B_TILES * MR:
+            split_m = (M + MR - 1) // MR >= nthreads
+        else:
+            split_m = M >= N
     if nthreads == 1:
         chunk = M if split_m else N
         nchunks = 1

@@ -10,6 +10,7 @@
 
 cdef enum:
     _NL = 16    # reduction lanes
+    _ACC = 34   # BatchNorm's scratch a channel: 2 x 16 lanes and 2 tail sums
 
 
 cdef inline floating _tree(floating *a) noexcept nogil:
@@ -23,35 +24,136 @@ cdef inline floating _tree(floating *a) noexcept nogil:
     return (a[0] + a[2]) + (a[1] + a[3])
 
 
+# Row reductions of LayerNorm (one row's sums) and BatchNorm (an (N, C, S) row's contribution to
+# its channel's 2 x 16 lanes), in C: written as plain loops
+# (in Cython or C) gcc 12 unrolled the 16 lanes into scalars and never vectorized them (perf:
+# vsubss/vfmadd231ss per value); GCC's vector extensions make each 16-value step a vector op.
+cdef extern from *:
+    """
+    #include <string.h>
+    #include "fnn_simd.h"
+    #if defined(__GNUC__)
+    typedef float fnn_bn_vs __attribute__((vector_size(64)));
+    typedef double fnn_bn_vd __attribute__((vector_size(128)));
+    #define FNN_BN_ROWS(T, S)                                                                   \
+    static T fnn_hsum16_##S(const fnn_bn_v##S *v) {  /* a tree, as _tree */                   \
+        T a[16]; memcpy(a, v, sizeof a);                                                    \
+        for (int h = 8; h; h >>= 1) for (int j = 0; j < h; ++j) a[j] += a[j + h];              \
+        return a[0];                                                                         \
+    }                                                                                        \
+    static void fnn_ln_sums_##S(long f, const T *row, T k, T *s, T *ss) {                    \
+        fnn_bn_v##S a1 = {0}, a2 = {0}, v;                                                   \
+        T t1 = 0, t2 = 0;                                                                    \
+        long p = 0;                                                                          \
+        for (; p + 16 <= f; p += 16) {                                                       \
+            memcpy(&v, row + p, sizeof v); v -= k; a1 += v; a2 += v * v;                     \
+        }                                                                                    \
+        for (; p < f; ++p) { T d = row[p] - k; t1 += d; t2 += d * d; }                       \
+        *s = t1 + fnn_hsum16_##S(&a1); *ss = t2 + fnn_hsum16_##S(&a2);                         \
+    }                                                                                        \
+    /* dw += dy * xhat, db += dy; *sg = sum(g), *sgx = sum(g * xhat), g = dy * w (w may be NULL) */ \
+    static void fnn_ln_bwd_row_##S(long f, const T *row, const T *d, const T *w, T mu, T rs,  \
+                                   T *dw, T *db, T *sg, T *sgx) {                             \
+        fnn_bn_v##S ag = {0}, ax = {0}, xv, dv, wv, xh, g, acc;                              \
+        T t1 = 0, t2 = 0;                                                                    \
+        long p = 0;                                                                          \
+        for (; p + 16 <= f; p += 16) {                                                       \
+            memcpy(&xv, row + p, sizeof xv); memcpy(&dv, d + p, sizeof dv);                  \
+            xh = (xv - mu) * rs;                                                             \
+            memcpy(&acc, dw + p, sizeof acc); acc += dv * xh; memcpy(dw + p, &acc, sizeof acc); \
+            memcpy(&acc, db + p, sizeof acc); acc += dv; memcpy(db + p, &acc, sizeof acc);   \
+            if (w) { memcpy(&wv, w + p, sizeof wv); g = dv * wv; } else g = dv;              \
+            ag += g; ax += g * xh;                                                           \
+        }                                                                                    \
+        for (; p < f; ++p) {                                                                 \
+            T x1 = (row[p] - mu) * rs, g1 = w ? d[p] * w[p] : d[p];                          \
+            dw[p] += d[p] * x1; db[p] += d[p]; t1 += g1; t2 += g1 * x1;                      \
+        }                                                                                    \
+        *sg = t1 + fnn_hsum16_##S(&ag); *sgx = t2 + fnn_hsum16_##S(&ax);                       \
+    }                                                                                        \
+    static void fnn_bn_sums_row_##S(long sl, const T *row, T k, T *lanes, T *tail) {          \
+        fnn_bn_v##S a1, a2, v;                                                               \
+        long p = 0;                                                                          \
+        memcpy(&a1, lanes, sizeof a1); memcpy(&a2, lanes + 16, sizeof a2);                   \
+        for (; p + 16 <= sl; p += 16) {                                                      \
+            memcpy(&v, row + p, sizeof v); v -= k; a1 += v; a2 += v * v;                     \
+        }                                                                                    \
+        memcpy(lanes, &a1, sizeof a1); memcpy(lanes + 16, &a2, sizeof a2);                   \
+        for (; p < sl; ++p) { T d = row[p] - k; tail[0] += d; tail[1] += d * d; }            \
+    }                                                                                        \
+    static void fnn_bn_dots_row_##S(long sl, const T *dy, const T *x, T m, T *lanes, T *tail) { \
+        fnn_bn_v##S a1, a2, g, v;                                                            \
+        long p = 0;                                                                          \
+        memcpy(&a1, lanes, sizeof a1); memcpy(&a2, lanes + 16, sizeof a2);                   \
+        for (; p + 16 <= sl; p += 16) {                                                      \
+            memcpy(&g, dy + p, sizeof g); memcpy(&v, x + p, sizeof v);                       \
+            a1 += g; a2 += g * (v - m);                                                      \
+        }                                                                                    \
+        memcpy(lanes, &a1, sizeof a1); memcpy(lanes + 16, &a2, sizeof a2);                   \
+        for (; p < sl; ++p) { tail[0] += dy[p]; tail[1] += dy[p] * (x[p] - m); }             \
+    }
+    #else
+    #define FNN_BN_ROWS(T, S)                                                                   \
+    static void fnn_ln_sums_##S(long f, const T *row, T k, T *s, T *ss) {                    \
+        T t1 = 0, t2 = 0;                                                                    \
+        for (long p = 0; p < f; ++p) { T d = row[p] - k; t1 += d; t2 += d * d; }             \
+        *s = t1; *ss = t2;                                                                   \
+    }                                                                                        \
+    static void fnn_ln_bwd_row_##S(long f, const T *row, const T *d, const T *w, T mu, T rs,  \
+                                   T *dw, T *db, T *sg, T *sgx) {                             \
+        T t1 = 0, t2 = 0;                                                                    \
+        for (long p = 0; p < f; ++p) {                                                       \
+            T x1 = (row[p] - mu) * rs, g1 = w ? d[p] * w[p] : d[p];                          \
+            dw[p] += d[p] * x1; db[p] += d[p]; t1 += g1; t2 += g1 * x1;                      \
+        }                                                                                    \
+        *sg = t1; *sgx = t2;                                                                 \
+    }                                                                                        \
+    static void fnn_bn_sums_row_##S(long sl, const T *row, T k, T *lanes, T *tail) {          \
+        long p = 0;                                                                          \
+        for (; p + 16 <= sl; p += 16)                                                        \
+            for (int j = 0; j < 16; ++j) {                                                   \
+                T d = row[p + j] - k; lanes[j] += d; lanes[16 + j] += d * d;                 \
+            }                                                                                \
+        for (; p < sl; ++p) { T d = row[p] - k; tail[0] += d; tail[1] += d * d; }            \
+    }                                                                                        \
+    static void fnn_bn_dots_row_##S(long sl, const T *dy, const T *x, T m, T *lanes, T *tail) { \
+        long p = 0;                                                                          \
+        for (; p + 16 <= sl; p += 16)                                                        \
+            for (int j = 0; j < 16; ++j) {                                                   \
+                lanes[j] += dy[p + j]; lanes[16 + j] += dy[p + j] * (x[p + j] - m);          \
+            }                                                                                \
+        for (; p < sl; ++p) { tail[0] += dy[p]; tail[1] += dy[p] * (x[p] - m); }             \
+    }
+    #endif
+    FNN_BN_ROWS(float, s)
+    FNN_BN_ROWS(double, d)
+    #undef FNN_BN_ROWS
+    """
+    void fnn_ln_sums_s(long f, const float *row, float k, float *s, float *ss) nogil
+    void fnn_ln_sums_d(long f, const double *row, double k, double *s, double *ss) nogil
+    void fnn_ln_bwd_row_s(long f, const float *row, const float *d, const float *w, float mu, float rs, float *dw, float *db, float *sg, float *sgx) nogil
+    void fnn_ln_bwd_row_d(long f, const double *row, const double *d, const double *w, double mu, double rs, double *dw, double *db, double *sg, double *sgx) nogil
+    void fnn_bn_sums_row_s(long sl, const float *row, float k, float *lanes, float *tail) nogil
+    void fnn_bn_sums_row_d(long sl, const double *row, double k, double *lanes, double *tail) nogil
+    void fnn_bn_dots_row_s(long sl, const float *dy, const float *x, float m, float *lanes, float *tail) nogil
+    void fnn_bn_dots_row_d(long sl, const double *dy, const double *x, double m, double *lanes, double *tail) nogil
+
+
 cdef void _ln_fwd(const floating *x, const floating *w, const floating *b, floating eps,
                   Py_ssize_t rows, Py_ssize_t f, floating *y, floating *mean,
                   floating *rstd) noexcept nogil:
-    cdef floating s1[_NL]
-    cdef floating s2[_NL]
-    cdef Py_ssize_t r, i, j, f16 = f - f % _NL
-    cdef floating k, d, s, ss, md, var, mu, rs, inv_f = (<floating> 1) / f
+    cdef Py_ssize_t r, i
+    cdef floating k, s, ss, md, var, mu, rs, inv_f = (<floating> 1) / f
     cdef const floating *row
     cdef floating *out
     for r in range(rows):
         row = x + r * f
         out = y + r * f
         k = row[0]
-        for j in range(16):
-            s1[j] = 0
-            s2[j] = 0
-        for i in range(0, f16, 16):
-            for j in range(16):
-                d = row[i + j] - k
-                s1[j] += d
-                s2[j] += d * d
-        s = 0
-        ss = 0
-        for i in range(f16, f):
-            d = row[i] - k
-            s += d
-            ss += d * d
-        s += _tree(s1)
-        ss += _tree(s2)
+        if floating is float:
+            fnn_ln_sums_s(f, row, k, &s, &ss)
+        else:
+            fnn_ln_sums_d(f, row, k, &s, &ss)
         md = s * inv_f
         var = ss * inv_f - md * md
         if var < 0:
@@ -77,10 +179,8 @@ cdef void _ln_fwd(const floating *x, const floating *w, const floating *b, float
 cdef void _ln_bwd(const floating *dy, const floating *x, const floating *mean,
                   const floating *rstd, const floating *w, Py_ssize_t rows, Py_ssize_t f,
                   floating *dx, floating *dw, floating *db) noexcept nogil:
-    cdef floating ag[_NL]
-    cdef floating ax[_NL]
-    cdef Py_ssize_t r, i, j, f16 = f - f % _NL
-    cdef floating mu, rs, xh, g, sg, sgx, a, c, inv_f = (<floating> 1) / f
+    cdef Py_ssize_t r, i
+    cdef floating mu, rs, sg, sgx, a, c, inv_f = (<floating> 1) / f
     cdef const floating *row
     cdef const floating *d
     cdef floating *out
@@ -92,39 +192,12 @@ cdef void _ln_bwd(const floating *dy, const floating *x, const floating *mean,
         d = dy + r * f
         mu = mean[r]
         rs = rstd[r]
-        for j in range(16):
-            ag[j] = 0
-            ax[j] = 0
-        if w != NULL:
-            for i in range(0, f16, 16):
-                for j in range(16):
-                    xh = (row[i + j] - mu) * rs
-                    dw[i + j] += d[i + j] * xh
-                    db[i + j] += d[i + j]
-                    g = d[i + j] * w[i + j]
-                    ag[j] += g
-                    ax[j] += g * xh
+        if floating is float:
+            fnn_ln_bwd_row_s(f, row, d, w, mu, rs, dw, db, &sg, &sgx)
         else:
-            for i in range(0, f16, 16):
-                for j in range(16):
-                    xh = (row[i + j] - mu) * rs
-                    dw[i + j] += d[i + j] * xh
-                    db[i + j] += d[i + j]
-                    ag[j] += d[i + j]
-                    ax[j] += d[i + j] * xh
-        sg = 0
-        sgx = 0
-        for i in range(f16, f):
-            xh = (row[i] - mu) * rs
-            dw[i] += d[i] * xh
-            db[i] += d[i]
-            g = d[i] * w[i] if w != NULL else d[i]
-            sg += g
-            sgx += g * xh
+            fnn_ln_bwd_row_d(f, row, d, w, mu, rs, dw, db, &sg, &sgx)
         if dx == NULL:
             continue
-        sg += _tree(ag)
-        sgx += _tree(ax)
         a = sg * inv_f
         c = sgx * inv_f
         out = dx + r * f
@@ -189,65 +262,58 @@ def layer_norm_backward(dy, x, mean, rstd, weight, need_dx=True):
 # ---------------------------------------------------------------- BatchNorm
 
 
-cdef inline void _chan_sums(const floating *x, Py_ssize_t n, Py_ssize_t stride, Py_ssize_t sl,
-                            floating k, floating *s, floating *ss) noexcept nogil:
-    """One channel's sum(x - k) and sum((x - k)**2) over n rows of sl values, stride apart;
-    the lanes run across the rows, so their reduction is paid once a channel."""
-    cdef floating a1[_NL]
-    cdef floating a2[_NL]
-    cdef Py_ssize_t i, p, j, s16 = sl - sl % _NL
-    cdef floating d, t1 = 0, t2 = 0
-    cdef const floating *row
-    for j in range(16):
-        a1[j] = 0
-        a2[j] = 0
+cdef void _bn_sums(const floating *x, Py_ssize_t n, Py_ssize_t c, Py_ssize_t sl,
+                   const floating *k, floating *acc, floating *s, floating *ss) noexcept nogil:
+    """Per channel sum(x - k[c]) into s and sum((x - k[c])**2) into ss over (N, C, S), walked in
+    memory order (a channel's rows are C * S apart, often 4 KiB, which thrashes the L1 cache's sets
+    when walked one channel at a time). Each channel keeps 2 x 16 lanes and 2 tail sums in acc
+    (C * 34 scratch) across its rows: the lanes are reduced once a channel, not once a row (that
+    reduction cost more than a 64-value row)."""
+    cdef Py_ssize_t i, ch, j
+    cdef floating *lanes
+    for j in range(c * _ACC):
+        acc[j] = 0
     for i in range(n):
-        row = x + i * stride
-        for p in range(0, s16, 16):
-            for j in range(16):
-                d = row[p + j] - k
-                a1[j] += d
-                a2[j] += d * d
-        for p in range(s16, sl):
-            d = row[p] - k
-            t1 += d
-            t2 += d * d
-    s[0] = t1 + _tree(a1)
-    ss[0] = t2 + _tree(a2)
+        for ch in range(c):
+            lanes = acc + ch * _ACC
+            if floating is float:
+                fnn_bn_sums_row_s(sl, x + (i * c + ch) * sl, k[ch], lanes, lanes + 2 * _NL)
+            else:
+                fnn_bn_sums_row_d(sl, x + (i * c + ch) * sl, k[ch], lanes, lanes + 2 * _NL)
+    for ch in range(c):
+        lanes = acc + ch * _ACC
+        s[ch] = lanes[2 * _NL] + _tree(lanes)
+        ss[ch] = lanes[2 * _NL + 1] + _tree(lanes + _NL)
 
 
-cdef inline void _chan_dot(const floating *dy, const floating *x, Py_ssize_t n, Py_ssize_t stride,
-                           Py_ssize_t sl, floating mu, floating *sd, floating *sdx) noexcept nogil:
-    """One channel's sum(dy) and sum(dy * (x - mu)), laid out as in _chan_sums."""
-    cdef floating a1[_NL]
-    cdef floating a2[_NL]
-    cdef Py_ssize_t i, p, j, s16 = sl - sl % _NL
-    cdef floating t1 = 0, t2 = 0
-    cdef const floating *row
-    cdef const floating *d
-    for j in range(16):
-        a1[j] = 0
-        a2[j] = 0
+cdef void _bn_dots(const floating *dy, const floating *x, Py_ssize_t n, Py_ssize_t c,
+                   Py_ssize_t sl, const floating *mu, floating *acc, floating *sd,
+                   floating *sdx) noexcept nogil:
+    """Per channel sum(dy) into sd and sum(dy * (x - mu[c])) into sdx, laid out as _bn_sums."""
+    cdef Py_ssize_t i, ch, j, base
+    cdef floating *lanes
+    for j in range(c * _ACC):
+        acc[j] = 0
     for i in range(n):
-        row = x + i * stride
-        d = dy + i * stride
-        for p in range(0, s16, 16):
-            for j in range(16):
-                a1[j] += d[p + j]
-                a2[j] += d[p + j] * (row[p + j] - mu)
-        for p in range(s16, sl):
-            t1 += d[p]
-            t2 += d[p] * (row[p] - mu)
-    sd[0] = t1 + _tree(a1)
-    sdx[0] = t2 + _tree(a2)
+        for ch in range(c):
+            lanes = acc + ch * _ACC
+            base = (i * c + ch) * sl
+            if floating is float:
+                fnn_bn_dots_row_s(sl, dy + base, x + base, mu[ch], lanes, lanes + 2 * _NL)
+            else:
+                fnn_bn_dots_row_d(sl, dy + base, x + base, mu[ch], lanes, lanes + 2 * _NL)
+    for ch in range(c):
+        lanes = acc + ch * _ACC
+        sd[ch] = lanes[2 * _NL] + _tree(lanes)
+        sdx[ch] = lanes[2 * _NL + 1] + _tree(lanes + _NL)
 
 
 cdef void _bn_fwd(const floating *x, const floating *w, const floating *b, floating *rm,
                   floating *rv, floating momentum, floating eps, bint training, Py_ssize_t n,
                   Py_ssize_t c, Py_ssize_t sl, floating *y, floating *mean, floating *rstd,
-                  floating *scale, floating *offset) noexcept nogil:
+                  floating *scale, floating *offset, floating *acc) noexcept nogil:
     """mean, rstd (and the running buffers in training), then y = x * scale[c] + offset[c].
-    scale and offset are (C,) scratch; mean and rstd double as the sums while reducing."""
+    scale and offset are (C,) scratch, acc (C * 32); mean and rstd double as the sums while reducing."""
     cdef Py_ssize_t i, ch, p, base
     cdef floating d, md, var, a, o, m = n * sl, one = 1
     if training:
@@ -263,13 +329,7 @@ cdef void _bn_fwd(const floating *x, const floating *w, const floating *b, float
                     mean[ch] += d
                     rstd[ch] += d * d
         else:
-            # in memory order: a channel's rows are C * S apart, often 4 KiB, which
-            # thrashes the L1 cache's sets when walked one channel at a time
-            for i in range(n):
-                for ch in range(c):
-                    _chan_sums(x + (i * c + ch) * sl, 1, 0, sl, offset[ch], &a, &o)
-                    mean[ch] += a
-                    rstd[ch] += o
+            _bn_sums(x, n, c, sl, offset, acc, mean, rstd)
         for ch in range(c):
             md = mean[ch] / m
             var = rstd[ch] / m - md * md
@@ -303,7 +363,7 @@ cdef void _bn_fwd(const floating *x, const floating *w, const floating *b, float
 cdef void _bn_bwd(const floating *dy, const floating *x, const floating *mean,
                   const floating *rstd, const floating *w, bint training, Py_ssize_t n,
                   Py_ssize_t c, Py_ssize_t sl, floating *dx, floating *dw, floating *db,
-                  floating *scale, floating *q, floating *k2) noexcept nogil:
+                  floating *scale, floating *q, floating *k2, floating *acc) noexcept nogil:
     """dweight, dbias (C,), then dx = scale[c] * (dy - q[c] - (x - mean[c]) * k2[c])."""
     cdef Py_ssize_t i, ch, p, base
     cdef floating a, qq, mu, kk, m = n * sl
@@ -317,12 +377,7 @@ cdef void _bn_bwd(const floating *dy, const floating *x, const floating *mean,
                 db[ch] += dy[base + ch]
                 dw[ch] += dy[base + ch] * (x[base + ch] - mean[ch])
     else:
-        for i in range(n):      # in memory order, as in _bn_fwd
-            for ch in range(c):
-                base = (i * c + ch) * sl
-                _chan_dot(dy + base, x + base, 1, 0, sl, mean[ch], &a, &qq)
-                db[ch] += a
-                dw[ch] += qq
+        _bn_dots(dy, x, n, c, sl, mean, acc, db, dw)
     for ch in range(c):
         dw[ch] = dw[ch] * rstd[ch]
         scale[ch] = rstd[ch] * (w[ch] if w != NULL else 1)
@@ -350,7 +405,7 @@ def batch_norm(x, weight, bias, running_mean, running_var, momentum=0.1, eps=1e-
     cdef Py_ssize_t n = X.shape[0], c = X.shape[1], sl = X.shape[2]
     cdef int typ = cnp.PyArray_TYPE(X)
     cdef cnp.ndarray Y = _empty_like(X), M = _empty1(c, typ), R = _empty1(c, typ)
-    cdef cnp.ndarray S = _empty1(c, typ), O = _empty1(c, typ)
+    cdef cnp.ndarray S = _empty1(c, typ), O = _empty1(c, typ), A = _empty1(c * _ACC, typ)
     cdef const void *w = _ptr_or_null(weight)
     cdef const void *b = _ptr_or_null(bias)
     cdef bint tr = bool(training)
@@ -360,14 +415,16 @@ def batch_norm(x, weight, bias, running_mean, running_var, momentum=0.1, eps=1e-
             _bn_fwd(<const float *> cnp.PyArray_DATA(X), <const float *> w, <const float *> b,
                     <float *> cnp.PyArray_DATA(RM), <float *> cnp.PyArray_DATA(RV), <float> mom,
                     <float> e, tr, n, c, sl, <float *> cnp.PyArray_DATA(Y), <float *> cnp.PyArray_DATA(M),
-                    <float *> cnp.PyArray_DATA(R), <float *> cnp.PyArray_DATA(S), <float *> cnp.PyArray_DATA(O))
+                    <float *> cnp.PyArray_DATA(R), <float *> cnp.PyArray_DATA(S), <float *> cnp.PyArray_DATA(O),
+                    <float *> cnp.PyArray_DATA(A))
     else:
         with nogil:
             _bn_fwd(<const double *> cnp.PyArray_DATA(X), <const double *> w, <const double *> b,
                     <double *> cnp.PyArray_DATA(RM), <double *> cnp.PyArray_DATA(RV), <double> mom,
                     <double> e, tr, n, c, sl, <double *> cnp.PyArray_DATA(Y),
                     <double *> cnp.PyArray_DATA(M), <double *> cnp.PyArray_DATA(R),
-                    <double *> cnp.PyArray_DATA(S), <double *> cnp.PyArray_DATA(O))
+                    <double *> cnp.PyArray_DATA(S), <double *> cnp.PyArray_DATA(O),
+                    <double *> cnp.PyArray_DATA(A))
     return Y, M, R
 
 
@@ -378,6 +435,7 @@ def batch_norm_backward(dy, x, mean, rstd, weight, training=True, need_dx=True):
     cdef int typ = cnp.PyArray_TYPE(X)
     cdef cnp.ndarray DW = _empty1(c, typ), DB = _empty1(c, typ)
     cdef cnp.ndarray S = _empty1(c, typ), Q = _empty1(c, typ), K2 = _empty1(c, typ)
+    cdef cnp.ndarray A = _empty1(c * _ACC, typ)
     cdef cnp.ndarray DX = _empty_like(X) if need_dx else None
     cdef void *dxp = NULL if DX is None else cnp.PyArray_DATA(DX)
     cdef const void *w = _ptr_or_null(weight)
@@ -388,14 +446,15 @@ def batch_norm_backward(dy, x, mean, rstd, weight, training=True, need_dx=True):
                     <const float *> cnp.PyArray_DATA(M), <const float *> cnp.PyArray_DATA(R),
                     <const float *> w, tr, n, c, sl, <float *> dxp, <float *> cnp.PyArray_DATA(DW),
                     <float *> cnp.PyArray_DATA(DB), <float *> cnp.PyArray_DATA(S),
-                    <float *> cnp.PyArray_DATA(Q), <float *> cnp.PyArray_DATA(K2))
+                    <float *> cnp.PyArray_DATA(Q), <float *> cnp.PyArray_DATA(K2), <float *> cnp.PyArray_DATA(A))
     else:
         with nogil:
             _bn_bwd(<const double *> cnp.PyArray_DATA(DY), <const double *> cnp.PyArray_DATA(X),
                     <const double *> cnp.PyArray_DATA(M), <const double *> cnp.PyArray_DATA(R),
                     <const double *> w, tr, n, c, sl, <double *> dxp, <double *> cnp.PyArray_DATA(DW),
                     <double *> cnp.PyArray_DATA(DB), <double *> cnp.PyArray_DATA(S),
-                    <double *> cnp.PyArray_DATA(Q), <double *> cnp.PyArray_DATA(K2))
+                    <double *> cnp.PyArray_DATA(Q), <double *> cnp.PyArray_DATA(K2),
+                    <double *> cnp.PyArray_DATA(A))
     return DX, DW, DB
 
 

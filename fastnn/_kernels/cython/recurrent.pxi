@@ -22,9 +22,22 @@
 # W_hh panel (H columns, padded to NR) gives the dh_{t-1} carry. The GRU's A
 # holds (d_r, d_z, d_new * r), as W_hh's n rows meet d_new * r. dx_t needs no
 # carry, so it comes after the time loop from da W_ih over all N*T rows (at
-# F = 1, H = 32 sweeping [W_hh | W_ih] per step padded 33 columns to 64). The
-# weight gradients come from one packed GEMM over all N*T rows
-# (dW = da^T [x | h_prev]), the bias gradients from column sums.
+# F = 1, H = 32 sweeping [W_hh | W_ih] per step padded 33 columns to 64). Then
+# dW_ih and the bias gradients are column sums over the N*T rows (a GEMM for
+# F >= 16), and dW_hh^T = h_prev^T d_hid is one GEMM over the rows with t > 0
+# (d_hid's t = 0 rows zeroed, h read shifted by one row: no [x | h] copy).
+#
+# Small hidden sizes (H <= _RNN_LANES_MAX_H) take the samples-in-lanes path of
+# fnn_rec_lanes.h instead: LB samples (one ISA vector: 16 floats with AVX-512)
+# per block, each gate row one vector, so the gate nonlinearities run on full
+# vectors where the row path above would leave most lanes idle (H = 6: 6 of
+# 16). The saved states keep the reference's (N, T, ...) layout: chunks of
+# steps are transposed into and out of the lanes. Its backward sums dW, db and
+# dx in the time loop while its accumulators are small (_RNN_FUSED_MAX_BYTES;
+# per block, added in block order: the same result on any number of threads),
+# else it writes da rows for the GEMMs above. Measured (batch 100, T = 40,
+# F = 1): lanes win below H = 16 in float32 (8 in float64), rows from one full
+# vector of hidden units a row.
 
 from libc.string cimport memcpy
 
@@ -111,6 +124,19 @@ cdef extern from *:
                 dx[s * F + f] = sum;                                                       \
             }                                                                              \
         }                                                                                  \
+    }                                                                                      \
+    /* db[p] += sum_s da[s, p]; acc[f, p] += sum_s da[s, p] x[s, f] (dW_ih^T for small F) */ \
+    static void fnn_rec_colsums_##S(long NT, long G, long F, const T *FNN_RESTRICT da,       \
+            const T *FNN_RESTRICT x, T *FNN_RESTRICT acc, T *FNN_RESTRICT db) {            \
+        for (long s = 0; s < NT; ++s) {                                                    \
+            const T *FNN_RESTRICT a = da + s * G;                                          \
+            for (long p = 0; p < G; ++p) db[p] += a[p];                                    \
+            for (long f = 0; f < F; ++f) {                                                 \
+                T xv = x[s * F + f];                                                       \
+                T *FNN_RESTRICT w = acc + f * G;                                           \
+                for (long p = 0; p < G; ++p) w[p] += a[p] * xv;                            \
+            }                                                                              \
+        }                                                                                  \
     }
     FNN_GATES(float, s, fnn_expf, fnn_tanhf)
     /* prefetch n bytes from p (a sample row's saved state of an earlier step: rows of
@@ -120,6 +146,7 @@ cdef extern from *:
     }
     FNN_GATES(double, d, fnn_exp, fnn_tanh)
     #undef FNN_GATES
+    #include "fnn_rec_lanes.h"
     """
     void fnn_lstm_fwd_s(long H, float *pi, float *pf, float *pg, float *po, const float *b, float *c, float *h) nogil
     void fnn_lstm_fwd_d(long H, double *pi, double *pf, double *pg, double *po, const double *b, double *c, double *h) nogil
@@ -136,6 +163,21 @@ cdef extern from *:
     void fnn_prefetch(const void *p, long n) nogil
     void fnn_rec_dx_s(long NT, long G, long F, const float *da, const float *wt, float *dx) nogil
     void fnn_rec_dx_d(long NT, long G, long F, const double *da, const double *wt, double *dx) nogil
+    void fnn_rec_colsums_s(long NT, long G, long F, const float *da, const float *x, float *acc, float *db) nogil
+    void fnn_rec_colsums_d(long NT, long G, long F, const double *da, const double *x, double *acc, double *db) nogil
+    # the samples-in-lanes time loops (fnn_rec_lanes.h; FNN_LANES is 0 without vector extensions)
+    enum:
+        FNN_LANES
+        FNN_LB_S
+        FNN_LB_D
+    long fnn_lanes_bufsize_s(int kind, long T, long F, long H) nogil
+    long fnn_lanes_bufsize_d(int kind, long T, long F, long H) nogil
+    void fnn_lanes_fwd_s(int kind, long n0, long nl, long T, long F, long H, const float *x, const float *wih, const float *whh, const float *bias, float *h, float *c, float *gates, float *hn, void *buf) nogil
+    void fnn_lanes_fwd_d(int kind, long n0, long nl, long T, long F, long H, const double *x, const double *wih, const double *whh, const double *bias, double *h, double *c, double *gates, double *hn, void *buf) nogil
+    long fnn_lanes_accbytes_s(int kind, long F, long H) nogil
+    long fnn_lanes_accbytes_d(int kind, long F, long H) nogil
+    void fnn_lanes_bwd_s(int kind, long n0, long nl, long T, long F, long H, const float *dh, const float *x, const float *h, const float *c, const float *gates, const float *hn, const float *whht, const float *wiht, float *da, float *dhid, float *dx, float *part, void *buf) nogil
+    void fnn_lanes_bwd_d(int kind, long n0, long nl, long T, long F, long H, const double *dh, const double *x, const double *h, const double *c, const double *gates, const double *hn, const double *whht, const double *wiht, double *da, double *dhid, double *dx, double *part, void *buf) nogil
 
 # Threads over sample tiles only above this N*T*(F+H)*G*H: on the shared 2-core
 # machine a worker preempted while it holds a tile (the whole time loop of MR
@@ -150,10 +192,45 @@ cdef enum:
     _K_GRU = 2
 
 
+# Hidden sizes up to these run the samples-in-lanes time loops (fnn_rec_lanes.h): one
+# vector of the ISA holds a gate row of LB samples, so the gate math runs on full
+# vectors at any H. From one full vector of hidden units (16 floats, 8 doubles with
+# AVX-512) the samples-in-rows path below (GEMM microkernel per step, gate math along
+# the hidden axis) measured faster. _set_rnn_lanes_max_h moves them (tests: -1 forces
+# rows, a large value lanes).
+cdef Py_ssize_t _RNN_LANES_MAX_H = 15
+cdef Py_ssize_t _RNN_LANES_MAX_H_D = 7
+
+
+def _set_rnn_lanes_max_h(Py_ssize_t h_float, Py_ssize_t h_double):
+    """Tuning hook: recurrent kernels with hidden size <= h_float (float32) or <= h_double
+    (float64) use the samples-in-lanes path (where this build has it); returns the
+    previous (h_float, h_double)."""
+    global _RNN_LANES_MAX_H, _RNN_LANES_MAX_H_D
+    old = (_RNN_LANES_MAX_H, _RNN_LANES_MAX_H_D)
+    _RNN_LANES_MAX_H = h_float
+    _RNN_LANES_MAX_H_D = h_double
+    return old
+
+
+def _rnn_lanes_width(dtype):
+    """Samples per lane block for dtype in this build (0: no lanes path)."""
+    if not FNN_LANES:
+        return 0
+    return FNN_LB_S if dtype == "float32" else FNN_LB_D
+
+
+cdef inline bint _use_lanes(Py_ssize_t H, bint is_double) noexcept nogil:
+    return FNN_LANES != 0 and H <= (_RNN_LANES_MAX_H_D if is_double else _RNN_LANES_MAX_H)
+
+
 def _set_rnn_parallel_min_work(Py_ssize_t w):
-    """Tuning hook: recurrent kernels thread over sample tiles when N*T*(F+H)*G*H reaches w."""
+    """Tuning hook: recurrent kernels thread over sample tiles when N*T*(F+H)*G*H reaches w;
+    returns the previous value."""
     global _RNN_PAR_MIN_WORK
+    old = _RNN_PAR_MIN_WORK
     _RNN_PAR_MIN_WORK = w
+    return old
 
 
 cdef inline Py_ssize_t _roundup(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
@@ -289,6 +366,158 @@ cdef void _fwd_worker(int kind, const floating *x, const floating *bp, const flo
         fnn_aligned_free(buf)
 
 
+cdef void _lanes_fwd_worker(int kind, const floating *x, const floating *w_ih, const floating *w_hh,
+                            const floating *bias, floating *h, floating *c, floating *gates,
+                            floating *hn, Py_ssize_t N, Py_ssize_t T, Py_ssize_t F, Py_ssize_t H,
+                            long *next_tile, long *claimed, int *fail) noexcept nogil:
+    """Forward time loops of lane blocks taken from the shared counter."""
+    cdef Py_ssize_t LB = FNN_LB_S if floating is float else FNN_LB_D
+    cdef Py_ssize_t nblk = (N + LB - 1) // LB, q, n0
+    cdef void *buf = NULL
+    while True:
+        q = fnn_atomic_next(next_tile)
+        if q >= nblk:
+            break
+        if buf == NULL:
+            if floating is float:
+                buf = fnn_aligned_alloc(fnn_lanes_bufsize_s(-1 - kind, T, F, H) * LB * sizeof(float))
+            else:
+                buf = fnn_aligned_alloc(fnn_lanes_bufsize_d(-1 - kind, T, F, H) * LB * sizeof(double))
+            if buf == NULL:
+                fail[0] = 1
+                return
+        claimed[0] += 1
+        n0 = q * LB
+        if floating is float:
+            fnn_lanes_fwd_s(kind, n0, _imin(LB, N - n0), T, F, H, x, w_ih, w_hh, bias, h, c, gates, hn, buf)
+        else:
+            fnn_lanes_fwd_d(kind, n0, _imin(LB, N - n0), T, F, H, x, w_ih, w_hh, bias, h, c, gates, hn, buf)
+    if buf != NULL:
+        fnn_aligned_free(buf)
+
+
+cdef void _lanes_bwd_worker(int kind, const floating *dh, const floating *x, const floating *h,
+                            const floating *c, const floating *gates, const floating *hn,
+                            const floating *whht, const floating *wiht, floating *da,
+                            floating *dhid, floating *dx, floating *parts, Py_ssize_t pw,
+                            Py_ssize_t N, Py_ssize_t T, Py_ssize_t F, Py_ssize_t H,
+                            long *next_tile, long *claimed, int *fail) noexcept nogil:
+    """BPTT time loops of lane blocks taken from the shared counter; parts != NULL: the
+    fused path, block q's weight gradients into parts + q * pw."""
+    cdef Py_ssize_t LB = FNN_LB_S if floating is float else FNN_LB_D
+    cdef Py_ssize_t nblk = (N + LB - 1) // LB, q, n0
+    cdef void *buf = NULL
+    cdef floating *part
+    while True:
+        q = fnn_atomic_next(next_tile)
+        if q >= nblk:
+            break
+        if buf == NULL:
+            if floating is float:
+                buf = fnn_aligned_alloc(fnn_lanes_bufsize_s(kind, T, F, H) * LB * sizeof(float))
+            else:
+                buf = fnn_aligned_alloc(fnn_lanes_bufsize_d(kind, T, F, H) * LB * sizeof(double))
+            if buf == NULL:
+                fail[0] = 1
+                return
+        claimed[0] += 1
+        n0 = q * LB
+        part = NULL if parts == NULL else parts + q * pw
+        if floating is float:
+            fnn_lanes_bwd_s(kind, n0, _imin(LB, N - n0), T, F, H, dh, x, h, c, gates, hn, whht, wiht,
+                            da, dhid, dx, part, buf)
+        else:
+            fnn_lanes_bwd_d(kind, n0, _imin(LB, N - n0), T, F, H, dh, x, h, c, gates, hn, whht, wiht,
+                            da, dhid, dx, part, buf)
+    if buf != NULL:
+        fnn_aligned_free(buf)
+
+
+# The fused lanes backward keeps every weight gradient of a block in lane
+# accumulators, G * (H + F + 2) vectors, read and written every step: only
+# while they stay near L1 (72 KB: an LSTM up to H = 15 at F = 1; measured
+# faster than da rows + GEMMs there).
+cdef Py_ssize_t _RNN_FUSED_MAX_BYTES = 73728
+
+
+def _set_rnn_fused_max_bytes(Py_ssize_t b):
+    """Tuning hook: the lanes backward sums the weight gradients in its time loop while
+    their accumulators take at most b bytes (else da rows and GEMMs); returns the old value."""
+    global _RNN_FUSED_MAX_BYTES
+    old = _RNN_FUSED_MAX_BYTES
+    _RNN_FUSED_MAX_BYTES = b
+    return old
+
+
+cdef int _rec_bwd_fused(int kind, const floating *dh, const floating *x, const floating *h,
+                        const floating *c, const floating *gates, const floating *hn,
+                        const floating *w_ih, const floating *w_hh, floating *dx, floating *dw_ih,
+                        floating *dw_hh, floating *db_ih, floating *db_hh, Py_ssize_t N, Py_ssize_t T,
+                        Py_ssize_t F, Py_ssize_t H, int nthreads) noexcept nogil:
+    """BPTT on the lanes with every gradient summed in the time loop: no (N*T, G) rows,
+    no GEMM. Block partial sums are added in block order (the same result on any
+    number of threads)."""
+    cdef Py_ssize_t LB = FNN_LB_S if floating is float else FNN_LB_D
+    cdef Py_ssize_t G = H * (1 if kind == _K_RNN else 4 if kind == _K_LSTM else 3)
+    cdef Py_ssize_t nblk = (N + LB - 1) // LB, pw = G * (H + F + 2), i, j, q, tt
+    cdef long next_tile = 0
+    cdef long claimed[_MAX_TEAM]
+    cdef double master_done[1]
+    cdef int fail = 0
+    cdef Py_ssize_t wt_sz = _roundup(G * H, 16) + _roundup(G * F, 16)
+    cdef floating *whht = <floating *> fnn_aligned_alloc((wt_sz + nblk * pw + 16) * sizeof(floating))
+    if whht == NULL:
+        return -1
+    cdef floating *wiht = whht + _roundup(G * H, 16)
+    cdef floating *parts = whht + wt_sz
+    cdef floating *p
+    for i in range(G):
+        for j in range(H):
+            whht[j * G + i] = w_hh[i * H + j]
+        for j in range(F):
+            wiht[j * G + i] = w_ih[i * F + j]
+    for i in range(nblk * pw):
+        parts[i] = 0
+    nthreads = _team_for(nblk, N * T * G * (F + H), nthreads)
+    for tt in range(nthreads):
+        claimed[tt] = 0
+    if nthreads > 1:
+        master_done[0] = 0
+        with parallel(num_threads=nthreads):
+            tt = fnn_team_rank()
+            _lanes_bwd_worker(kind, dh, x, h, c, gates, hn, whht, wiht, NULL, NULL, dx, parts, pw,
+                              N, T, F, H, &next_tile, &claimed[tt], &fail)
+            if tt == 0:
+                master_done[0] = fnn_now()
+        _team_report(claimed, master_done, nthreads)
+    else:
+        _lanes_bwd_worker(kind, dh, x, h, c, gates, hn, whht, wiht, NULL, NULL, dx, parts, pw,
+                          N, T, F, H, &next_tile, &claimed[0], &fail)
+    if fail:
+        fnn_aligned_free(whht)
+        return -1
+    for i in range(G * H):
+        dw_hh[i] = 0
+    for i in range(G * F):
+        dw_ih[i] = 0
+    for i in range(G):
+        db_ih[i] = 0
+        db_hh[i] = 0
+    for q in range(nblk):
+        p = parts + q * pw
+        for i in range(G * H):
+            dw_hh[i] += p[i]
+        p = p + G * H
+        for i in range(G * F):
+            dw_ih[i] += p[i]
+        p = p + G * F
+        for i in range(G):
+            db_ih[i] += p[i]
+            db_hh[i] += p[G + i]
+    fnn_aligned_free(whht)
+    return 0
+
+
 cdef int _team_for(Py_ssize_t ntiles, Py_ssize_t work, int nthreads) noexcept nogil:
     if nthreads < 2 or ntiles < 2 or work < _RNN_PAR_MIN_WORK:
         return 1
@@ -320,10 +549,28 @@ cdef int _rec_fwd(int kind, const floating *x, const floating *w_ih, const float
         return -1
     cdef floating *bias = bp + (F + H) * gp
     _pack_fwd(kind, w_ih, w_hh, b_ih, b_hh, bp, bias, F, H, gp)
+    cdef bint lanes = _use_lanes(H, floating is double)
+    cdef Py_ssize_t LB = FNN_LB_S if floating is float else FNN_LB_D
+    if lanes:
+        ntiles = (N + LB - 1) // LB
     nthreads = _team_for(ntiles, N * T * (F + H) * cols, nthreads)
     for tt in range(nthreads):
         claimed[tt] = 0
-    if nthreads > 1:
+    if lanes:
+        # the lanes path reads W_ih, W_hh as given and only the packed bias
+        if nthreads > 1:
+            master_done[0] = 0
+            with parallel(num_threads=nthreads):
+                tt = fnn_team_rank()
+                _lanes_fwd_worker(kind, x, w_ih, w_hh, bias, h, c, gates, hn, N, T, F, H,
+                                  &next_tile, &claimed[tt], &fail)
+                if tt == 0:
+                    master_done[0] = fnn_now()
+            _team_report(claimed, master_done, nthreads)
+        else:
+            _lanes_fwd_worker(kind, x, w_ih, w_hh, bias, h, c, gates, hn, N, T, F, H,
+                              &next_tile, &claimed[0], &fail)
+    elif nthreads > 1:
         master_done[0] = 0
         with parallel(num_threads=nthreads):
             tt = fnn_team_rank()
@@ -477,8 +724,9 @@ cdef int _rec_bwd(int kind, const floating *dh, const floating *x, const floatin
                   const floating *w_ih, const floating *w_hh, floating *dx, floating *dw_ih,
                   floating *dw_hh, floating *db_ih, floating *db_hh, Py_ssize_t N, Py_ssize_t T,
                   Py_ssize_t F, Py_ssize_t H, int nthreads) noexcept nogil:
-    """BPTT: the per-step sweeps (threads over sample tiles), then dW from one GEMM
-    over every (n, t) row and the bias gradients from column sums."""
+    """BPTT: the per-step sweeps (threads over sample tiles, or lane blocks), then dW_hh
+    from one GEMM over every (n, t) row, dW_ih and the bias gradients from column sums
+    (a GEMM for wide inputs)."""
     cdef Py_ssize_t MR, NR
     if floating is float:
         MR = FNN_MR_S
@@ -489,29 +737,58 @@ cdef int _rec_bwd(int kind, const floating *dh, const floating *x, const floatin
     cdef Py_ssize_t G = H * (1 if kind == _K_RNN else 4 if kind == _K_LSTM else 3)
     cdef Py_ssize_t K = G + (H if kind == _K_GRU else 0)
     cdef Py_ssize_t gb = _roundup(H, NR), ntiles = (N + MR - 1) // MR, tt, NT = N * T
-    cdef Py_ssize_t i, t, j, xw = F + H
+    cdef Py_ssize_t i, t, j
     cdef long next_tile = 0
     cdef long claimed[_MAX_TEAM]
     cdef double master_done[1]
     cdef int fail = 0, rc
     cdef Py_ssize_t bp_sz = _roundup(G * gb, 16), da_sz = _roundup(NT * G, 16)
     cdef Py_ssize_t dh_sz = da_sz if kind == _K_GRU else 0
-    cdef Py_ssize_t xh_sz = _roundup(NT * xw, 16), dw_sz = _roundup(G * xw, 16)
     cdef Py_ssize_t wt_sz = _roundup(G * F, 16)
+    cdef bint lanes = _use_lanes(H, floating is double)
+    cdef Py_ssize_t LB = FNN_LB_S if floating is float else FNN_LB_D
+    cdef Py_ssize_t accb
+    if lanes:
+        if floating is float:
+            accb = fnn_lanes_accbytes_s(kind, F, H)
+        else:
+            accb = fnn_lanes_accbytes_d(kind, F, H)
+        if accb <= _RNN_FUSED_MAX_BYTES:
+            return _rec_bwd_fused(kind, dh, x, h, c, gates, hn, w_ih, w_hh, dx, dw_ih, dw_hh,
+                                  db_ih, db_hh, N, T, F, H, nthreads)
     cdef floating *bp = <floating *> fnn_aligned_alloc(
-        (bp_sz + da_sz + dh_sz + xh_sz + dw_sz + wt_sz) * sizeof(floating))
+        (bp_sz + da_sz + dh_sz + wt_sz + _roundup(G * H, 16)) * sizeof(floating))
     if bp == NULL:
         return -1
     cdef floating *da = bp + bp_sz
     cdef floating *dhid = da + da_sz
-    cdef floating *xh = dhid + dh_sz
-    cdef floating *dw = xh + xh_sz
-    cdef floating *wt = dw + dw_sz
-    _pack_bwd(kind, w_ih, w_hh, bp, F, H, gb)
+    cdef floating *wt = dhid + dh_sz
+    cdef floating *dwt = wt + wt_sz
+    if lanes:
+        # W_hh^T (H, G) for the carry; bp has room (G * gb >= G * H)
+        for i in range(G):
+            for j in range(H):
+                bp[j * G + i] = w_hh[i * H + j]
+        ntiles = (N + LB - 1) // LB
+    else:
+        _pack_bwd(kind, w_ih, w_hh, bp, F, H, gb)
     nthreads = _team_for(ntiles, NT * K * (F + H), nthreads)
     for tt in range(nthreads):
         claimed[tt] = 0
-    if nthreads > 1:
+    if lanes:
+        if nthreads > 1:
+            master_done[0] = 0
+            with parallel(num_threads=nthreads):
+                tt = fnn_team_rank()
+                _lanes_bwd_worker(kind, dh, x, h, c, gates, hn, bp, NULL, da, dhid, NULL, NULL, 0,
+                                  N, T, F, H, &next_tile, &claimed[tt], &fail)
+                if tt == 0:
+                    master_done[0] = fnn_now()
+            _team_report(claimed, master_done, nthreads)
+        else:
+            _lanes_bwd_worker(kind, dh, x, h, c, gates, hn, bp, NULL, da, dhid, NULL, NULL, 0,
+                              N, T, F, H, &next_tile, &claimed[0], &fail)
+    elif nthreads > 1:
         master_done[0] = 0
         with parallel(num_threads=nthreads):
             tt = fnn_team_rank()
@@ -542,35 +819,43 @@ cdef int _rec_bwd(int kind, const floating *dh, const floating *x, const floatin
         if rc != 0:
             fnn_aligned_free(bp)
             return rc
-    # [x_t | h_{t-1}] for every (n, t) row
-    for i in range(N):
-        for t in range(T):
-            _copy(xh + (i * T + t) * xw, x + (i * T + t) * F, F)
-            if t == 0:
-                for j in range(H):
-                    xh[(i * T + t) * xw + F + j] = 0
-            else:
-                _copy(xh + (i * T + t) * xw + F, h + (i * T + t - 1) * H, H)
-    if kind == _K_GRU:
-        # dW_ih = d_in^T x, dW_hh = d_hid^T h_prev (two GEMMs: different A)
-        rc = _gemm(da, xh, dw, G, xw, NT, True, False, False, nthreads)
-        if rc == 0:
-            for i in range(G):
-                _copy(dw_ih + i * F, dw + i * xw, F)
-            rc = _gemm(dhid, xh, dw, G, xw, NT, True, False, False, nthreads)
-        if rc == 0:
-            for i in range(G):
-                _copy(dw_hh + i * H, dw + i * xw + F, H)
+    # dW_ih and db_ih from da; db_hh from d_hid (the GRU's) or equal to db_ih
+    for i in range(G):
+        db_ih[i] = 0
+    if F < 16:
+        for i in range(G * F):
+            wt[i] = 0
+        if floating is float:
+            fnn_rec_colsums_s(NT, G, F, da, x, wt, db_ih)
+        else:
+            fnn_rec_colsums_d(NT, G, F, da, x, wt, db_ih)
+        for i in range(G):
+            for j in range(F):
+                dw_ih[i * F + j] = wt[j * G + i]
+    else:
         _colsum_k(da, db_ih, NT, G)
+        rc = _gemm(da, x, dw_ih, G, F, NT, True, False, False, nthreads)
+    cdef floating *dsrc = dhid if kind == _K_GRU else da
+    if kind == _K_GRU:
         _colsum_k(dhid, db_hh, NT, G)
     else:
-        rc = _gemm(da, xh, dw, G, xw, NT, True, False, False, nthreads)
-        if rc == 0:
-            for i in range(G):
-                _copy(dw_ih + i * F, dw + i * xw, F)
-                _copy(dw_hh + i * H, dw + i * xw + F, H)
-        _colsum_k(da, db_ih, NT, G)
         _copy(db_hh, db_ih, G)
+    # dW_hh = sum over rows s with t > 0 of d_hid[s]^T h[s - 1]: with the t = 0 rows of d_hid
+    # zeroed (da has served dx and the sums above), one GEMM of rows 1.. against h's rows
+    # 0.. (h shifted by a row, no copy) gives it
+    for i in range(N):
+        for j in range(G):
+            dsrc[i * T * G + j] = 0
+    # (as dW_hh^T = h^T d_hid: the GEMM then packs the narrow h and reads d_hid in place)
+    if rc == 0:
+        if NT > 1:
+            rc = _gemm(h, dsrc + G, dwt, H, G, NT - 1, True, False, False, nthreads)
+            for i in range(G):
+                for j in range(H):
+                    dw_hh[i * H + j] = dwt[j * G + i]
+        else:
+            for i in range(G * H):
+                dw_hh[i] = 0
     fnn_aligned_free(bp)
     return rc
 

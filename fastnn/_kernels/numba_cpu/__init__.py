@@ -67,6 +67,13 @@ NATIVE = _registry.overrides(
 globals().update(NATIVE)
 
 
+# Numba's 'omp' layer is the Cython kernels' libgomp: give numpy's BLAS that one pool too
+# (fastnn/threads.py; a no-op without the Cython kernels or with FASTNN_BLAS_POOL=own).
+from ... import threads as _fnn_threads  # noqa: E402
+
+_fnn_threads.share_blas_pool()
+
+
 def available():
     """(True, '') : Numba imported, so these kernels can run here."""
     return True, ""
@@ -78,6 +85,7 @@ def set_num_threads(n):
 
 
 def get_num_threads():
-    """Threads the GEMM uses now (1 in a forked child where Numba's pool cannot run)."""
-    from ._threads import usable
-    return usable()
+    """Threads the kernels are set to use (1 in a forked child where Numba's pool cannot
+    run); a kernel backing off after a straggler (_threads.py) may use fewer for a moment."""
+    from ._threads import configured
+    return configured()

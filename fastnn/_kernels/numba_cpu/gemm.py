@@ -13,6 +13,8 @@ duplicates less packing) between them when the product is big enough.
 Tile (MR x NR) and block (KC, MC, NC) sizes are TILES["numba"] of
 fastnn/_kernels/tiles.py, the table _micro.py is generated from.
 """
+from time import perf_counter as _perf_counter
+
 import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
@@ -206,7 +208,9 @@ def _gemm_into(a, b, c, trans_a, trans_b, accumulate=False):
     mc, kc, nc = BLOCKS[a.dtype]
     split_rows, chunks = _split(m, n, k, a.dtype, _threads.usable())
     if chunks > 1:
+        t0 = _perf_counter()
         _gemm_parallel(a, b, c, trans_a, trans_b, split_rows, chunks, accumulate, mc, kc, nc)
+        _threads.report(m * n * k, _perf_counter() - t0, a.itemsize)   # the straggler guard
     else:
         _gemm_block(a, b, c, trans_a, trans_b, 0, m, 0, n, accumulate, mc, kc, nc)
     return c

@@ -1,0 +1,231 @@
+/* Samples-in-lanes RNN/LSTM/GRU time loops (the small-hidden path of recurrent.pxi): vector types,
+ * lane-wise exp/sigmoid/tanh (fnn_expf/fnn_exp/fnn_tanhf/fnn_tanh of fnn_simd.h on whole vectors),
+ * and the per-block kernels of fnn_rec_lanes_impl.h for float (_s) and double (_d). They match
+ * reference.rnn/lstm/gru and the time loops of their *_backward.
+ *
+ * A block is LB samples (one vector of the ISA: 16 floats / 8 doubles with AVX-512); every
+ * per-step quantity of a block is an array of vectors, one vector a gate row or hidden unit, one
+ * lane a sample. So the gate math always runs on full vectors whatever H is, and W h is a chain of
+ * broadcast-FMAs. GCC/clang vector extensions only: elsewhere FNN_LANES is 0 and recurrent.pxi
+ * keeps its samples-in-rows path. */
+#ifndef FNN_REC_LANES_H
+#define FNN_REC_LANES_H
+
+#include "fnn_simd.h"
+
+#if defined(__GNUC__) || defined(__clang__)
+#define FNN_LANES 1
+#if !defined(FNN_ISA_AVX512) && !defined(FNN_ISA_AVX2) && defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+#if defined(FNN_ISA_AVX512)
+#define FNN_LV 64
+#elif defined(FNN_ISA_AVX2)
+#define FNN_LV 32
+#else
+#define FNN_LV 16
+#endif
+
+typedef float fnn_lvs __attribute__((vector_size(FNN_LV)));
+typedef int32_t fnn_lvsi __attribute__((vector_size(FNN_LV)));
+typedef double fnn_lvd __attribute__((vector_size(FNN_LV)));
+typedef int64_t fnn_lvdi __attribute__((vector_size(FNN_LV)));
+#define FNN_LB_S (FNN_LV / 4)
+#define FNN_LB_D (FNN_LV / 8)
+
+static long fnn_lanes_width_s(void) { return FNN_LB_S; }
+static long fnn_lanes_width_d(void) { return FNN_LB_D; }
+
+/* m ? a : b lane by lane (m: all-ones or zero lanes, as comparisons give) */
+FNN_INLINE fnn_lvs fnn_lsel_s(fnn_lvsi m, fnn_lvs a, fnn_lvs b) {
+    return (fnn_lvs)(((fnn_lvsi)a & m) | ((fnn_lvsi)b & ~m));
+}
+FNN_INLINE fnn_lvd fnn_lsel_d(fnn_lvdi m, fnn_lvd a, fnn_lvd b) {
+    return (fnn_lvd)(((fnn_lvdi)a & m) | ((fnn_lvdi)b & ~m));
+}
+/* min(max(x, lo), hi): one min and one max instruction (a select costs three). x goes
+ * second: x86 min/max return their second operand when either is NaN, so NaN stays NaN
+ * (a diverging run must not come out finite). */
+FNN_INLINE fnn_lvs fnn_lclamp_s(fnn_lvs x, float lo, float hi) {
+    fnn_lvs vlo = (fnn_lvs){0} + lo, vhi = (fnn_lvs){0} + hi;
+#if defined(FNN_ISA_AVX512)
+    return (fnn_lvs)_mm512_min_ps((__m512)vhi, _mm512_max_ps((__m512)vlo, (__m512)x));
+#elif defined(FNN_ISA_AVX2)
+    return (fnn_lvs)_mm256_min_ps((__m256)vhi, _mm256_max_ps((__m256)vlo, (__m256)x));
+#elif defined(__SSE2__)
+    return (fnn_lvs)_mm_min_ps((__m128)vhi, _mm_max_ps((__m128)vlo, (__m128)x));
+#else
+    x = fnn_lsel_s((fnn_lvsi)(x > vhi), vhi, x);
+    return fnn_lsel_s((fnn_lvsi)(x < vlo), vlo, x);
+#endif
+}
+FNN_INLINE fnn_lvd fnn_lclamp_d(fnn_lvd x, double lo, double hi) {
+    fnn_lvd vlo = (fnn_lvd){0} + lo, vhi = (fnn_lvd){0} + hi;
+#if defined(FNN_ISA_AVX512)
+    return (fnn_lvd)_mm512_min_pd((__m512d)vhi, _mm512_max_pd((__m512d)vlo, (__m512d)x));
+#elif defined(FNN_ISA_AVX2)
+    return (fnn_lvd)_mm256_min_pd((__m256d)vhi, _mm256_max_pd((__m256d)vlo, (__m256d)x));
+#elif defined(__SSE2__)
+    return (fnn_lvd)_mm_min_pd((__m128d)vhi, _mm_max_pd((__m128d)vlo, (__m128d)x));
+#else
+    x = fnn_lsel_d((fnn_lvdi)(x > vhi), vhi, x);
+    return fnn_lsel_d((fnn_lvdi)(x < vlo), vlo, x);
+#endif
+}
+
+/* 1 / d. (The reciprocal estimate plus a Newton step measured slower than the divider here.) */
+FNN_INLINE fnn_lvs fnn_lrcp_s(fnn_lvs d) {
+    return 1.0f / d;
+}
+
+/* exp(x) for x already clamped to [-87, 87] (float) / [-708, 708] (double): fnn_expf /
+ * fnn_exp's reduction and polynomial, so results stay finite and normal. */
+FNN_INLINE fnn_lvs fnn_lexp_s(fnn_lvs xc) {
+    const float magic = 12582912.0f; /* 1.5 * 2^23 */
+    fnn_lvs t = xc * 1.44269504088896341f + magic;
+    fnn_lvs fn = t - magic;
+    fnn_lvs r = xc - fn * 0.693359375f;
+    r = r - fn * -2.12194440e-4f;
+    fnn_lvs pp = (fnn_lvs){0} + 1.0f / 5040.0f;
+    pp = pp * r + 1.0f / 720.0f;
+    pp = pp * r + 1.0f / 120.0f;
+    pp = pp * r + 1.0f / 24.0f;
+    pp = pp * r + 1.0f / 6.0f;
+    pp = pp * r + 0.5f;
+    pp = pp * r + 1.0f;
+    pp = pp * r + 1.0f;
+    fnn_lvsi bits = ((fnn_lvsi)t - 0x4B400000 + 127) << 23;   /* 0x4B400000: magic's bits */
+    return pp * (fnn_lvs)bits;
+}
+FNN_INLINE fnn_lvd fnn_lexp_d(fnn_lvd xc) {
+    const double magic = 6755399441055744.0; /* 1.5 * 2^52 */
+    fnn_lvd t = xc * 1.4426950408889634074 + magic;
+    fnn_lvd fn = t - magic;
+    fnn_lvd r = xc - fn * 6.93147180369123816490e-01;
+    r = r - fn * 1.90821492927058770002e-10;
+    fnn_lvd pp = (fnn_lvd){0} + 1.0 / 6227020800.0;
+    pp = pp * r + 1.0 / 479001600.0;
+    pp = pp * r + 1.0 / 39916800.0;
+    pp = pp * r + 1.0 / 3628800.0;
+    pp = pp * r + 1.0 / 362880.0;
+    pp = pp * r + 1.0 / 40320.0;
+    pp = pp * r + 1.0 / 5040.0;
+    pp = pp * r + 1.0 / 720.0;
+    pp = pp * r + 1.0 / 120.0;
+    pp = pp * r + 1.0 / 24.0;
+    pp = pp * r + 1.0 / 6.0;
+    pp = pp * r + 0.5;
+    pp = pp * r + 1.0;
+    pp = pp * r + 1.0;
+    fnn_lvdi bits = ((fnn_lvdi)t - 0x4338000000000000LL + 1023) << 52;   /* magic's bits */
+    return pp * (fnn_lvd)bits;
+}
+
+FNN_INLINE fnn_lvs fnn_lsig_s(fnn_lvs v) {
+    return fnn_lrcp_s(1.0f + fnn_lexp_s(fnn_lclamp_s(-v, -87.0f, 87.0f)));
+}
+FNN_INLINE fnn_lvd fnn_lsig_d(fnn_lvd v) {
+    return 1.0 / (1.0 + fnn_lexp_d(fnn_lclamp_d(-v, -708.0, 708.0)));
+}
+
+/* fnn_tanhf on lanes: Eigen's rational x P(x^2) / Q(x^2) */
+FNN_INLINE fnn_lvs fnn_ltanh_s(fnn_lvs x) {
+    const float clamp = 7.90531110763549805f;
+    fnn_lvs xc = fnn_lclamp_s(x, -clamp, clamp);
+    fnn_lvs z = xc * xc;
+    fnn_lvs p = (fnn_lvs){0} + -2.76076847742355e-16f;
+    p = p * z + 2.00018790482477e-13f;
+    p = p * z + -8.60467152213735e-11f;
+    p = p * z + 5.12229709037114e-08f;
+    p = p * z + 1.48572235717979e-05f;
+    p = p * z + 6.37261928875436e-04f;
+    p = p * z + 4.89352455891786e-03f;
+    p = p * xc;
+    fnn_lvs q = (fnn_lvs){0} + 1.19825839466702e-06f;
+    q = q * z + 1.18534705686654e-04f;
+    q = q * z + 2.26843463243900e-03f;
+    q = q * z + 4.89352518554385e-03f;
+    fnn_lvs r = p * fnn_lrcp_s(q);
+    fnn_lvsi small = (fnn_lvsi)(z < 0.0004f * 0.0004f);
+    return fnn_lsel_s(small, x, r);
+}
+
+/* fnn_tanh on lanes: (1 - e) / (1 + e), e = exp(-2|x|), and a series below 0.25 */
+FNN_INLINE fnn_lvd fnn_ltanh_d(fnn_lvd x) {
+    fnn_lvdi neg = (fnn_lvdi)(x < 0.0);
+    fnn_lvd ax = fnn_lsel_d(neg, -x, x);
+    fnn_lvd e = fnn_lexp_d(fnn_lclamp_d(-2.0 * ax, -708.0, 0.0));
+    fnn_lvd big = (1.0 - e) / (1.0 + e);
+    fnn_lvd z = x * x;
+    fnn_lvd pp = (fnn_lvd){0} + -3.927832388331683e-05;
+    pp = pp * z + 9.691537956929451e-05;
+    pp = pp * z + -0.00023912911424355248;
+    pp = pp * z + 0.000590027440945586;
+    pp = pp * z + -0.0014558343870513183;
+    pp = pp * z + 0.003592128036572481;
+    pp = pp * z + -0.008863235529902197;
+    pp = pp * z + 0.021869488536155203;
+    pp = pp * z + -0.05396825396825397;
+    pp = pp * z + 0.13333333333333333;
+    pp = pp * z + -0.3333333333333333;
+    fnn_lvd small = ax + ax * z * pp;
+    fnn_lvd r = fnn_lsel_d((fnn_lvdi)(ax < 0.25), small, big);
+    return fnn_lsel_d(neg, -r, r);
+}
+
+#define FT float
+#define FV fnn_lvs
+#define LB FNN_LB_S
+#define FN(name) name##_s
+#define VSIG fnn_lsig_s
+#define VTANH fnn_ltanh_s
+#include "fnn_rec_lanes_impl.h"
+#undef FT
+#undef FV
+#undef LB
+#undef FN
+#undef VSIG
+#undef VTANH
+
+#define FT double
+#define FV fnn_lvd
+#define LB FNN_LB_D
+#define FN(name) name##_d
+#define VSIG fnn_lsig_d
+#define VTANH fnn_ltanh_d
+#include "fnn_rec_lanes_impl.h"
+#undef FT
+#undef FV
+#undef LB
+#undef FN
+#undef VSIG
+#undef VTANH
+
+#else  /* no vector extensions: the row path only */
+#define FNN_LANES 0
+#define FNN_LB_S 1
+#define FNN_LB_D 1
+static long fnn_lanes_width_s(void) { return 1; }
+static long fnn_lanes_width_d(void) { return 1; }
+static long fnn_lanes_bufsize_s(int kind, long T, long F, long H) { return 0; }
+static long fnn_lanes_bufsize_d(int kind, long T, long F, long H) { return 0; }
+static long fnn_lanes_accbytes_s(int kind, long F, long H) { return 0; }
+static long fnn_lanes_accbytes_d(int kind, long F, long H) { return 0; }
+static void fnn_lanes_fwd_s(int kind, long n0, long nl, long T, long F, long H, const float *x,
+    const float *wih, const float *whh, const float *bias, float *h, float *c, float *gates,
+    float *hn, void *buf) {}
+static void fnn_lanes_fwd_d(int kind, long n0, long nl, long T, long F, long H, const double *x,
+    const double *wih, const double *whh, const double *bias, double *h, double *c, double *gates,
+    double *hn, void *buf) {}
+static void fnn_lanes_bwd_s(int kind, long n0, long nl, long T, long F, long H, const float *dh,
+    const float *x, const float *h, const float *c, const float *gates, const float *hn,
+    const float *whht, const float *wiht, float *da, float *dhid, float *dx, float *part,
+    void *buf) {}
+static void fnn_lanes_bwd_d(int kind, long n0, long nl, long T, long F, long H, const double *dh,
+    const double *x, const double *h, const double *c, const double *gates, const double *hn,
+    const double *whht, const double *wiht, double *da, double *dhid, double *dx, double *part,
+    void *buf) {}
+#endif
+
+#endif /* FNN_REC_LANES_H */

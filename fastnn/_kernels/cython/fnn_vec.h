@@ -1,0 +1,88 @@
+/* Row reductions in 16 lanes (sum, max, four dot products at once) with GCC vector extensions;
+ * the helpers behind the softmax, cross-entropy and convolution-gradient kernels, which match
+ * reference.softmax, cross_entropy and conv*_backward. Written as plain C loops over a local
+ * `T acc[16]`, gcc 12 splits the lanes into 16 scalars (scalar adds, spills) instead of one
+ * vector; a vector type makes each 16-value step one vector op (two on AVX2, four on SSE2).
+ * The lanes are summed in order 0..15, then the tail, as the loops they replace did.
+ * Other compilers get the plain loops. */
+#ifndef FNN_VEC_H
+#define FNN_VEC_H
+#include <string.h>
+#include <stdint.h>
+
+#if defined(__GNUC__)
+typedef float fnn_v16s __attribute__((vector_size(64)));
+typedef double fnn_v16d __attribute__((vector_size(128)));
+typedef int32_t fnn_m16s __attribute__((vector_size(64)));
+typedef int64_t fnn_m16d __attribute__((vector_size(128)));
+#define FNN_VEC_LOAD(v, p) memcpy(&(v), (p), sizeof(v))
+
+#define FNN_VEC_FUNCS(T, S)                                                                  \
+static inline T fnn_lanes_##S(const fnn_v16##S *v) {                                         \
+    T a[16], s = 0; memcpy(a, v, sizeof a);                                                 \
+    for (int j = 0; j < 16; ++j) s += a[j];                                                  \
+    return s;                                                                                \
+}                                                                                            \
+static inline T fnn_vsum_##S(const T *x, long n) {                                           \
+    fnn_v16##S acc = {0}, v; long i = 0;                                                     \
+    for (; i + 16 <= n; i += 16) { FNN_VEC_LOAD(v, x + i); acc += v; }                       \
+    T s = fnn_lanes_##S(&acc);                                                                \
+    for (; i < n; ++i) s += x[i];                                                            \
+    return s;                                                                                \
+}                                                                                            \
+/* the largest of x[0:n] (n >= 1); a NaN is never taken over a number (x > m is false) */    \
+static inline T fnn_vmax_##S(const T *x, long n) {                                           \
+    T m = x[0]; long i = 16;                                                                 \
+    if (n >= 16) {                                                                           \
+        fnn_v16##S acc, v; fnn_m16##S t; T a[16];                                            \
+        FNN_VEC_LOAD(acc, x);                                                                \
+        for (; i + 16 <= n; i += 16) {                                                       \
+            FNN_VEC_LOAD(v, x + i);                                                          \
+            t = v > acc;                                                                     \
+            acc = (fnn_v16##S)(((fnn_m16##S)v & t) | ((fnn_m16##S)acc & ~t));                \
+        }                                                                                    \
+        memcpy(a, &acc, sizeof a);                                                           \
+        for (int j = 0; j < 16; ++j) m = a[j] > m ? a[j] : m;                                \
+    } else i = 0;                                                                            \
+    for (; i < n; ++i) m = x[i] > m ? x[i] : m;                                              \
+    return m;                                                                                \
+}                                                                                            \
+/* out[q] = d . c_q over n values, q = 0..3 */                                               \
+static inline void fnn_vdot4_##S(const T *d, const T *c0, const T *c1, const T *c2,          \
+                                 const T *c3, long n, T *out) {                              \
+    fnn_v16##S a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, v, w; long r = 0;                     \
+    for (; r + 16 <= n; r += 16) {                                                           \
+        FNN_VEC_LOAD(v, d + r);                                                              \
+        FNN_VEC_LOAD(w, c0 + r); a0 += v * w;                                                \
+        FNN_VEC_LOAD(w, c1 + r); a1 += v * w;                                                \
+        FNN_VEC_LOAD(w, c2 + r); a2 += v * w;                                                \
+        FNN_VEC_LOAD(w, c3 + r); a3 += v * w;                                                \
+    }                                                                                        \
+    T s0 = fnn_lanes_##S(&a0), s1 = fnn_lanes_##S(&a1), s2 = fnn_lanes_##S(&a2), s3 = fnn_lanes_##S(&a3); \
+    for (; r < n; ++r) {                                                                     \
+        s0 += d[r] * c0[r]; s1 += d[r] * c1[r]; s2 += d[r] * c2[r]; s3 += d[r] * c3[r];      \
+    }                                                                                        \
+    out[0] = s0; out[1] = s1; out[2] = s2; out[3] = s3;                                      \
+}
+#else
+#define FNN_VEC_FUNCS(T, S)                                                                  \
+static inline T fnn_vsum_##S(const T *x, long n) {                                           \
+    T s = 0; for (long i = 0; i < n; ++i) s += x[i]; return s;                               \
+}                                                                                            \
+static inline T fnn_vmax_##S(const T *x, long n) {                                           \
+    T m = x[0]; for (long i = 1; i < n; ++i) m = x[i] > m ? x[i] : m; return m;              \
+}                                                                                            \
+static inline void fnn_vdot4_##S(const T *d, const T *c0, const T *c1, const T *c2,          \
+                                 const T *c3, long n, T *out) {                              \
+    T s0 = 0, s1 = 0, s2 = 0, s3 = 0;                                                        \
+    for (long r = 0; r < n; ++r) {                                                           \
+        s0 += d[r] * c0[r]; s1 += d[r] * c1[r]; s2 += d[r] * c2[r]; s3 += d[r] * c3[r];      \
+    }                                                                                        \
+    out[0] = s0; out[1] = s1; out[2] = s2; out[3] = s3;                                      \
+}
+#endif
+
+FNN_VEC_FUNCS(float, s)
+FNN_VEC_FUNCS(double, d)
+#undef FNN_VEC_FUNCS
+#endif
