@@ -483,3 +483,11 @@ def test_every_family_on_auto_matches_the_reference_on_the_registry_examples(tmp
                 if a is not None or b is not None:
                     assert_close(a, b, np.float64, 1e-9, 1e-11)
     assert {v["source"] for v in be.kernel_choices().values()} == {"measured"}
+
+
+def test_a_near_tie_keeps_the_base_backend():
+    """Numba replaces cython only under MARGIN (0.9) of its time."""
+    assert choice.pick({"cython": [50.0, 50.0], "numba": [46.0, 46.0]}) == "cython"
+    assert choice.pick({"cython": [50.0, 50.0], "numba": [40.0, 40.0]}) == "numba"
+    assert choice.pick({"cython": [50.0, 50.0], "numba": [60.0, 31.0]}) == "cython"   # the sum decides
+    assert choice.pick({"numba": [5.0, 5.0]}) == "numba"          # cython failed while measuring

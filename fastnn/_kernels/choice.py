@@ -45,6 +45,19 @@ SCHEMA = "fastnn.kernel_choice/1"
 # Timing: best of at least MIN_ROUNDS and at most MAX_ROUNDS turns, stopping once each candidate
 # has used BUDGET_S, or after any round past CAP_S (a slow size: one turn, no more).
 MIN_ROUNDS, MAX_ROUNDS, BUDGET_S, CAP_S = 3, 8, 0.01, 0.1
+# Another candidate replaces the base (cython) only when it takes under MARGIN of the base's
+# time: a near tie is noise, and a step that mixes backends pays a little for the switch.
+MARGIN = 0.9
+
+
+def pick(times):
+    """The winner of {backend: [forward us, backward us]}: the fastest by the sum, except that
+    the base (cython) stays unless the fastest takes under MARGIN of its time."""
+    winner = min(times, key=lambda n: sum(times[n]))
+    base = CANDIDATES[0]
+    if base in times and sum(times[winner]) >= MARGIN * sum(times[base]):
+        return base
+    return winner
 
 
 def bucket(n):
@@ -508,7 +521,7 @@ class AutoBackend(Backend):
             if spent > CAP_S * len(runs) or (rounds >= MIN_ROUNDS and spent > BUDGET_S * len(runs)):
                 break
         times = {name: [round(t * 1e6, 1) for t in b] for name, b in best.items()}
-        winner = min(times, key=lambda n: sum(times[n]))
+        winner = pick(times)
         return winner, times, outs[winner]
 
     def kernel_choices(self):
