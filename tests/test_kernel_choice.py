@@ -4,6 +4,7 @@ import json
 import math
 import os
 import subprocess
+import tempfile
 import sys
 import textwrap
 import time
@@ -21,7 +22,9 @@ from seq_helpers import gradcheck
 
 pytestmark = pytest.mark.skipif(not {"cython", "numba"} <= set(fnn.backends()),
                                 reason="the auto backend needs the cython and numba backends")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Child processes run outside the checkout, so they import the installed fastnn (with its compiled
+# kernels), not the source tree (`python -c` puts the working folder first on sys.path).
+OUTSIDE = tempfile.gettempdir()
 
 
 def fresh(path):
@@ -45,7 +48,7 @@ def run_pair(be, cell, args):
     return out, grads
 
 
-def python(code, env=None, cwd=ROOT):
+def python(code, env=None, cwd=OUTSIDE):
     full = {**os.environ, **(env or {})}
     full.pop("FASTNN_BACKEND", None)
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full, cwd=cwd,
@@ -353,7 +356,7 @@ def test_two_processes_writing_at_once_leave_a_valid_file(tmp_path):
             assert record.add({f"{sys.argv[2]}/{i}": {"backend": "cython", "us": None}})
     """
     path = tmp_path / "k.json"
-    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), str(path), tag], cwd=ROOT)
+    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), str(path), tag], cwd=OUTSIDE)
              for tag in ("a", "b")]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     entries = json.loads(path.read_text())["machines"][choice.machine()]
