@@ -494,3 +494,15 @@ def test_a_near_tie_keeps_the_base_backend():
     assert choice.pick({"cython": [50.0, 50.0], "numba": [40.0, 40.0]}) == "numba"
     assert choice.pick({"cython": [50.0, 50.0], "numba": [60.0, 31.0]}) == "cython"   # the sum decides
     assert choice.pick({"numba": [5.0, 5.0]}) == "numba"          # cython failed while measuring
+
+
+def test_a_rebuilt_kernel_module_is_another_machine(tmp_path):
+    """The record's key names the compiled module's build, so a rebuild measures again."""
+    so = tmp_path / "_kernels.so"
+    so.write_bytes(b"x" * 10)
+    module = type("M", (), {"__file__": str(so)})
+    first = choice._build_id(module)
+    so.write_bytes(b"x" * 11)
+    assert choice._build_id(module) != first
+    assert choice._build_id(type("M", (), {})) == "unknown"
+    assert "| build " in choice.machine()

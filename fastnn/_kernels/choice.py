@@ -193,14 +193,26 @@ def _cpu_model():
 
 @functools.lru_cache(maxsize=None)
 def machine():
-    """What a record is valid for: another fastnn or numba version, CPU or ISA measures again."""
+    """What a record is valid for: another fastnn or numba version, CPU, ISA or kernel build
+    measures again."""
     from .. import __version__
     from . import cython
     try:
         numba_version = importlib.metadata.version("numba")
     except importlib.metadata.PackageNotFoundError:
         numba_version = "none"
-    return f"fastnn {__version__} | numba {numba_version} | {_cpu_model()} | {cython.gemm_isa()}"
+    return (f"fastnn {__version__} | numba {numba_version} | {_cpu_model()} | {cython.gemm_isa()}"
+            f" | build {_build_id(cython._mod)}")
+
+
+def _build_id(module):
+    """The compiled Cython module's size and modification time: a rebuild or reinstall of the
+    kernels (same version, other speed) measures again."""
+    try:
+        st = os.stat(module.__file__)
+    except (AttributeError, TypeError, OSError):
+        return "unknown"
+    return f"{st.st_size}-{int(st.st_mtime)}"
 
 
 class Record:
