@@ -84,7 +84,12 @@ def main(case, out):
         X, y = data("mlp")
         X[:, 0] *= 1e6
         t = fnn.Trainer(model("mlp"), "mse", fnn.optim.SGD(lr=1e3), distributed=True)
-        t.fit(X, np.eye(4)[y], epochs=5, batch_size=8, verbose=0)
+        try:
+            t.fit(X, np.eye(4)[y], epochs=5, batch_size=8, verbose=0)
+        except FloatingPointError as exc:   # each rank's own file: two ranks' stderr can interleave mid-line
+            with open(f"{out}.rank{rank}", "w") as f:
+                f.write(f"{type(exc).__name__}: {exc}")
+            raise
     elif case == "fail":   # rank 1 raises in its 3rd batch of epoch 1; rank 0 would wait forever
         class Boom(fnn.callbacks.Callback):
             def on_train_batch_end(self, batch, logs=None):
