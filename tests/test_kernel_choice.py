@@ -103,6 +103,23 @@ def test_size_keys_ignore_what_does_not_matter():
     assert choice.key_name("conv2d", key2) == "conv2d/float64/N128,C1,O16,HW64,K8"
 
 
+
+def test_each_shape_and_dtype_gets_its_own_key_after_the_first_call(tmp_path):
+    """The dispatcher remembers the size key per (shapes, dtypes): a second shape in another
+    bucket, the same shape in float64, and a list for a size (unhashable) each reach their own key."""
+    be = fresh(tmp_path / "k.json")
+    rng = np.random.default_rng(0)
+    for x in (rng.standard_normal((3, 2, 4, 4)), rng.standard_normal((3, 2, 4, 4)).astype(np.float32),
+              rng.standard_normal((3, 2, 16, 16))):
+        for _ in range(2):
+            y, idx = be.raw.maxpool2d(x, [2, 2], [2, 2]) if x.shape[2] == 16 else be.raw.maxpool2d(x, (2, 2), (2, 2))
+            want, _ = fnn.get_backend("numpy").raw.maxpool2d(x, (2, 2), (2, 2))
+            assert np.array_equal(y, want)
+    names = sorted(be.kernel_choices())
+    assert names == ["maxpool2d/float32/N4,C2,HW16", "maxpool2d/float64/N4,C2,HW16",
+                     "maxpool2d/float64/N4,C2,HW256"]
+
+
 # ----------------------------------------------------------- measuring
 
 
