@@ -120,12 +120,14 @@ static void fnn_aligned_free(void *p) {
 #if FNN_MR_S != 8 || FNN_NR_S != 32 || FNN_MR_D != 8 || FNN_NR_D != 16
 #error "tiles.py disagrees with the AVX-512 microkernels below (8x32 float, 8x16 double)"
 #endif
+#include "fnn_ukr_edge512.h"
 
 /* C[0:m, 0:n] (+)= sum_p a[p*8 + i] * b[p*ldb + j]   (8x32 float tile). b is a packed
  * micro-panel (ldb = NR) or, for full-width tiles, op(B) read in place (ldb = its row stride). */
 static void fnn_ukr_s(long k, const float *FNN_RESTRICT a, const float *FNN_RESTRICT b, long ldb,
                       float *FNN_RESTRICT c, long ldc, int m, int n, int acc)
 {
+    FNN_EDGE512_DISPATCH(fnn_ukr_s, 16);
     __m512 c00 = _mm512_setzero_ps(), c01 = _mm512_setzero_ps();
     __m512 c10 = _mm512_setzero_ps(), c11 = _mm512_setzero_ps();
     __m512 c20 = _mm512_setzero_ps(), c21 = _mm512_setzero_ps();
@@ -191,6 +193,7 @@ static void fnn_ukr_s(long k, const float *FNN_RESTRICT a, const float *FNN_REST
 static void fnn_ukr_d(long k, const double *FNN_RESTRICT a, const double *FNN_RESTRICT b, long ldb,
                       double *FNN_RESTRICT c, long ldc, int m, int n, int acc)
 {
+    FNN_EDGE512_DISPATCH(fnn_ukr_d, 8);
     __m512d c00 = _mm512_setzero_pd(), c01 = _mm512_setzero_pd();
     __m512d c10 = _mm512_setzero_pd(), c11 = _mm512_setzero_pd();
     __m512d c20 = _mm512_setzero_pd(), c21 = _mm512_setzero_pd();
