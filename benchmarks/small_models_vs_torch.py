@@ -14,7 +14,7 @@ Models (the convolutional/recurrent issue's speed targets):
 
     python benchmarks/small_models_vs_torch.py [--models mlp cnn bncnn bncnn1d lstm bilstm gru bigru]
                                                 [--hidden 6 32 128] [--torch-threads 1] [--no-jax]
-                                                [--backends numba cython auto] [--rounds 3]
+                                                [--backends numba cython auto] [--rounds 3] [--flops]
 
 The "vs" columns are the default backend's (auto, unless FASTNN_BACKEND says otherwise); with
 auto among the backends, the last column is auto against the better of numba and cython.
@@ -155,6 +155,8 @@ def main():
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="torch.set_num_threads (default: torch's own choice)")
     parser.add_argument("--no-jax", action="store_true", help="leave out the JAX-jit column")
+    parser.add_argument("--flops", action="store_true",
+                        help="then each row's FLOP rates and what the bars need (step_flops.py)")
     args = parser.parse_args()
     if args.torch_threads:
         import torch
@@ -173,6 +175,7 @@ def main():
           f"{' |' if extra else ''}")
     print("|---" * (len(engines) + 3 + len(extra)) + "|")
     from fastnn.threads import backend_threads
+    all_rates = {}
     for kind in args.models:
         for hidden in (args.hidden if kind in RECURRENT else [None]):
             x, y = batch_for(kind, rng)
@@ -194,6 +197,7 @@ def main():
                         rate = steps_per_second(step, args.seconds / args.rounds)
                     rates[name] = max(rates.get(name, 0.0), rate)
                     time.sleep(0.3)
+            all_rates[(kind, hidden)] = rates
             label = kind if hidden is None else f"{kind} H={hidden}"
             cells = [f"{rates[e]:,.0f}" if e in rates else "n/a" for e in engines]
             vs = [f"{rates[default] / rates[p]:.2f}x" if p in rates and default in rates else "n/a"
@@ -201,6 +205,9 @@ def main():
             if extra:
                 vs.append(f"{rates['auto'] / max(rates[b] for b in best_of):.2f}x")
             print(f"| {label} | {' | '.join(cells)} | {' | '.join(vs)} |", flush=True)
+    if args.flops:
+        from step_flops import gemm_rate, print_roofline
+        print_roofline(all_rates, gemm_rate(default))
     if "auto" in args.backends:
         print("\nauto's choices (fnn.backend.kernel_choices()):")
         for name, entry in sorted(fnn.backend.kernel_choices().items()):
