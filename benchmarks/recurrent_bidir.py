@@ -7,11 +7,14 @@ the bidirectional layer's two directions at once against one after the other.
    that backward (G = 4 LSTM, 3 GRU). "bi" rows: both directions, one after the other (seq)
    and at once (pair: _recurrent_pair, one direction a core). Against cython's GEMM at the
    step's shape (N x (F+H) @ (F+H) x G*H) and at 1024^3, on 1 and 2 threads.
-2. A/B: a bidirectional layer's training step (forward, backward, Adam) with the pair on and
+2. split (--split): one direction on 1 thread, forward / backward / backward without dx, the
+   dW_hh GEMM (h^T d_hid over the N*T rows) alone and the forward's GEMM flops at the step
+   GEMM's rate: where the H = 32 rows path's time goes.
+3. A/B: a bidirectional layer's training step (forward, backward, Adam) with the pair on and
    off (_set_rnn_pair_concurrent), alternating in one process; ratio = seq time / pair time.
 
     python benchmarks/recurrent_bidir.py [--hidden 6 32 128] [--cells lstm gru] [--rounds 7]
-                                         [--skip-roofline] [--skip-ab] [--backend auto]
+                                         [--skip-roofline] [--skip-ab] [--split] [--backend auto]
 
 Times are medians of interleaved rounds (best of repeats inside a round); OpenBLAS on one thread.
 """
@@ -141,6 +144,41 @@ def roofline(cells, hiddens, rounds):
     mod._set_rnn_pair_concurrent(True)
 
 
+def split(cells, hiddens, rounds):
+    """Forward / backward pieces of one direction on one thread (best of interleaved rounds)."""
+    mod = cy._mod
+    cy.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    print(f"\nsplit: one direction, 1 thread, float32, N={N} T={T} F={F}; ms (best of {rounds} rounds); "
+          f"'fwd GEMM' = the forward's GEMM flops at the step GEMM's rate (the rest is gate math, "
+          f"packing and copies)")
+    print(f"{'cell':>5} {'H':>4} {'fwd':>7} {'fwd GEMM':>9} {'bwd':>7} {'bwd no dx':>10} {'dW_hh GEMM':>11}")
+    for cell in cells:
+        fwd, bwd = getattr(mod, cell), getattr(mod, cell + "_backward")
+        for hid in hiddens:
+            g = GATES[cell] * hid
+            a = _args(cell, hid, rng)
+            out = fwd(*a)
+            out = out if isinstance(out, tuple) else (out,)
+            dh = np.ones((N, T, hid), np.float32)
+            hh = out[0].reshape(N * T, hid)
+            dd = rng.standard_normal((N * T, g)).astype(np.float32)
+            cols = (4 if cell == "gru" else GATES[cell]) * hid     # the GRU's panel: r, z, n_x, n_h
+            sa_ = rng.standard_normal((N, F + hid)).astype(np.float32)
+            sb_ = rng.standard_normal((F + hid, cols)).astype(np.float32)
+            cases = {"fwd": lambda: fwd(*a), "bwd": lambda: bwd(dh, a[0], *out, a[1], a[2], True),
+                     "nodx": lambda: bwd(dh, a[0], *out, a[1], a[2], False),
+                     "dwhh": lambda: mod._matmul_threads(hh, dd, True, False, 1),
+                     "step": lambda: mod._matmul_threads(sa_, sb_, False, False, 1)}
+            best = {k: float("inf") for k in cases}
+            for _ in range(rounds):
+                for k, fn in cases.items():
+                    best[k] = min(best[k], _best(fn, 3))
+            print(f"{cell:>5} {hid:>4} {best['fwd'] * 1e3:7.3f} {best['step'] * T * 1e3:9.3f} "
+                  f"{best['bwd'] * 1e3:7.3f} {best['nodx'] * 1e3:10.3f} {best['dwhh'] * 1e3:11.3f}")
+    cy.set_num_threads(2)
+
+
 def ab(cells, hiddens, rounds, backend):
     """A bidirectional layer's training step, pair on vs off (interleaved, one process)."""
     mod = cy._mod
@@ -148,7 +186,7 @@ def ab(cells, hiddens, rounds, backend):
     print(f"\nA/B: bidirectional {'/'.join(cells)}(1, H) - Dense(2H, 10) training step (forward, "
           f"cross-entropy, backward, Adam), batch {N}, T={T}, backend {backend}, 2 threads; "
           f"ratio = sequential / pair (> 1: the pair is faster)")
-    print(f"{'model':>8} {'H':>4} {'seq ms':>8} {'pair ms':>8} {'ratio':>6}  per-round ratios")
+    print(f"{'model':>8} {'H':>4} {'seq ms':>8} {'pair ms':>8} {'ratio':>6} {'best/best':>9}  per-round ratios")
     rng = np.random.default_rng(0)
     for cell in cells:
         for hid in hiddens:
@@ -177,8 +215,8 @@ def ab(cells, hiddens, rounds, backend):
                 pair_t.append(p)
                 per.append(s / p)
             s, p = statistics.median(seq_t), statistics.median(pair_t)
-            print(f"{'bi' + cell:>8} {hid:>4} {s * 1e3:8.2f} {p * 1e3:8.2f} {s / p:6.2f}  "
-                  f"{min(per):.2f}-{max(per):.2f}")
+            print(f"{'bi' + cell:>8} {hid:>4} {s * 1e3:8.2f} {p * 1e3:8.2f} {s / p:6.2f} "
+                  f"{min(seq_t) / min(pair_t):9.2f}  {min(per):.2f}-{max(per):.2f}")
     mod._set_rnn_pair_concurrent(True)
 
 
@@ -190,11 +228,14 @@ def main():
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--skip-roofline", action="store_true")
     ap.add_argument("--skip-ab", action="store_true")
+    ap.add_argument("--split", action="store_true")
     args = ap.parse_args()
     limits = _blas_one_thread()
     try:
         if not args.skip_roofline:
             roofline(args.cells, args.hidden, args.rounds)
+        if args.split:
+            split(args.cells, args.hidden, args.rounds)
         if not args.skip_ab:
             ab(args.cells, args.hidden, args.rounds, args.backend)
     finally:
