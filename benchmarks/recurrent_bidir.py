@@ -16,7 +16,8 @@ the bidirectional layer's two directions at once against one after the other.
     python benchmarks/recurrent_bidir.py [--hidden 6 32 128] [--cells lstm gru] [--rounds 7]
                                          [--skip-roofline] [--skip-ab] [--split] [--backend auto]
 
-Times are medians of interleaved rounds (best of repeats inside a round); OpenBLAS on one thread.
+Roofline and split: the best of interleaved rounds; A/B: medians of rounds (and best/best).
+OpenBLAS on one thread.
 """
 import argparse
 import statistics
@@ -50,14 +51,15 @@ def _best(fn, repeat):
 
 
 def _interleaved(cases, rounds, repeat):
-    """{name: median over rounds of the best of `repeat` runs}, the cases alternating."""
+    """{name: the best over rounds of the best of `repeat` runs}, the cases alternating (on a
+    shared machine the best is the steadiest estimate of the kernel's own speed)."""
     for fn in cases.values():
         fn()                                   # warm up (numba/alloc/first-touch)
     times = {k: [] for k in cases}
     for _ in range(rounds):
         for k, fn in cases.items():
             times[k].append(_best(fn, repeat))
-    return {k: statistics.median(v) for k, v in times.items()}
+    return {k: min(v) for k, v in times.items()}
 
 
 def _args(cell, hid, rng, dtype=np.float32):
