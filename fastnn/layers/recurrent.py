@@ -3,7 +3,8 @@
 (N, T, F) -> (N, H * dirs) (each direction's final hidden state, torch's h_n)
 or, with return_sequences=True, (N, T, H * dirs) (every step, torch's output).
 A bidirectional layer runs the kernel a second time on the time-reversed
-sequence with its own *_reverse weights and concatenates the two, as torch does.
+sequence with its own *_reverse weights and concatenates the two, as torch does;
+on the cython kernels the two directions run at once, one a core (_pair).
 num_layers > 1 stacks layers as torch does (each reads the whole output sequence of the one
 below; no dropout between them). Keys are torch's (weight_ih_l1, bias_hh_l1_reverse, ...)
 except that the first layer's drop torch's "_l0" (weight_ih, weight_ih_reverse);
@@ -94,12 +95,42 @@ class _Recurrent(Layer):
             ctx.saved.append(saved)
         return x
 
+    def build(self, backend, dtype, params, grads, buffers=None):
+        super().build(backend, dtype, params, grads, buffers)
+        self._backend = backend            # to find cython's both-directions entry (_pair)
+
+    def _pair(self, kernel, x, w_ih, w_hh):
+        """The compiled Cython module's _recurrent_pair (both directions at once, one per core)
+        where this layer's kernel AND its backward at these sizes are that module's own
+        functions (the cython backend, or auto having chosen cython for this size key), else
+        None: the directions run one after the other."""
+        backend = getattr(self, "_backend", None)
+        mod = getattr(getattr(backend, "module", None), "_mod", None)   # cython's compiled module
+        pair = getattr(mod, "_recurrent_pair", None)
+        if pair is None or backend.name not in ("cython", "auto"):
+            return None
+        for name in (kernel, kernel + "_backward"):
+            fn = getattr(self.kernels, name, None)
+            if backend.name == "auto" and fn is getattr(backend, "_dispatchers", {}).get(name):
+                # auto's dispatcher: the kernel it chose for this size key (None until measured)
+                from .._kernels.choice import FAMILIES
+                chosen = backend._chosen.get((kernel, FAMILIES[kernel].key(x, w_ih, w_hh)))
+                fn = None if chosen is None else chosen[name != kernel]
+            if fn is not getattr(mod, name, None):
+                return None
+        return pair
+
     def _forward_layer(self, x, k, sequences):
         run = getattr(self.kernels, self.kernel)
         saved, outs = [], []
-        for s in self._suffixes:
-            xs = x if s == "" else _contiguous(x[:, ::-1])
-            out = run(xs, *self._weights(k, s))
+        inputs = [x if s == "" else _contiguous(x[:, ::-1]) for s in self._suffixes]
+        pair = self._pair(self.kernel, x, *self._weights(k, "")[:2]) if len(inputs) == 2 else None
+        if pair is not None:
+            results = pair(self.kernel, (inputs[0], *self._weights(k, "")),
+                           (inputs[1], *self._weights(k, "_reverse")), False)
+        else:
+            results = [run(xs, *self._weights(k, s)) for s, xs in zip(self._suffixes, inputs)]
+        for s, xs, out in zip(self._suffixes, inputs, results):
             out = out if isinstance(out, tuple) else (out,)
             saved.append((xs, out))
             h = out[0]                               # (N, T, H) in processing order
@@ -118,6 +149,7 @@ class _Recurrent(Layer):
     def _backward_layer(self, dy, k, sequences, saved, need_dx):
         backward = getattr(self.kernels, self.kernel + "_backward")
         hid, dx = self.hidden_size, None
+        calls = []
         for j, (s, (xs, out)) in enumerate(zip(self._suffixes, saved)):
             part = dy[..., j * hid:(j + 1) * hid]
             if sequences:
@@ -126,7 +158,13 @@ class _Recurrent(Layer):
                 dh = np.zeros_like(out[0])
                 dh[:, -1] = part
             w_ih, w_hh, _, _ = self._weights(k, s)
-            d_x, dw_ih, dw_hh, db_ih, db_hh = backward(dh, xs, *out, w_ih, w_hh, need_dx)
+            calls.append((dh, xs, *out, w_ih, w_hh, need_dx))
+        pair = self._pair(self.kernel, saved[0][0], *self._weights(k, "")[:2]) if len(calls) == 2 else None
+        if pair is not None:
+            results = pair(self.kernel + "_backward", calls[0], calls[1], False)
+        else:
+            results = [backward(*c) for c in calls]
+        for s, (d_x, dw_ih, dw_hh, db_ih, db_hh) in zip(self._suffixes, results):
             t = self._tag(k) + s
             for name, g in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh"),
                                (dw_ih, dw_hh, db_ih, db_hh)):

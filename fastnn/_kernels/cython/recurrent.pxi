@@ -987,3 +987,230 @@ def gru(x, w_ih, w_hh, b_ih, b_hh):
 def gru_backward(dh, x, h, gates, hn, w_ih, w_hh, need_dx=True):
     """BPTT: (dx or None, dw_ih, dw_hh, db_ih, db_hh) (reference.gru_backward)."""
     return _rec_backward(_K_GRU, dh, x, h, None, gates, hn, w_ih, w_hh, need_dx)
+
+
+# ------------------------------------------- both directions of a layer at once
+#
+# A bidirectional layer's two directions are independent calls of the kernels
+# above. One direction at batch 100 is a single-threaded call (under
+# _RNN_PAR_MIN_WORK, or 7 lane blocks), so one after the other leaves the
+# second core idle: _recurrent_pair runs them in one OpenMP region of 2
+# threads, one direction each and single-threaded inside. Every direction runs
+# the same code on the same data as alone on one thread (tiles and lane blocks
+# never depend on the thread count, the GEMMs split no K), so the results are
+# bit-identical to the sequential calls.
+
+cdef struct _RecJob:
+    bint backward
+    bint is_double
+    int kind
+    Py_ssize_t N, T, F, H
+    void *x
+    void *wi
+    void *wh
+    void *bi
+    void *bh
+    void *h
+    void *c
+    void *g
+    void *hn
+    void *dh
+    void *dx
+    void *dwi
+    void *dwh
+    void *dbi
+    void *dbh
+    int rc
+
+
+cdef void _run_job(_RecJob *j, int nthreads) noexcept nogil:
+    if not j.backward:
+        if j.is_double:
+            j.rc = _rec_fwd(j.kind, <const double *> j.x, <const double *> j.wi, <const double *> j.wh,
+                            <const double *> j.bi, <const double *> j.bh, <double *> j.h, <double *> j.c,
+                            <double *> j.g, <double *> j.hn, j.N, j.T, j.F, j.H, nthreads)
+        else:
+            j.rc = _rec_fwd(j.kind, <const float *> j.x, <const float *> j.wi, <const float *> j.wh,
+                            <const float *> j.bi, <const float *> j.bh, <float *> j.h, <float *> j.c,
+                            <float *> j.g, <float *> j.hn, j.N, j.T, j.F, j.H, nthreads)
+    elif j.is_double:
+        j.rc = _rec_bwd(j.kind, <const double *> j.dh, <const double *> j.x, <const double *> j.h,
+                        <const double *> j.c, <const double *> j.g, <const double *> j.hn,
+                        <const double *> j.wi, <const double *> j.wh, <double *> j.dx,
+                        <double *> j.dwi, <double *> j.dwh, <double *> j.dbi, <double *> j.dbh,
+                        j.N, j.T, j.F, j.H, nthreads)
+    else:
+        j.rc = _rec_bwd(j.kind, <const float *> j.dh, <const float *> j.x, <const float *> j.h,
+                        <const float *> j.c, <const float *> j.g, <const float *> j.hn,
+                        <const float *> j.wi, <const float *> j.wh, <float *> j.dx,
+                        <float *> j.dwi, <float *> j.dwh, <float *> j.dbi, <float *> j.dbh,
+                        j.N, j.T, j.F, j.H, nthreads)
+
+
+cdef void _pair_worker(_RecJob *jobs, long *next_job, long *claimed) noexcept nogil:
+    """Run the jobs left (a team of one, OpenMP's choice, runs both), single-threaded."""
+    cdef long q
+    while True:
+        q = fnn_atomic_next(next_job)
+        if q >= 2:
+            break
+        claimed[0] += 1
+        _run_job(&jobs[q], 1)
+
+
+cdef object _fwd_job(int kind, tuple a, _RecJob *j):
+    """Fill j for a forward call on the checked arrays a = (x, w_ih, w_hh, b_ih, b_hh);
+    returns the outputs it will write (the kernel's return value)."""
+    cdef cnp.ndarray X = a[0], WH = a[2]
+    cdef Py_ssize_t N = X.shape[0], T = X.shape[1], H = WH.shape[1], G = WH.shape[0]
+    cdef int typ = cnp.PyArray_TYPE(X)
+    cdef cnp.ndarray Hs = _empty3(N, T, H, typ)
+    cdef cnp.ndarray Cs = _empty3(N, T, H, typ) if kind == _K_LSTM else None
+    cdef cnp.ndarray Gs = _empty3(N, T, G, typ) if kind != _K_RNN else None
+    cdef cnp.ndarray HN = _empty3(N, T, H, typ) if kind == _K_GRU else None
+    j.backward = 0
+    j.is_double = typ == cnp.NPY_FLOAT64
+    j.kind = kind
+    j.N = N
+    j.T = T
+    j.F = X.shape[2]
+    j.H = H
+    j.x = _ptr(X)
+    j.wi = _ptr(a[1])
+    j.wh = _ptr(WH)
+    j.bi = _ptr(a[3])
+    j.bh = _ptr(a[4])
+    j.h = _ptr(Hs)
+    j.c = _ptr(Cs)
+    j.g = _ptr(Gs)
+    j.hn = _ptr(HN)
+    j.rc = 0
+    if kind == _K_LSTM:
+        return Hs, Cs, Gs
+    if kind == _K_GRU:
+        return Hs, Gs, HN
+    return Hs
+
+
+cdef object _bwd_job(int kind, tuple a, _RecJob *j):
+    """Fill j for a backward call on the checked arguments of rnn/lstm/gru_backward;
+    returns (dx or None, dw_ih, dw_hh, db_ih, db_hh) it will write."""
+    cdef cnp.ndarray DH = a[0], X = a[1], Hs = a[2], WI = a[len(a) - 3], WH = a[len(a) - 2]
+    cdef cnp.ndarray Cs = None, Gs = None, HN = None
+    cdef bint need_dx = a[len(a) - 1]
+    if kind == _K_LSTM:
+        Cs, Gs = a[3], a[4]
+    elif kind == _K_GRU:
+        Gs, HN = a[3], a[4]
+    cdef Py_ssize_t N = X.shape[0], T = X.shape[1], F = X.shape[2], H = WH.shape[1], G = WH.shape[0]
+    cdef int typ = cnp.PyArray_TYPE(X)
+    cdef cnp.ndarray DX = _empty3(N, T, F, typ) if need_dx else None
+    cdef cnp.ndarray DWI = _empty2(G, F, typ), DWH = _empty2(G, H, typ)
+    cdef cnp.ndarray DBI = _empty1(G, typ), DBH = _empty1(G, typ)
+    j.backward = 1
+    j.is_double = typ == cnp.NPY_FLOAT64
+    j.kind = kind
+    j.N = N
+    j.T = T
+    j.F = F
+    j.H = H
+    j.dh = _ptr(DH)
+    j.x = _ptr(X)
+    j.h = _ptr(Hs)
+    j.c = _ptr(Cs)
+    j.g = _ptr(Gs)
+    j.hn = _ptr(HN)
+    j.wi = _ptr(WI)
+    j.wh = _ptr(WH)
+    j.dx = _ptr(DX)
+    j.dwi = _ptr(DWI)
+    j.dwh = _ptr(DWH)
+    j.dbi = _ptr(DBI)
+    j.dbh = _ptr(DBH)
+    j.rc = 0
+    return DX, DWI, DWH, DBI, DBH
+
+
+_PAIR_KINDS = {"rnn": _K_RNN, "lstm": _K_LSTM, "gru": _K_GRU}
+_PAIR_NSAVED = {_K_RNN: 1, _K_LSTM: 3, _K_GRU: 3}
+# 0: never run the two directions at once (tests and A/B: the sequential calls)
+cdef bint _RNN_PAIR_CONCURRENT = 1
+
+
+def _set_rnn_pair_concurrent(bint on):
+    """Tuning hook: whether _recurrent_pair runs its two calls at once on 2 threads
+    (else one after the other, each with the usual threads); returns the old setting."""
+    global _RNN_PAIR_CONCURRENT
+    old = bool(_RNN_PAIR_CONCURRENT)
+    _RNN_PAIR_CONCURRENT = on
+    return old
+
+
+def _pair_checked(cell, bint backward, int kind, tuple a, tuple b):
+    """Both calls' arguments through the public kernels' checks."""
+    from fastnn._kernels import checks
+    check = checks.recurrent(cell)[1 if backward else 0]
+    args = []
+    for arg in (a, b):
+        if backward and len(arg) == _PAIR_NSAVED[kind] + 5:   # need_dx given as the last item
+            args.append(check(*arg[:len(arg) - 1], need_dx=arg[len(arg) - 1])[0])
+        else:
+            args.append(check(*arg)[0])
+    return args
+
+
+def _recurrent_pair(kernel, a, b, bint check=True):
+    """Two calls of one recurrent kernel ('rnn', 'lstm', 'gru' or their '_backward'), a and b
+    the argument tuples of each (a bidirectional layer's two directions; a backward's need_dx
+    may be its last item), checked as the public kernels check them, run at once on two
+    threads where this module may use two, else one after the other. Returns (result of a,
+    result of b), each what the kernel returns; bit-identical to the two calls in turn.
+    check=False: the raw-kernel contract (arrays already checked, as the layers call it)."""
+    cdef str name = str(kernel)
+    cdef bint backward = name.endswith("_backward")
+    cell = name[:len(name) - len("_backward")] if backward else name
+    if cell not in _PAIR_KINDS:
+        raise ValueError(f"_recurrent_pair: unknown recurrent kernel {kernel!r} "
+                         f"(rnn, lstm, gru or their _backward)")
+    cdef int kind = _PAIR_KINDS[cell]
+    for arg in (a, b):
+        if not isinstance(arg, tuple):
+            raise TypeError(f"_recurrent_pair: each call's arguments must be a tuple, got {type(arg).__name__}")
+    if not check:
+        args = [a, b]
+    else:
+        args = _pair_checked(cell, backward, kind, a, b)
+    cdef cnp.ndarray first = args[0][1], second = args[1][1]
+    if cnp.PyArray_TYPE(first) != cnp.PyArray_TYPE(second):
+        raise ValueError("_recurrent_pair: both calls must have one dtype, got "
+                         f"{args[0][1].dtype} and {args[1][1].dtype}")
+    cdef _RecJob jobs[2]
+    cdef int nth = _num_threads, tt
+    if backward:
+        outs = (_bwd_job(kind, args[0], &jobs[0]), _bwd_job(kind, args[1], &jobs[1]))
+    else:
+        outs = (_fwd_job(kind, args[0], &jobs[0]), _fwd_job(kind, args[1], &jobs[1]))
+    cdef long next_job = 0
+    cdef long claimed[2]
+    cdef double master_done[1]
+    if _RNN_PAIR_CONCURRENT and nth >= 2:
+        nth = _team_size(2)
+    else:
+        nth = 1
+    with nogil:
+        if nth > 1:
+            claimed[0] = 0
+            claimed[1] = 0
+            master_done[0] = 0
+            with parallel(num_threads=2):
+                tt = fnn_team_rank()
+                _pair_worker(jobs, &next_job, &claimed[tt])
+                if tt == 0:
+                    master_done[0] = fnn_now()
+            _team_report(claimed, master_done, 2)
+        else:
+            _run_job(&jobs[0], _num_threads)
+            _run_job(&jobs[1], _num_threads)
+    if jobs[0].rc != 0 or jobs[1].rc != 0:
+        raise MemoryError("recurrent kernel: cannot allocate work buffers")
+    return outs[0], outs[1]
