@@ -19,8 +19,10 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-from threadpoolctl import threadpool_limits
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # this checkout's fastnn
+
+import numpy as np  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
 
 F = np.float32
 

@@ -34,8 +34,8 @@ static void fnn_transpose_bias_##S(const T *src, long rows, long cols, T *dst,  
     const M s44 = {0, 1, 8, 9, 4, 5, 12, 13}, see = {2, 3, 10, 11, 6, 7, 14, 15};             \
     const M p20 = {0, 1, 2, 3, 8, 9, 10, 11}, p31 = {4, 5, 6, 7, 12, 13, 14, 15};             \
     long r8 = rows - rows % 8, c8 = cols - cols % 8, r0, c0, q;                              \
-    for (r0 = 0; r0 < r8; r0 += 8) {                                                         \
-        for (c0 = 0; c0 < c8; c0 += 8) {                                                     \
+    for (c0 = 0; c0 < c8; c0 += 8) {       /* dst rows written in order: 8 streams */        \
+        for (r0 = 0; r0 < r8; r0 += 8) {                                                     \
             V r[8], t[8], u[8];                                                              \
             const T *s = src + r0 * cols + c0;                                               \
             T *d = dst + c0 * rows + r0;                                                     \
