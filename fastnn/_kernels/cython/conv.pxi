@@ -13,6 +13,9 @@
 #    dW = dyt colt^T and dcolt = W^T dyt by the GEMM, and col2im of dcolt for dx.
 # The GEMMs thread only above _CONV_PAR_MIN_WORK multiply-adds; the rest is one pass of memory
 # traffic and stays on one thread. Pooling is memory-bound and single-threaded.
+# Small images (batch-inner layout, below): the transposes in and out of it run in 8x8 register
+# tiles, the bias added on the way out (fnn_transpose.h); 2x2 stride-2 max pools run in 16
+# lanes on AVX-512 builds (fnn_pool.h); dW dots and db sums in fnn_vec.h's vector types.
 
 # (measured: the GEMM path is 4.5x faster than the direct loops even for the 5-tap
 # one-channel first layer of the small CNN, 19 vs 86 us at batch 100)
@@ -208,63 +211,25 @@ cdef int _conv_fwd_gemm(const floating *x, const floating *w, const floating *b,
 
 cdef void _dw_dots(const floating *dyt, const floating *colt, floating *dw, Py_ssize_t c_out,
                    Py_ssize_t kk, Py_ssize_t rows) noexcept nogil:
-    """dw[co, k] = dyt[co, :] . colt[k, :], four taps at a time, in 16 lanes each."""
-    cdef Py_ssize_t co, k, r, q, kb, nb
-    cdef floating a0[16]
-    cdef floating a1[16]
-    cdef floating a2[16]
-    cdef floating a3[16]
-    cdef floating d, s0, s1, s2, s3
+    """dw[co, k] = dyt[co, :] . colt[k, :], four taps at a time in 16-lane vectors (fnn_vec.h:
+    the plain 16-lane loops here were split into scalars by gcc 12)."""
+    cdef Py_ssize_t co, k, nb, q
+    cdef floating out[4]
     cdef const floating *dr
-    cdef const floating *c0
-    cdef const floating *c1
-    cdef const floating *c2
-    cdef const floating *c3
-    cdef Py_ssize_t rv = (rows // 16) * 16
+    cdef const floating *cq[4]
     for co in range(c_out):
         dr = dyt + co * rows
         k = 0
         while k < kk:
             nb = kk - k if kk - k < 4 else 4
-            c0 = colt + k * rows
-            c1 = colt + (k + 1 if nb > 1 else k) * rows
-            c2 = colt + (k + 2 if nb > 2 else k) * rows
-            c3 = colt + (k + 3 if nb > 3 else k) * rows
-            for q in range(16):
-                a0[q] = 0
-                a1[q] = 0
-                a2[q] = 0
-                a3[q] = 0
-            r = 0
-            while r < rv:
-                for q in range(16):
-                    a0[q] += dr[r + q] * c0[r + q]
-                    a1[q] += dr[r + q] * c1[r + q]
-                    a2[q] += dr[r + q] * c2[r + q]
-                    a3[q] += dr[r + q] * c3[r + q]
-                r += 16
-            s0 = 0
-            s1 = 0
-            s2 = 0
-            s3 = 0
-            for q in range(16):
-                s0 = s0 + a0[q]
-                s1 = s1 + a1[q]
-                s2 = s2 + a2[q]
-                s3 = s3 + a3[q]
-            for r in range(rv, rows):
-                d = dr[r]
-                s0 = s0 + d * c0[r]
-                s1 = s1 + d * c1[r]
-                s2 = s2 + d * c2[r]
-                s3 = s3 + d * c3[r]
-            dw[co * kk + k] = s0
-            if nb > 1:
-                dw[co * kk + k + 1] = s1
-            if nb > 2:
-                dw[co * kk + k + 2] = s2
-            if nb > 3:
-                dw[co * kk + k + 3] = s3
+            for q in range(4):
+                cq[q] = colt + (k + q if q < nb else k) * rows
+            if floating is float:
+                fnn_vdot4_s(dr, cq[0], cq[1], cq[2], cq[3], rows, out)
+            else:
+                fnn_vdot4_d(dr, cq[0], cq[1], cq[2], cq[3], rows, out)
+            for q in range(nb):
+                dw[co * kk + k + q] = out[q]
             k += nb
 
 
@@ -288,25 +253,11 @@ cdef int _dw_gemm(const floating *dyt, const floating *colt, floating *dw, Py_ss
 
 
 cdef void _row_sums16(const floating *a, floating *out, Py_ssize_t m, Py_ssize_t cols) noexcept nogil:
-    """out[i] = sum of row i of a (m, cols), in 16 lanes (a serial sum was 60 us of the
-    first layer's 95)."""
-    cdef floating lanes[16]
-    cdef floating s
-    cdef Py_ssize_t i, q, r
+    """out[i] = sum of row i of a (m, cols), in 16 lanes (fnn_vec.h; a serial sum was 60 us of
+    the first layer's 95)."""
+    cdef Py_ssize_t i
     for i in range(m):
-        for q in range(16):
-            lanes[q] = 0
-        r = 0
-        while r + 16 <= cols:
-            for q in range(16):
-                lanes[q] += a[i * cols + r + q]
-            r += 16
-        s = 0
-        for q in range(16):
-            s = s + lanes[q]
-        for r in range(r, cols):
-            s = s + a[i * cols + r]
-        out[i] = s
+        out[i] = _vsum(a + i * cols, cols)
 
 
 # ------------------------------------------ batch-inner layout (small images)
@@ -328,26 +279,31 @@ cdef inline bint _conv_use_bi(Py_ssize_t n, Py_ssize_t wo) noexcept nogil:
     return n >= _CONV_BI_MIN_N and n > wo
 
 
-cdef void _to_batch_inner(const floating *src, floating *dst, Py_ssize_t n,
-                          Py_ssize_t inner) noexcept nogil:
-    """dst (inner, n) = src (n, inner) transposed, 8 samples a pass."""
-    cdef Py_ssize_t a, q, a0, a1
-    a0 = 0
-    while a0 < n:
-        a1 = a0 + 8 if a0 + 8 < n else n
-        for q in range(inner):
-            for a in range(a0, a1):
-                dst[q * n + a] = src[a * inner + q]
-        a0 = a1
+cdef extern from "fnn_transpose.h" nogil:
+    void fnn_transpose_s(const float *src, long rows, long cols, float *dst)
+    void fnn_transpose_d(const double *src, long rows, long cols, double *dst)
+    void fnn_transpose_bias_s(const float *src, long rows, long cols, float *dst,
+                              const float *bias, long group)
+    void fnn_transpose_bias_d(const double *src, long rows, long cols, double *dst,
+                              const double *bias, long group)
 
 
-cdef void _from_batch_inner(const floating *src, floating *dst, Py_ssize_t n,
-                            Py_ssize_t inner) noexcept nogil:
+cdef inline void _to_batch_inner(const floating *src, floating *dst, Py_ssize_t n,
+                                 Py_ssize_t inner) noexcept nogil:
+    """dst (inner, n) = src (n, inner) transposed, in 8x8 register tiles (fnn_transpose.h)."""
+    if floating is float:
+        fnn_transpose_s(src, n, inner, dst)
+    else:
+        fnn_transpose_d(src, n, inner, dst)
+
+
+cdef inline void _from_batch_inner(const floating *src, floating *dst, Py_ssize_t n,
+                                   Py_ssize_t inner) noexcept nogil:
     """dst (n, inner) = src (inner, n) transposed."""
-    cdef Py_ssize_t a, q
-    for a in range(n):
-        for q in range(inner):
-            dst[a * inner + q] = src[q * n + a]
+    if floating is float:
+        fnn_transpose_s(src, inner, n, dst)
+    else:
+        fnn_transpose_d(src, inner, n, dst)
 
 
 cdef void _im2col_bi(const floating *xt, floating *colt, Py_ssize_t n, Py_ssize_t c,
@@ -410,27 +366,25 @@ cdef int _conv_fwd_bi(const floating *x, const floating *w, const floating *b, f
                       Py_ssize_t c_out, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
                       Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t ho,
                       Py_ssize_t wo, int nthreads) noexcept nogil:
-    """yt (C_out, Ho*Wo*N) = b + W colt in the batch-inner layout, then y = yt transposed."""
-    cdef Py_ssize_t kk = c * kh * kw, rows = n * ho * wo, chw = c * hgt * wid, co, r
+    """yt (C_out, Ho*Wo*N) = W colt in the batch-inner layout, then y = yt transposed + b."""
+    cdef Py_ssize_t kk = c * kh * kw, rows = n * ho * wo, chw = c * hgt * wid
     cdef floating *xt = <floating *> fnn_aligned_alloc(
         (chw * n + rows * kk + rows * c_out) * sizeof(floating))
     if xt == NULL:
         return -1
     cdef floating *colt = xt + chw * n
     cdef floating *yt = colt + rows * kk
-    cdef floating bv
     cdef int rc
     _to_batch_inner(x, xt, n, chw)
     _im2col_bi(xt, colt, n, c, hgt, wid, kh, kw, sh, sw, ph, pw, ho, wo)
-    for co in range(c_out):
-        bv = b[co] if b != NULL else 0
-        for r in range(rows):
-            yt[co * rows + r] = bv
     if c_out * rows * kk < _CONV_PAR_MIN_WORK:
         nthreads = 1
-    rc = _gemm(w, colt, yt, c_out, rows, kk, False, False, True, nthreads)
-    if rc == 0:
-        _from_batch_inner(yt, y, n, c_out * ho * wo)
+    rc = _gemm(w, colt, yt, c_out, rows, kk, False, False, False, nthreads)
+    if rc == 0:   # y = yt transposed, the bias added on the way (yt's row q is channel q / (Ho*Wo))
+        if floating is float:
+            fnn_transpose_bias_s(yt, c_out * ho * wo, n, y, b, ho * wo)
+        else:
+            fnn_transpose_bias_d(yt, c_out * ho * wo, n, y, b, ho * wo)
     fnn_aligned_free(xt)
     return rc
 
@@ -631,11 +585,33 @@ def conv1d_backward(dy, x, w, stride=1, padding=0, need_dx=True):
 
 cdef bint _MAXPOOL_2X2 = True
 
+# 2x2 stride-2 max pools in 16 lanes where the shape allows (fnn_pool.h; AVX-512 builds only:
+# returns 0 elsewhere, and _maxpool2x2_k runs)
+cdef extern from "fnn_pool.h" nogil:
+    int FNN_POOL_VEC2X2
+    int fnn_maxpool2x2_s(const float *x, float *y, cnp.int64_t *idx, long planes, long hgt,
+                         long wid, long ho, long wo)
+    int fnn_maxpool2x2_d(const double *x, double *y, cnp.int64_t *idx, long planes, long hgt,
+                         long wid, long ho, long wo)
+
+cdef bint _MAXPOOL_VEC = True
+
 
 def _set_maxpool_2x2(bint on):
     """Tuning hook: 2x2 stride-2 max pools use the unrolled kernel (else the general one)."""
     global _MAXPOOL_2X2
     _MAXPOOL_2X2 = on
+
+
+def _set_maxpool_vec(bint on):
+    """Tuning hook: 2x2 stride-2 max pools use the 16-lane kernel where it applies (fnn_pool.h)."""
+    global _MAXPOOL_VEC
+    _MAXPOOL_VEC = on
+
+
+def _maxpool_vec_built():
+    """Whether this module has the 16-lane 2x2 max pool (AVX-512 builds)."""
+    return bool(FNN_POOL_VEC2X2)
 
 
 cdef void _maxpool_k(const floating *x, floating *y, cnp.int64_t *idx, Py_ssize_t planes,
@@ -765,12 +741,18 @@ cdef object _maxpool_impl(cnp.ndarray X, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_
     if kh == 2 and kw == 2 and sh == 2 and sw == 2 and _MAXPOOL_2X2:
         if _is_f32(X):
             with nogil:
-                _maxpool2x2_k(<const float *> cnp.PyArray_DATA(X), <float *> cnp.PyArray_DATA(Y),
-                              <cnp.int64_t *> cnp.PyArray_DATA(I), planes, hgt, wid, ho, wo)
+                if not (_MAXPOOL_VEC and fnn_maxpool2x2_s(
+                        <const float *> cnp.PyArray_DATA(X), <float *> cnp.PyArray_DATA(Y),
+                        <cnp.int64_t *> cnp.PyArray_DATA(I), planes, hgt, wid, ho, wo)):
+                    _maxpool2x2_k(<const float *> cnp.PyArray_DATA(X), <float *> cnp.PyArray_DATA(Y),
+                                  <cnp.int64_t *> cnp.PyArray_DATA(I), planes, hgt, wid, ho, wo)
         else:
             with nogil:
-                _maxpool2x2_k(<const double *> cnp.PyArray_DATA(X), <double *> cnp.PyArray_DATA(Y),
-                              <cnp.int64_t *> cnp.PyArray_DATA(I), planes, hgt, wid, ho, wo)
+                if not (_MAXPOOL_VEC and fnn_maxpool2x2_d(
+                        <const double *> cnp.PyArray_DATA(X), <double *> cnp.PyArray_DATA(Y),
+                        <cnp.int64_t *> cnp.PyArray_DATA(I), planes, hgt, wid, ho, wo)):
+                    _maxpool2x2_k(<const double *> cnp.PyArray_DATA(X), <double *> cnp.PyArray_DATA(Y),
+                                  <cnp.int64_t *> cnp.PyArray_DATA(I), planes, hgt, wid, ho, wo)
         return Y, I
     if _is_f32(X):
         with nogil:
