@@ -77,45 +77,16 @@ FNN_INLINE fnn_lvs fnn_lrcp_s(fnn_lvs d) {
 }
 
 /* exp(x) for x already clamped to [-87, 87] (float) / [-708, 708] (double): fnn_expf /
- * fnn_exp's reduction and polynomial, so results stay finite and normal. */
+ * fnn_exp's reduction and polynomial (fnn_simd.h's FNN_EXPF_POLY / FNN_EXP_POLY), so results
+ * stay finite and normal. */
 FNN_INLINE fnn_lvs fnn_lexp_s(fnn_lvs xc) {
-    const float magic = 12582912.0f; /* 1.5 * 2^23 */
-    fnn_lvs t = xc * 1.44269504088896341f + magic;
-    fnn_lvs fn = t - magic;
-    fnn_lvs r = xc - fn * 0.693359375f;
-    r = r - fn * -2.12194440e-4f;
-    fnn_lvs pp = (fnn_lvs){0} + 1.0f / 5040.0f;
-    pp = pp * r + 1.0f / 720.0f;
-    pp = pp * r + 1.0f / 120.0f;
-    pp = pp * r + 1.0f / 24.0f;
-    pp = pp * r + 1.0f / 6.0f;
-    pp = pp * r + 0.5f;
-    pp = pp * r + 1.0f;
-    pp = pp * r + 1.0f;
-    fnn_lvsi bits = ((fnn_lvsi)t - 0x4B400000 + 127) << 23;   /* 0x4B400000: magic's bits */
+    FNN_EXPF_POLY(fnn_lvs, xc, t, pp);
+    fnn_lvsi bits = ((fnn_lvsi)t - FNN_EXPF_MAGIC_BITS + 127) << 23;
     return pp * (fnn_lvs)bits;
 }
 FNN_INLINE fnn_lvd fnn_lexp_d(fnn_lvd xc) {
-    const double magic = 6755399441055744.0; /* 1.5 * 2^52 */
-    fnn_lvd t = xc * 1.4426950408889634074 + magic;
-    fnn_lvd fn = t - magic;
-    fnn_lvd r = xc - fn * 6.93147180369123816490e-01;
-    r = r - fn * 1.90821492927058770002e-10;
-    fnn_lvd pp = (fnn_lvd){0} + 1.0 / 6227020800.0;
-    pp = pp * r + 1.0 / 479001600.0;
-    pp = pp * r + 1.0 / 39916800.0;
-    pp = pp * r + 1.0 / 3628800.0;
-    pp = pp * r + 1.0 / 362880.0;
-    pp = pp * r + 1.0 / 40320.0;
-    pp = pp * r + 1.0 / 5040.0;
-    pp = pp * r + 1.0 / 720.0;
-    pp = pp * r + 1.0 / 120.0;
-    pp = pp * r + 1.0 / 24.0;
-    pp = pp * r + 1.0 / 6.0;
-    pp = pp * r + 0.5;
-    pp = pp * r + 1.0;
-    pp = pp * r + 1.0;
-    fnn_lvdi bits = ((fnn_lvdi)t - 0x4338000000000000LL + 1023) << 52;   /* magic's bits */
+    FNN_EXP_POLY(fnn_lvd, xc, t, pp);
+    fnn_lvdi bits = ((fnn_lvdi)t - FNN_EXP_MAGIC_BITS + 1023) << 52;
     return pp * (fnn_lvd)bits;
 }
 
