@@ -38,9 +38,9 @@ typedef int64_t fnn_lvdi __attribute__((vector_size(FNN_LV)));
 static long fnn_lanes_width_s(void) { return FNN_LB_S; }
 static long fnn_lanes_width_d(void) { return FNN_LB_D; }
 
-/* m ? a : b lane by lane: fnn_vec.h's select at the ISA's width */
-FNN_VSEL_DEF(fnn_lsel_s, fnn_lvs, fnn_lvsi)
-FNN_VSEL_DEF(fnn_lsel_d, fnn_lvd, fnn_lvdi)
+/* m ? a : b lane by lane: fnn_vec.h's FNN_VSEL at the ISA's width */
+FNN_INLINE fnn_lvs fnn_lsel_s(fnn_lvsi m, fnn_lvs a, fnn_lvs b) { return FNN_VSEL(fnn_lvs, fnn_lvsi, m, a, b); }
+FNN_INLINE fnn_lvd fnn_lsel_d(fnn_lvdi m, fnn_lvd a, fnn_lvd b) { return FNN_VSEL(fnn_lvd, fnn_lvdi, m, a, b); }
 /* min(max(x, lo), hi): one min and one max instruction (a select costs three). x goes
  * second: x86 min/max return their second operand when either is NaN, so NaN stays NaN
  * (a diverging run must not come out finite). */

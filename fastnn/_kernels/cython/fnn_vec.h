@@ -33,14 +33,10 @@ typedef int64_t fnn_m16d __attribute__((vector_size(128)));
 #define FNN_VEC_STORE(p, v) memcpy((p), &(v), sizeof(v))
 
 /* The one lane select, m ? a : b lane by lane (m: all-ones or zero lanes, as a comparison
- * gives), defined as NAME for value vectors V and same-width integer vectors M: here for the
- * 16-lane types, in fnn_rec_lanes.h for the ISA-width ones. */
-#define FNN_VSEL_DEF(NAME, V, M)                                                             \
-static inline __attribute__((always_inline)) V NAME(M m, V a, V b) {                         \
-    return (V)(((M)a & m) | ((M)b & ~m));                                                    \
-}
-FNN_VSEL_DEF(fnn_vsel_s, fnn_v16s, fnn_m16s)
-FNN_VSEL_DEF(fnn_vsel_d, fnn_v16d, fnn_m16d)
+ * gives), for value vectors of type V and same-width integer vectors of type M: the 16-lane
+ * types here, the ISA-width ones in fnn_rec_lanes.h. A macro, not a function: a 16-lane vector
+ * passed by value is wider than an AVX2 register (gcc warns of the ABI). */
+#define FNN_VSEL(V, M, m, a, b) ((V)(((M)(a) & (m)) | ((M)(b) & ~(m))))
 
 #define FNN_VEC_FUNCS(T, S)                                                                  \
 static inline T fnn_lanes_##S(const fnn_v16##S *v) {                                         \
@@ -63,7 +59,7 @@ static inline T fnn_vmax_##S(const T *x, long n) {                              
         for (; i + 16 <= n; i += 16) {                                                       \
             FNN_VEC_LOAD(v, x + i);                                                          \
             t = v > acc;                                                                     \
-            acc = fnn_vsel_##S(t, v, acc);                                                   \
+            acc = FNN_VSEL(fnn_v16##S, fnn_m16##S, t, v, acc);                              \
         }                                                                                    \
         memcpy(a, &acc, sizeof a);                                                           \
         for (int j = 0; j < 16; ++j) m = a[j] > m ? a[j] : m;                                \
