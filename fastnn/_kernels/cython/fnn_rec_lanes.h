@@ -12,6 +12,7 @@
 #define FNN_REC_LANES_H
 
 #include "fnn_simd.h"
+#include "fnn_vec.h"
 
 #if defined(__GNUC__) || defined(__clang__)
 #define FNN_LANES 1
@@ -37,42 +38,45 @@ typedef int64_t fnn_lvdi __attribute__((vector_size(FNN_LV)));
 static long fnn_lanes_width_s(void) { return FNN_LB_S; }
 static long fnn_lanes_width_d(void) { return FNN_LB_D; }
 
-/* m ? a : b lane by lane (m: all-ones or zero lanes, as comparisons give) */
+/* m ? a : b lane by lane: fnn_vec.h's FNN_VSEL at the ISA's width */
 FNN_INLINE fnn_lvs fnn_lsel_s(fnn_lvsi m, fnn_lvs a, fnn_lvs b) {
-    return (fnn_lvs)(((fnn_lvsi)a & m) | ((fnn_lvsi)b & ~m));
+    return FNN_VSEL(fnn_lvs, fnn_lvsi, m, a, b);
 }
 FNN_INLINE fnn_lvd fnn_lsel_d(fnn_lvdi m, fnn_lvd a, fnn_lvd b) {
-    return (fnn_lvd)(((fnn_lvdi)a & m) | ((fnn_lvdi)b & ~m));
+    return FNN_VSEL(fnn_lvd, fnn_lvdi, m, a, b);
 }
+
 /* min(max(x, lo), hi): one min and one max instruction (a select costs three). x goes
  * second: x86 min/max return their second operand when either is NaN, so NaN stays NaN
- * (a diverging run must not come out finite). */
-FNN_INLINE fnn_lvs fnn_lclamp_s(fnn_lvs x, float lo, float hi) {
-    fnn_lvs vlo = (fnn_lvs){0} + lo, vhi = (fnn_lvs){0} + hi;
+ * (a diverging run must not come out finite). FNN_LCLAMP_DEF(S, T, P, C) defines fnn_lclamp_S
+ * for scalar T with the intrinsics' suffix P (ps/pd) and register type suffix C (none/d). */
 #if defined(FNN_ISA_AVX512)
-    return (fnn_lvs)_mm512_min_ps((__m512)vhi, _mm512_max_ps((__m512)vlo, (__m512)x));
+#define FNN_LMINMAX(P, C, vlo, vhi, x) \
+    _mm512_min_##P((__m512##C)vhi, _mm512_max_##P((__m512##C)vlo, (__m512##C)x))
 #elif defined(FNN_ISA_AVX2)
-    return (fnn_lvs)_mm256_min_ps((__m256)vhi, _mm256_max_ps((__m256)vlo, (__m256)x));
+#define FNN_LMINMAX(P, C, vlo, vhi, x) \
+    _mm256_min_##P((__m256##C)vhi, _mm256_max_##P((__m256##C)vlo, (__m256##C)x))
 #elif defined(__SSE2__)
-    return (fnn_lvs)_mm_min_ps((__m128)vhi, _mm_max_ps((__m128)vlo, (__m128)x));
-#else
-    x = fnn_lsel_s((fnn_lvsi)(x > vhi), vhi, x);
-    return fnn_lsel_s((fnn_lvsi)(x < vlo), vlo, x);
+#define FNN_LMINMAX(P, C, vlo, vhi, x) \
+    _mm_min_##P((__m128##C)vhi, _mm_max_##P((__m128##C)vlo, (__m128##C)x))
 #endif
-}
-FNN_INLINE fnn_lvd fnn_lclamp_d(fnn_lvd x, double lo, double hi) {
-    fnn_lvd vlo = (fnn_lvd){0} + lo, vhi = (fnn_lvd){0} + hi;
-#if defined(FNN_ISA_AVX512)
-    return (fnn_lvd)_mm512_min_pd((__m512d)vhi, _mm512_max_pd((__m512d)vlo, (__m512d)x));
-#elif defined(FNN_ISA_AVX2)
-    return (fnn_lvd)_mm256_min_pd((__m256d)vhi, _mm256_max_pd((__m256d)vlo, (__m256d)x));
-#elif defined(__SSE2__)
-    return (fnn_lvd)_mm_min_pd((__m128d)vhi, _mm_max_pd((__m128d)vlo, (__m128d)x));
-#else
-    x = fnn_lsel_d((fnn_lvdi)(x > vhi), vhi, x);
-    return fnn_lsel_d((fnn_lvdi)(x < vlo), vlo, x);
+#if defined(FNN_LMINMAX)
+#define FNN_LCLAMP_BODY(S, P, C) return (fnn_lv##S)FNN_LMINMAX(P, C, vlo, vhi, x)
+#else   /* no SSE2: two selects */
+#define FNN_LCLAMP_BODY(S, P, C)                                                             \
+    x = fnn_lsel_##S((fnn_lv##S##i)(x > vhi), vhi, x);                                       \
+    return fnn_lsel_##S((fnn_lv##S##i)(x < vlo), vlo, x)
 #endif
+#define FNN_LCLAMP_DEF(S, T, P, C)                                                           \
+FNN_INLINE fnn_lv##S fnn_lclamp_##S(fnn_lv##S x, T lo, T hi) {                               \
+    fnn_lv##S vlo = (fnn_lv##S){0} + lo, vhi = (fnn_lv##S){0} + hi;                          \
+    FNN_LCLAMP_BODY(S, P, C);                                                                \
 }
+FNN_LCLAMP_DEF(s, float, ps, )
+FNN_LCLAMP_DEF(d, double, pd, d)
+#undef FNN_LCLAMP_DEF
+#undef FNN_LCLAMP_BODY
+#undef FNN_LMINMAX
 
 /* 1 / d. (The reciprocal estimate plus a Newton step measured slower than the divider here.) */
 FNN_INLINE fnn_lvs fnn_lrcp_s(fnn_lvs d) {
@@ -80,45 +84,16 @@ FNN_INLINE fnn_lvs fnn_lrcp_s(fnn_lvs d) {
 }
 
 /* exp(x) for x already clamped to [-87, 87] (float) / [-708, 708] (double): fnn_expf /
- * fnn_exp's reduction and polynomial, so results stay finite and normal. */
+ * fnn_exp's reduction and polynomial (fnn_simd.h's FNN_EXPF_POLY / FNN_EXP_POLY), so results
+ * stay finite and normal. */
 FNN_INLINE fnn_lvs fnn_lexp_s(fnn_lvs xc) {
-    const float magic = 12582912.0f; /* 1.5 * 2^23 */
-    fnn_lvs t = xc * 1.44269504088896341f + magic;
-    fnn_lvs fn = t - magic;
-    fnn_lvs r = xc - fn * 0.693359375f;
-    r = r - fn * -2.12194440e-4f;
-    fnn_lvs pp = (fnn_lvs){0} + 1.0f / 5040.0f;
-    pp = pp * r + 1.0f / 720.0f;
-    pp = pp * r + 1.0f / 120.0f;
-    pp = pp * r + 1.0f / 24.0f;
-    pp = pp * r + 1.0f / 6.0f;
-    pp = pp * r + 0.5f;
-    pp = pp * r + 1.0f;
-    pp = pp * r + 1.0f;
-    fnn_lvsi bits = ((fnn_lvsi)t - 0x4B400000 + 127) << 23;   /* 0x4B400000: magic's bits */
+    FNN_EXPF_POLY(fnn_lvs, xc, t, pp);
+    fnn_lvsi bits = ((fnn_lvsi)t - FNN_EXPF_MAGIC_BITS + 127) << 23;
     return pp * (fnn_lvs)bits;
 }
 FNN_INLINE fnn_lvd fnn_lexp_d(fnn_lvd xc) {
-    const double magic = 6755399441055744.0; /* 1.5 * 2^52 */
-    fnn_lvd t = xc * 1.4426950408889634074 + magic;
-    fnn_lvd fn = t - magic;
-    fnn_lvd r = xc - fn * 6.93147180369123816490e-01;
-    r = r - fn * 1.90821492927058770002e-10;
-    fnn_lvd pp = (fnn_lvd){0} + 1.0 / 6227020800.0;
-    pp = pp * r + 1.0 / 479001600.0;
-    pp = pp * r + 1.0 / 39916800.0;
-    pp = pp * r + 1.0 / 3628800.0;
-    pp = pp * r + 1.0 / 362880.0;
-    pp = pp * r + 1.0 / 40320.0;
-    pp = pp * r + 1.0 / 5040.0;
-    pp = pp * r + 1.0 / 720.0;
-    pp = pp * r + 1.0 / 120.0;
-    pp = pp * r + 1.0 / 24.0;
-    pp = pp * r + 1.0 / 6.0;
-    pp = pp * r + 0.5;
-    pp = pp * r + 1.0;
-    pp = pp * r + 1.0;
-    fnn_lvdi bits = ((fnn_lvdi)t - 0x4338000000000000LL + 1023) << 52;   /* magic's bits */
+    FNN_EXP_POLY(fnn_lvd, xc, t, pp);
+    fnn_lvdi bits = ((fnn_lvdi)t - FNN_EXP_MAGIC_BITS + 1023) << 52;
     return pp * (fnn_lvd)bits;
 }
 

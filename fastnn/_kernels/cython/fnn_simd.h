@@ -385,28 +385,55 @@ FNN_GENERIC_UKR(fnn_ukr_d, double, FNN_MR_D, FNN_NR_D)
  * then hold n). Accuracy: a few ulp in float32 and float64.
  */
 
+/* The reduction and polynomial that fnn_expf / fnn_exp and fnn_rec_lanes.h's lane-wise
+ * fnn_lexp_s / fnn_lexp_d share, for V a scalar or a vector of float (_F) / double (_D) and xc
+ * already in range: declares t = xc / ln2 + magic (n = round(xc / ln2) in its low mantissa bits)
+ * and p = e^r, r = xc - n ln2 (Cody-Waite); the caller makes 2^n from t's bits
+ * ((bits(t) - MAGIC_BITS + bias) << mantissa width) and returns p * 2^n. */
+#define FNN_EXPF_MAGIC 12582912.0f              /* 1.5 * 2^23 */
+#define FNN_EXPF_MAGIC_BITS 0x4B400000
+#define FNN_EXPF_POLY(V, xc, t, p)                                                           \
+    V t = (xc) * 1.44269504088896341f + FNN_EXPF_MAGIC;                                      \
+    V t##_fn = t - FNN_EXPF_MAGIC;                                                           \
+    V t##_r = (xc) - t##_fn * 0.693359375f;                                                  \
+    t##_r = t##_r - t##_fn * -2.12194440e-4f;                                                \
+    V p = 1.0f / 5040.0f * t##_r + 1.0f / 720.0f;                                            \
+    p = p * t##_r + 1.0f / 120.0f;                                                           \
+    p = p * t##_r + 1.0f / 24.0f;                                                            \
+    p = p * t##_r + 1.0f / 6.0f;                                                             \
+    p = p * t##_r + 0.5f;                                                                    \
+    p = p * t##_r + 1.0f;                                                                    \
+    p = p * t##_r + 1.0f
+#define FNN_EXP_MAGIC 6755399441055744.0        /* 1.5 * 2^52 */
+#define FNN_EXP_MAGIC_BITS 0x4338000000000000LL
+#define FNN_EXP_POLY(V, xc, t, p)                                                            \
+    V t = (xc) * 1.4426950408889634074 + FNN_EXP_MAGIC;                                      \
+    V t##_fn = t - FNN_EXP_MAGIC;                                                            \
+    V t##_r = (xc) - t##_fn * 6.93147180369123816490e-01;                                    \
+    t##_r = t##_r - t##_fn * 1.90821492927058770002e-10;                                     \
+    V p = 1.0 / 6227020800.0 * t##_r + 1.0 / 479001600.0;   /* 1/13!, 1/12! */               \
+    p = p * t##_r + 1.0 / 39916800.0;                                                        \
+    p = p * t##_r + 1.0 / 3628800.0;                                                         \
+    p = p * t##_r + 1.0 / 362880.0;                                                          \
+    p = p * t##_r + 1.0 / 40320.0;                                                           \
+    p = p * t##_r + 1.0 / 5040.0;                                                            \
+    p = p * t##_r + 1.0 / 720.0;                                                             \
+    p = p * t##_r + 1.0 / 120.0;                                                             \
+    p = p * t##_r + 1.0 / 24.0;                                                              \
+    p = p * t##_r + 1.0 / 6.0;                                                               \
+    p = p * t##_r + 0.5;                                                                     \
+    p = p * t##_r + 1.0;                                                                     \
+    p = p * t##_r + 1.0
+
 FNN_INLINE float fnn_expf(float x)
 {
     const float hi = 88.7f, lo = -87.3f;
     float xc = x > hi ? hi : x;
     xc = xc < lo ? lo : xc;
-    const float magic = 12582912.0f; /* 1.5 * 2^23 */
-    float t = xc * 1.44269504088896341f + magic;
-    float fn = t - magic;
-    float r = xc - fn * 0.693359375f;
-    r = r - fn * -2.12194440e-4f;
-    float pp = 1.0f / 5040.0f;
-    pp = pp * r + 1.0f / 720.0f;
-    pp = pp * r + 1.0f / 120.0f;
-    pp = pp * r + 1.0f / 24.0f;
-    pp = pp * r + 1.0f / 6.0f;
-    pp = pp * r + 0.5f;
-    pp = pp * r + 1.0f;
-    pp = pp * r + 1.0f;
-    int32_t ti, mi;
+    FNN_EXPF_POLY(float, xc, t, pp);
+    int32_t ti;
     memcpy(&ti, &t, 4);
-    memcpy(&mi, &magic, 4);
-    int32_t bits = (ti - mi + 127) << 23;
+    int32_t bits = (ti - FNN_EXPF_MAGIC_BITS + 127) << 23;
     float scale;
     memcpy(&scale, &bits, 4);
     float res = pp * scale;
@@ -420,29 +447,10 @@ FNN_INLINE double fnn_exp(double x)
     const double hi = 709.7, lo = -708.3;
     double xc = x > hi ? hi : x;
     xc = xc < lo ? lo : xc;
-    const double magic = 6755399441055744.0; /* 1.5 * 2^52 */
-    double t = xc * 1.4426950408889634074 + magic;
-    double fn = t - magic;
-    double r = xc - fn * 6.93147180369123816490e-01;
-    r = r - fn * 1.90821492927058770002e-10;
-    double pp = 1.0 / 6227020800.0;      /* 1/13! */
-    pp = pp * r + 1.0 / 479001600.0;     /* 1/12! */
-    pp = pp * r + 1.0 / 39916800.0;
-    pp = pp * r + 1.0 / 3628800.0;
-    pp = pp * r + 1.0 / 362880.0;
-    pp = pp * r + 1.0 / 40320.0;
-    pp = pp * r + 1.0 / 5040.0;
-    pp = pp * r + 1.0 / 720.0;
-    pp = pp * r + 1.0 / 120.0;
-    pp = pp * r + 1.0 / 24.0;
-    pp = pp * r + 1.0 / 6.0;
-    pp = pp * r + 0.5;
-    pp = pp * r + 1.0;
-    pp = pp * r + 1.0;
-    int64_t ti, mi;
+    FNN_EXP_POLY(double, xc, t, pp);
+    int64_t ti;
     memcpy(&ti, &t, 8);
-    memcpy(&mi, &magic, 8);
-    int64_t bits = (ti - mi + 1023) << 52;
+    int64_t bits = (ti - FNN_EXP_MAGIC_BITS + 1023) << 52;
     double scale;
     memcpy(&scale, &bits, 8);
     double res = pp * scale;

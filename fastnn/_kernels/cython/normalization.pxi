@@ -13,94 +13,91 @@ cdef enum:
     _ACC = 34   # BatchNorm's scratch a channel: 2 x 16 lanes and 2 tail sums
 
 
-cdef inline floating _tree(floating *a) noexcept nogil:
-    """a[0] + ... + a[15] as a tree (a is overwritten): a chain of 16 dependent adds
-    per row cost more than the row's own work at 64 features."""
-    cdef Py_ssize_t j
-    for j in range(8):
-        a[j] += a[j + 8]
-    for j in range(4):
-        a[j] += a[j + 4]
-    return (a[0] + a[2]) + (a[1] + a[3])
+cdef extern from "fnn_vec.h":
+    float fnn_hsum16_s(const float *a) nogil
+    double fnn_hsum16_d(const double *a) nogil
+
+
+cdef inline floating _hsum16(const floating *a) noexcept nogil:
+    """a[0] + ... + a[15], fnn_vec.h's tree."""
+    if floating is float:
+        return fnn_hsum16_s(a)
+    else:
+        return fnn_hsum16_d(a)
 
 
 # Row reductions of LayerNorm (one row's sums) and BatchNorm (an (N, C, S) row's contribution to
 # its channel's 2 x 16 lanes), in C: written as plain loops
 # (in Cython or C) gcc 12 unrolled the 16 lanes into scalars and never vectorized them (perf:
-# vsubss/vfmadd231ss per value); GCC's vector extensions make each 16-value step a vector op.
+# vsubss/vfmadd231ss per value); fnn_vec.h's 16-lane vector types make each 16-value step a
+# vector op, and its fnn_lanes / fnn_hsum16 reduce the lanes.
 cdef extern from *:
     """
     #include <string.h>
     #include "fnn_simd.h"
+    #include "fnn_vec.h"
     #if defined(__GNUC__)
-    typedef float fnn_bn_vs __attribute__((vector_size(64)));
-    typedef double fnn_bn_vd __attribute__((vector_size(128)));
-    #define FNN_BN_ROWS(T, S)                                                                   \
-    static T fnn_hsum16_##S(const fnn_bn_v##S *v) {  /* a tree, as _tree */                   \
-        T a[16]; memcpy(a, v, sizeof a);                                                    \
-        for (int h = 8; h; h >>= 1) for (int j = 0; j < h; ++j) a[j] += a[j + h];              \
-        return a[0];                                                                         \
-    }                                                                                        \
+    #define FNN_BN_ROWS(T, S)                                                                \
     static void fnn_ln_sums_##S(long f, const T *row, T k, T *s, T *ss) {                    \
-        fnn_bn_v##S a1 = {0}, a2 = {0}, v;                                                   \
+        fnn_v16##S a1 = {0}, a2 = {0}, v;                                                    \
         T t1 = 0, t2 = 0;                                                                    \
         long p = 0;                                                                          \
         for (; p + 16 <= f; p += 16) {                                                       \
-            memcpy(&v, row + p, sizeof v); v -= k; a1 += v; a2 += v * v;                     \
+            FNN_VEC_LOAD(v, row + p); v -= k; a1 += v; a2 += v * v;                          \
         }                                                                                    \
         for (; p < f; ++p) { T d = row[p] - k; t1 += d; t2 += d * d; }                       \
-        *s = t1 + fnn_hsum16_##S(&a1); *ss = t2 + fnn_hsum16_##S(&a2);                         \
+        *s = t1 + fnn_lanes_##S(&a1); *ss = t2 + fnn_lanes_##S(&a2);                         \
     }                                                                                        \
     /* dw += dy * xhat, db += dy; *sg = sum(g), *sgx = sum(g * xhat), g = dy * w (w may be NULL) */ \
-    static void fnn_ln_bwd_row_##S(long f, const T *row, const T *d, const T *w, T mu, T rs,  \
-                                   T *dw, T *db, T *sg, T *sgx) {                             \
-        fnn_bn_v##S ag = {0}, ax = {0}, xv, dv, wv, xh, g, acc;                              \
+    static void fnn_ln_bwd_row_##S(long f, const T *row, const T *d, const T *w, T mu, T rs, \
+                                   T *dw, T *db, T *sg, T *sgx) {                            \
+        fnn_v16##S ag = {0}, ax = {0}, xv, dv, wv, xh, g, acc;                               \
         T t1 = 0, t2 = 0;                                                                    \
         long p = 0;                                                                          \
         for (; p + 16 <= f; p += 16) {                                                       \
-            memcpy(&xv, row + p, sizeof xv); memcpy(&dv, d + p, sizeof dv);                  \
+            FNN_VEC_LOAD(xv, row + p); FNN_VEC_LOAD(dv, d + p);                              \
             xh = (xv - mu) * rs;                                                             \
-            memcpy(&acc, dw + p, sizeof acc); acc += dv * xh; memcpy(dw + p, &acc, sizeof acc); \
-            memcpy(&acc, db + p, sizeof acc); acc += dv; memcpy(db + p, &acc, sizeof acc);   \
-            if (w) { memcpy(&wv, w + p, sizeof wv); g = dv * wv; } else g = dv;              \
+            FNN_VEC_LOAD(acc, dw + p); acc += dv * xh; FNN_VEC_STORE(dw + p, acc);           \
+            FNN_VEC_LOAD(acc, db + p); acc += dv; FNN_VEC_STORE(db + p, acc);                \
+            if (w) { FNN_VEC_LOAD(wv, w + p); g = dv * wv; } else g = dv;                    \
             ag += g; ax += g * xh;                                                           \
         }                                                                                    \
         for (; p < f; ++p) {                                                                 \
             T x1 = (row[p] - mu) * rs, g1 = w ? d[p] * w[p] : d[p];                          \
             dw[p] += d[p] * x1; db[p] += d[p]; t1 += g1; t2 += g1 * x1;                      \
         }                                                                                    \
-        *sg = t1 + fnn_hsum16_##S(&ag); *sgx = t2 + fnn_hsum16_##S(&ax);                       \
+        *sg = t1 + fnn_lanes_##S(&ag); *sgx = t2 + fnn_lanes_##S(&ax);                       \
     }                                                                                        \
-    static void fnn_bn_sums_row_##S(long sl, const T *row, T k, T *lanes, T *tail) {          \
-        fnn_bn_v##S a1, a2, v;                                                               \
+    static void fnn_bn_sums_row_##S(long sl, const T *row, T k, T *lanes, T *tail) {         \
+        fnn_v16##S a1, a2, v;                                                                \
         long p = 0;                                                                          \
-        memcpy(&a1, lanes, sizeof a1); memcpy(&a2, lanes + 16, sizeof a2);                   \
+        FNN_VEC_LOAD(a1, lanes); FNN_VEC_LOAD(a2, lanes + 16);                               \
         for (; p + 16 <= sl; p += 16) {                                                      \
-            memcpy(&v, row + p, sizeof v); v -= k; a1 += v; a2 += v * v;                     \
+            FNN_VEC_LOAD(v, row + p); v -= k; a1 += v; a2 += v * v;                          \
         }                                                                                    \
-        memcpy(lanes, &a1, sizeof a1); memcpy(lanes + 16, &a2, sizeof a2);                   \
+        FNN_VEC_STORE(lanes, a1); FNN_VEC_STORE(lanes + 16, a2);                             \
         for (; p < sl; ++p) { T d = row[p] - k; tail[0] += d; tail[1] += d * d; }            \
     }                                                                                        \
     static void fnn_bn_dots_row_##S(long sl, const T *dy, const T *x, T m, T *lanes, T *tail) { \
-        fnn_bn_v##S a1, a2, g, v;                                                            \
+        fnn_v16##S a1, a2, g, v;                                                             \
         long p = 0;                                                                          \
-        memcpy(&a1, lanes, sizeof a1); memcpy(&a2, lanes + 16, sizeof a2);                   \
+        FNN_VEC_LOAD(a1, lanes); FNN_VEC_LOAD(a2, lanes + 16);                               \
         for (; p + 16 <= sl; p += 16) {                                                      \
-            memcpy(&g, dy + p, sizeof g); memcpy(&v, x + p, sizeof v);                       \
+            FNN_VEC_LOAD(g, dy + p); FNN_VEC_LOAD(v, x + p);                                 \
             a1 += g; a2 += g * (v - m);                                                      \
         }                                                                                    \
-        memcpy(lanes, &a1, sizeof a1); memcpy(lanes + 16, &a2, sizeof a2);                   \
+        FNN_VEC_STORE(lanes, a1); FNN_VEC_STORE(lanes + 16, a2);                             \
         for (; p < sl; ++p) { tail[0] += dy[p]; tail[1] += dy[p] * (x[p] - m); }             \
     }
     #else
-    #define FNN_BN_ROWS(T, S)                                                                   \
+    #define FNN_BN_ROWS(T, S)                                                                \
     static void fnn_ln_sums_##S(long f, const T *row, T k, T *s, T *ss) {                    \
         T t1 = 0, t2 = 0;                                                                    \
         for (long p = 0; p < f; ++p) { T d = row[p] - k; t1 += d; t2 += d * d; }             \
         *s = t1; *ss = t2;                                                                   \
     }                                                                                        \
-    static void fnn_ln_bwd_row_##S(long f, const T *row, const T *d, const T *w, T mu, T rs,  \
-                                   T *dw, T *db, T *sg, T *sgx) {                             \
+    static void fnn_ln_bwd_row_##S(long f, const T *row, const T *d, const T *w, T mu, T rs, \
+                                   T *dw, T *db, T *sg, T *sgx) {                            \
         T t1 = 0, t2 = 0;                                                                    \
         for (long p = 0; p < f; ++p) {                                                       \
             T x1 = (row[p] - mu) * rs, g1 = w ? d[p] * w[p] : d[p];                          \
@@ -108,7 +105,7 @@ cdef extern from *:
         }                                                                                    \
         *sg = t1; *sgx = t2;                                                                 \
     }                                                                                        \
-    static void fnn_bn_sums_row_##S(long sl, const T *row, T k, T *lanes, T *tail) {          \
+    static void fnn_bn_sums_row_##S(long sl, const T *row, T k, T *lanes, T *tail) {         \
         long p = 0;                                                                          \
         for (; p + 16 <= sl; p += 16)                                                        \
             for (int j = 0; j < 16; ++j) {                                                   \
@@ -282,8 +279,8 @@ cdef void _bn_sums(const floating *x, Py_ssize_t n, Py_ssize_t c, Py_ssize_t sl,
                 fnn_bn_sums_row_d(sl, x + (i * c + ch) * sl, k[ch], lanes, lanes + 2 * _NL)
     for ch in range(c):
         lanes = acc + ch * _ACC
-        s[ch] = lanes[2 * _NL] + _tree(lanes)
-        ss[ch] = lanes[2 * _NL + 1] + _tree(lanes + _NL)
+        s[ch] = lanes[2 * _NL] + _hsum16(lanes)
+        ss[ch] = lanes[2 * _NL + 1] + _hsum16(lanes + _NL)
 
 
 cdef void _bn_dots(const floating *dy, const floating *x, Py_ssize_t n, Py_ssize_t c,
@@ -304,8 +301,8 @@ cdef void _bn_dots(const floating *dy, const floating *x, Py_ssize_t n, Py_ssize
                 fnn_bn_dots_row_d(sl, dy + base, x + base, mu[ch], lanes, lanes + 2 * _NL)
     for ch in range(c):
         lanes = acc + ch * _ACC
-        sd[ch] = lanes[2 * _NL] + _tree(lanes)
-        sdx[ch] = lanes[2 * _NL + 1] + _tree(lanes + _NL)
+        sd[ch] = lanes[2 * _NL] + _hsum16(lanes)
+        sdx[ch] = lanes[2 * _NL + 1] + _hsum16(lanes + _NL)
 
 
 cdef void _bn_fwd(const floating *x, const floating *w, const floating *b, floating *rm,
@@ -478,7 +475,7 @@ cdef void _gap_fwd(const floating *x, Py_ssize_t rows, Py_ssize_t sl, floating *
                 a[j] += row[p + j]
         for p in range(s16, sl):
             t += row[p]
-        y[r] = (t + _tree(a)) * inv
+        y[r] = (t + _hsum16(a)) * inv
 
 
 cdef void _gap_bwd(const floating *dy, Py_ssize_t rows, Py_ssize_t sl, floating *dx) noexcept nogil:
