@@ -67,6 +67,21 @@ class Backend:
     def __repr__(self):
         return f"<fastnn backend {self.name!r}>"
 
+    def concurrent_pair(self, kernel, x, w_ih, w_hh):
+        """The entry that runs two calls of a recurrent kernel at once, one a core
+        (``pair(kernel_or_its_backward, args_a, args_b, check)``: a bidirectional layer's two
+        directions), where this backend's module has one and both the kernel and its backward
+        are that module's own; else None. x, w_ih, w_hh: the forward's inputs (auto's choice
+        depends on their sizes)."""
+        mod = getattr(self.module, "_mod", None)          # cython's compiled module
+        pair = getattr(mod, "_recurrent_pair", None)
+        if pair is None:
+            return None
+        for name in (kernel, kernel + "_backward"):
+            if getattr(self.raw, name, None) is not getattr(mod, name, None):
+                return None
+        return pair
+
 
 def _checked(check, fn):
     @functools.wraps(fn)

@@ -475,6 +475,20 @@ class AutoBackend(Backend):
         run.__name__ = run.__qualname__ = name
         return run
 
+    def concurrent_pair(self, kernel, x, w_ih, w_hh):
+        """Backend.concurrent_pair: the base's (cython's) entry where auto runs cython's
+        kernel and backward for these sizes (chosen, or overridden); None before the first
+        call of this size has chosen."""
+        fam = _OF_KERNEL.get(kernel)
+        for which, name in enumerate((kernel, kernel + "_backward")):
+            fn = getattr(self.raw, name, None)
+            if fam is not None and fn is self._dispatchers.get(name):     # not overridden
+                chosen = self._chosen.get((fam.name, fam.key(x, w_ih, w_hh)))
+                fn = None if chosen is None else chosen[which]
+            if fn is None or fn is not getattr(self.base.raw, name, None):
+                return None
+        return self.base.concurrent_pair(kernel, x, w_ih, w_hh)
+
     def _first_use(self, fam, which, args, kwargs):
         key = ((fam.key, fam.backward_key)[which])(*args, **kwargs)
         with self._lock:

@@ -100,25 +100,11 @@ class _Recurrent(Layer):
         self._backend = backend            # to find cython's both-directions entry (_pair)
 
     def _pair(self, kernel, x, w_ih, w_hh):
-        """The compiled Cython module's _recurrent_pair (both directions at once, one per core)
-        where this layer's kernel AND its backward at these sizes are that module's own
-        functions (the cython backend, or auto having chosen cython for this size key), else
-        None: the directions run one after the other."""
+        """The backend's entry that runs both directions at once, one a core, or None:
+        the directions run one after the other (Backend.concurrent_pair)."""
         backend = getattr(self, "_backend", None)
-        mod = getattr(getattr(backend, "module", None), "_mod", None)   # cython's compiled module
-        pair = getattr(mod, "_recurrent_pair", None)
-        if pair is None or backend.name not in ("cython", "auto"):
-            return None
-        for name in (kernel, kernel + "_backward"):
-            fn = getattr(self.kernels, name, None)
-            if backend.name == "auto" and fn is getattr(backend, "_dispatchers", {}).get(name):
-                # auto's dispatcher: the kernel it chose for this size key (None until measured)
-                from .._kernels.choice import FAMILIES
-                chosen = backend._chosen.get((kernel, FAMILIES[kernel].key(x, w_ih, w_hh)))
-                fn = None if chosen is None else chosen[name != kernel]
-            if fn is not getattr(mod, name, None):
-                return None
-        return pair
+        find = getattr(backend, "concurrent_pair", None)
+        return None if find is None else find(kernel, x, w_ih, w_hh)
 
     def _forward_layer(self, x, k, sequences):
         run = getattr(self.kernels, self.kernel)
