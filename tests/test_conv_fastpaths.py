@@ -217,3 +217,45 @@ def test_batch_inner_equals_flat_layout(cy, dtype):
         cy._set_conv_bi_min_n(8)
     for g, f in zip(got, flat):
         assert_close(g, f, dtype, *_conv_tol(dtype, 6 * 9 * 37 * 25))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_backward_parts_at_once_equal_them_in_turn(cy, dtype):
+    """Below the threading threshold, with two threads, a conv backward runs its dW and dx
+    parts at once (one thread each): the same bits as one after the other, and the reference's
+    values, for dW by dots (few taps) and by GEMM, 1-D and 2-D, and without dx."""
+    from fastnn._kernels import cython as pkg
+    before = pkg.get_num_threads()
+    pkg.set_num_threads(2)
+    min_work = cy._set_conv_bwd_concurrent_min_work(0)     # every case, not only the large ones
+    rng = np.random.default_rng(11)
+    cases = [((100, 16, 4, 4), (32, 16, 3, 3), (1, 1), (1, 1)),   # bncnn's second conv: dW by GEMM
+             ((9, 1, 8, 8), (16, 1, 3, 3), (1, 1), (1, 1)),       # 9 taps: dW by dots
+             ((13, 25, 18), (25, 25, 3), 2, 0)]                    # the CNN's Conv1D(25, 25, 3, s2)
+    try:
+        for xs, ws, stride, pad in cases:
+            x = rng.standard_normal(xs).astype(dtype)
+            wt = rng.standard_normal(ws).astype(dtype)
+            fwd, bwd = (cy.conv1d, cy.conv1d_backward) if len(xs) == 3 else (cy.conv2d, cy.conv2d_backward)
+            dy = rng.standard_normal(fwd(x, wt, None, stride, pad).shape).astype(dtype)
+            old = cy._set_conv_bwd_concurrent(True)
+            try:
+                at_once = [bwd(dy, x, wt, stride, pad, need_dx=nd) for nd in (True, False)]
+                cy._set_conv_bwd_concurrent(False)
+                in_turn = [bwd(dy, x, wt, stride, pad, need_dx=nd) for nd in (True, False)]
+            finally:
+                cy._set_conv_bwd_concurrent(old)
+            for got, want in zip(at_once, in_turn):
+                for g, w in zip(got, want):
+                    assert (g is None) == (w is None)
+                    if g is not None:
+                        np.testing.assert_array_equal(g, w)
+            refb = ref.conv1d_backward if len(xs) == 3 else ref.conv2d_backward
+            expect = refb(dy.astype(np.float64), x.astype(np.float64), wt.astype(np.float64), stride, pad,
+                          need_dx=True)
+            tol = _conv_tol(dtype, max(np.prod(ws[1:]) * ws[0], dy.size // ws[0]))
+            for g, w in zip(at_once[0], expect):
+                assert_close(g, w, dtype, *tol)
+    finally:
+        pkg.set_num_threads(before)
+        cy._set_conv_bwd_concurrent_min_work(min_work)
