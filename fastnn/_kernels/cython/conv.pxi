@@ -389,76 +389,6 @@ cdef int _conv_fwd_bi(const floating *x, const floating *w, const floating *b, f
     return rc
 
 
-# The batch-inner backward's two products, dW and dx, read the same dyt and colt and write
-# apart: below the threading threshold each runs on one thread, and with two threads free they
-# run at once, one each (each the same one-thread code, so the results are bit-identical).
-cdef bint _CONV_BWD_CONCURRENT = 1
-# ... from this many multiply-adds in dx's GEMM: the BatchNorm CNN's second conv (7.4M) took
-# 0.88-0.94x the time at once, the small CNN's Conv1Ds (0.6-1.5M) 0.9-1.1x (the team's start
-# costs what they save).
-cdef Py_ssize_t _CONV_BWD_CONCURRENT_MIN_WORK = 1 << 22
-
-
-def _set_conv_bwd_concurrent_min_work(Py_ssize_t w):
-    """Tuning hook: the least multiply-adds of dx's GEMM that run the two parts at once;
-    returns the old value."""
-    global _CONV_BWD_CONCURRENT_MIN_WORK
-    old = _CONV_BWD_CONCURRENT_MIN_WORK
-    _CONV_BWD_CONCURRENT_MIN_WORK = w
-    return old
-
-
-def _set_conv_bwd_concurrent(bint on):
-    """Tuning hook: whether a small conv backward runs its dW and dx parts at once on 2 threads
-    (else one after the other); returns the old setting."""
-    global _CONV_BWD_CONCURRENT
-    old = bool(_CONV_BWD_CONCURRENT)
-    _CONV_BWD_CONCURRENT = on
-    return old
-
-
-cdef int _conv_bwd_bi_dw(const floating *dyt, const floating *colt, floating *dw, Py_ssize_t c_out,
-                         Py_ssize_t kk, Py_ssize_t rows, int nthreads) noexcept nogil:
-    if kk <= _CONV_DW_DOT_MAX_TAPS:
-        _dw_dots(dyt, colt, dw, c_out, kk, rows)
-        return 0
-    return _dw_gemm(dyt, colt, dw, c_out, kk, rows, nthreads)
-
-
-cdef int _conv_bwd_bi_dx(const floating *w, const floating *dyt, floating *dcolt, floating *dxt,
-                         floating *dx, Py_ssize_t n, Py_ssize_t c, Py_ssize_t hgt, Py_ssize_t wid,
-                         Py_ssize_t c_out, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
-                         Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t ho, Py_ssize_t wo,
-                         int nthreads) noexcept nogil:
-    """dx = (col2im(W^T dyt)) transposed, through dcolt and dxt."""
-    cdef Py_ssize_t kk = c * kh * kw, rows = n * ho * wo
-    cdef int rc = _gemm(w, dyt, dcolt, kk, rows, c_out, True, False, False, nthreads)
-    if rc == 0:
-        _col2im_bi(dcolt, dxt, n, c, hgt, wid, kh, kw, sh, sw, ph, pw, ho, wo)
-        _from_batch_inner(dxt, dx, n, c * hgt * wid)
-    return rc
-
-
-cdef void _conv_bwd_bi_worker(const floating *w, const floating *dyt, const floating *colt,
-                              floating *dcolt, floating *dxt, floating *dx, floating *dw,
-                              Py_ssize_t n, Py_ssize_t c, Py_ssize_t hgt, Py_ssize_t wid,
-                              Py_ssize_t c_out, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
-                              Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t ho,
-                              Py_ssize_t wo, long *next_job, long *claimed, int *rcs) noexcept nogil:
-    """A thread of the two: takes the parts left (dx first, the longer), one thread each."""
-    cdef long q
-    while True:
-        q = fnn_atomic_next(next_job)
-        if q >= 2:
-            break
-        claimed[0] += 1
-        if q == 0:
-            rcs[0] = _conv_bwd_bi_dx(w, dyt, dcolt, dxt, dx, n, c, hgt, wid, c_out, kh, kw, sh, sw,
-                                     ph, pw, ho, wo, 1)
-        else:
-            rcs[1] = _conv_bwd_bi_dw(dyt, colt, dw, c_out, c * kh * kw, n * ho * wo, 1)
-
-
 cdef int _conv_bwd_bi(const floating *dy, const floating *x, const floating *w, floating *dx,
                       floating *dw, floating *db, Py_ssize_t n, Py_ssize_t c, Py_ssize_t hgt,
                       Py_ssize_t wid, Py_ssize_t c_out, Py_ssize_t kh, Py_ssize_t kw,
@@ -475,39 +405,23 @@ cdef int _conv_bwd_bi(const floating *dy, const floating *x, const floating *w, 
     cdef floating *colt = xt + chw * n
     cdef floating *dyt = colt + rows * kk
     cdef floating *dcolt = dyt + rows * c_out
-    cdef int rc, team = 1, tt
-    cdef int rcs[2]
-    cdef long next_job = 0
-    cdef long claimed[2]
-    cdef double master_done[1]
+    cdef int rc
     if c_out * rows * kk < _CONV_PAR_MIN_WORK:
         nthreads = 1
     _to_batch_inner(x, xt, n, chw)
     _im2col_bi(xt, colt, n, c, hgt, wid, kh, kw, sh, sw, ph, pw, ho, wo)
     _to_batch_inner(dy, dyt, n, c_out * ho * wo)
     _row_sums16(dyt, db, c_out, rows)
-    if (dx != NULL and nthreads == 1 and _num_threads >= 2 and _CONV_BWD_CONCURRENT
-            and c_out * rows * kk >= _CONV_BWD_CONCURRENT_MIN_WORK):
-        team = _team_size(2)
-    if team > 1:   # xt is free once colt is built: dx's part reuses it as dxt
-        rcs[0] = 0
-        rcs[1] = 0
-        claimed[0] = 0
-        claimed[1] = 0
-        master_done[0] = 0
-        with parallel(num_threads=2):
-            tt = fnn_team_rank()
-            _conv_bwd_bi_worker(w, dyt, colt, dcolt, xt, dx, dw, n, c, hgt, wid, c_out, kh, kw, sh,
-                                sw, ph, pw, ho, wo, &next_job, &claimed[tt], rcs)
-            if tt == 0:
-                master_done[0] = fnn_now()
-        _team_report(claimed, master_done, 2)
-        rc = rcs[0] if rcs[0] != 0 else rcs[1]
+    if kk <= _CONV_DW_DOT_MAX_TAPS:
+        _dw_dots(dyt, colt, dw, c_out, kk, rows)
+        rc = 0
     else:
-        rc = _conv_bwd_bi_dw(dyt, colt, dw, c_out, kk, rows, nthreads)
-        if rc == 0 and dx != NULL:
-            rc = _conv_bwd_bi_dx(w, dyt, dcolt, xt, dx, n, c, hgt, wid, c_out, kh, kw, sh, sw,
-                                 ph, pw, ho, wo, nthreads)
+        rc = _dw_gemm(dyt, colt, dw, c_out, kk, rows, nthreads)
+    if rc == 0 and dx != NULL:
+        rc = _gemm(w, dyt, dcolt, kk, rows, c_out, True, False, False, nthreads)
+        if rc == 0:
+            _col2im_bi(dcolt, xt, n, c, hgt, wid, kh, kw, sh, sw, ph, pw, ho, wo)   # xt reused as dxt
+            _from_batch_inner(xt, dx, n, chw)
     fnn_aligned_free(xt)
     return rc
 
