@@ -85,30 +85,22 @@ FNN_TRANSPOSE(float, s, fnn_tv8s, fnn_tm8s)
 FNN_TRANSPOSE(double, d, fnn_tv8d, fnn_tm8d)
 #undef FNN_TRANSPOSE
 #else
-static void fnn_transpose_bias_s(const float *src, long rows, long cols, float *dst,
-                                 const float *bias, long group) {
-    float *rb = bias ? fnn_row_bias_s(bias, rows, group) : NULL;
-    if (bias && rb == NULL) {
-        for (long c = 0; c < cols; ++c)
-            for (long r = 0; r < rows; ++r)
-                dst[c * rows + r] = src[r * cols + c] + bias[r / group];
-        return;
-    }
-    fnn_transpose_edge_s(src, rows, cols, dst, rb, 0, rows, 0, cols);
-    free(rb);
+#define FNN_TRANSPOSE_BIAS_PLAIN(T, S)                                                       \
+static void fnn_transpose_bias_##S(const T *src, long rows, long cols, T *dst,               \
+                                   const T *bias, long group) {                              \
+    T *rb = bias ? fnn_row_bias_##S(bias, rows, group) : NULL;                               \
+    if (bias && rb == NULL) {                                                                \
+        for (long c = 0; c < cols; ++c)                                                      \
+            for (long r = 0; r < rows; ++r)                                                  \
+                dst[c * rows + r] = src[r * cols + c] + bias[r / group];                     \
+        return;                                                                              \
+    }                                                                                        \
+    fnn_transpose_edge_##S(src, rows, cols, dst, rb, 0, rows, 0, cols);                      \
+    free(rb);                                                                                \
 }
-static void fnn_transpose_bias_d(const double *src, long rows, long cols, double *dst,
-                                 const double *bias, long group) {
-    double *rb = bias ? fnn_row_bias_d(bias, rows, group) : NULL;
-    if (bias && rb == NULL) {
-        for (long c = 0; c < cols; ++c)
-            for (long r = 0; r < rows; ++r)
-                dst[c * rows + r] = src[r * cols + c] + bias[r / group];
-        return;
-    }
-    fnn_transpose_edge_d(src, rows, cols, dst, rb, 0, rows, 0, cols);
-    free(rb);
-}
+FNN_TRANSPOSE_BIAS_PLAIN(float, s)
+FNN_TRANSPOSE_BIAS_PLAIN(double, d)
+#undef FNN_TRANSPOSE_BIAS_PLAIN
 #endif
 /* dst = src transposed, plus bias[r / group] on src's row r when bias is not NULL (the
  * convolution's bias, added on the way out of the batch-inner layout) */
