@@ -21,13 +21,17 @@ OpenBLAS on one thread.
 """
 import argparse
 import statistics
-import time
+import sys
+from pathlib import Path
 
 import numpy as np
 
 import fastnn as fnn
 from fastnn import layers as L
 from fastnn._kernels import cython as cy
+
+sys.path.insert(0, str(Path(__file__).parent))
+from acts_vs_numpy import _best  # noqa: E402  (best-of-n wall time of a call)
 
 N, T, F = 100, 40, 1
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
@@ -39,15 +43,6 @@ def _blas_one_thread():
         return threadpool_limits(1)
     except ImportError:   # pragma: no cover
         return None
-
-
-def _best(fn, repeat):
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def _interleaved(cases, rounds, repeat):

@@ -104,23 +104,12 @@ FNN_INLINE fnn_lvd fnn_lsig_d(fnn_lvd v) {
     return 1.0 / (1.0 + fnn_lexp_d(fnn_lclamp_d(-v, -708.0, 708.0)));
 }
 
-/* fnn_tanhf on lanes: Eigen's rational x P(x^2) / Q(x^2) */
+/* fnn_tanhf on lanes: Eigen's rational x P(x^2) / Q(x^2) (FNN_TANHF_RATIONAL) */
 FNN_INLINE fnn_lvs fnn_ltanh_s(fnn_lvs x) {
     const float clamp = 7.90531110763549805f;
     fnn_lvs xc = fnn_lclamp_s(x, -clamp, clamp);
     fnn_lvs z = xc * xc;
-    fnn_lvs p = (fnn_lvs){0} + -2.76076847742355e-16f;
-    p = p * z + 2.00018790482477e-13f;
-    p = p * z + -8.60467152213735e-11f;
-    p = p * z + 5.12229709037114e-08f;
-    p = p * z + 1.48572235717979e-05f;
-    p = p * z + 6.37261928875436e-04f;
-    p = p * z + 4.89352455891786e-03f;
-    p = p * xc;
-    fnn_lvs q = (fnn_lvs){0} + 1.19825839466702e-06f;
-    q = q * z + 1.18534705686654e-04f;
-    q = q * z + 2.26843463243900e-03f;
-    q = q * z + 4.89352518554385e-03f;
+    FNN_TANHF_RATIONAL(fnn_lvs, xc, z, p, q);
     fnn_lvs r = p * fnn_lrcp_s(q);
     fnn_lvsi small = (fnn_lvsi)(z < 0.0004f * 0.0004f);
     return fnn_lsel_s(small, x, r);
@@ -133,17 +122,7 @@ FNN_INLINE fnn_lvd fnn_ltanh_d(fnn_lvd x) {
     fnn_lvd e = fnn_lexp_d(fnn_lclamp_d(-2.0 * ax, -708.0, 0.0));
     fnn_lvd big = (1.0 - e) / (1.0 + e);
     fnn_lvd z = x * x;
-    fnn_lvd pp = (fnn_lvd){0} + -3.927832388331683e-05;
-    pp = pp * z + 9.691537956929451e-05;
-    pp = pp * z + -0.00023912911424355248;
-    pp = pp * z + 0.000590027440945586;
-    pp = pp * z + -0.0014558343870513183;
-    pp = pp * z + 0.003592128036572481;
-    pp = pp * z + -0.008863235529902197;
-    pp = pp * z + 0.021869488536155203;
-    pp = pp * z + -0.05396825396825397;
-    pp = pp * z + 0.13333333333333333;
-    pp = pp * z + -0.3333333333333333;
+    FNN_TANH_SERIES(fnn_lvd, z, pp);
     fnn_lvd small = ax + ax * z * pp;
     fnn_lvd r = fnn_lsel_d((fnn_lvdi)(ax < 0.25), small, big);
     return fnn_lsel_d(neg, -r, r);

@@ -425,6 +425,36 @@ FNN_GENERIC_UKR(fnn_ukr_d, double, FNN_MR_D, FNN_NR_D)
     p = p * t##_r + 1.0;                                                                     \
     p = p * t##_r + 1.0
 
+/* tanh's two approximations, written once for the scalar functions below and the lane-wise
+ * ones of fnn_rec_lanes.h (V: float/double or a vector type). Float: Eigen's odd rational
+ * minimax, p = xc P(z), q = Q(z) with z = xc^2, tanh = p / q on [-7.9053, 7.9053]. Double:
+ * the Taylor series of (tanh(x)/x - 1)/x^2 in powers of z = x^2 (for |x| < 0.25). */
+#define FNN_TANHF_RATIONAL(V, xc, z, p, q)                                                   \
+    V p = (V){0} + -2.76076847742355e-16f;                                                   \
+    p = p * (z) + 2.00018790482477e-13f;                                                     \
+    p = p * (z) + -8.60467152213735e-11f;                                                    \
+    p = p * (z) + 5.12229709037114e-08f;                                                     \
+    p = p * (z) + 1.48572235717979e-05f;                                                     \
+    p = p * (z) + 6.37261928875436e-04f;                                                     \
+    p = p * (z) + 4.89352455891786e-03f;                                                     \
+    p = p * (xc);                                                                            \
+    V q = (V){0} + 1.19825839466702e-06f;                                                    \
+    q = q * (z) + 1.18534705686654e-04f;                                                     \
+    q = q * (z) + 2.26843463243900e-03f;                                                     \
+    q = q * (z) + 4.89352518554385e-03f
+#define FNN_TANH_SERIES(V, z, pp)                                                            \
+    V pp = (V){0} + -3.927832388331683e-05;                                                  \
+    pp = pp * (z) + 9.691537956929451e-05;                                                   \
+    pp = pp * (z) + -0.00023912911424355248;                                                 \
+    pp = pp * (z) + 0.000590027440945586;                                                    \
+    pp = pp * (z) + -0.0014558343870513183;                                                  \
+    pp = pp * (z) + 0.003592128036572481;                                                    \
+    pp = pp * (z) + -0.008863235529902197;                                                   \
+    pp = pp * (z) + 0.021869488536155203;                                                    \
+    pp = pp * (z) + -0.05396825396825397;                                                    \
+    pp = pp * (z) + 0.13333333333333333;                                                     \
+    pp = pp * (z) + -0.3333333333333333
+
 FNN_INLINE float fnn_expf(float x)
 {
     const float hi = 88.7f, lo = -87.3f;
@@ -526,18 +556,7 @@ FNN_INLINE float fnn_tanhf(float x)
     float xc = x > clamp ? clamp : x;
     xc = xc < -clamp ? -clamp : xc;
     float z = xc * xc;
-    float p = -2.76076847742355e-16f;
-    p = p * z + 2.00018790482477e-13f;
-    p = p * z + -8.60467152213735e-11f;
-    p = p * z + 5.12229709037114e-08f;
-    p = p * z + 1.48572235717979e-05f;
-    p = p * z + 6.37261928875436e-04f;
-    p = p * z + 4.89352455891786e-03f;
-    p = p * xc;
-    float q = 1.19825839466702e-06f;
-    q = q * z + 1.18534705686654e-04f;
-    q = q * z + 2.26843463243900e-03f;
-    q = q * z + 4.89352518554385e-03f;
+    FNN_TANHF_RATIONAL(float, xc, z, p, q);
     float r = p / q;
     float ax = x < 0.0f ? -x : x;
     return ax < 0.0004f ? x : r;
@@ -549,18 +568,7 @@ FNN_INLINE double fnn_tanh(double x)
     double e = fnn_exp(-2.0 * ax);
     double big = (1.0 - e) / (1.0 + e);
     double z = x * x;
-    /* Taylor series of (tanh(x)/x - 1)/x^2 in powers of z = x^2 */
-    double pp = -3.927832388331683e-05;
-    pp = pp * z + 9.691537956929451e-05;
-    pp = pp * z + -0.00023912911424355248;
-    pp = pp * z + 0.000590027440945586;
-    pp = pp * z + -0.0014558343870513183;
-    pp = pp * z + 0.003592128036572481;
-    pp = pp * z + -0.008863235529902197;
-    pp = pp * z + 0.021869488536155203;
-    pp = pp * z + -0.05396825396825397;
-    pp = pp * z + 0.13333333333333333;
-    pp = pp * z + -0.3333333333333333;
+    FNN_TANH_SERIES(double, z, pp);
     double small = ax + ax * z * pp;
     double r = ax < 0.25 ? small : big;
     return x < 0.0 ? -r : r;
