@@ -131,3 +131,36 @@ def test_tuning_opt_out():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, check=True).stdout.split()
     assert out == ["False", "0", "None"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (7, 31, 33), (9, 300, 65), (17, 5, 40), (8, 32, 32),
+                                   (33, 600, 17), (100, 128, 10)])
+def test_unpacked_gemm_has_the_bits_of_the_packed_one(dtype, m, k, n):
+    """_gemm_direct (small products: op(a) and op(b) read in place, ragged strips padded) sums
+    in _gemm_block's order, so the two agree to the bit, for every transpose and with
+    accumulation; K = 600 crosses a KC slice."""
+    rng = np.random.default_rng(m * 7 + k * 3 + n)
+    mc, kc, nc = gemm.BLOCKS[np.dtype(dtype)]
+    for ta in (False, True):
+        for tb in (False, True):
+            for acc in (False, True):
+                a = rng.standard_normal((k, m) if ta else (m, k)).astype(dtype)
+                b = rng.standard_normal((n, k) if tb else (k, n)).astype(dtype)
+                packed = rng.standard_normal((m, n)).astype(dtype)
+                direct = packed.copy()
+                gemm._gemm_block(a, b, packed, ta, tb, 0, m, 0, n, acc, mc, kc, nc)
+                gemm._gemm_direct(a, b, direct, ta, tb, acc, kc)
+                assert np.array_equal(direct, packed), (ta, tb, acc)
+                if not acc:
+                    _close(direct, (a.T if ta else a) @ (b.T if tb else b), dtype)
+
+
+def test_small_products_of_strided_views_take_the_packed_path():
+    """The unpacked path needs C-contiguous arrays; views (a column slice) still multiply right."""
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((20, 40)).astype(np.float32)[:, ::2]
+    b = rng.standard_normal((20, 30)).astype(np.float32)
+    assert not a.flags.c_contiguous
+    _close(nb.matmul(a, b), a @ b, np.float32)
+    _close(nb.matmul(b, a, trans_a=True), b.T @ a, np.float32)

@@ -10,25 +10,43 @@ Regenerate with:  python -m fastnn._kernels.generate
 TAGS = {"float32": "f32", "float64": "f64"}
 
 
-def _kernel(tag, dtype, mr, nr):
+def _kernel(tag, dtype, mr, nr, strided=False):
+    """The packed microkernel, or with strided=True its twin that reads A and B where they
+    lie: A's row i, step k at ap[ao + i*ars + k*aks], B's step k at bp[bo + k*bks]."""
     assert nr % 8 == 0, "the B loads and C stores are written 8 to a line"
     acc = [[f"c{i}_{j}" for j in range(nr)] for i in range(mr)]
     u = "U{}".format
-    lines = [
-        f"def micro_{tag}(kc, ap, ao, bp, bo, c, co, ldc, accumulate):",
-        f'    """C[co:] (+)= A strip ({mr} x kc at ap[ao:]) @ B strip (kc x {nr} at bp[bo:]).',
-        "",
-        "    ap holds the strip k-major (MR values per k), bp likewise (NR per k);",
-        "    c is C flattened, co the tile's first element, ldc its row stride.",
-        "    Every index is uint64: no negative-index wraparound to test.",
-        '    """',
-    ]
+    if strided:
+        lines = [
+            f"def micro_{tag}_strided(kc, ap, ao, ars, aks, bp, bo, bks, c, co, ldc, accumulate):",
+            f'    """C[co:] (+)= A ({mr} x kc: row i, step k at ap[ao + i*ars + k*aks]) @ B',
+            f"    (kc x {nr}: step k's {nr} values from bp[bo + k*bks]); no packing. The same",
+            "    sums in the same order as the packed kernel (bit-identical results).",
+            '    """',
+        ]
+    else:
+        lines = [
+            f"def micro_{tag}(kc, ap, ao, bp, bo, c, co, ldc, accumulate):",
+            f'    """C[co:] (+)= A strip ({mr} x kc at ap[ao:]) @ B strip (kc x {nr} at bp[bo:]).',
+            "",
+            "    ap holds the strip k-major (MR values per k), bp likewise (NR per k);",
+            "    c is C flattened, co the tile's first element, ldc its row stride.",
+            "    Every index is uint64: no negative-index wraparound to test.",
+            '    """',
+        ]
     for row in acc:
         for j0 in range(0, nr, 8):
             lines.append("    " + " = ".join(row[j0:j0 + 8]) + f" = Z_{tag}")
-    lines += ["    pa = ao", "    pb = bo", "    for _ in range(kc):"]
-    lines.append("        " + "; ".join(
-        f"a{i} = ap[pa{' + ' + u(i) if i else ''}]" for i in range(mr)))
+    lines += ["    pa = ao", "    pb = bo"]
+    if strided:
+        lines += [f"    r{i} = ars * {u(i)}" for i in range(1, mr)]
+    lines.append("    for _ in range(kc):")
+    if strided:
+        lines.append("        " + "; ".join(
+            f"a{i} = ap[pa{' + r' + str(i) if i else ''}]" for i in range(mr)))
+    else:
+        lines.append("        " + "; ".join(
+            f"a{i} = ap[pa{' + ' + u(i) if i else ''}]" for i in range(mr)))
     for j0 in range(0, nr, 8):
         lines.append("        " + "; ".join(
             f"b{j} = bp[pb{' + ' + u(j) if j else ''}]" for j in range(j0, j0 + 8)))
@@ -36,7 +54,10 @@ def _kernel(tag, dtype, mr, nr):
         for j0 in range(0, nr, 8):
             lines.append("        " + "; ".join(
                 f"{acc[i][j]} += a{i} * b{j}" for j in range(j0, j0 + 8)))
-    lines += [f"        pa += U{mr}", f"        pb += U{nr}", "    o = co"]
+    if strided:
+        lines += ["        pa += aks", "        pb += bks", "    o = co"]
+    else:
+        lines += [f"        pa += U{mr}", f"        pb += U{nr}", "    o = co"]
     for op, cond in (("+=", "if accumulate:"), ("=", "else:")):
         lines.append("    " + cond)
         for i in range(mr):
@@ -70,4 +91,6 @@ def source(command, tiles):
     out.append("")
     for tag, dtype, mr, nr in kernels:
         out += ["", _kernel(tag, dtype, mr, nr)]
+    for tag, dtype, mr, nr in kernels:
+        out += ["", _kernel(tag, dtype, mr, nr, strided=True)]
     return "\n".join(out)

@@ -31,7 +31,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import _threads
-from .gemm import BLOCKS, _gemm_block, _gemm_into
+from .gemm import _gemm_into, _gemm_serial
 
 # 'contract' for FMAs; 'reassoc' only where a reduction needs it (none of the
 # loops below reduces across a vector: they all update rows).
@@ -250,9 +250,7 @@ def _gemm(a, b, c, trans_a, trans_b, accumulate=False):
     k = a.shape[0] if trans_a else a.shape[1]
     if m * n * k >= GEMM_PAR_MIN_WORK:
         return _gemm_into(a, b, c, trans_a, trans_b, accumulate)
-    mc, kc, nc = BLOCKS[a.dtype]
-    _gemm_block(a, b, c, trans_a, trans_b, 0, m, 0, n, accumulate, mc, kc, nc)
-    return c
+    return _gemm_serial(a, b, c, trans_a, trans_b, accumulate)
 
 
 # ------------------------------------ batch-inner layout (small images)

@@ -37,6 +37,9 @@ for _dt, _t in TILES.items():
 BLOCKS = {dt: (t.mc, t.kc, t.nc) for dt, t in TILES.items()}
 # Below this many multiply-adds (M*N*K) one thread does the whole product.
 PARALLEL_MIN_WORK = 1 << 21
+# ... and below this many it runs unpacked (_gemm_direct): at 64^3, or into a 10-wide
+# output layer, packing op(A) measured as costly as the multiply itself.
+DIRECT_MAX_WORK = 1 << 21
 
 
 def _micro_kernel(kc, ap, ao, bp, bo, c, co, ldc, accumulate):
@@ -47,6 +50,16 @@ def _micro_kernel(kc, ap, ao, bp, bo, c, co, ldc, accumulate):
 @overload(_micro_kernel, jit_options={"fastmath": FM})
 def _micro_kernel_impl(kc, ap, ao, bp, bo, c, co, ldc, accumulate):
     return _micro.micro_f32 if ap.dtype == types.float32 else _micro.micro_f64
+
+
+def _micro_strided(kc, ap, ao, ars, aks, bp, bo, bks, c, co, ldc, accumulate):
+    """Placeholder resolved at compile time to _micro.micro_f32_strided / micro_f64_strided."""
+    raise NotImplementedError
+
+
+@overload(_micro_strided, jit_options={"fastmath": FM})
+def _micro_strided_impl(kc, ap, ao, ars, aks, bp, bo, bks, c, co, ldc, accumulate):
+    return _micro.micro_f32_strided if ap.dtype == types.float32 else _micro.micro_f64_strided
 
 
 def _tile(x):
@@ -169,6 +182,66 @@ def _gemm_block(a, b, c, ta, tb, i0, i1, j0, j1, accumulate, mc_max, kc_max, nc_
                                         c[row + i, col + j] = tile[i * nr + j]
 
 
+@njit(cache=True, fastmath=FM, error_model="numpy")
+def _gemm_direct(a, b, c, ta, tb, accumulate, kc_max):
+    """c (+)= op(a) @ op(b) on C-contiguous arrays without packing: the strided microkernel
+    reads op(a) where it lies, and op(b) too unless b is transposed. Packed only: a ragged
+    last strip of rows (copied under zero rows) and transposed or ragged strips of op(b).
+    The KC slices and the edge-tile scratch are _gemm_block's: bit-identical results."""
+    mr, nr = _tile(a)
+    m, n = c.shape
+    k_total = a.shape[0] if ta else a.shape[1]
+    kc_max = min(kc_max, k_total)
+    u = np.uint64
+    af, bf, cf = a.reshape(-1), b.reshape(-1), c.reshape(-1)
+    ars, aks = (u(1), u(m)) if ta else (u(k_total), u(1))
+    full_rows = m // mr * mr
+    n_strips = (n + nr - 1) // nr
+    bp = np.empty(kc_max * nr * (n_strips if tb else 1), dtype=a.dtype)
+    pad = np.zeros(mr * kc_max, dtype=a.dtype)
+    tile = np.empty(mr * nr, dtype=a.dtype)
+    uldc, unr = u(n), u(nr)
+    for pc in range(0, k_total, kc_max):
+        kc = min(kc_max, k_total - pc)
+        ukc = u(kc)
+        acc = accumulate or pc > 0
+        if tb:
+            _pack_b(b, tb, pc, kc, 0, n, nr, bp)
+        if full_rows < m:   # the ragged last rows, as rows of kc values, zeros below
+            for i in range(mr):
+                for p in range(kc):
+                    pad[i * kc + p] = 0
+            for i in range(m - full_rows):
+                for p in range(kc):
+                    pad[i * kc + p] = a[pc + p, full_rows + i] if ta else a[full_rows + i, pc + p]
+        for s in range(n_strips):
+            jc = s * nr
+            ncol = min(nr, n - jc)
+            if tb:
+                bsrc, bo, bks = bp, u(s * nr * kc), unr
+            elif ncol < nr:
+                _pack_b(b, tb, pc, kc, jc, ncol, nr, bp)
+                bsrc, bo, bks = bp, u(0), unr
+            else:
+                bsrc, bo, bks = bf, u(pc * n + jc), u(n)
+            for ir in range(0, m, mr):
+                nrow = min(mr, m - ir)
+                if nrow == mr:
+                    src, ao, rs, ks = af, u(ir) * ars + u(pc) * aks, ars, aks
+                else:
+                    src, ao, rs, ks = pad, u(0), ukc, u(1)
+                if nrow == mr and ncol == nr:
+                    _micro_strided(ukc, src, ao, rs, ks, bsrc, bo, bks, cf, u(ir * n + jc), uldc, acc)
+                else:
+                    _micro_strided(ukc, src, ao, rs, ks, bsrc, bo, bks, tile, u(0), unr, False)
+                    for i in range(nrow):
+                        for j in range(ncol):
+                            if acc:
+                                c[ir + i, jc + j] += tile[i * nr + j]
+                            else:
+                                c[ir + i, jc + j] = tile[i * nr + j]
+
+
 @njit(cache=True, parallel=True)
 def _gemm_parallel(a, b, c, ta, tb, split_rows, chunks, accumulate, mc_max, kc_max, nc_max):
     """_gemm_block over `chunks` tile-aligned slices of C's rows (or columns)."""
@@ -201,10 +274,25 @@ def _split(m, n, k, dtype, threads):
     return split_rows, min(threads, (extent + unit - 1) // unit)
 
 
+def _gemm_serial(a, b, c, trans_a, trans_b, accumulate=False):
+    """c (+)= op(a) @ op(b) on this thread: unpacked when small and contiguous."""
+    m, n = c.shape
+    k = a.shape[0] if trans_a else a.shape[1]
+    mc, kc, nc = BLOCKS[a.dtype]
+    if (m * n * k < DIRECT_MAX_WORK and a.flags.c_contiguous and b.flags.c_contiguous
+            and c.flags.c_contiguous):
+        _gemm_direct(a, b, c, trans_a, trans_b, accumulate, kc)
+    else:
+        _gemm_block(a, b, c, trans_a, trans_b, 0, m, 0, n, accumulate, mc, kc, nc)
+    return c
+
+
 def _gemm_into(a, b, c, trans_a, trans_b, accumulate=False):
     """c (+)= op(a) @ op(b), on as many threads as the size deserves."""
     m, n = c.shape
     k = a.shape[0] if trans_a else a.shape[1]
+    if m * n * k < PARALLEL_MIN_WORK:   # before asking Numba for its threads (0.7 us)
+        return _gemm_serial(a, b, c, trans_a, trans_b, accumulate)
     mc, kc, nc = BLOCKS[a.dtype]
     split_rows, chunks = _split(m, n, k, a.dtype, _threads.usable())
     if chunks > 1:
@@ -212,7 +300,7 @@ def _gemm_into(a, b, c, trans_a, trans_b, accumulate=False):
         _gemm_parallel(a, b, c, trans_a, trans_b, split_rows, chunks, accumulate, mc, kc, nc)
         _threads.report(m * n * k, _perf_counter() - t0, a.itemsize)   # the straggler guard
     else:
-        _gemm_block(a, b, c, trans_a, trans_b, 0, m, 0, n, accumulate, mc, kc, nc)
+        _gemm_serial(a, b, c, trans_a, trans_b, accumulate)
     return c
 
 
