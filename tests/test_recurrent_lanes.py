@@ -113,12 +113,17 @@ def test_bidirectional_layer_matches_numpy_backend(cell):
         assert_close(grads["cython"][k], grads["numpy"][k], "float64", rtol=1e-9, atol=1e-11), k
 
 
-def test_threads_give_the_same_result():
-    """Blocks on two threads (the parallel threshold forced down) sum their weight gradients
-    in block order: bit-identical to one thread."""
+@pytest.mark.parametrize("cell,h,route", [("lstm", 6, "lanes-fused"), ("lstm", 20, "rows"),
+                                          ("gru", 20, "rows"), ("rnn", 33, "rows")])
+def test_threads_give_the_same_result(cell, h, route):
+    """Blocks (lanes) or tiles (rows: their dx, dW_ih and bias sums) on two threads, the
+    parallel threshold forced down, add their weight gradients in block order:
+    bit-identical to one thread."""
     mod = cyk._mod
-    x, w, dh = _inputs("lstm", 70, 9, 2, 6, "float32", seed=5)
-    saved = mod.lstm(x, *w)
+    x, w, dh = _inputs(cell, 70, 9, 2, h, "float32", seed=5)
+    fwd, bwd = getattr(mod, cell), getattr(mod, cell + "_backward")
+    with path(mod, route):
+        saved = _tuple(fwd(x, *w))
     old_threads = cyk.get_num_threads()
     results = []
     try:
@@ -126,8 +131,8 @@ def test_threads_give_the_same_result():
             cyk.set_num_threads(threads)
             old = mod._set_rnn_parallel_min_work(0)
             try:
-                with path(mod, "lanes-fused"):
-                    results.append((mod.lstm(x, *w), mod.lstm_backward(dh, x, *saved, w[0], w[1])))
+                with path(mod, route):
+                    results.append((_tuple(fwd(x, *w)), bwd(dh, x, *saved, w[0], w[1])))
             finally:
                 mod._set_rnn_parallel_min_work(old)
     finally:

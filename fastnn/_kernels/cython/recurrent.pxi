@@ -11,7 +11,8 @@
 # the whole call. One register-blocked microkernel sweep (fnn_ukr_*) gives
 # every gate pre-activation of the tile, input part included. For the GRU the
 # panel has four column groups (r, z, n from x, n from h) so W_in x and
-# W_hn h + b_hn stay apart. The gate math then runs along the hidden axis of
+# W_hn h + b_hn stay apart; the two n groups sweep only their own rows of the
+# panel (F, or H), not its zero rows. The gate math then runs along the hidden axis of
 # each sample row in a per-tile scratch row [pre-activations | c | h] (one
 # base pointer, so it vectorizes with no alias checks), the new h goes into
 # the A panel for the next step, and the row's outputs are copied out.
@@ -297,7 +298,7 @@ cdef void _fwd_tile(int kind, const floating *x, const floating *bp, const float
     else:
         MR = FNN_MR_D
         NR = FNN_NR_D
-    cdef Py_ssize_t k = F + H, cstr = gp + 2 * H, t, r, f, j, jt, s, G
+    cdef Py_ssize_t k = F + H, cstr = gp + 2 * H, t, r, f, j, jt, s, G, c0
     cdef floating *row
     G = H * (1 if kind == _K_RNN else 4 if kind == _K_LSTM else 3)
     for j in range(k * MR):
@@ -309,7 +310,13 @@ cdef void _fwd_tile(int kind, const floating *x, const floating *bp, const float
             for f in range(F):
                 ap[f * MR + r] = x[((n0 + r) * T + t) * F + f]
         for jt in range(gp // NR):
-            _ukr(k, ap, bp + jt * NR, gp, cs + jt * NR, cstr)
+            c0 = jt * NR
+            if kind == _K_GRU and c0 >= 3 * H:   # W_hn h: only the panel's H rows of W_hh
+                _ukr(H, ap + F * MR, bp + F * gp + c0, gp, cs + c0, cstr)
+            elif kind == _K_GRU and c0 >= 2 * H and c0 + NR <= 3 * H:   # W_in x: the F rows
+                _ukr(F, ap, bp + c0, gp, cs + c0, cstr)
+            else:
+                _ukr(k, ap, bp + c0, gp, cs + c0, cstr)
         for r in range(m):
             row = cs + r * cstr
             s = (n0 + r) * T + t
@@ -603,11 +610,14 @@ cdef void _pack_bwd(int kind, const floating *w_ih, const floating *w_hh, floati
 
 cdef void _bwd_tile(int kind, const floating *dh, const floating *h, const floating *c,
                     const floating *gates, const floating *hn, const floating *bp,
-                    floating *da, floating *dhid, floating *dx,
+                    floating *da, floating *dhid, floating *dx, const floating *x,
+                    const floating *wt, floating *part,
                     Py_ssize_t n0, Py_ssize_t m, Py_ssize_t T, Py_ssize_t F, Py_ssize_t H,
                     Py_ssize_t gb, floating *ap, floating *cs, const floating *zeros) noexcept nogil:
     """BPTT for samples n0 .. n0+m-1. ap: G*MR A panel; cs: MR scratch rows of
-    gb + H + K ([carry from the sweep, padded | state (dc, or dh_t z) | gradients])."""
+    gb + H + K ([carry from the sweep, padded | state (dc, or dh_t z) | gradients]).
+    part != NULL (small F): the tile's dx (from wt = W_ih^T) here, and its dW_ih^T and
+    bias sums into part ([F x G | G]) while its da rows are in cache."""
     cdef Py_ssize_t MR, NR
     if floating is float:
         MR = FNN_MR_S
@@ -682,11 +692,22 @@ cdef void _bwd_tile(int kind, const floating *dh, const floating *h, const float
             break
         for jt in range(gb // NR):
             _ukr(G, ap, bp + jt * NR, gb, cs + jt * NR, cstr)
+    if part != NULL:   # the tile's m*T rows of da are contiguous, and still in cache
+        s = n0 * T
+        if floating is float:
+            if dx != NULL:
+                fnn_rec_dx_s(m * T, G, F, da + s * G, wt, dx + s * F)
+            fnn_rec_colsums_s(m * T, G, F, da + s * G, x + s * F, part, part + G * F)
+        else:
+            if dx != NULL:
+                fnn_rec_dx_d(m * T, G, F, da + s * G, wt, dx + s * F)
+            fnn_rec_colsums_d(m * T, G, F, da + s * G, x + s * F, part, part + G * F)
 
 
 cdef void _bwd_worker(int kind, const floating *dh, const floating *h, const floating *c,
                       const floating *gates, const floating *hn, const floating *bp,
-                      floating *da, floating *dhid, floating *dx,
+                      floating *da, floating *dhid, floating *dx, const floating *x,
+                      const floating *wt, floating *parts, Py_ssize_t pw,
                       Py_ssize_t N, Py_ssize_t T, Py_ssize_t F, Py_ssize_t H, Py_ssize_t gb,
                       long *next_tile, long *claimed, int *fail) noexcept nogil:
     cdef Py_ssize_t MR
@@ -713,7 +734,8 @@ cdef void _bwd_worker(int kind, const floating *dh, const floating *h, const flo
                 buf[a_sz + c_sz + j] = 0
         claimed[0] += 1
         n0 = q * MR
-        _bwd_tile(kind, dh, h, c, gates, hn, bp, da, dhid, dx, n0, _imin(MR, N - n0), T, F, H,
+        _bwd_tile(kind, dh, h, c, gates, hn, bp, da, dhid, dx, x, wt,
+                  NULL if parts == NULL else parts + q * pw, n0, _imin(MR, N - n0), T, F, H,
                   gb, buf, buf + a_sz, buf + a_sz + c_sz)
     if buf != NULL:
         fnn_aligned_free(buf)
@@ -737,7 +759,7 @@ cdef int _rec_bwd(int kind, const floating *dh, const floating *x, const floatin
     cdef Py_ssize_t G = H * (1 if kind == _K_RNN else 4 if kind == _K_LSTM else 3)
     cdef Py_ssize_t K = G + (H if kind == _K_GRU else 0)
     cdef Py_ssize_t gb = _roundup(H, NR), ntiles = (N + MR - 1) // MR, tt, NT = N * T
-    cdef Py_ssize_t i, t, j
+    cdef Py_ssize_t i, t, j, q
     cdef long next_tile = 0
     cdef long claimed[_MAX_TEAM]
     cdef double master_done[1]
@@ -756,14 +778,26 @@ cdef int _rec_bwd(int kind, const floating *dh, const floating *x, const floatin
         if accb <= _RNN_FUSED_MAX_BYTES:
             return _rec_bwd_fused(kind, dh, x, h, c, gates, hn, w_ih, w_hh, dx, dw_ih, dw_hh,
                                   db_ih, db_hh, N, T, F, H, nthreads)
+    # the rows path with a small F sums dx, dW_ih and db in its sweep: per tile
+    # partials (pw values each), added in tile order (the same on any threads)
+    cdef bint fused = (not lanes) and F < 16
+    cdef Py_ssize_t pw = G * (F + 1), parts_sz = _roundup(ntiles * pw, 16) if fused else 0
     cdef floating *bp = <floating *> fnn_aligned_alloc(
-        (bp_sz + da_sz + dh_sz + wt_sz + _roundup(G * H, 16)) * sizeof(floating))
+        (bp_sz + da_sz + dh_sz + wt_sz + _roundup(G * H, 16) + parts_sz) * sizeof(floating))
     if bp == NULL:
         return -1
     cdef floating *da = bp + bp_sz
     cdef floating *dhid = da + da_sz
     cdef floating *wt = dhid + dh_sz
     cdef floating *dwt = wt + wt_sz
+    cdef floating *parts = dwt + _roundup(G * H, 16) if fused else NULL
+    cdef floating *pq
+    if F < 16:
+        for i in range(G):
+            for j in range(F):
+                wt[j * G + i] = w_ih[i * F + j]
+    for i in range(parts_sz):
+        parts[i] = 0
     if lanes:
         # W_hh^T (H, G) for the carry; bp has room (G * gb >= G * H)
         for i in range(G):
@@ -792,24 +826,21 @@ cdef int _rec_bwd(int kind, const floating *dh, const floating *x, const floatin
         master_done[0] = 0
         with parallel(num_threads=nthreads):
             tt = fnn_team_rank()
-            _bwd_worker(kind, dh, h, c, gates, hn, bp, da, dhid, dx, N, T, F, H, gb,
-                        &next_tile, &claimed[tt], &fail)
+            _bwd_worker(kind, dh, h, c, gates, hn, bp, da, dhid, dx, x, wt, parts, pw,
+                        N, T, F, H, gb, &next_tile, &claimed[tt], &fail)
             if tt == 0:
                 master_done[0] = fnn_now()
         _team_report(claimed, master_done, nthreads)
     else:
-        _bwd_worker(kind, dh, h, c, gates, hn, bp, da, dhid, dx, N, T, F, H, gb,
-                    &next_tile, &claimed[0], &fail)
+        _bwd_worker(kind, dh, h, c, gates, hn, bp, da, dhid, dx, x, wt, parts, pw,
+                    N, T, F, H, gb, &next_tile, &claimed[0], &fail)
     if fail:
         fnn_aligned_free(bp)
         return -1
     # dx = da W_ih over all N*T rows (the GRU's da holds d_r, d_z, d_new: W_ih's rows)
     rc = 0
-    if dx != NULL:
+    if dx != NULL and not fused:
         if F < 16:
-            for i in range(G):
-                for j in range(F):
-                    wt[j * G + i] = w_ih[i * F + j]
             if floating is float:
                 fnn_rec_dx_s(NT, G, F, da, wt, dx)
             else:
@@ -822,7 +853,19 @@ cdef int _rec_bwd(int kind, const floating *dh, const floating *x, const floatin
     # dW_ih and db_ih from da; db_hh from d_hid (the GRU's) or equal to db_ih
     for i in range(G):
         db_ih[i] = 0
-    if F < 16:
+    if fused:
+        for i in range(G * F):
+            wt[i] = 0
+        for q in range(ntiles):
+            pq = parts + q * pw
+            for i in range(G * F):
+                wt[i] += pq[i]
+            for i in range(G):
+                db_ih[i] += pq[G * F + i]
+        for i in range(G):
+            for j in range(F):
+                dw_ih[i * F + j] = wt[j * G + i]
+    elif F < 16:
         for i in range(G * F):
             wt[i] = 0
         if floating is float:
