@@ -187,7 +187,6 @@ cdef extern from *:
 # load. _set_rnn_parallel_min_work lowers it for quiet machines.
 cdef Py_ssize_t _RNN_PAR_MIN_WORK = 1 << 25
 cdef enum:
-    _PF_DIST = 2
     _K_RNN = 0
     _K_LSTM = 1
     _K_GRU = 2
@@ -223,6 +222,19 @@ def _rnn_lanes_width(dtype):
 
 cdef inline bint _use_lanes(Py_ssize_t H, bint is_double) noexcept nogil:
     return FNN_LANES != 0 and H <= (_RNN_LANES_MAX_H_D if is_double else _RNN_LANES_MAX_H)
+
+
+# The BPTT sweep prefetches each sample row's saved states this many steps ahead (0: off)
+cdef Py_ssize_t _PF_DIST = 2
+
+
+def _set_rnn_prefetch(Py_ssize_t steps):
+    """Tuning hook: the backward sweep prefetches saved states `steps` steps ahead (0: not at
+    all); returns the previous value."""
+    global _PF_DIST
+    old = _PF_DIST
+    _PF_DIST = steps if steps > 0 else 0
+    return old
 
 
 def _set_rnn_parallel_min_work(Py_ssize_t w):
@@ -647,7 +659,7 @@ cdef void _bwd_tile(int kind, const floating *dh, const floating *h, const float
             g = row + gb + H
             s = (n0 + r) * T + t
             dht = dh + s * H
-            if t >= _PF_DIST:
+            if _PF_DIST > 0 and t >= _PF_DIST:
                 fnn_prefetch(dh + (s - _PF_DIST) * H, H * sizeof(floating))
                 if kind == _K_RNN:
                     fnn_prefetch(h + (s - _PF_DIST) * H, H * sizeof(floating))
