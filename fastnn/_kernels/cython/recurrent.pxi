@@ -623,13 +623,14 @@ cdef void _pack_bwd(int kind, const floating *w_ih, const floating *w_hh, floati
 cdef void _bwd_tile(int kind, const floating *dh, const floating *h, const floating *c,
                     const floating *gates, const floating *hn, const floating *bp,
                     floating *da, floating *dhid, floating *dx, const floating *x,
-                    const floating *wt, floating *part,
+                    const floating *wt, floating *part, floating *da_tile,
                     Py_ssize_t n0, Py_ssize_t m, Py_ssize_t T, Py_ssize_t F, Py_ssize_t H,
                     Py_ssize_t gb, floating *ap, floating *cs, const floating *zeros) noexcept nogil:
     """BPTT for samples n0 .. n0+m-1. ap: G*MR A panel; cs: MR scratch rows of
     gb + H + K ([carry from the sweep, padded | state (dc, or dh_t z) | gradients]).
     part != NULL (small F): the tile's dx (from wt = W_ih^T) here, and its dW_ih^T and
-    bias sums into part ([F x G | G]) while its da rows are in cache."""
+    bias sums into part ([F x G | G]) while its da rows are in cache. da_tile != NULL (the
+    GRU, whose da serves nothing else then): the tile's m*T da rows go there, not into da."""
     cdef Py_ssize_t MR, NR
     if floating is float:
         MR = FNN_MR_S
@@ -683,7 +684,7 @@ cdef void _bwd_tile(int kind, const floating *dh, const floating *h, const float
                     fnn_gru_bwd_s(H, dht, row, st, gates + s * G, hn + s * H, prev, g, g + H, g + 2 * H, g + 3 * H)
                 else:
                     fnn_gru_bwd_d(H, dht, row, st, gates + s * G, hn + s * H, prev, g, g + H, g + 2 * H, g + 3 * H)
-                _copy(da + s * G, g, G)
+                _copy((da_tile + (s - n0 * T) * G) if da_tile != NULL else (da + s * G), g, G)
                 _copy(dhid + s * G, g, 2 * H)
                 _copy(dhid + s * G + 2 * H, g + 3 * H, H)
             else:
@@ -704,16 +705,18 @@ cdef void _bwd_tile(int kind, const floating *dh, const floating *h, const float
             break
         for jt in range(gb // NR):
             _ukr(G, ap, bp + jt * NR, gb, cs + jt * NR, cstr)
+    cdef floating *dat
     if part != NULL:   # the tile's m*T rows of da are contiguous, and still in cache
         s = n0 * T
+        dat = da_tile if da_tile != NULL else da + s * G
         if floating is float:
             if dx != NULL:
-                fnn_rec_dx_s(m * T, G, F, da + s * G, wt, dx + s * F)
-            fnn_rec_colsums_s(m * T, G, F, da + s * G, x + s * F, part, part + G * F)
+                fnn_rec_dx_s(m * T, G, F, dat, wt, dx + s * F)
+            fnn_rec_colsums_s(m * T, G, F, dat, x + s * F, part, part + G * F)
         else:
             if dx != NULL:
-                fnn_rec_dx_d(m * T, G, F, da + s * G, wt, dx + s * F)
-            fnn_rec_colsums_d(m * T, G, F, da + s * G, x + s * F, part, part + G * F)
+                fnn_rec_dx_d(m * T, G, F, dat, wt, dx + s * F)
+            fnn_rec_colsums_d(m * T, G, F, dat, x + s * F, part, part + G * F)
 
 
 cdef void _bwd_worker(int kind, const floating *dh, const floating *h, const floating *c,
@@ -732,13 +735,15 @@ cdef void _bwd_worker(int kind, const floating *dh, const floating *h, const flo
     cdef Py_ssize_t ntiles = (N + MR - 1) // MR, q, n0, j
     cdef Py_ssize_t a_sz = _roundup(G * MR, 16), c_sz = _roundup(MR * (gb + H + K), 16)
     cdef Py_ssize_t z_sz = _roundup(H, 16)
+    # the GRU's fused path keeps da per tile (MR*T rows), not in an (N*T, G) array
+    cdef Py_ssize_t t_sz = MR * T * G if (parts != NULL and kind == _K_GRU) else 0
     cdef floating *buf = NULL
     while True:
         q = fnn_atomic_next(next_tile)
         if q >= ntiles:
             break
         if buf == NULL:
-            buf = <floating *> fnn_aligned_alloc((a_sz + c_sz + z_sz) * sizeof(floating))
+            buf = <floating *> fnn_aligned_alloc((a_sz + c_sz + z_sz + t_sz) * sizeof(floating))
             if buf == NULL:
                 fail[0] = 1
                 return
@@ -747,7 +752,8 @@ cdef void _bwd_worker(int kind, const floating *dh, const floating *h, const flo
         claimed[0] += 1
         n0 = q * MR
         _bwd_tile(kind, dh, h, c, gates, hn, bp, da, dhid, dx, x, wt,
-                  NULL if parts == NULL else parts + q * pw, n0, _imin(MR, N - n0), T, F, H,
+                  NULL if parts == NULL else parts + q * pw,
+                  (buf + a_sz + c_sz + z_sz) if t_sz else NULL, n0, _imin(MR, N - n0), T, F, H,
                   gb, buf, buf + a_sz, buf + a_sz + c_sz)
     if buf != NULL:
         fnn_aligned_free(buf)
@@ -794,6 +800,8 @@ cdef int _rec_bwd(int kind, const floating *dh, const floating *x, const floatin
     # partials (pw values each), added in tile order (the same on any threads)
     cdef bint fused = (not lanes) and F < 16
     cdef Py_ssize_t pw = G * (F + 1), parts_sz = _roundup(ntiles * pw, 16) if fused else 0
+    if fused and kind == _K_GRU:
+        da_sz = 0   # the tiles keep their da rows (dW_hh comes from d_hid)
     cdef floating *bp = <floating *> fnn_aligned_alloc(
         (bp_sz + da_sz + dh_sz + wt_sz + _roundup(G * H, 16) + parts_sz) * sizeof(floating))
     if bp == NULL:
