@@ -37,14 +37,43 @@ typedef double fnn_tv8d __attribute__((vector_size(64)));
 typedef int fnn_tm8s __attribute__((vector_size(32)));
 typedef long long fnn_tm8d __attribute__((vector_size(64)));
 
-/* AVX's 8x8 transpose: unpack pairs of rows, shuffle pairs of pairs, swap 4-value halves */
-#define FNN_TRANSPOSE(T, S, V, M)                                                            \
-static void fnn_transpose_bias_##S(const T *src, long rows, long cols, T *dst,               \
-                                   const T *bias, long group) {                              \
+/* One 8x8 tile: dst[c * ld + r] = src[r * ls + c] for r, c < 8 (AVX's 8x8 transpose: unpack
+ * pairs of rows, shuffle pairs of pairs, swap 4-value halves); rb: NULL, or a value to add on
+ * each of the 8 src rows. Also the GEMM's packing (gemm.pxi: transposed B panels, 8-row A panels). */
+#define FNN_TR8(T, S, V, M)                                                                  \
+static inline void fnn_tr8_##S(const T *src, long ls, T *dst, long ld, const T *rb) {        \
     const M lo = {0, 8, 1, 9, 4, 12, 5, 13}, hi = {2, 10, 3, 11, 6, 14, 7, 15};               \
     const M s44 = {0, 1, 8, 9, 4, 5, 12, 13}, see = {2, 3, 10, 11, 6, 7, 14, 15};             \
     const M p20 = {0, 1, 2, 3, 8, 9, 10, 11}, p31 = {4, 5, 6, 7, 12, 13, 14, 15};             \
-    long r8 = rows - rows % 8, c8 = cols - cols % 8, r0, c0, q;                              \
+    V r[8], t[8], u[8];                                                                      \
+    int q;                                                                                   \
+    for (q = 0; q < 8; ++q) memcpy(&r[q], src + q * ls, sizeof(V));                          \
+    if (rb)                                                                                  \
+        for (q = 0; q < 8; ++q) r[q] += rb[q];                                               \
+    for (q = 0; q < 8; q += 2) {                                                             \
+        t[q] = __builtin_shuffle(r[q], r[q + 1], lo);                                        \
+        t[q + 1] = __builtin_shuffle(r[q], r[q + 1], hi);                                    \
+    }                                                                                        \
+    for (q = 0; q < 8; q += 4) {                                                             \
+        u[q] = __builtin_shuffle(t[q], t[q + 2], s44);                                       \
+        u[q + 1] = __builtin_shuffle(t[q], t[q + 2], see);                                   \
+        u[q + 2] = __builtin_shuffle(t[q + 1], t[q + 3], s44);                               \
+        u[q + 3] = __builtin_shuffle(t[q + 1], t[q + 3], see);                               \
+    }                                                                                        \
+    for (q = 0; q < 4; ++q) {                                                                \
+        r[q] = __builtin_shuffle(u[q], u[q + 4], p20);                                       \
+        r[q + 4] = __builtin_shuffle(u[q], u[q + 4], p31);                                   \
+    }                                                                                        \
+    for (q = 0; q < 8; ++q) memcpy(dst + q * ld, &r[q], sizeof(V));                          \
+}
+FNN_TR8(float, s, fnn_tv8s, fnn_tm8s)
+FNN_TR8(double, d, fnn_tv8d, fnn_tm8d)
+#undef FNN_TR8
+
+#define FNN_TRANSPOSE(T, S, V, M)                                                            \
+static void fnn_transpose_bias_##S(const T *src, long rows, long cols, T *dst,               \
+                                   const T *bias, long group) {                              \
+    long r8 = rows - rows % 8, c8 = cols - cols % 8, r0, c0;                                 \
     T *rb = bias ? fnn_row_bias_##S(bias, rows, group) : NULL;                               \
     if (bias && rb == NULL) {       /* out of memory: the plain loop, a division a value */  \
         for (c0 = 0; c0 < cols; ++c0)                                                        \
@@ -52,31 +81,10 @@ static void fnn_transpose_bias_##S(const T *src, long rows, long cols, T *dst,  
                 dst[c0 * rows + r0] = src[r0 * cols + c0] + bias[r0 / group];                \
         return;                                                                              \
     }                                                                                        \
-    for (c0 = 0; c0 < c8; c0 += 8) {       /* dst rows written in order: 8 streams */        \
-        for (r0 = 0; r0 < r8; r0 += 8) {                                                     \
-            V r[8], t[8], u[8];                                                              \
-            const T *s = src + r0 * cols + c0;                                               \
-            T *d = dst + c0 * rows + r0;                                                     \
-            for (q = 0; q < 8; ++q) memcpy(&r[q], s + q * cols, sizeof(V));                  \
-            if (rb)                                                                          \
-                for (q = 0; q < 8; ++q) r[q] += rb[r0 + q];                                  \
-            for (q = 0; q < 8; q += 2) {                                                     \
-                t[q] = __builtin_shuffle(r[q], r[q + 1], lo);                                \
-                t[q + 1] = __builtin_shuffle(r[q], r[q + 1], hi);                            \
-            }                                                                                \
-            for (q = 0; q < 8; q += 4) {                                                     \
-                u[q] = __builtin_shuffle(t[q], t[q + 2], s44);                               \
-                u[q + 1] = __builtin_shuffle(t[q], t[q + 2], see);                           \
-                u[q + 2] = __builtin_shuffle(t[q + 1], t[q + 3], s44);                       \
-                u[q + 3] = __builtin_shuffle(t[q + 1], t[q + 3], see);                       \
-            }                                                                                \
-            for (q = 0; q < 4; ++q) {                                                        \
-                r[q] = __builtin_shuffle(u[q], u[q + 4], p20);                               \
-                r[q + 4] = __builtin_shuffle(u[q], u[q + 4], p31);                           \
-            }                                                                                \
-            for (q = 0; q < 8; ++q) memcpy(d + q * rows, &r[q], sizeof(V));                  \
-        }                                                                                    \
-    }                                                                                        \
+    for (c0 = 0; c0 < c8; c0 += 8)         /* dst rows written in order: 8 streams */        \
+        for (r0 = 0; r0 < r8; r0 += 8)                                                       \
+            fnn_tr8_##S(src + r0 * cols + c0, cols, dst + c0 * rows + r0, rows,              \
+                        rb ? rb + r0 : NULL);                                                \
     fnn_transpose_edge_##S(src, rows, cols, dst, rb, 0, r8, c8, cols);                       \
     fnn_transpose_edge_##S(src, rows, cols, dst, rb, r8, rows, 0, cols);                     \
     free(rb);                                                                                \
@@ -85,6 +93,15 @@ FNN_TRANSPOSE(float, s, fnn_tv8s, fnn_tm8s)
 FNN_TRANSPOSE(double, d, fnn_tv8d, fnn_tm8d)
 #undef FNN_TRANSPOSE
 #else
+#define FNN_TR8_PLAIN(T, S)                                                                  \
+static inline void fnn_tr8_##S(const T *src, long ls, T *dst, long ld, const T *rb) {        \
+    for (int c = 0; c < 8; ++c)                                                              \
+        for (int r = 0; r < 8; ++r)                                                          \
+            dst[c * ld + r] = src[r * ls + c] + (rb ? rb[r] : (T)0);                         \
+}
+FNN_TR8_PLAIN(float, s)
+FNN_TR8_PLAIN(double, d)
+#undef FNN_TR8_PLAIN
 #define FNN_TRANSPOSE_BIAS_PLAIN(T, S)                                                       \
 static void fnn_transpose_bias_##S(const T *src, long rows, long cols, T *dst,               \
                                    const T *bias, long group) {                              \

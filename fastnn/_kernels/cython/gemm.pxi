@@ -59,6 +59,19 @@ cdef inline Py_ssize_t _imin(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     return a if a < b else b
 
 
+cdef extern from "fnn_transpose.h" nogil:
+    # one 8x8 tile: dst[c * ld + r] = src[r * ls + c] (GCC vector shuffles; plain C elsewhere)
+    void fnn_tr8_s(const float *src, long ls, float *dst, long ld, const float *rb)
+    void fnn_tr8_d(const double *src, long ls, double *dst, long ld, const double *rb)
+
+
+cdef inline void _tr8(const floating *src, Py_ssize_t ls, floating *dst, Py_ssize_t ld) noexcept nogil:
+    if floating is float:
+        fnn_tr8_s(src, ls, dst, ld, NULL)
+    else:
+        fnn_tr8_d(src, ls, dst, ld, NULL)
+
+
 cdef void _pack_a(const floating *A, Py_ssize_t lda, bint ta, Py_ssize_t ic, Py_ssize_t mc,
                   Py_ssize_t pc, Py_ssize_t kc, floating *Ap,
                   Py_ssize_t q0, Py_ssize_t q1) noexcept nogil:
@@ -91,9 +104,15 @@ cdef void _pack_a(const floating *A, Py_ssize_t lda, bint ta, Py_ssize_t ic, Py_
         else:
             if mr == MR:
                 src = A + (ic + i0) * lda + pc
-                for p in range(kc):
+                p = 0
+                if MR == 8:   # 8 rows by 8 k-values at a time, in registers
+                    while p + 8 <= kc:
+                        _tr8(src + p, lda, dst + p * MR, MR)
+                        p += 8
+                while p < kc:
                     for r in range(MR):
                         dst[p * MR + r] = src[r * lda + p]
+                    p += 1
             else:
                 for r in range(mr):
                     src = A + (ic + i0 + r) * lda + pc
@@ -139,9 +158,13 @@ cdef void _pack_b(const floating *B, Py_ssize_t ldb, bint tb, Py_ssize_t jc, Py_
             if nr == NR:
                 p0 = 0
                 while p0 + 8 <= kc:
-                    for j in range(NR):
-                        for p in range(8):
-                            dst[(p0 + p) * NR + j] = src[j * ldb + p0 + p]
+                    if NR % 8 == 0:   # 8x8 register tiles
+                        for j in range(0, NR, 8):
+                            _tr8(src + j * ldb + p0, ldb, dst + p0 * NR + j, NR)
+                    else:
+                        for j in range(NR):
+                            for p in range(8):
+                                dst[(p0 + p) * NR + j] = src[j * ldb + p0 + p]
                     p0 += 8
                 for p in range(p0, kc):
                     for j in range(NR):
