@@ -262,6 +262,19 @@ cdef inline void _copy(floating *dst, const floating *src, Py_ssize_t n) noexcep
     memcpy(dst, src, n * sizeof(floating))
 
 
+cdef inline void _panel8(const floating *src, Py_ssize_t ls, Py_ssize_t n, floating *ap) noexcept nogil:
+    """ap[j * 8 + r] = src[r * ls + j] for r < 8, j < n: a full tile's 8 rows (ls apart) into
+    its A panel, in 8x8 register transposes (gemm.pxi's _tr8), not 8n strided stores."""
+    cdef Py_ssize_t j = 0, r
+    while j + 8 <= n:
+        _tr8(src + j, ls, ap + j * 8, 8)
+        j += 8
+    while j < n:
+        for r in range(8):
+            ap[j * 8 + r] = src[r * ls + j]
+        j += 1
+
+
 # ----------------------------------------------------------------- forward
 
 
@@ -352,8 +365,11 @@ cdef void _fwd_tile(int kind, const floating *x, const floating *bp, const float
                 else:
                     fnn_rnn_fwd_d(H, row, bias, row + gp + H)
             _copy(h + s * H, row + gp + H, H)
-            for j in range(H):
-                ap[(F + j) * MR + r] = row[gp + H + j]
+            if m < 8 or MR != 8:
+                for j in range(H):
+                    ap[(F + j) * MR + r] = row[gp + H + j]
+        if m == 8 and MR == 8:
+            _panel8(cs + gp + H, cstr, H, ap + F * MR)
 
 
 cdef void _fwd_worker(int kind, const floating *x, const floating *bp, const floating *bias,
@@ -693,6 +709,8 @@ cdef void _bwd_tile(int kind, const floating *dh, const floating *h, const float
                     fnn_rnn_bwd_s(H, dht, row, h + s * H, g)
                 else:
                     fnn_rnn_bwd_d(H, dht, row, h + s * H, g)
+            if m == 8 and MR == 8:
+                continue   # the whole panel below
             if kind == _K_GRU:
                 for j in range(2 * H):
                     ap[j * MR + r] = g[j]
@@ -703,6 +721,12 @@ cdef void _bwd_tile(int kind, const floating *dh, const floating *h, const float
                     ap[j * MR + r] = g[j]
         if t == 0:
             break
+        if m == 8 and MR == 8:
+            if kind == _K_GRU:   # rows of [d_r | d_z | d_new | d_new r], cstr apart
+                _panel8(cs + gb + H, cstr, 2 * H, ap)
+                _panel8(cs + gb + H + 3 * H, cstr, H, ap + 2 * H * MR)
+            else:                # the rows of da, T*G apart
+                _panel8(da + (n0 * T + t) * G, T * G, G, ap)
         for jt in range(gb // NR):
             _ukr(G, ap, bp + jt * NR, gb, cs + jt * NR, cstr)
     cdef floating *dat
