@@ -49,9 +49,11 @@ cdef int _num_threads = 1
 # the wait is lost. When the master, out of work, waited more than _LATE seconds
 # and more than a quarter of its own working time for the others (a late worker
 # or one descheduled in mid-chunk: a busy process on the other core), the next
-# kernels run on one thread for _solo_span seconds (doubling up to 1 s while
-# it keeps happening, halving back to 20 ms when workers are on time), then
-# threads are tried again. _set_straggler_guard(0) turns this off.
+# kernels run on one thread for _solo_span seconds, and for at least 25 times
+# the wait (beside a spinning process a held-up worker can wait 20 ms: a probe
+# then costs a few percent, not the step), then threads are tried again. The
+# span doubles (up to 1 s) while it keeps happening and halves back toward
+# 20 ms with each region that is on time. _set_straggler_guard(0) turns this off.
 cdef enum:
     _MAX_TEAM = 64
 cdef double _LATE = 0.0005
@@ -84,8 +86,10 @@ cdef void _team_report(const long *claimed, const double *master_done, int n) no
     cdef double now = fnn_now()
     cdef double waited = now - master_done[0]
     cdef double worked = master_done[0] - _region_start
+    cdef double span
     if waited > _LATE and waited > 0.25 * worked:
-        _solo_until = now + _solo_span
+        span = 25 * waited if 25 * waited > _solo_span else _solo_span
+        _solo_until = now + (span if span < 2.0 else 2.0)
         _solo_span = _solo_span * 2 if _solo_span < 0.5 else 1.0
     elif _solo_span > 0.02:
         _solo_span = _solo_span * 0.5
@@ -93,9 +97,10 @@ cdef void _team_report(const long *claimed, const double *master_done, int n) no
 
 def _set_straggler_guard(double late_s):
     """Seconds of worker lateness that trigger single-thread backoff (<= 0: never back off)."""
-    global _LATE, _solo_until
+    global _LATE, _solo_until, _solo_span
     _LATE = late_s if late_s > 0 else 1e300
     _solo_until = 0.0
+    _solo_span = 0.02
 
 
 def _straggler_state():

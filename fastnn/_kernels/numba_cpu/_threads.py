@@ -11,8 +11,10 @@ numba.get_num_threads(), except
     waits for it. The threaded GEMM reports each call's time (report()); a call that took
     more than 2.5x and 0.5 ms longer than its work needs at the best rate seen lately
     means a straggler, and the next kernels run on one thread for a span (20 ms, doubling
-    up to 1 s while it keeps happening, halving back when calls are on time), then
-    threads are tried again. set_straggler_guard(0) turns this off.
+    up to 1 s while it keeps happening, halving back when calls are on time; and at least 25x
+    the delay: beside a spinning process a held-up thread can wait 20 ms, and a probe then
+    costs a few percent, not the step), then threads are tried again.
+    set_straggler_guard(0) turns this off.
 """
 import time
 
@@ -53,8 +55,9 @@ def report(work, seconds, itemsize):
     best = max(rate, _rate.get(itemsize, 0.0) * 0.999)   # forgets a lucky call slowly
     _rate[itemsize] = best
     expected = work / best
+    now = time.perf_counter()
     if seconds > expected + _LATE and seconds > _SLOW * expected:
-        _solo_until = time.perf_counter() + _solo_span
+        _solo_until = now + min(max(_solo_span, 25 * (seconds - expected)), 2.0)
         _solo_span = _solo_span * 2 if _solo_span < 0.5 else 1.0
     elif _solo_span > 0.02:
         _solo_span *= 0.5
@@ -62,10 +65,11 @@ def report(work, seconds, itemsize):
 
 def set_straggler_guard(late_s):
     """Seconds a threaded call may overrun before backing off (<= 0: never back off)."""
-    global _LATE, _solo_until
+    global _LATE, _solo_until, _solo_span
     late_s = float(late_s)
     _LATE = late_s if late_s > 0 else float("inf")
     _solo_until = 0.0
+    _solo_span = 0.02
 
 
 def straggler_state():
