@@ -180,12 +180,15 @@ cdef extern from *:
     void fnn_lanes_bwd_s(int kind, long n0, long nl, long T, long F, long H, const float *dh, const float *x, const float *h, const float *c, const float *gates, const float *hn, const float *whht, const float *wiht, float *da, float *dhid, float *dx, float *part, void *buf) nogil
     void fnn_lanes_bwd_d(int kind, long n0, long nl, long T, long F, long H, const double *dh, const double *x, const double *h, const double *c, const double *gates, const double *hn, const double *whht, const double *wiht, double *da, double *dhid, double *dx, double *part, void *buf) nogil
 
-# Threads over sample tiles only above this N*T*(F+H)*G*H: on the shared 2-core
-# machine a worker preempted while it holds a tile (the whole time loop of MR
-# samples) stalls the call for a scheduler tick, and at the target sizes (batch
-# 100, 40 steps, H <= 32: at most 1.7e7) two threads measured 2-10x slower under
-# load. _set_rnn_parallel_min_work lowers it for quiet machines.
-cdef Py_ssize_t _RNN_PAR_MIN_WORK = 1 << 25
+# Threads over sample tiles only above this N*T*(F+H)*G'. A worker preempted while
+# it holds a tile (the whole time loop of MR samples) stalls the call for a
+# scheduler slice; the straggler guard (common.pxi) then keeps the kernels on one
+# thread for a while. Measured at batch 100, 40 steps, F = 1 (work 4.4e6 at H = 16,
+# 1.7e7 at H = 32): two threads made LSTM/GRU steps 1.4-1.5x as fast on a quiet
+# machine and kept 0.59-0.66 of that beside a busy process (0.86x one thread's);
+# below 2^22 a call is too short for the second thread to pay.
+# _set_rnn_parallel_min_work moves it.
+cdef Py_ssize_t _RNN_PAR_MIN_WORK = 1 << 22
 cdef enum:
     _K_RNN = 0
     _K_LSTM = 1
