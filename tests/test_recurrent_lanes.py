@@ -113,6 +113,35 @@ def test_bidirectional_layer_matches_numpy_backend(cell):
         assert_close(grads["cython"][k], grads["numpy"][k], "float64", rtol=1e-9, atol=1e-11), k
 
 
+@pytest.mark.parametrize("isa", sorted(MODULES))
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_rows_weight_gradients_per_tile_or_in_one_gemm(isa, cell):
+    """The rows backward's dW_hh (and the GRU's db_hh) summed per tile and added in tile order,
+    or from one GEMM over every row: both the reference's gradients, on 1 and 2 threads."""
+    mod = MODULES[isa]
+    x, w, dh = _inputs(cell, 21, 7, 3, 17, "float64", seed=8)
+    fwd, bwd = getattr(mod, cell), getattr(mod, cell + "_backward")
+    saved = _tuple(getattr(ref, cell)(x, *w))
+    want = getattr(ref, cell + "_backward")(dh, x, *saved, w[0], w[1])
+    old_threads = cyk.get_num_threads()
+    try:
+        for threads in (1, 2):
+            cyk.set_num_threads(threads)
+            for tile_max in (0, 10 ** 9):
+                old_max, old_work = mod._set_rnn_tile_dw_max(tile_max), mod._set_rnn_parallel_min_work(0)
+                try:
+                    with path(mod, "rows"):
+                        saved = _tuple(fwd(x, *w))
+                        got = bwd(dh, x, *saved, w[0], w[1])
+                finally:
+                    mod._set_rnn_tile_dw_max(old_max)
+                    mod._set_rnn_parallel_min_work(old_work)
+                for name, a, b in zip(("dx", "dw_ih", "dw_hh", "db_ih", "db_hh"), got, want):
+                    assert_close(a, b, "float64", rtol=1e-9, atol=1e-11), (name, threads, tile_max)
+    finally:
+        cyk.set_num_threads(old_threads)
+
+
 @pytest.mark.parametrize("cell,h,route", [("lstm", 6, "lanes-fused"), ("lstm", 20, "rows"),
                                           ("gru", 20, "rows"), ("rnn", 33, "rows")])
 def test_threads_give_the_same_result(cell, h, route):

@@ -478,6 +478,23 @@ cdef void _lanes_bwd_worker(int kind, const floating *dh, const floating *x, con
 cdef Py_ssize_t _RNN_FUSED_MAX_BYTES = 73728
 
 
+# The rows path's backward takes dW_hh per tile (a GEMM over the tile's rows while they are
+# in cache; partials added in tile order: the same on any threads) while ntiles * G * H
+# stays at most this (16 MB of float partials: an LSTM H = 128 to batch 500); above it one
+# GEMM over all rows. Measured at batch 100, 2 threads: LSTM H = 32 backward 501 -> 354 us,
+# H = 64 and 128 10% faster, RNN H = 128 5%.
+cdef Py_ssize_t _RNN_TILE_DW_MAX = 1 << 22
+
+
+def _set_rnn_tile_dw_max(Py_ssize_t n):
+    """Tuning hook: the rows backward sums dW_hh per tile while ntiles * G * H <= n (0: never);
+    returns the old value."""
+    global _RNN_TILE_DW_MAX
+    old = _RNN_TILE_DW_MAX
+    _RNN_TILE_DW_MAX = n
+    return old
+
+
 def _set_rnn_fused_max_bytes(Py_ssize_t b):
     """Tuning hook: the lanes backward sums the weight gradients in its time loop while
     their accumulators take at most b bytes (else da rows and GEMMs); returns the old value."""
@@ -639,17 +656,20 @@ cdef void _pack_bwd(int kind, const floating *w_ih, const floating *w_hh, floati
             bp[p * gb + j] = w_hh[p * H + j]
 
 
-cdef void _bwd_tile(int kind, const floating *dh, const floating *h, const floating *c,
+cdef int _bwd_tile(int kind, const floating *dh, const floating *h, const floating *c,
                     const floating *gates, const floating *hn, const floating *bp,
                     floating *da, floating *dhid, floating *dx, const floating *x,
-                    const floating *wt, floating *part, floating *da_tile,
+                    const floating *wt, floating *part, floating *da_tile, floating *dwp,
                     Py_ssize_t n0, Py_ssize_t m, Py_ssize_t T, Py_ssize_t F, Py_ssize_t H,
                     Py_ssize_t gb, floating *ap, floating *cs, const floating *zeros) noexcept nogil:
     """BPTT for samples n0 .. n0+m-1. ap: G*MR A panel; cs: MR scratch rows of
     gb + H + K ([carry from the sweep, padded | state (dc, or dh_t z) | gradients]).
     part != NULL (small F): the tile's dx (from wt = W_ih^T) here, and its dW_ih^T and
     bias sums into part ([F x G | G]) while its da rows are in cache. da_tile != NULL (the
-    GRU, whose da serves nothing else then): the tile's m*T da rows go there, not into da."""
+    GRU, whose da serves nothing else then): the tile's m*T da rows go there, not into da.
+    dwp != NULL (with part): the tile's own dW_hh^T (H x G) there, from its d_hid rows (da,
+    or the GRU's dhid; t = 0 rows zeroed) against its h rows shifted by one, and the GRU's
+    db_hh sums into part's last G. Returns -1 if out of memory."""
     cdef Py_ssize_t MR, NR
     if floating is float:
         MR = FNN_MR_S
@@ -744,12 +764,26 @@ cdef void _bwd_tile(int kind, const floating *dh, const floating *h, const float
             if dx != NULL:
                 fnn_rec_dx_d(m * T, G, F, dat, wt, dx + s * F)
             fnn_rec_colsums_d(m * T, G, F, dat, x + s * F, part, part + G * F)
+    if dwp != NULL:   # (the rows just used for dx and the sums, so in cache)
+        s = n0 * T
+        dat = (dhid if kind == _K_GRU else da) + s * G
+        if kind == _K_GRU:
+            _colsum_k(dat, part + G * F + G, m * T, G)
+        for r in range(m):
+            for j in range(G):
+                dat[r * T * G + j] = 0
+        if m * T < 2:
+            for j in range(G * H):
+                dwp[j] = 0
+        elif _gemm(h + s * H, dat + G, dwp, H, G, m * T - 1, True, False, False, 1) != 0:
+            return -1
+    return 0
 
 
 cdef void _bwd_worker(int kind, const floating *dh, const floating *h, const floating *c,
                       const floating *gates, const floating *hn, const floating *bp,
                       floating *da, floating *dhid, floating *dx, const floating *x,
-                      const floating *wt, floating *parts, Py_ssize_t pw,
+                      const floating *wt, floating *parts, Py_ssize_t pw, floating *dwparts,
                       Py_ssize_t N, Py_ssize_t T, Py_ssize_t F, Py_ssize_t H, Py_ssize_t gb,
                       long *next_tile, long *claimed, int *fail) noexcept nogil:
     cdef Py_ssize_t MR
@@ -778,10 +812,12 @@ cdef void _bwd_worker(int kind, const floating *dh, const floating *h, const flo
                 buf[a_sz + c_sz + j] = 0
         claimed[0] += 1
         n0 = q * MR
-        _bwd_tile(kind, dh, h, c, gates, hn, bp, da, dhid, dx, x, wt,
-                  NULL if parts == NULL else parts + q * pw,
-                  (buf + a_sz + c_sz + z_sz) if t_sz else NULL, n0, _imin(MR, N - n0), T, F, H,
-                  gb, buf, buf + a_sz, buf + a_sz + c_sz)
+        if _bwd_tile(kind, dh, h, c, gates, hn, bp, da, dhid, dx, x, wt,
+                     NULL if parts == NULL else parts + q * pw,
+                     (buf + a_sz + c_sz + z_sz) if t_sz else NULL,
+                     NULL if dwparts == NULL else dwparts + q * G * H, n0, _imin(MR, N - n0),
+                     T, F, H, gb, buf, buf + a_sz, buf + a_sz + c_sz) != 0:
+            fail[0] = 1
     if buf != NULL:
         fnn_aligned_free(buf)
 
@@ -826,11 +862,15 @@ cdef int _rec_bwd(int kind, const floating *dh, const floating *x, const floatin
     # the rows path with a small F sums dx, dW_ih and db in its sweep: per tile
     # partials (pw values each), added in tile order (the same on any threads)
     cdef bint fused = (not lanes) and F < 16
-    cdef Py_ssize_t pw = G * (F + 1), parts_sz = _roundup(ntiles * pw, 16) if fused else 0
+    # ... and their dW_hh (and the GRU's db_hh), while the partials stay small
+    cdef bint tile_dw = fused and ntiles * G * H <= _RNN_TILE_DW_MAX
+    cdef Py_ssize_t pw = G * (F + (2 if tile_dw and kind == _K_GRU else 1))
+    cdef Py_ssize_t parts_sz = _roundup(ntiles * pw, 16) if fused else 0
     if fused and kind == _K_GRU:
         da_sz = 0   # the tiles keep their da rows (dW_hh comes from d_hid)
+    cdef Py_ssize_t dwp_sz = _roundup(ntiles * G * H, 16) if tile_dw else 0
     cdef floating *bp = <floating *> fnn_aligned_alloc(
-        (bp_sz + da_sz + dh_sz + wt_sz + _roundup(G * H, 16) + parts_sz) * sizeof(floating))
+        (bp_sz + da_sz + dh_sz + wt_sz + _roundup(G * H, 16) + parts_sz + dwp_sz) * sizeof(floating))
     if bp == NULL:
         return -1
     cdef floating *da = bp + bp_sz
@@ -838,6 +878,7 @@ cdef int _rec_bwd(int kind, const floating *dh, const floating *x, const floatin
     cdef floating *wt = dhid + dh_sz
     cdef floating *dwt = wt + wt_sz
     cdef floating *parts = dwt + _roundup(G * H, 16) if fused else NULL
+    cdef floating *dwparts = (dwt + _roundup(G * H, 16) + parts_sz) if tile_dw else NULL
     cdef floating *pq
     if F < 16:
         for i in range(G):
@@ -873,13 +914,13 @@ cdef int _rec_bwd(int kind, const floating *dh, const floating *x, const floatin
         master_done[0] = 0
         with parallel(num_threads=nthreads):
             tt = fnn_team_rank()
-            _bwd_worker(kind, dh, h, c, gates, hn, bp, da, dhid, dx, x, wt, parts, pw,
+            _bwd_worker(kind, dh, h, c, gates, hn, bp, da, dhid, dx, x, wt, parts, pw, dwparts,
                         N, T, F, H, gb, &next_tile, &claimed[tt], &fail)
             if tt == 0:
                 master_done[0] = fnn_now()
         _team_report(claimed, master_done, nthreads)
     else:
-        _bwd_worker(kind, dh, h, c, gates, hn, bp, da, dhid, dx, x, wt, parts, pw,
+        _bwd_worker(kind, dh, h, c, gates, hn, bp, da, dhid, dx, x, wt, parts, pw, dwparts,
                     N, T, F, H, gb, &next_tile, &claimed[0], &fail)
     if fail:
         fnn_aligned_free(bp)
@@ -926,10 +967,29 @@ cdef int _rec_bwd(int kind, const floating *dh, const floating *x, const floatin
         _colsum_k(da, db_ih, NT, G)
         rc = _gemm(da, x, dw_ih, G, F, NT, True, False, False, nthreads)
     cdef floating *dsrc = dhid if kind == _K_GRU else da
-    if kind == _K_GRU:
+    if kind == _K_GRU and tile_dw:
+        for i in range(G):
+            db_hh[i] = 0
+        for q in range(ntiles):
+            pq = parts + q * pw + G * F + G
+            for i in range(G):
+                db_hh[i] += pq[i]
+    elif kind == _K_GRU:
         _colsum_k(dhid, db_hh, NT, G)
     else:
         _copy(db_hh, db_ih, G)
+    if tile_dw:   # the tiles' dW_hh^T, added in tile order
+        for i in range(G * H):
+            dwt[i] = 0
+        for q in range(ntiles):
+            pq = dwparts + q * G * H
+            for i in range(G * H):
+                dwt[i] += pq[i]
+        for i in range(G):
+            for j in range(H):
+                dw_hh[i * H + j] = dwt[j * G + i]
+        fnn_aligned_free(bp)
+        return rc
     # dW_hh = sum over rows s with t > 0 of d_hid[s]^T h[s - 1]: with the t = 0 rows of d_hid
     # zeroed (da has served dx and the sums above), one GEMM of rows 1.. against h's rows
     # 0.. (h shifted by a row, no copy) gives it
