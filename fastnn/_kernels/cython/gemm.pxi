@@ -59,6 +59,9 @@ cdef inline Py_ssize_t _imin(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     return a if a < b else b
 
 
+from libc.string cimport memcpy
+
+
 cdef extern from "fnn_transpose.h" nogil:
     # one 8x8 tile: dst[c * ld + r] = src[r * ls + c] (GCC vector shuffles; plain C elsewhere)
     void fnn_tr8_s(const float *src, long ls, float *dst, long ld, const float *rb)
@@ -93,9 +96,8 @@ cdef void _pack_a(const floating *A, Py_ssize_t lda, bint ta, Py_ssize_t ic, Py_
             # op(A)[i, p] = A[p, i]: MR contiguous values per k
             for p in range(kc):
                 src = A + (pc + p) * lda + ic + i0
-                if mr == MR:
-                    for r in range(MR):
-                        dst[p * MR + r] = src[r]
+                if mr == MR:   # (memcpy: the loop compiled to scalar moves, src and dst may alias)
+                    memcpy(dst + p * MR, src, MR * sizeof(floating))
                 else:
                     for r in range(mr):
                         dst[p * MR + r] = src[r]
