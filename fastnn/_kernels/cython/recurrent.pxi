@@ -278,6 +278,22 @@ cdef inline void _panel8(const floating *src, Py_ssize_t ls, Py_ssize_t n, float
         j += 1
 
 
+cdef void _tr_block(const floating *src, Py_ssize_t ls, Py_ssize_t rows, Py_ssize_t cols,
+                    floating *dst, Py_ssize_t ld) noexcept nogil:
+    """dst[c * ld + r] = src[r * ls + c] for r < rows, c < cols: 8x8 register tiles (_tr8),
+    the edges by the plain loop (weight panels: a scattered store a value was 4% of a call)."""
+    cdef Py_ssize_t r8 = rows - rows % 8, c8 = cols - cols % 8, r, c
+    for c in range(0, c8, 8):
+        for r in range(0, r8, 8):
+            _tr8(src + r * ls + c, ls, dst + c * ld + r, ld)
+    for c in range(c8, cols):
+        for r in range(rows):
+            dst[c * ld + r] = src[r * ls + c]
+    for c in range(c8):
+        for r in range(r8, rows):
+            dst[c * ld + r] = src[r * ls + c]
+
+
 # ----------------------------------------------------------------- forward
 
 
@@ -291,25 +307,18 @@ cdef void _pack_fwd(int kind, const floating *w_ih, const floating *w_hh, const 
     for p in range(k * gp):
         bp[p] = 0
     if kind != _K_GRU:
+        _tr_block(w_ih, F, g, F, bp, gp)
+        _tr_block(w_hh, H, g, H, bp + F * gp, gp)
         for col in range(g):
-            for p in range(F):
-                bp[p * gp + col] = w_ih[col * F + p]
-            for p in range(H):
-                bp[(F + p) * gp + col] = w_hh[col * H + p]
             bias[col] = b_ih[col] + b_hh[col]
         return
+    _tr_block(w_ih, F, 3 * H, F, bp, gp)                        # r, z, n from x
+    _tr_block(w_hh, H, 2 * H, H, bp + F * gp, gp)               # r, z from h
+    _tr_block(w_hh + 2 * H * H, H, H, H, bp + F * gp + 3 * H, gp)   # n from h
     for col in range(2 * H):
-        for p in range(F):
-            bp[p * gp + col] = w_ih[col * F + p]
-        for p in range(H):
-            bp[(F + p) * gp + col] = w_hh[col * H + p]
         bias[col] = b_ih[col] + b_hh[col]
     for col in range(2 * H, 3 * H):
-        for p in range(F):
-            bp[p * gp + col] = w_ih[col * F + p]
         bias[col] = b_ih[col]
-        for p in range(H):
-            bp[(F + p) * gp + col + H] = w_hh[col * H + p]
         bias[col + H] = b_hh[col]
 
 
@@ -985,9 +994,7 @@ cdef int _rec_bwd(int kind, const floating *dh, const floating *x, const floatin
             pq = dwparts + q * G * H
             for i in range(G * H):
                 dwt[i] += pq[i]
-        for i in range(G):
-            for j in range(H):
-                dw_hh[i * H + j] = dwt[j * G + i]
+        _tr_block(dwt, G, H, G, dw_hh, H)
         fnn_aligned_free(bp)
         return rc
     # dW_hh = sum over rows s with t > 0 of d_hid[s]^T h[s - 1]: with the t = 0 rows of d_hid
