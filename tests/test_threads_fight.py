@@ -302,6 +302,30 @@ def test_numba_guard_backs_off_after_a_held_up_call_and_keeps_results_right():
         nb.set_num_threads(2)
 
 
+def test_numba_guard_backs_off_for_25x_a_long_wait():
+    """A call held up 50 ms (a scheduler slice beside a busy process) keeps the kernels on one
+    thread for 25x that (capped at 2 s), not just the current 20 ms span."""
+    pytest.importorskip("fastnn._kernels.numba_cpu")
+    from fastnn._kernels.numba_cpu import _threads as nt
+    fnn.get_backend("numba").module.set_num_threads(2)
+    key = 4                                # float32's key: its best rate is reset below
+    saved = nt._rate.get(key)
+    nt.set_straggler_guard(0.0005)
+    try:
+        nt._rate.pop(key, None)
+        nt.report(1e6, 1e-4, key)          # on time: best rate 1e10 / s, 0.1 ms for this work
+        assert nt.straggler_state()["solo_for_s"] == 0
+        nt.report(1e6, 0.05 + 1e-4, key)   # the same work 50 ms late
+        solo = nt.straggler_state()["solo_for_s"]
+        assert 1.0 < solo <= 2.0, solo     # 25 * 0.05 = 1.25 s, not the 20 ms span
+        assert nt.straggler_state()["next_span_s"] == pytest.approx(0.04)
+    finally:
+        nt._rate.pop(key, None)
+        if saved is not None:
+            nt._rate[key] = saved
+        nt.set_straggler_guard(0.0005)
+
+
 def test_numba_guard_ignores_calls_that_are_merely_slower_shapes():
     pytest.importorskip("fastnn._kernels.numba_cpu")
     from fastnn._kernels.numba_cpu import _threads as nt
