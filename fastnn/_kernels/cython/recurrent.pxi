@@ -22,11 +22,14 @@
 # output arrays and into an A panel; one microkernel sweep against the packed
 # W_hh panel (H columns, padded to NR) gives the dh_{t-1} carry. The GRU's A
 # holds (d_r, d_z, d_new * r), as W_hh's n rows meet d_new * r. dx_t needs no
-# carry, so it comes after the time loop from da W_ih over all N*T rows (at
-# F = 1, H = 32 sweeping [W_hh | W_ih] per step padded 33 columns to 64). Then
-# dW_ih and the bias gradients are column sums over the N*T rows (a GEMM for
-# F >= 16), and dW_hh^T = h_prev^T d_hid is one GEMM over the rows with t > 0
-# (d_hid's t = 0 rows zeroed, h read shifted by one row: no [x | h] copy).
+# carry, so it comes after the time loop from da W_ih (at F = 1, H = 32
+# sweeping [W_hh | W_ih] per step padded 33 columns to 64). dW_ih and the bias
+# gradients are column sums of da, and dW_hh^T = h_prev^T d_hid is a GEMM over
+# the rows with t > 0 (d_hid's t = 0 rows zeroed, h read shifted by one row: no
+# [x | h] copy). With F < 16 each tile does all of these over its own m*T rows
+# right after its time loop, while they are in cache, and the tiles' partial
+# sums are added in tile order (the same bits on any number of threads); with
+# wider inputs, or partials past _RNN_TILE_DW_MAX, they run over all N*T rows.
 #
 # Small hidden sizes (H <= _RNN_LANES_MAX_H) take the samples-in-lanes path of
 # fnn_rec_lanes.h instead: LB samples (one ISA vector: 16 floats with AVX-512)
