@@ -513,6 +513,24 @@ def test_a_near_tie_keeps_the_base_backend():
     assert choice.pick({"numba": [5.0, 5.0]}) == "numba"          # cython failed while measuring
 
 
+def test_a_switch_must_win_a_second_measurement(tmp_path, monkeypatch):
+    """One noisy measurement of cython does not hand a family to numba for good: the switch is
+    measured again, and kept only if numba wins that too (the record has the best of both)."""
+    turns = iter([{"cython": [50.0, 367.0], "numba": [130.0, 190.0]},     # cython's backward hit noise
+                  {"cython": [52.0, 105.0], "numba": [131.0, 193.0]},
+                  {"cython": [50.0, 50.0], "numba": [20.0, 20.0]},         # a real win, twice
+                  {"cython": [51.0, 49.0], "numba": [21.0, 19.0]}])
+    monkeypatch.setattr(choice, "_timed_turns", lambda runs, outs: next(turns))
+    be = fresh(tmp_path / "k.json")
+    be.raw.gru(*recurrent_args("gru", np.float64))
+    be.raw.lstm(*recurrent_args("lstm", np.float64))
+    picks = {v["family"]: (v["backend"], v["us"]) for v in be.kernel_choices().values()}
+    assert picks["gru"] == ("cython", {"cython": [50.0, 105.0], "numba": [130.0, 190.0]})
+    assert picks["lstm"] == ("numba", {"cython": [50.0, 49.0], "numba": [20.0, 19.0]})
+    with pytest.raises(StopIteration):
+        next(turns)                                     # each family was measured twice
+
+
 def test_a_rebuilt_kernel_module_is_another_machine(tmp_path):
     """The record's key names the compiled module's build, so a rebuild measures again."""
     so = tmp_path / "_kernels.so"

@@ -60,6 +60,30 @@ def pick(times):
     return winner
 
 
+def _timed_turns(runs, outs):
+    """{backend: [forward us, backward us]}: runs {backend: (forward or None, backward)} timed in
+    turns, best of MIN_ROUNDS to MAX_ROUNDS (see BUDGET_S and CAP_S); outs gets each output."""
+    best = {name: [0.0 if fwd is None else math.inf, math.inf] for name, (fwd, _) in runs.items()}
+    spent = 0.0
+    for rounds in range(1, MAX_ROUNDS + 1):
+        for name, (fwd, bwd) in runs.items():
+            t0 = time.perf_counter()
+            if fwd is not None:
+                outs[name] = fwd()
+            t1 = time.perf_counter()
+            result = bwd()
+            t2 = time.perf_counter()
+            if fwd is None:
+                outs[name] = result
+            if fwd is not None:
+                best[name][0] = min(best[name][0], t1 - t0)
+            best[name][1] = min(best[name][1], t2 - t1)
+            spent += t2 - t0
+        if spent > CAP_S * len(runs) or (rounds >= MIN_ROUNDS and spent > BUDGET_S * len(runs)):
+            break
+    return {name: [round(t * 1e6, 1) for t in b] for name, b in best.items()}
+
+
 def bucket(n):
     """round(log2(n)) for n >= 1, in integer arithmetic (round half up)."""
     return ((2 * n * n).bit_length() - 1) >> 1
@@ -547,26 +571,16 @@ class AutoBackend(Backend):
                               f"({type(exc).__name__}: {exc}); not using it", RuntimeWarning, stacklevel=4)
                 continue
             outs[name] = out
-        best = {name: [0.0 if fwd is None else math.inf, math.inf] for name, (fwd, _) in runs.items()}
-        spent = 0.0
-        for rounds in range(1, MAX_ROUNDS + 1):
-            for name, (fwd, bwd) in runs.items():
-                t0 = time.perf_counter()
-                if fwd is not None:
-                    outs[name] = fwd()
-                t1 = time.perf_counter()
-                result = bwd()
-                t2 = time.perf_counter()
-                if fwd is None:
-                    outs[name] = result
-                if fwd is not None:
-                    best[name][0] = min(best[name][0], t1 - t0)
-                best[name][1] = min(best[name][1], t2 - t1)
-                spent += t2 - t0
-            if spent > CAP_S * len(runs) or (rounds >= MIN_ROUNDS and spent > BUDGET_S * len(runs)):
-                break
-        times = {name: [round(t * 1e6, 1) for t in b] for name, b in best.items()}
+        times = _timed_turns(runs, outs)
         winner = pick(times)
+        if winner != CANDIDATES[0] and CANDIDATES[0] in times:
+            # A switch must win a second, independent measurement too: one burst of noise on the
+            # base's turns (a cython backward once measured 367 us, its usual 105) was recorded
+            # as numba's win for good. The record keeps the best of both.
+            again = _timed_turns(runs, outs)
+            if pick(again) != winner:
+                winner = CANDIDATES[0]
+            times = {name: [min(a, b) for a, b in zip(times[name], again[name])] for name in times}
         return winner, times, outs[winner]
 
     def kernel_choices(self):
