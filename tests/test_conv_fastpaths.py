@@ -140,15 +140,20 @@ def _conv_tol(dtype, depth):
     return (1e-3, 1e-4 * np.sqrt(depth)) if dtype == np.float32 else (1e-9, 1e-11 * depth)
 
 
-@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+@pytest.fixture(params=[(1, False), (1, True), (2, True)], ids=["1thread", "1thread-pieces", "2threads"])
 def threads(request, cy):
-    """One or two threads, with the GEMMs' threading threshold at 0 so two threads really split them."""
+    """One or two threads; with pieces, every batch-inner convolution runs in pieces of samples
+    (threshold 0) and the GEMMs' threading threshold is 0 too."""
     from fastnn._kernels import cython as pkg
+    n, pieces = request.param
     before = pkg.get_num_threads()
-    pkg.set_num_threads(request.param)
-    cy._set_conv_par_min_work(0 if request.param > 1 else 1 << 24)
-    yield request.param
+    pkg.set_num_threads(n)
+    if pieces:
+        cy._set_conv_par_min_work(0)
+        cy._set_conv_bi_par(0, 1, 4)
+    yield n
     cy._set_conv_par_min_work(1 << 24)
+    cy._set_conv_bi_par(1 << 17, 1, 16)
     pkg.set_num_threads(before)
 
 
@@ -217,3 +222,39 @@ def test_batch_inner_equals_flat_layout(cy, dtype):
         cy._set_conv_bi_min_n(8)
     for g, f in zip(got, flat):
         assert_close(g, f, dtype, *_conv_tol(dtype, 6 * 9 * 37 * 25))
+
+
+BIT_CASES = [(100, 16, 4, 4, 32), (100, 1, 8, 8, 16), (37, 6, 5, 5, 11), (16, 3, 3, 7, 5)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", BIT_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_batch_inner_pieces_give_the_same_bits_on_any_team(cy, dtype, case):
+    """The batch-inner convolution's pieces of samples: one thread and two give the same bits
+    (the backward's dw and db are summed over pieces fixed by the sizes, in piece order), and
+    in two pieces (the threshold at 0) they match the reference."""
+    from fastnn._kernels import cython as pkg
+    n, c, h, w, co = case
+    rng = np.random.default_rng(n + c)
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    wt = rng.standard_normal((co, c, 3, 3)).astype(dtype)
+    b = rng.standard_normal(co).astype(dtype)
+    dy = rng.standard_normal((n, co, h, w)).astype(dtype)
+    before = pkg.get_num_threads()
+    runs = []
+    try:
+        cy._set_conv_bi_par(0, 1, 4)
+        for t in (1, 2, 1, 2):
+            pkg.set_num_threads(t)
+            runs.append([cy.conv2d(x, wt, b, (1, 1), (1, 1)), *cy.conv2d_backward(dy, x, wt, (1, 1), (1, 1))])
+    finally:
+        cy._set_conv_bi_par(1 << 17, 1, 16)
+        pkg.set_num_threads(before)
+    for other in runs[1:]:
+        for a, o in zip(runs[0], other):
+            np.testing.assert_array_equal(a, o)
+    up = [a.astype(np.float64) for a in (x, wt, b, dy)]
+    want = [ref.conv2d(*up[:3], (1, 1), (1, 1)), *ref.conv2d_backward(up[3], up[0], up[1], (1, 1), (1, 1))]
+    tol = _conv_tol(dtype, n * h * w * c * 9)
+    for g, r in zip(runs[0], want):
+        assert_close(g, r, dtype, *tol)

@@ -14,7 +14,8 @@
 # The GEMMs thread only above _CONV_PAR_MIN_WORK multiply-adds; the rest is one pass of memory
 # traffic and stays on one thread. Pooling is memory-bound and single-threaded.
 # Small images (batch-inner layout, below): the transposes in and out of it run in 8x8 register
-# tiles, the bias added on the way out (fnn_transpose.h); 2x2 stride-2 max pools run in 16
+# tiles, the bias added on the way out (fnn_transpose.h); a team runs pieces of samples, each
+# a whole convolution of its own (from _CONV_BI_PAR_MIN_WORK); 2x2 stride-2 max pools run in 16
 # lanes on AVX-512 builds (fnn_pool.h); dW dots and db sums in fnn_vec.h's vector types.
 
 # (measured: the GEMM path is 4.5x faster than the direct loops even for the 5-tap
@@ -210,18 +211,18 @@ cdef int _conv_fwd_gemm(const floating *x, const floating *w, const floating *b,
 
 
 cdef void _dw_dots(const floating *dyt, const floating *colt, floating *dw, Py_ssize_t c_out,
-                   Py_ssize_t kk, Py_ssize_t rows) noexcept nogil:
-    """dw[co, k] = dyt[co, :] . colt[k, :], four taps at a time in 16-lane vectors (fnn_vec.h:
-    the plain 16-lane loops here were split into scalars by gcc 12)."""
+                   Py_ssize_t kk, Py_ssize_t rows, Py_ssize_t k0, Py_ssize_t k1) noexcept nogil:
+    """dw[co, k] = dyt[co, :] . colt[k, :] for taps k in [k0, k1), four taps at a time in 16-lane
+    vectors (fnn_vec.h: the plain 16-lane loops here were split into scalars by gcc 12)."""
     cdef Py_ssize_t co, k, nb, q
     cdef floating out[4]
     cdef const floating *dr
     cdef const floating *cq[4]
     for co in range(c_out):
         dr = dyt + co * rows
-        k = 0
-        while k < kk:
-            nb = kk - k if kk - k < 4 else 4
+        k = k0
+        while k < k1:
+            nb = k1 - k if k1 - k < 4 else 4
             for q in range(4):
                 cq[q] = colt + (k + q if q < nb else k) * rows
             if floating is float:
@@ -234,20 +235,21 @@ cdef void _dw_dots(const floating *dyt, const floating *colt, floating *dw, Py_s
 
 
 cdef int _dw_gemm(const floating *dyt, const floating *colt, floating *dw, Py_ssize_t c_out,
-                  Py_ssize_t kk, Py_ssize_t rows, int nthreads) noexcept nogil:
-    """dw (C_out, K) = dyt colt^T, computed as its transpose colt dyt^T and then
-    transposed: the GEMM then packs the transposed operand from dyt (C_out rows)
-    instead of colt (K rows); 1.6x faster at the BatchNorm CNN's 32 x 144 x 1600."""
-    cdef floating *dwt = <floating *> fnn_aligned_alloc(kk * c_out * sizeof(floating))
+                  Py_ssize_t kk, Py_ssize_t rows, int nthreads, Py_ssize_t k0,
+                  Py_ssize_t k1) noexcept nogil:
+    """dw[:, k0:k1] (of dw (C_out, K)) = dyt colt[k0:k1]^T, computed as its transpose
+    colt[k0:k1] dyt^T and then transposed: the GEMM then packs the transposed operand from dyt
+    (C_out rows) instead of colt (K rows); 1.6x faster at the BatchNorm CNN's 32 x 144 x 1600."""
+    cdef floating *dwt = <floating *> fnn_aligned_alloc((k1 - k0) * c_out * sizeof(floating))
     cdef Py_ssize_t co, k
     cdef int rc
     if dwt == NULL:
         return -1
-    rc = _gemm(colt, dyt, dwt, kk, c_out, rows, False, True, False, nthreads)
+    rc = _gemm(colt + k0 * rows, dyt, dwt, k1 - k0, c_out, rows, False, True, False, nthreads)
     if rc == 0:
         for co in range(c_out):
-            for k in range(kk):
-                dw[co * kk + k] = dwt[k * c_out + co]
+            for k in range(k1 - k0):
+                dw[co * kk + k0 + k] = dwt[k * c_out + co]
     fnn_aligned_free(dwt)
     return rc
 
@@ -309,14 +311,14 @@ cdef inline void _from_batch_inner(const floating *src, floating *dst, Py_ssize_
 cdef void _im2col_bi(const floating *xt, floating *colt, Py_ssize_t n, Py_ssize_t c,
                      Py_ssize_t hgt, Py_ssize_t wid, Py_ssize_t kh, Py_ssize_t kw,
                      Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
-                     Py_ssize_t ho, Py_ssize_t wo) noexcept nogil:
-    """colt (C*kh*kw, Ho*Wo*N) from xt (C*H*W, N): run (tap, oh, ow) is xt's row
-    (ci, ih, iw), or zeros where padded."""
+                     Py_ssize_t ho, Py_ssize_t wo, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
+    """colt (C*kh*kw, Ho*Wo*N) from xt (C*H*W, N), the tap rows of channels [c0, c1): run
+    (tap, oh, ow) is xt's row (ci, ih, iw), or zeros where padded."""
     cdef Py_ssize_t rows = n * ho * wo
     cdef Py_ssize_t ci, i, j, oh, ow, ih, iw, a
     cdef floating *dst
     cdef const floating *src
-    for ci in range(c):
+    for ci in range(c0, c1):
         for i in range(kh):
             for j in range(kw):
                 for oh in range(ho):
@@ -336,15 +338,16 @@ cdef void _im2col_bi(const floating *xt, floating *colt, Py_ssize_t n, Py_ssize_
 cdef void _col2im_bi(const floating *dcolt, floating *dxt, Py_ssize_t n, Py_ssize_t c,
                      Py_ssize_t hgt, Py_ssize_t wid, Py_ssize_t kh, Py_ssize_t kw,
                      Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
-                     Py_ssize_t ho, Py_ssize_t wo) noexcept nogil:
-    """The adjoint of _im2col_bi: dxt (C*H*W, N), zeroed here, += the runs."""
+                     Py_ssize_t ho, Py_ssize_t wo, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
+    """The adjoint of _im2col_bi for channels [c0, c1): their rows of dxt (C*H*W, N), zeroed
+    here, += the runs."""
     cdef Py_ssize_t rows = n * ho * wo
     cdef Py_ssize_t ci, i, j, oh, ow, ih, iw, a, q
     cdef floating *dst
     cdef const floating *src
-    for q in range(c * hgt * wid * n):
+    for q in range(c0 * hgt * wid * n, c1 * hgt * wid * n):
         dxt[q] = 0
-    for ci in range(c):
+    for ci in range(c0, c1):
         for i in range(kh):
             for j in range(kw):
                 for oh in range(ho):
@@ -361,12 +364,66 @@ cdef void _col2im_bi(const floating *dcolt, floating *dxt, Py_ssize_t n, Py_ssiz
                             dst[a] += src[a]
 
 
-cdef int _conv_fwd_bi(const floating *x, const floating *w, const floating *b, floating *y,
-                      Py_ssize_t n, Py_ssize_t c, Py_ssize_t hgt, Py_ssize_t wid,
-                      Py_ssize_t c_out, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
-                      Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t ho,
-                      Py_ssize_t wo, int nthreads) noexcept nogil:
-    """yt (C_out, Ho*Wo*N) = W colt in the batch-inner layout, then y = yt transposed + b."""
+# Threads in the batch-inner layout: a team splits one convolution into pieces of samples, each
+# a whole convolution of its sub-batch on one thread, so no core reads what the other has just
+# written (splitting each GEMM instead ran slower than one thread: the second core fetched colt,
+# just written by the first, out of the first one's cache; split by samples the BatchNorm CNN's
+# second layer runs 1.95x one thread's speed, and 0.23M multiply-adds still 1.6x). The forward's
+# pieces change no sums: one per thread. The backward's dw and db are sums over the samples, so
+# its pieces are set by the sizes alone (_bi_pieces), each sums into a buffer of its own, and
+# the buffers are added in piece order: the same bits on any number of threads. Convolutions
+# below _CONV_BI_PAR_MIN_WORK multiply-adds run as one piece.
+cdef Py_ssize_t _CONV_BI_PAR_MIN_WORK = 1 << 17
+cdef Py_ssize_t _CONV_BI_PIECES = 1
+cdef Py_ssize_t _CONV_BI_MAX_PIECES = 16
+
+
+def _set_conv_bi_par(Py_ssize_t min_work, Py_ssize_t pieces_per_thread, Py_ssize_t max_pieces=16):
+    """Tuning hook: batch-inner convolutions of at least min_work multiply-adds run in pieces of
+    samples: the forward pieces_per_thread per thread, the backward at most max_pieces."""
+    global _CONV_BI_PAR_MIN_WORK, _CONV_BI_PIECES, _CONV_BI_MAX_PIECES
+    _CONV_BI_PAR_MIN_WORK = min_work
+    _CONV_BI_PIECES = pieces_per_thread if pieces_per_thread > 0 else 1
+    _CONV_BI_MAX_PIECES = max_pieces if max_pieces > 0 else 1
+
+
+cdef inline int _bi_team(Py_ssize_t work, Py_ssize_t units, int nthreads,
+                         Py_ssize_t *per, Py_ssize_t *npieces) noexcept nogil:
+    """The team for a batch-inner forward of work multiply-adds over units samples; per[0]
+    samples a piece, npieces[0] pieces."""
+    cdef Py_ssize_t want = 1
+    if nthreads > 1 and work >= _CONV_BI_PAR_MIN_WORK and units > 1:
+        nthreads = _team_size(nthreads)
+    else:
+        nthreads = 1
+    if nthreads > 1:
+        want = _imin(units, _CONV_BI_PIECES * nthreads)
+    per[0] = (units + want - 1) // want
+    npieces[0] = (units + per[0] - 1) // per[0]
+    if nthreads > npieces[0]:
+        nthreads = <int> npieces[0]
+    return nthreads
+
+
+cdef inline Py_ssize_t _bi_pieces(Py_ssize_t work, Py_ssize_t n) noexcept nogil:
+    """The backward's sample pieces, set by the sizes alone, never by the threads (its dw and db
+    are sums over the pieces): 2 from _CONV_BI_PAR_MIN_WORK multiply-adds on, doubling with
+    each doubling of the work from 2^24 (teams of more threads for big layers), at least 8
+    samples a piece."""
+    cdef Py_ssize_t p = 1
+    while 2 * p <= _CONV_BI_MAX_PIECES and n >= 16 * p and (
+            (p == 1 and work >= _CONV_BI_PAR_MIN_WORK) or work >= p * (1 << 23)):
+        p *= 2
+    return p
+
+
+cdef int _conv_fwd_bi_one(const floating *x, const floating *w, const floating *b, floating *y,
+                          Py_ssize_t n, Py_ssize_t c, Py_ssize_t hgt, Py_ssize_t wid,
+                          Py_ssize_t c_out, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+                          Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t ho,
+                          Py_ssize_t wo) noexcept nogil:
+    """yt (C_out, Ho*Wo*N) = W colt in the batch-inner layout, then y = yt transposed + b, on
+    the calling thread."""
     cdef Py_ssize_t kk = c * kh * kw, rows = n * ho * wo, chw = c * hgt * wid
     cdef floating *xt = <floating *> fnn_aligned_alloc(
         (chw * n + rows * kk + rows * c_out) * sizeof(floating))
@@ -376,10 +433,8 @@ cdef int _conv_fwd_bi(const floating *x, const floating *w, const floating *b, f
     cdef floating *yt = colt + rows * kk
     cdef int rc
     _to_batch_inner(x, xt, n, chw)
-    _im2col_bi(xt, colt, n, c, hgt, wid, kh, kw, sh, sw, ph, pw, ho, wo)
-    if c_out * rows * kk < _CONV_PAR_MIN_WORK:
-        nthreads = 1
-    rc = _gemm(w, colt, yt, c_out, rows, kk, False, False, False, nthreads)
+    _im2col_bi(xt, colt, n, c, hgt, wid, kh, kw, sh, sw, ph, pw, ho, wo, 0, c)
+    rc = _gemm(w, colt, yt, c_out, rows, kk, False, False, False, 1)
     if rc == 0:   # y = yt transposed, the bias added on the way (yt's row q is channel q / (Ho*Wo))
         if floating is float:
             fnn_transpose_bias_s(yt, c_out * ho * wo, n, y, b, ho * wo)
@@ -389,13 +444,50 @@ cdef int _conv_fwd_bi(const floating *x, const floating *w, const floating *b, f
     return rc
 
 
-cdef int _conv_bwd_bi(const floating *dy, const floating *x, const floating *w, floating *dx,
-                      floating *dw, floating *db, Py_ssize_t n, Py_ssize_t c, Py_ssize_t hgt,
-                      Py_ssize_t wid, Py_ssize_t c_out, Py_ssize_t kh, Py_ssize_t kw,
-                      Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
-                      Py_ssize_t ho, Py_ssize_t wo, int nthreads) noexcept nogil:
-    """_conv_bwd in the batch-inner layout: dyt = dy transposed, dw = dyt colt^T,
-    dxt = col2im(W^T dyt), dx = dxt transposed (dx NULL: skipped)."""
+cdef int _conv_fwd_bi(const floating *x, const floating *w, const floating *b, floating *y,
+                      Py_ssize_t n, Py_ssize_t c, Py_ssize_t hgt, Py_ssize_t wid,
+                      Py_ssize_t c_out, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+                      Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t ho,
+                      Py_ssize_t wo, int nthreads) noexcept nogil:
+    """The batch-inner forward, on a team in pieces of samples (above)."""
+    cdef Py_ssize_t chw = c * hgt * wid, oshw = c_out * ho * wo
+    cdef Py_ssize_t per, npieces, q, a0
+    cdef long next_piece = 0
+    cdef long claimed[_MAX_TEAM]
+    cdef double master_done[1]
+    cdef int fails[1]
+    cdef int t
+    nthreads = _bi_team(c_out * n * ho * wo * c * kh * kw, n, nthreads, &per, &npieces)
+    if nthreads <= 1:
+        return _conv_fwd_bi_one(x, w, b, y, n, c, hgt, wid, c_out, kh, kw, sh, sw, ph, pw, ho, wo)
+    fails[0] = 0
+    for t in range(nthreads):
+        claimed[t] = 0
+    master_done[0] = 0
+    with parallel(num_threads=nthreads):
+        t = fnn_team_rank()
+        while True:
+            q = fnn_atomic_next(&next_piece)
+            if q >= npieces:
+                break
+            claimed[t] += 1
+            a0 = q * per
+            if _conv_fwd_bi_one(x + a0 * chw, w, b, y + a0 * oshw, _imin(per, n - a0), c, hgt,
+                                wid, c_out, kh, kw, sh, sw, ph, pw, ho, wo) != 0:
+                fails[0] = -1
+        if t == 0:
+            master_done[0] = fnn_now()
+    _team_report(claimed, master_done, nthreads)
+    return fails[0]
+
+
+cdef int _conv_bwd_bi_one(const floating *dy, const floating *x, const floating *w, floating *dx,
+                          floating *dw, floating *db, Py_ssize_t n, Py_ssize_t c, Py_ssize_t hgt,
+                          Py_ssize_t wid, Py_ssize_t c_out, Py_ssize_t kh, Py_ssize_t kw,
+                          Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                          Py_ssize_t ho, Py_ssize_t wo) noexcept nogil:
+    """_conv_bwd in the batch-inner layout on the calling thread: dyt = dy transposed,
+    dw = dyt colt^T, dxt = col2im(W^T dyt), dx = dxt transposed (dx NULL: skipped)."""
     cdef Py_ssize_t kk = c * kh * kw, rows = n * ho * wo, chw = c * hgt * wid
     cdef Py_ssize_t extra = rows * kk if dx != NULL else 0
     cdef floating *xt = <floating *> fnn_aligned_alloc(
@@ -405,25 +497,88 @@ cdef int _conv_bwd_bi(const floating *dy, const floating *x, const floating *w, 
     cdef floating *colt = xt + chw * n
     cdef floating *dyt = colt + rows * kk
     cdef floating *dcolt = dyt + rows * c_out
-    cdef int rc
-    if c_out * rows * kk < _CONV_PAR_MIN_WORK:
-        nthreads = 1
+    cdef int rc = 0
     _to_batch_inner(x, xt, n, chw)
-    _im2col_bi(xt, colt, n, c, hgt, wid, kh, kw, sh, sw, ph, pw, ho, wo)
+    _im2col_bi(xt, colt, n, c, hgt, wid, kh, kw, sh, sw, ph, pw, ho, wo, 0, c)
     _to_batch_inner(dy, dyt, n, c_out * ho * wo)
     _row_sums16(dyt, db, c_out, rows)
     if kk <= _CONV_DW_DOT_MAX_TAPS:
-        _dw_dots(dyt, colt, dw, c_out, kk, rows)
-        rc = 0
+        _dw_dots(dyt, colt, dw, c_out, kk, rows, 0, kk)
     else:
-        rc = _dw_gemm(dyt, colt, dw, c_out, kk, rows, nthreads)
+        rc = _dw_gemm(dyt, colt, dw, c_out, kk, rows, 1, 0, kk)
     if rc == 0 and dx != NULL:
-        rc = _gemm(w, dyt, dcolt, kk, rows, c_out, True, False, False, nthreads)
+        rc = _gemm(w, dyt, dcolt, kk, rows, c_out, True, False, False, 1)
         if rc == 0:
-            _col2im_bi(dcolt, xt, n, c, hgt, wid, kh, kw, sh, sw, ph, pw, ho, wo)   # xt reused as dxt
+            _col2im_bi(dcolt, xt, n, c, hgt, wid, kh, kw, sh, sw, ph, pw, ho, wo, 0, c)  # xt reused as dxt
             _from_batch_inner(xt, dx, n, chw)
     fnn_aligned_free(xt)
     return rc
+
+
+cdef int _conv_bwd_bi(const floating *dy, const floating *x, const floating *w, floating *dx,
+                      floating *dw, floating *db, Py_ssize_t n, Py_ssize_t c, Py_ssize_t hgt,
+                      Py_ssize_t wid, Py_ssize_t c_out, Py_ssize_t kh, Py_ssize_t kw,
+                      Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                      Py_ssize_t ho, Py_ssize_t wo, int nthreads) noexcept nogil:
+    """The batch-inner backward in pieces of samples (above): each piece's dw and db into a
+    buffer of its own, then summed in piece order."""
+    cdef Py_ssize_t kk = c * kh * kw, chw = c * hgt * wid, oshw = c_out * ho * wo
+    cdef Py_ssize_t npieces = _bi_pieces(c_out * n * ho * wo * kk, n)
+    cdef Py_ssize_t per = (n + npieces - 1) // npieces, q, a0, i, g = c_out * kk + c_out
+    cdef long next_piece = 0
+    cdef long claimed[_MAX_TEAM]
+    cdef double master_done[1]
+    cdef int fails[1]
+    cdef int t
+    if npieces <= 1:
+        return _conv_bwd_bi_one(dy, x, w, dx, dw, db, n, c, hgt, wid, c_out, kh, kw, sh, sw,
+                                ph, pw, ho, wo)
+    cdef floating *part = <floating *> fnn_aligned_alloc(npieces * g * sizeof(floating))
+    if part == NULL:
+        return -1
+    nthreads = _team_size(nthreads) if nthreads > 1 else 1
+    if nthreads > npieces:
+        nthreads = <int> npieces
+    fails[0] = 0
+    if nthreads <= 1:
+        for q in range(npieces):
+            a0 = q * per
+            if _conv_bwd_bi_one(dy + a0 * oshw, x + a0 * chw, w, (dx + a0 * chw) if dx != NULL else NULL,
+                                part + q * g, part + q * g + c_out * kk, _imin(per, n - a0), c, hgt,
+                                wid, c_out, kh, kw, sh, sw, ph, pw, ho, wo) != 0:
+                fails[0] = -1
+    else:
+        for t in range(nthreads):
+            claimed[t] = 0
+        master_done[0] = 0
+        with parallel(num_threads=nthreads):
+            t = fnn_team_rank()
+            while True:
+                q = fnn_atomic_next(&next_piece)
+                if q >= npieces:
+                    break
+                claimed[t] += 1
+                a0 = q * per
+                if _conv_bwd_bi_one(dy + a0 * oshw, x + a0 * chw, w,
+                                    (dx + a0 * chw) if dx != NULL else NULL, part + q * g,
+                                    part + q * g + c_out * kk, _imin(per, n - a0), c, hgt, wid,
+                                    c_out, kh, kw, sh, sw, ph, pw, ho, wo) != 0:
+                    fails[0] = -1
+            if t == 0:
+                master_done[0] = fnn_now()
+        _team_report(claimed, master_done, nthreads)
+    if fails[0] == 0:   # the pieces' sums, in piece order whatever thread ran them
+        for i in range(c_out * kk):
+            dw[i] = part[i]
+        for i in range(c_out):
+            db[i] = part[c_out * kk + i]
+        for q in range(1, npieces):
+            for i in range(c_out * kk):
+                dw[i] += part[q * g + i]
+            for i in range(c_out):
+                db[i] += part[q * g + c_out * kk + i]
+    fnn_aligned_free(part)
+    return fails[0]
 
 
 cdef int _conv_bwd(const floating *dy, const floating *x, const floating *w, floating *dx,
@@ -454,10 +609,10 @@ cdef int _conv_bwd(const floating *dy, const floating *x, const floating *w, flo
                 dyt[co * rows + a * npos + p] = dy[(a * c_out + co) * npos + p]
     _row_sums16(dyt, db, c_out, rows)
     if kk <= _CONV_DW_DOT_MAX_TAPS:
-        _dw_dots(dyt, colt, dw, c_out, kk, rows)
+        _dw_dots(dyt, colt, dw, c_out, kk, rows, 0, kk)
         rc = 0
     else:
-        rc = _dw_gemm(dyt, colt, dw, c_out, kk, rows, nthreads)
+        rc = _dw_gemm(dyt, colt, dw, c_out, kk, rows, nthreads, 0, kk)
     if rc == 0 and dx != NULL:
         rc = _gemm(w, dyt, dcolt, kk, rows, c_out, True, False, False, nthreads)
         if rc == 0:
