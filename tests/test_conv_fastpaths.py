@@ -258,3 +258,32 @@ def test_batch_inner_pieces_give_the_same_bits_on_any_team(cy, dtype, case):
     tol = _conv_tol(dtype, n * h * w * c * 9)
     for g, r in zip(runs[0], want):
         assert_close(g, r, dtype, *tol)
+
+
+def test_batch_inner_pieces_from_two_python_threads_at_once(cy):
+    """Two Python threads running the team-split convolution at once (each its own OpenMP team)
+    get what one call alone returns, bit for bit."""
+    import threading
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((100, 16, 4, 4)).astype(np.float32)
+    wt = rng.standard_normal((32, 16, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(32).astype(np.float32)
+    dy = rng.standard_normal((100, 32, 4, 4)).astype(np.float32)
+
+    def run():
+        return [cy.conv2d(x, wt, b, (1, 1), (1, 1)), *cy.conv2d_backward(dy, x, wt, (1, 1), (1, 1))]
+
+    want, bad = run(), []
+
+    def worker():
+        for _ in range(30):
+            got = run()
+            if not all(np.array_equal(g, w) for g, w in zip(got, want)):
+                bad.append(got)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not bad
