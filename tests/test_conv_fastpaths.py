@@ -287,3 +287,26 @@ def test_batch_inner_pieces_from_two_python_threads_at_once(cy):
     for t in threads:
         t.join()
     assert not bad
+
+
+def test_a_big_batch_inner_backward_in_sixteen_pieces(cy):
+    """At 75M multiply-adds the backward runs in 16 pieces of 16 samples (the default limits):
+    one thread and two give the same bits, and both match the reference."""
+    from fastnn._kernels import cython as pkg
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((256, 16, 8, 8)).astype(np.float32)
+    wt = rng.standard_normal((32, 16, 3, 3)).astype(np.float32)
+    dy = rng.standard_normal((256, 32, 8, 8)).astype(np.float32)
+    before, runs = pkg.get_num_threads(), []
+    try:
+        for t in (1, 2):
+            pkg.set_num_threads(t)
+            runs.append(cy.conv2d_backward(dy, x, wt, (1, 1), (1, 1)))
+    finally:
+        pkg.set_num_threads(before)
+    for a, o in zip(*runs):
+        np.testing.assert_array_equal(a, o)
+    want = ref.conv2d_backward(dy.astype(np.float64), x.astype(np.float64), wt.astype(np.float64),
+                               (1, 1), (1, 1))
+    for g, r in zip(runs[0], want):
+        assert_close(g, r, np.float32, *_conv_tol(np.float32, 256 * 64 * 16 * 9))
