@@ -211,18 +211,18 @@ cdef int _conv_fwd_gemm(const floating *x, const floating *w, const floating *b,
 
 
 cdef void _dw_dots(const floating *dyt, const floating *colt, floating *dw, Py_ssize_t c_out,
-                   Py_ssize_t kk, Py_ssize_t rows, Py_ssize_t k0, Py_ssize_t k1) noexcept nogil:
-    """dw[co, k] = dyt[co, :] . colt[k, :] for taps k in [k0, k1), four taps at a time in 16-lane
-    vectors (fnn_vec.h: the plain 16-lane loops here were split into scalars by gcc 12)."""
+                   Py_ssize_t kk, Py_ssize_t rows) noexcept nogil:
+    """dw[co, k] = dyt[co, :] . colt[k, :], four taps at a time in 16-lane vectors (fnn_vec.h:
+    the plain 16-lane loops here were split into scalars by gcc 12)."""
     cdef Py_ssize_t co, k, nb, q
     cdef floating out[4]
     cdef const floating *dr
     cdef const floating *cq[4]
     for co in range(c_out):
         dr = dyt + co * rows
-        k = k0
-        while k < k1:
-            nb = k1 - k if k1 - k < 4 else 4
+        k = 0
+        while k < kk:
+            nb = kk - k if kk - k < 4 else 4
             for q in range(4):
                 cq[q] = colt + (k + q if q < nb else k) * rows
             if floating is float:
@@ -235,21 +235,20 @@ cdef void _dw_dots(const floating *dyt, const floating *colt, floating *dw, Py_s
 
 
 cdef int _dw_gemm(const floating *dyt, const floating *colt, floating *dw, Py_ssize_t c_out,
-                  Py_ssize_t kk, Py_ssize_t rows, int nthreads, Py_ssize_t k0,
-                  Py_ssize_t k1) noexcept nogil:
-    """dw[:, k0:k1] (of dw (C_out, K)) = dyt colt[k0:k1]^T, computed as its transpose
-    colt[k0:k1] dyt^T and then transposed: the GEMM then packs the transposed operand from dyt
-    (C_out rows) instead of colt (K rows); 1.6x faster at the BatchNorm CNN's 32 x 144 x 1600."""
-    cdef floating *dwt = <floating *> fnn_aligned_alloc((k1 - k0) * c_out * sizeof(floating))
+                  Py_ssize_t kk, Py_ssize_t rows, int nthreads) noexcept nogil:
+    """dw (C_out, K) = dyt colt^T, computed as its transpose colt dyt^T and then
+    transposed: the GEMM then packs the transposed operand from dyt (C_out rows)
+    instead of colt (K rows); 1.6x faster at the BatchNorm CNN's 32 x 144 x 1600."""
+    cdef floating *dwt = <floating *> fnn_aligned_alloc(kk * c_out * sizeof(floating))
     cdef Py_ssize_t co, k
     cdef int rc
     if dwt == NULL:
         return -1
-    rc = _gemm(colt + k0 * rows, dyt, dwt, k1 - k0, c_out, rows, False, True, False, nthreads)
+    rc = _gemm(colt, dyt, dwt, kk, c_out, rows, False, True, False, nthreads)
     if rc == 0:
         for co in range(c_out):
-            for k in range(k1 - k0):
-                dw[co * kk + k0 + k] = dwt[k * c_out + co]
+            for k in range(kk):
+                dw[co * kk + k] = dwt[k * c_out + co]
     fnn_aligned_free(dwt)
     return rc
 
@@ -311,14 +310,14 @@ cdef inline void _from_batch_inner(const floating *src, floating *dst, Py_ssize_
 cdef void _im2col_bi(const floating *xt, floating *colt, Py_ssize_t n, Py_ssize_t c,
                      Py_ssize_t hgt, Py_ssize_t wid, Py_ssize_t kh, Py_ssize_t kw,
                      Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
-                     Py_ssize_t ho, Py_ssize_t wo, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
-    """colt (C*kh*kw, Ho*Wo*N) from xt (C*H*W, N), the tap rows of channels [c0, c1): run
-    (tap, oh, ow) is xt's row (ci, ih, iw), or zeros where padded."""
+                     Py_ssize_t ho, Py_ssize_t wo) noexcept nogil:
+    """colt (C*kh*kw, Ho*Wo*N) from xt (C*H*W, N): run (tap, oh, ow) is xt's row
+    (ci, ih, iw), or zeros where padded."""
     cdef Py_ssize_t rows = n * ho * wo
     cdef Py_ssize_t ci, i, j, oh, ow, ih, iw, a
     cdef floating *dst
     cdef const floating *src
-    for ci in range(c0, c1):
+    for ci in range(c):
         for i in range(kh):
             for j in range(kw):
                 for oh in range(ho):
@@ -338,16 +337,15 @@ cdef void _im2col_bi(const floating *xt, floating *colt, Py_ssize_t n, Py_ssize_
 cdef void _col2im_bi(const floating *dcolt, floating *dxt, Py_ssize_t n, Py_ssize_t c,
                      Py_ssize_t hgt, Py_ssize_t wid, Py_ssize_t kh, Py_ssize_t kw,
                      Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
-                     Py_ssize_t ho, Py_ssize_t wo, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
-    """The adjoint of _im2col_bi for channels [c0, c1): their rows of dxt (C*H*W, N), zeroed
-    here, += the runs."""
+                     Py_ssize_t ho, Py_ssize_t wo) noexcept nogil:
+    """The adjoint of _im2col_bi: dxt (C*H*W, N), zeroed here, += the runs."""
     cdef Py_ssize_t rows = n * ho * wo
     cdef Py_ssize_t ci, i, j, oh, ow, ih, iw, a, q
     cdef floating *dst
     cdef const floating *src
-    for q in range(c0 * hgt * wid * n, c1 * hgt * wid * n):
+    for q in range(c * hgt * wid * n):
         dxt[q] = 0
-    for ci in range(c0, c1):
+    for ci in range(c):
         for i in range(kh):
             for j in range(kw):
                 for oh in range(ho):
@@ -433,7 +431,7 @@ cdef int _conv_fwd_bi_one(const floating *x, const floating *w, const floating *
     cdef floating *yt = colt + rows * kk
     cdef int rc
     _to_batch_inner(x, xt, n, chw)
-    _im2col_bi(xt, colt, n, c, hgt, wid, kh, kw, sh, sw, ph, pw, ho, wo, 0, c)
+    _im2col_bi(xt, colt, n, c, hgt, wid, kh, kw, sh, sw, ph, pw, ho, wo)
     rc = _gemm(w, colt, yt, c_out, rows, kk, False, False, False, 1)
     if rc == 0:   # y = yt transposed, the bias added on the way (yt's row q is channel q / (Ho*Wo))
         if floating is float:
@@ -499,20 +497,33 @@ cdef int _conv_bwd_bi_one(const floating *dy, const floating *x, const floating 
     cdef floating *dcolt = dyt + rows * c_out
     cdef int rc = 0
     _to_batch_inner(x, xt, n, chw)
-    _im2col_bi(xt, colt, n, c, hgt, wid, kh, kw, sh, sw, ph, pw, ho, wo, 0, c)
+    _im2col_bi(xt, colt, n, c, hgt, wid, kh, kw, sh, sw, ph, pw, ho, wo)
     _to_batch_inner(dy, dyt, n, c_out * ho * wo)
     _row_sums16(dyt, db, c_out, rows)
     if kk <= _CONV_DW_DOT_MAX_TAPS:
-        _dw_dots(dyt, colt, dw, c_out, kk, rows, 0, kk)
+        _dw_dots(dyt, colt, dw, c_out, kk, rows)
     else:
-        rc = _dw_gemm(dyt, colt, dw, c_out, kk, rows, 1, 0, kk)
+        rc = _dw_gemm(dyt, colt, dw, c_out, kk, rows, 1)
     if rc == 0 and dx != NULL:
         rc = _gemm(w, dyt, dcolt, kk, rows, c_out, True, False, False, 1)
         if rc == 0:
-            _col2im_bi(dcolt, xt, n, c, hgt, wid, kh, kw, sh, sw, ph, pw, ho, wo, 0, c)  # xt reused as dxt
+            _col2im_bi(dcolt, xt, n, c, hgt, wid, kh, kw, sh, sw, ph, pw, ho, wo)   # xt reused as dxt
             _from_batch_inner(xt, dx, n, chw)
     fnn_aligned_free(xt)
     return rc
+
+
+cdef inline int _bwd_bi_piece(const floating *dy, const floating *x, const floating *w,
+                              floating *dx, floating *part, Py_ssize_t a0, Py_ssize_t na,
+                              Py_ssize_t c, Py_ssize_t hgt, Py_ssize_t wid, Py_ssize_t c_out,
+                              Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                              Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t ho, Py_ssize_t wo) noexcept nogil:
+    """Samples a0 .. a0+na-1: their dx, and their dw and db into part ([C_out x K | C_out])."""
+    cdef Py_ssize_t chw = c * hgt * wid
+    return _conv_bwd_bi_one(dy + a0 * c_out * ho * wo, x + a0 * chw, w,
+                            (dx + a0 * chw) if dx != NULL else NULL, part,
+                            part + c_out * c * kh * kw, na, c, hgt, wid, c_out, kh, kw, sh, sw,
+                            ph, pw, ho, wo)
 
 
 cdef int _conv_bwd_bi(const floating *dy, const floating *x, const floating *w, floating *dx,
@@ -522,9 +533,9 @@ cdef int _conv_bwd_bi(const floating *dy, const floating *x, const floating *w, 
                       Py_ssize_t ho, Py_ssize_t wo, int nthreads) noexcept nogil:
     """The batch-inner backward in pieces of samples (above): each piece's dw and db into a
     buffer of its own, then summed in piece order."""
-    cdef Py_ssize_t kk = c * kh * kw, chw = c * hgt * wid, oshw = c_out * ho * wo
+    cdef Py_ssize_t kk = c * kh * kw
     cdef Py_ssize_t npieces = _bi_pieces(c_out * n * ho * wo * kk, n)
-    cdef Py_ssize_t per = (n + npieces - 1) // npieces, q, a0, i, g = c_out * kk + c_out
+    cdef Py_ssize_t per = (n + npieces - 1) // npieces, q, i, g = c_out * kk + c_out
     cdef long next_piece = 0
     cdef long claimed[_MAX_TEAM]
     cdef double master_done[1]
@@ -542,10 +553,8 @@ cdef int _conv_bwd_bi(const floating *dy, const floating *x, const floating *w, 
     fails[0] = 0
     if nthreads <= 1:
         for q in range(npieces):
-            a0 = q * per
-            if _conv_bwd_bi_one(dy + a0 * oshw, x + a0 * chw, w, (dx + a0 * chw) if dx != NULL else NULL,
-                                part + q * g, part + q * g + c_out * kk, _imin(per, n - a0), c, hgt,
-                                wid, c_out, kh, kw, sh, sw, ph, pw, ho, wo) != 0:
+            if _bwd_bi_piece(dy, x, w, dx, part + q * g, q * per, _imin(per, n - q * per), c, hgt,
+                             wid, c_out, kh, kw, sh, sw, ph, pw, ho, wo) != 0:
                 fails[0] = -1
     else:
         for t in range(nthreads):
@@ -558,11 +567,8 @@ cdef int _conv_bwd_bi(const floating *dy, const floating *x, const floating *w, 
                 if q >= npieces:
                     break
                 claimed[t] += 1
-                a0 = q * per
-                if _conv_bwd_bi_one(dy + a0 * oshw, x + a0 * chw, w,
-                                    (dx + a0 * chw) if dx != NULL else NULL, part + q * g,
-                                    part + q * g + c_out * kk, _imin(per, n - a0), c, hgt, wid,
-                                    c_out, kh, kw, sh, sw, ph, pw, ho, wo) != 0:
+                if _bwd_bi_piece(dy, x, w, dx, part + q * g, q * per, _imin(per, n - q * per), c,
+                                 hgt, wid, c_out, kh, kw, sh, sw, ph, pw, ho, wo) != 0:
                     fails[0] = -1
             if t == 0:
                 master_done[0] = fnn_now()
@@ -609,10 +615,10 @@ cdef int _conv_bwd(const floating *dy, const floating *x, const floating *w, flo
                 dyt[co * rows + a * npos + p] = dy[(a * c_out + co) * npos + p]
     _row_sums16(dyt, db, c_out, rows)
     if kk <= _CONV_DW_DOT_MAX_TAPS:
-        _dw_dots(dyt, colt, dw, c_out, kk, rows, 0, kk)
+        _dw_dots(dyt, colt, dw, c_out, kk, rows)
         rc = 0
     else:
-        rc = _dw_gemm(dyt, colt, dw, c_out, kk, rows, nthreads, 0, kk)
+        rc = _dw_gemm(dyt, colt, dw, c_out, kk, rows, nthreads)
     if rc == 0 and dx != NULL:
         rc = _gemm(w, dyt, dcolt, kk, rows, c_out, True, False, False, nthreads)
         if rc == 0:
