@@ -99,8 +99,7 @@ def fastnn_step(kind, hidden, backend, x, y):
         # The step as Trainer.fit runs it: a tape of its own, batches checked once per fit.
         (out,), tape = model._train_forward([x])
         _, grad = loss(out, y)
-        model.zero_grad()
-        model._backprop(tape, [grad])
+        model._backprop_fresh(tape, [grad])   # zero_grad() and _backprop() in one
         opt.step(params)
     return step
 

@@ -234,24 +234,34 @@ class Graph:
                     tape.records.append((fusion[0], act_ctx))
         return [h], tape
 
-    def _backprop_chain(self, records, g, input_grads, after_layer):
+    def _backprop_chain(self, records, g, input_grads, after_layer, overwrite):
         while records and g is not None:
             layer, ctx = records.pop()
+            if overwrite is not None and id(layer) in overwrite:
+                ctx.overwrite_grads = True
             g = layer._backward_impl(ctx, g)
             if after_layer is not None:
                 after_layer(len(records))
+        if overwrite is not None:   # layers the gradient never reached hold zero gradients
+            for layer, _ in records:
+                if id(layer) in overwrite:
+                    for grad in layer.grads.values():
+                        grad.fill(0)
         return [g] if input_grads else None
 
-    def backprop(self, tape, grads, input_grads=False, after_layer=None):
+    def backprop(self, tape, grads, input_grads=False, after_layer=None, overwrite=None):
         """Walk the tape in reverse from d loss / d output (None: no gradient);
         with input_grads, also compute and return d loss / d each input. after_layer(k), if
         given, is called after each record's backward with k records left (distributed.py
-        starts a gradient bucket's allreduce once its layers are done)."""
+        starts a gradient bucket's allreduce once its layers are done). overwrite (chains
+        only): ids of layers, each called once, whose backward writes its gradient instead
+        of adding to it (Model._backprop_fresh)."""
         if input_grads:
             for record in tape.records:
                 record[1].need_dx = True
         if self.chain is not None:
-            return self._backprop_chain(tape.records, grads[0], input_grads, after_layer)
+            return self._backprop_chain(tape.records, grads[0], input_grads, after_layer, overwrite)
+        assert overwrite is None, "overwrite is for chains"
         _, in_slots, out_slots = self.plan
         flowing = [None] * len(self.nodes)
         for i, g in zip(out_slots, grads):

@@ -10,14 +10,14 @@ runs in inference mode without a tape, so it never disturbs a pending step.
 """
 import threading
 import weakref
-from collections import namedtuple
+from collections import Counter, namedtuple
 
 import numpy as np
 
 from . import graph as G
 from ._kernels import checks
 from .backend import get_backend
-from .layers.base import Layer, positive_int
+from .layers.base import Layer, positive_int, trainable_version
 from .threads import backend_threads
 
 DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
@@ -347,6 +347,47 @@ class Model:
     def _backprop(self, tape, grads, input_grads=False, after_layer=None):
         with self._lock:
             return self._graph.backprop(tape, grads, input_grads, after_layer)
+
+    def _backprop_fresh(self, tape, grads):
+        """zero_grad() then _backprop(tape, grads), without a pass over the whole gradient:
+        in a chain, each trainable Dense called once writes its gradient outright, and only
+        the other parameters' gradients are zeroed first (the Trainer's step)."""
+        plan = self._fresh_plan()
+        if plan is None:
+            self.zero_grad()
+            return self._backprop(tape, grads)
+        overwrite, to_zero = plan
+        for view in to_zero:
+            view.fill(0)
+        with self._lock:
+            return self._graph.backprop(tape, grads, overwrite=overwrite)
+
+    def _fresh_plan(self):
+        """(ids of the layers that overwrite, the flat-gradient views to zero) for
+        _backprop_fresh, or None (not a chain); cached until the plan or a trainable flag changes."""
+        chain = self._graph.chain
+        key = (id(chain), trainable_version(), id(self._flat_grad))
+        cached = getattr(self, "_fresh_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        plan = None
+        if chain is not None:
+            calls = Counter(id(layer) for layer, _, _ in chain)
+            overwrite = frozenset(id(layer) for layer, _, _ in chain
+                                  if getattr(layer, "overwrites_grads", False) and layer._trainable
+                                  and calls[id(layer)] == 1 and not layer.sublayers())
+            ranges = []
+            for p in self._params:
+                if id(p.layer) in overwrite:
+                    continue
+                start, stop = p.offset, p.offset + int(p.data.size)
+                if ranges and ranges[-1][1] == start:
+                    ranges[-1][1] = stop
+                else:
+                    ranges.append([start, stop])
+            plan = (overwrite, [self._flat_grad[a:b] for a, b in ranges])
+        self._fresh_cache = (key, plan)
+        return plan
 
     @property
     def fuse(self):

@@ -239,8 +239,7 @@ class Trainer:
         total, parts, grads = self._batch_losses(outs, [to_device(t) for t in ys], w)
         if guard is not None and not math.isfinite(total):
             guard.fail("the loss", total, *where)
-        model.zero_grad()
-        model._backprop(tape, grads)
+        model._backprop_fresh(tape, grads)   # zero_grad() and _backprop() in one
         self._step(guard, where)
         return total, parts, outs
 

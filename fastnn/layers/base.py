@@ -38,6 +38,7 @@ class Context(types.SimpleNamespace):
     forward sets whatever else backward needs (a C-level init: one per layer call)."""
     training = False
     need_dx = True
+    overwrite_grads = False   # set by Model._backprop_fresh: write the gradient, do not add to it
 
     def child(self):
         """A context for a sublayer's call inside this one (Residual)."""

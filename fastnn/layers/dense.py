@@ -5,6 +5,8 @@ from .base import Layer, positive_int
 
 
 class Dense(Layer):
+    overwrites_grads = True   # backward can write its gradient outright (Model._backprop_fresh)
+
     def __init__(self, in_features, out_features, bias=True):
         super().__init__()
         self.in_features = positive_int(in_features, "in_features")
@@ -55,7 +57,7 @@ class Dense(Layer):
                 return None
             dx = self.kernels.matmul(dy2, self.params["weight"])
             return dx if dy.ndim == 2 else dx.reshape(dy.shape[:-1] + (self.in_features,))
-        # The kernel adds into the gradient buffers itself: no temporaries.
+        # The kernel adds into the gradient buffers itself (or writes them): no temporaries.
         dx = self.kernels.linear_backward_into(dy2, ctx.x, self.params["weight"], self.grads["weight"],
-                                               self.grads.get("bias"), ctx.need_dx)
+                                               self.grads.get("bias"), ctx.need_dx, not ctx.overwrite_grads)
         return dx if dx is None or dy.ndim == 2 else dx.reshape(dy.shape[:-1] + (self.in_features,))
