@@ -47,6 +47,8 @@ class Backend:
         self.module = module
         native = registry.overrides(name, [getattr(module, "NATIVE", {})])
         fallback = getattr(module, "fallback", None)   # cuda: the reference on the host
+        # kernels that validate their own inputs (the registry's check, its usual case inlined)
+        self_checked = getattr(module, "CHECKED", {})
         self.raw = types.SimpleNamespace()
         self.sources = {}
         for kernel in registry.KERNELS.values():
@@ -57,7 +59,8 @@ class Backend:
             else:
                 fn, source = (fallback(kernel.name) if fallback else kernel.reference), "reference"
             setattr(self.raw, kernel.name, fn)
-            setattr(self, kernel.name, _checked(kernel.check, fn))
+            checked = self_checked.get(kernel.name) if source == "native" else None
+            setattr(self, kernel.name, checked or _checked(kernel.check, fn))
             self.sources[kernel.name] = source
         self.overridden = tuple(k for k, s in self.sources.items() if s == "native")
         # Where the model's arrays live: identities on CPU backends (reference.HELPERS).

@@ -151,6 +151,9 @@ def available():
 NATIVE = registry.overrides("cython", [_mod], HELPERS)
 KERNEL_NAMES = tuple(NATIVE)
 globals().update(NATIVE)
+# Kernels that check their own inputs (the check's usual case in C): Backend uses these
+# as backend.<name> in place of the registry's check followed by the raw kernel.
+CHECKED = {"matmul": _mod._checked_matmul}
 
 # One thread pool for our kernels and numpy's BLAS (fastnn/threads.py): OpenBLAS's parallel
 # jobs run on this module's OpenMP pool instead of OpenBLAS's own spinning threads.

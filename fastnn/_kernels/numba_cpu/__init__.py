@@ -65,6 +65,9 @@ HELPERS = ("row_max",)   # activations.row_max, shared with losses.py
 NATIVE = _registry.overrides(
     "numba", [importlib.import_module(f"{__name__}.{topic}") for topic in TOPICS], HELPERS)
 globals().update(NATIVE)
+# Kernels that check their own inputs (the registry check's usual case inline): Backend
+# uses these as backend.<name> in place of the check followed by the raw kernel.
+CHECKED = {"matmul": importlib.import_module(f"{__name__}.gemm")._checked_matmul}
 
 
 # Numba's 'omp' layer is the Cython kernels' libgomp: give numpy's BLAS that one pool too

@@ -312,6 +312,32 @@ def matmul(a, b, trans_a=False, trans_b=False):
     return _gemm_into(a, b, np.empty((m, n), dtype=a.dtype), trans_a, trans_b)
 
 
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _checked_matmul(a, b, trans_a=False, trans_b=False):
+    """backend.matmul: checks.matmul, then matmul. Its usual case (two C-contiguous non-empty
+    2-D arrays of one float dtype whose shapes fit) is checked inline, and a product too small
+    for threads goes straight to _gemm_direct: four Python calls fewer (about 1 us, a sixth of
+    a 64^3 product here)."""
+    if (type(a) is np.ndarray and type(b) is np.ndarray and a.ndim == 2 and b.ndim == 2
+            and a.dtype == b.dtype and a.dtype in _FLOATS and a.size and b.size
+            and a.flags.c_contiguous and b.flags.c_contiguous):
+        ta, tb = bool(trans_a), bool(trans_b)
+        k, m = a.shape if ta else a.shape[::-1]
+        n, kb = b.shape if tb else b.shape[::-1]
+        if k == kb:
+            c = np.empty((m, n), dtype=a.dtype)
+            work = m * n * k
+            if work < PARALLEL_MIN_WORK and work < DIRECT_MAX_WORK:
+                _gemm_direct(a, b, c, ta, tb, False, BLOCKS[a.dtype][1])
+                return c
+            return _gemm_into(a, b, c, ta, tb)
+    from ..checks import matmul as check
+    args, kwargs = check(a, b, trans_a, trans_b)
+    return matmul(*args, **kwargs)
+
+
 @njit(cache=True, fastmath=FM, error_model="numpy")
 def _bias_add(x, b):
     out = np.empty_like(x)
