@@ -8,6 +8,7 @@ object called twice is one set of parameters whose gradients add up.
 ``forward`` records a tape (per thread) that ``backward`` consumes; ``predict``
 runs in inference mode without a tape, so it never disturbs a pending step.
 """
+import math
 import threading
 import weakref
 from collections import Counter, namedtuple
@@ -642,7 +643,18 @@ def _on_device(x):
     return not isinstance(x, np.ndarray) and hasattr(x, "copy_to_host") and hasattr(x, "dtype")
 
 
+_SUM_CHECK_MIN = 1 << 16   # below, np.errstate costs more than the pass it saves
+
+
 def _finite(x, name):
+    # A sum is finite only if every term is: one pass without np.isfinite's boolean array
+    # (half the time on a 60000 x 784 float32 set). A finite sum cannot be wrong; a
+    # non-finite one (a NaN, an inf, or an overflowing sum of large values) is checked exactly.
+    if x.dtype.kind == "f" and x.size >= _SUM_CHECK_MIN:
+        with np.errstate(over="ignore", invalid="ignore"):
+            total = np.add.reduce(x, axis=None)
+        if math.isfinite(total):
+            return x
     if not np.isfinite(x).all():
         raise ValueError(f"{name} contains NaN or inf")
     return x

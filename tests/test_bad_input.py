@@ -1,4 +1,6 @@
 """Bad input gets a ValueError or TypeError naming the problem, on every backend."""
+import warnings
+
 import numpy as np
 import pytest
 
@@ -136,3 +138,27 @@ def test_truncated_model_file(tmp_path):
 def test_kernel_entry_points_reject(backend, call, error, words):
     with pytest.raises(error, match=words):
         call(backend)
+
+
+@pytest.mark.parametrize("where", [0, 70_000, -1])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, "both infs"])
+def test_a_large_input_with_one_bad_value_is_refused(where, bad):
+    """Large inputs are checked by one sum (model._finite): one NaN or inf anywhere is found."""
+    model = fnn.Sequential(Dense(8, 2), backend="numpy", seed=0)
+    x = np.random.default_rng(0).standard_normal((10_000, 8)).astype(np.float32)
+    flat = x.reshape(-1)
+    if bad == "both infs":   # inf - inf: the sum is NaN, not inf
+        flat[where], flat[where - 1] = np.inf, -np.inf
+    else:
+        flat[where] = bad
+    with pytest.raises(ValueError, match="NaN or inf"):
+        model.predict(x)
+
+
+def test_a_large_finite_input_whose_sum_overflows_is_accepted_without_a_warning():
+    model = fnn.Sequential(Dense(8, 2), backend="numpy", seed=0)
+    x = np.full((10_000, 8), 3e38, np.float32)   # each value finite, their float32 sum is not
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = model.predict(x)
+    assert out.shape == (10_000, 2)
