@@ -53,8 +53,11 @@ class ArrayBatches:
     """Batches of arrays; ``check(X, y, what)`` -> (xs, ys) is the trainer's validation."""
     replayable = True
 
-    def __init__(self, check, X, y, w, batch_size, shuffle, seed, what="X", shard=None):
+    def __init__(self, check, X, y, w, batch_size, shuffle, seed, what="X", shard=None, take=None):
         self.check, self.batch_size, self.shuffle, self.seed = check, batch_size, shuffle, seed
+        # take(x, idx): x[idx] for a checked input array and an index array (the trainer's
+        # threaded row gather), used for the inputs of shuffled in-memory batches
+        self.take = take
         self.what = what
         # Distributed: (rank, size); batches are global (batch_size rows per rank) and this
         # rank reads its part of each (shard_part); a rank whose part is empty gets None.
@@ -98,7 +101,10 @@ class ArrayBatches:
             return None
         w = None if self.w is None else self.w[idx]
         if not self.lazy:
-            return [x[idx] for x in self.xs], [t[idx] for t in self.ys], w
+            take = self.take
+            if take is None or isinstance(idx, slice):
+                return [x[idx] for x in self.xs], [t[idx] for t in self.ys], w
+            return [take(x, idx) for x in self.xs], [t[idx] for t in self.ys], w
         xb, yb = _take(self.X, idx), _take(self.y, idx)
         xs, ys = self.check(xb, yb, f"{self.what} rows {_rows_text(idx)}")
         self.dropper.account(sum(a.nbytes for a in (xb if isinstance(xb, list) else [xb])),
@@ -187,7 +193,7 @@ class IterBatches:
         return xs, ys, w
 
 
-def source(check, X, y, w, batch_size, shuffle, seed, steps_per_epoch=None, what="X", shard=None):
+def source(check, X, y, w, batch_size, shuffle, seed, steps_per_epoch=None, what="X", shard=None, take=None):
     """The batch source for fit/evaluate's data; shard=(rank, size) splits every global batch
     of arrays (and of a fastnn DataLoader) between the ranks."""
     if is_array_data(X):
@@ -195,7 +201,7 @@ def source(check, X, y, w, batch_size, shuffle, seed, steps_per_epoch=None, what
             raise ValueError(f"{what} is an array: give its targets y too")
         if steps_per_epoch is not None:
             raise ValueError("steps_per_epoch goes with a generator or a loader, not with arrays")
-        return ArrayBatches(check, X, y, w, batch_size, shuffle, seed, what, shard=shard)
+        return ArrayBatches(check, X, y, w, batch_size, shuffle, seed, what, shard=shard, take=take)
     if y is not None:
         raise ValueError(f"{what} is a loader of (x, y) batches: y must be None (the batches carry it)")
     if w is not None:

@@ -348,7 +348,7 @@ class Trainer:
                 val = _batches.source(self._check_data, validation_data, None, None, 1024, False,
                                       self.seed, what="X_val", shard=self._shard())
         train = _batches.source(self._check_data, X, y, sample_weight, batch_size, shuffle, self.seed,
-                                steps_per_epoch, shard=self._shard())
+                                steps_per_epoch, shard=self._shard(), take=self._row_gather())
         if class_weight is not None:
             loss0 = self._losses[0]
             if len(self._losses) != 1 or not loss0.classifier:
@@ -365,6 +365,21 @@ class Trainer:
             else:
                 train.class_weight = class_weight
         return train, val
+
+    def _row_gather(self):
+        """take(x, idx) = x[idx] by the backend's threaded embedding gather, where it has one
+        (cython's; shuffled batches of a large set come from memory, and two cores copy them at
+        about twice the rate of one), else None (numpy's indexing)."""
+        backend = self.model.backend
+        if not getattr(backend.module, "THREADED_GATHER", False):
+            return None
+        gather, dtype = backend.raw.embedding, self.model.dtype
+
+        def take(x, idx):
+            if x.dtype != dtype or x.ndim < 2 or not x.flags.c_contiguous or idx.dtype != np.int64:
+                return x[idx]
+            return gather(x.reshape(len(x), -1), idx).reshape((len(idx),) + x.shape[1:])
+        return take
 
     def _shard(self):
         return None if self._dp is None else self._dp.shard

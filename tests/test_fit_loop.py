@@ -366,3 +366,42 @@ def test_summary_shows_shapes_from_the_first_dense_and_counts():
     assert "(batch, ..., 32)" in text and "(batch, ..., 10)" in text
     assert f"total parameters: {model.count_params():,}" in text
     assert model.count_params() == 64 * 32 + 32 + 32 * 10 + 10
+
+
+@pytest.mark.parametrize("shape", [(64,), (1, 8, 8)])
+def test_the_threaded_row_gather_trains_like_numpy_indexing(shape, monkeypatch):
+    """Shuffled batches taken by cython's threaded gather (Trainer._row_gather) train to the
+    same bits as batches taken by numpy's indexing, for flat and image-shaped inputs."""
+    if "cython" not in fnn.backends():
+        pytest.skip("cython not built")
+    from fastnn.layers import Flatten
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((3000,) + shape).astype(np.float32)   # 3000 x 256 B rows: threaded batches
+    y = rng.integers(0, 10, 3000)
+    results = []
+    for gather in (True, False):
+        if not gather:
+            monkeypatch.setattr(fnn.Trainer, "_row_gather", lambda self: None)
+        model = fnn.Sequential(Flatten(), Dense(64, 10), backend="cython", seed=0)
+        trainer = fnn.Trainer(model, optimizer=fnn.optim.SGD(lr=0.05), seed=1)
+        assert (trainer._row_gather() is not None) == gather
+        trainer.fit(X, y, epochs=2, batch_size=600, progress=False)
+        results.append(flat(model))
+    np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_cython_embedding_gathers_large_batches_on_any_team():
+    if "cython" not in fnn.backends():
+        pytest.skip("cython not built")
+    be = fnn.get_backend("cython")
+    rng = np.random.default_rng(3)
+    for dtype in (np.float32, np.float64):
+        w = rng.standard_normal((5000, 300)).astype(dtype)
+        idx = rng.integers(0, 5000, 700)           # 700 rows of 1.2-2.4 KB: above the threading threshold
+        old = be.module.get_num_threads()
+        try:
+            for threads in (1, 2, 3):
+                be.module.set_num_threads(threads)
+                np.testing.assert_array_equal(be.embedding(w, idx), w[idx])
+        finally:
+            be.module.set_num_threads(old)

@@ -154,6 +154,9 @@ globals().update(NATIVE)
 # Kernels that check their own inputs (the check's usual case in C): Backend uses these
 # as backend.<name> in place of the registry's check followed by the raw kernel.
 CHECKED = {"matmul": _mod._checked_matmul}
+# embedding (rows of an array at given indices) runs on threads for large gathers: the
+# Trainer takes shuffled batches with it (Trainer._row_gather)
+THREADED_GATHER = True
 
 # One thread pool for our kernels and numpy's BLAS (fastnn/threads.py): OpenBLAS's parallel
 # jobs run on this module's OpenMP pool instead of OpenBLAS's own spinning threads.

@@ -64,14 +64,53 @@ cdef void _gather(const char *w, const int64_t *idx, char *out, Py_ssize_t n, si
         memcpy(out + i * row_bytes, w + idx[i] * row_bytes, row_bytes)
 
 
+# Gathers of at least this many bytes run on a team, rows handed out a few at a time: from
+# memory, one core alone copied a batch of 128 rows of 784 float32 out of a 60,000-row
+# training set at about half the rate of two (61 -> 35 us; fit's batches use this kernel).
+cdef Py_ssize_t _GATHER_PAR_MIN_BYTES = 1 << 17
+cdef enum:
+    _GATHER_ROWS = 8
+
+
+cdef void _gather_par(const char *w, const int64_t *idx, char *out, Py_ssize_t n, size_t row_bytes,
+                      int nt) noexcept nogil:
+    cdef Py_ssize_t nb = (n + _GATHER_ROWS - 1) // _GATHER_ROWS, blk, lo
+    cdef long next_blk = 0
+    cdef long claimed[_MAX_TEAM]
+    cdef double master_done[1]
+    cdef int t
+    if n * <Py_ssize_t> row_bytes >= _GATHER_PAR_MIN_BYTES and nb > 1:
+        nt = _team_size(nt)
+    else:
+        nt = 1
+    if nt <= 1:
+        _gather(w, idx, out, n, row_bytes)
+        return
+    for t in range(nt):
+        claimed[t] = 0
+    master_done[0] = 0
+    with parallel(num_threads=nt):
+        t = fnn_team_rank()
+        while True:
+            blk = fnn_atomic_next(&next_blk)
+            if blk >= nb:
+                break
+            claimed[t] += 1
+            lo = blk * _GATHER_ROWS
+            _gather(w, idx + lo, out + lo * row_bytes, _imin(_GATHER_ROWS, n - lo), row_bytes)
+        if t == 0:
+            master_done[0] = fnn_now()
+    _team_report(claimed, master_done, nt)
+
+
 def embedding(weight, idx):
     """Rows of weight at idx: (*idx.shape, D) (reference.embedding)."""
     cdef cnp.ndarray W = weight, I = idx
     cdef Py_ssize_t n = cnp.PyArray_SIZE(I), d = W.shape[1]
     cdef cnp.ndarray Y = _empty2(n, d, cnp.PyArray_TYPE(W))
     with nogil:
-        _gather(<const char *> cnp.PyArray_DATA(W), <const int64_t *> cnp.PyArray_DATA(I),
-                <char *> cnp.PyArray_DATA(Y), n, d * cnp.PyArray_ITEMSIZE(W))
+        _gather_par(<const char *> cnp.PyArray_DATA(W), <const int64_t *> cnp.PyArray_DATA(I),
+                    <char *> cnp.PyArray_DATA(Y), n, d * cnp.PyArray_ITEMSIZE(W), _num_threads)
     return Y.reshape(tuple(idx.shape) + (d,))
 
 
@@ -102,3 +141,4 @@ def embedding_backward_into(dy, idx, dw, padding_idx=-1):
         with nogil:
             _scatter_add(<const double *> cnp.PyArray_DATA(DY), <const int64_t *> cnp.PyArray_DATA(I),
                          <double *> cnp.PyArray_DATA(DW), n, d, pad)
+
