@@ -37,6 +37,20 @@ class NanGuard:
         self.dropouts = [layer for _, layer in model._named_layers() if hasattr(layer, "calls")]
         self.calls = None
         self.batch_state = self.buffers is not None or bool(self.dropouts)   # begin_batch has work
+        # The gradient's squared norm: the backend's own grad_norm where it has one (cython's runs
+        # on a team), else one BLAS dot. Either way a float32 gradient whose square overflows
+        # float32 (norm beyond 1.8e19) counts as non-finite.
+        source = getattr(model.backend, "sources", {}).get("grad_norm", "")
+        native = source == "native" or source.endswith(":native")   # auto: "cython:native"
+        self._norm = model.backend.raw.grad_norm if native and self.host else None
+        self._limit = float(np.finfo(np.float32).max) if model.dtype == np.float32 else math.inf
+
+    def grad_norm2(self, g):
+        """sum(g * g) of the flat gradient g (a host array); inf where float32 overflows."""
+        if self._norm is None:
+            return g.dot(g)
+        norm2 = self._norm(g, 2.0) ** 2
+        return math.inf if norm2 > self._limit else norm2   # NaN stays NaN
 
     # ---------------------------------------------------------------- snapshots
     def begin_epoch(self, scheduler):

@@ -246,9 +246,8 @@ class Trainer:
     def _step(self, guard, where):
         """The guard's check of the gradient (host backends), then the optimizer's step."""
         model = self.model
-        if guard is not None and guard.host:   # one dot over the flat gradient (nan_guard.py)
-            g = model._flat_grad
-            norm2 = g.dot(g)
+        if guard is not None and guard.host:   # one pass over the flat gradient (nan_guard.py)
+            norm2 = guard.grad_norm2(model._flat_grad)
             if not math.isfinite(norm2):
                 guard.fail("the gradient's squared norm", norm2, *where)
         params = self._params

@@ -405,3 +405,36 @@ def test_cython_embedding_gathers_large_batches_on_any_team():
                 np.testing.assert_array_equal(be.embedding(w, idx), w[idx])
         finally:
             be.module.set_num_threads(old)
+
+
+def test_cython_grad_norm_of_a_large_buffer_has_one_value_on_any_team():
+    if "cython" not in fnn.backends():
+        pytest.skip("cython not built")
+    be = fnn.get_backend("cython")
+    g = np.random.default_rng(4).standard_normal(300_001).astype(np.float32)   # 19 blocks, on a team
+    old = be.module.get_num_threads()
+    try:
+        values = set()
+        for threads in (1, 2, 3):
+            be.module.set_num_threads(threads)
+            values.add(be.raw.grad_norm(g, 2.0))
+    finally:
+        be.module.set_num_threads(old)
+    assert len(values) == 1
+    np.testing.assert_allclose(values.pop(), np.sqrt((g.astype(np.float64) ** 2).sum()), rtol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cython"])
+def test_the_guard_counts_a_float32_gradient_whose_square_overflows(backend):
+    if backend not in fnn.backends():
+        pytest.skip(f"{backend} not built")
+    from fastnn.nan_guard import NanGuard
+    model = small_model(backend, dropout=False)
+    guard = NanGuard(fnn.Trainer(model, optimizer=fnn.optim.SGD(lr=0.1)))
+    g = np.zeros(model.count_params(), np.float32)
+    g[5] = 3.0
+    assert guard.grad_norm2(g) == pytest.approx(9.0)
+    g[7] = 2e19                                  # finite, but its square is beyond float32
+    assert guard.grad_norm2(g) == np.inf
+    g[7] = np.nan
+    assert np.isnan(guard.grad_norm2(g))

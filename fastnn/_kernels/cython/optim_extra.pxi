@@ -141,6 +141,51 @@ cdef double _sum_pow_k(const floating *g, Py_ssize_t n, double order) noexcept n
     return s
 
 
+# A buffer of at least this many values is summed in blocks of _OPT_BLOCK, the blocks on a
+# team, their sums added in block order: the same bits on any number of threads.
+cdef Py_ssize_t _NORM_PAR_MIN = 1 << 17
+
+
+cdef double _sum_pow_par(const floating *g, Py_ssize_t n, double order, int nt) noexcept nogil:
+    cdef Py_ssize_t nb = (n + _OPT_BLOCK - 1) // _OPT_BLOCK, blk, s
+    cdef long next_blk = 0
+    cdef long claimed[_MAX_TEAM]
+    cdef double master_done[1]
+    cdef double *part
+    cdef double total = 0
+    cdef int t
+    if isinf(order) or n < _NORM_PAR_MIN:
+        return _sum_pow_k(g, n, order)
+    part = <double *> fnn_aligned_alloc(nb * sizeof(double))
+    if part == NULL:
+        return _sum_pow_k(g, n, order)
+    nt = _team_size(nt)
+    if nt <= 1:
+        for blk in range(nb):
+            s = blk * _OPT_BLOCK
+            part[blk] = _sum_pow_k(g + s, _imin(_OPT_BLOCK, n - s), order)
+    else:
+        for t in range(nt):
+            claimed[t] = 0
+        master_done[0] = 0
+        with parallel(num_threads=nt):
+            t = fnn_team_rank()
+            while True:
+                blk = fnn_atomic_next(&next_blk)
+                if blk >= nb:
+                    break
+                claimed[t] += 1
+                s = blk * _OPT_BLOCK
+                part[blk] = _sum_pow_k(g + s, _imin(_OPT_BLOCK, n - s), order)
+            if t == 0:
+                master_done[0] = fnn_now()
+        _team_report(claimed, master_done, nt)
+    for blk in range(nb):
+        total += part[blk]
+    fnn_aligned_free(part)
+    return total
+
+
 def grad_norm(grad, double norm_type=2.0):
     """The norm_type-norm of a flat buffer (inf: max |g|) (reference.grad_norm)."""
     cdef cnp.ndarray G = grad
@@ -148,10 +193,10 @@ def grad_norm(grad, double norm_type=2.0):
     cdef double order = norm_type, s
     if _is_f32(G):
         with nogil:
-            s = _sum_pow_k(<const float *> cnp.PyArray_DATA(G), n, order)
+            s = _sum_pow_par(<const float *> cnp.PyArray_DATA(G), n, order, _num_threads)
     else:
         with nogil:
-            s = _sum_pow_k(<const double *> cnp.PyArray_DATA(G), n, order)
+            s = _sum_pow_par(<const double *> cnp.PyArray_DATA(G), n, order, _num_threads)
     return s if isinf(order) else c_pow(s, 1.0 / order)   # libc pow: NaN stays a float
 
 
