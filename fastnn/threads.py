@@ -36,6 +36,7 @@ import contextlib
 import ctypes
 import itertools
 import os
+import sys
 import warnings
 
 from ._kernels import forksafe
@@ -49,13 +50,28 @@ _state = {"pool": "not yet (no compiled backend loaded)"}
 _hooked = False
 
 
+_controller = [None, -1]   # a threadpoolctl.ThreadpoolController, len(sys.modules) when made
+
+
+def _blas_controller():
+    """A ThreadpoolController over the loaded libraries, made again only after new imports.
+    Making one scans every loaded shared library (0.7 ms with torch and scipy loaded: a cost
+    of every fit and predict), a limit through a kept one takes 15 us. Libraries arrive with
+    imports; one loaded by ctypes alone is seen after the next import."""
+    from threadpoolctl import ThreadpoolController
+    ctl, seen = _controller
+    if ctl is None or seen != len(sys.modules):
+        ctl = ThreadpoolController()
+        _controller[:] = [ctl, len(sys.modules)]
+    return ctl
+
+
 @contextlib.contextmanager
 def backend_threads(backend):
     if backend.name == "numpy":
         yield
         return
-    from threadpoolctl import threadpool_limits
-    with threadpool_limits(limits=1, user_api="blas"):
+    with _blas_controller().limit(limits=1, user_api="blas"):
         yield
 
 

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import threading
+import types
 import warnings
 
 import numpy as np
@@ -356,3 +357,29 @@ def test_cython_guard_results_right_with_any_wait_counted_as_late():
             np.testing.assert_allclose(be.matmul(a, b), want, rtol=1e-4, atol=1e-3)
     finally:
         mod._set_straggler_guard(0.0005)
+
+
+def _blas_threads():
+    return [lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
+
+
+def test_backend_threads_holds_blas_to_one_thread_and_gives_the_count_back():
+    """backend_threads keeps its ThreadpoolController between calls (a new one scans every
+    loaded library) and makes another after new imports, which may have loaded a BLAS."""
+    before = _blas_threads()
+    assert before, "no BLAS library found"
+    backend = fnn.get_backend("cython")
+    for _ in range(3):
+        with threads.backend_threads(backend):
+            assert set(_blas_threads()) == {1}
+        assert _blas_threads() == before
+    kept = threads._blas_controller()
+    assert threads._blas_controller() is kept
+    sys.modules["_fastnn_test_new_import"] = types.ModuleType("_fastnn_test_new_import")
+    try:
+        assert threads._blas_controller() is not kept
+        with threads.backend_threads(backend):
+            assert set(_blas_threads()) == {1}
+        assert _blas_threads() == before
+    finally:
+        del sys.modules["_fastnn_test_new_import"]
