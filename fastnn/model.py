@@ -375,7 +375,7 @@ class Model:
         if chain is not None:
             calls = Counter(id(layer) for layer, _, _ in chain)
             overwrite = frozenset(id(layer) for layer, _, _ in chain
-                                  if getattr(layer, "overwrites_grads", False) and layer._trainable
+                                  if _overwrites_grads(layer) and layer._trainable
                                   and calls[id(layer)] == 1 and not layer.sublayers())
             ranges = []
             for p in self._params:
@@ -641,6 +641,15 @@ def _check_indices(x, name, shape, layers):
 def _on_device(x):
     """Whether x is a device array (the cuda backend's), which np.asarray would copy to the host."""
     return not isinstance(x, np.ndarray) and hasattr(x, "copy_to_host") and hasattr(x, "dtype")
+
+
+def _overwrites_grads(layer):
+    """Whether layer's backward honours ctx.overwrite_grads: the class that defines its backward
+    says so itself (a subclass of Dense with a backward of its own is not assumed to)."""
+    for cls in type(layer).__mro__:
+        if "backward" in vars(cls):
+            return bool(vars(cls).get("overwrites_grads", False))
+    return False
 
 
 _SUM_CHECK_MIN = 1 << 16   # below, np.errstate costs more than the pass it saves

@@ -85,3 +85,19 @@ def test_a_graph_model_falls_back_to_zero_grad():
     rng = np.random.default_rng(2)
     x, g = rng.standard_normal((4, 6)).astype(np.float32), rng.standard_normal((4, 3)).astype(np.float32)
     np.testing.assert_array_equal(gradients(model, x, g, True), gradients(model, x, g, False))
+
+
+class AddingDense(L.Dense):
+    """A user's Dense with a backward of its own that adds into the gradients."""
+
+    def backward(self, ctx, dy):
+        self.grads["weight"] += dy.T @ ctx.x
+        self.grads["bias"] += dy.sum(axis=0)
+        return dy @ self.params["weight"] if ctx.need_dx else None
+
+
+def test_a_dense_subclass_with_its_own_backward_gets_zeroed_gradients():
+    model = fnn.Sequential(L.Dense(6, 8), L.ReLU(), AddingDense(8, 3), backend="numpy", seed=0)
+    rng = np.random.default_rng(3)
+    x, g = rng.standard_normal((4, 6)).astype(np.float32), rng.standard_normal((4, 3)).astype(np.float32)
+    np.testing.assert_array_equal(gradients(model, x, g, True), gradients(model, x, g, False))
