@@ -345,9 +345,9 @@ class Model:
     def _outputs_in(self, dxs):
         return list(dxs) if self._multi_in else dxs[0]
 
-    def _backprop(self, tape, grads, input_grads=False, after_layer=None):
+    def _backprop(self, tape, grads, input_grads=False, after_layer=None, overwrite=None):
         with self._lock:
-            return self._graph.backprop(tape, grads, input_grads, after_layer)
+            return self._graph.backprop(tape, grads, input_grads, after_layer, overwrite)
 
     def _backprop_fresh(self, tape, grads):
         """zero_grad() then _backprop(tape, grads), without a pass over the whole gradient:
@@ -360,8 +360,7 @@ class Model:
         overwrite, to_zero = plan
         for view in to_zero:
             view.fill(0)
-        with self._lock:
-            return self._graph.backprop(tape, grads, overwrite=overwrite)
+        return self._backprop(tape, grads, overwrite=overwrite)
 
     def _fresh_plan(self):
         """(ids of the layers that overwrite, the flat-gradient views to zero) for

@@ -141,4 +141,3 @@ def embedding_backward_into(dy, idx, dw, padding_idx=-1):
         with nogil:
             _scatter_add(<const double *> cnp.PyArray_DATA(DY), <const int64_t *> cnp.PyArray_DATA(I),
                          <double *> cnp.PyArray_DATA(DW), n, d, pad)
-

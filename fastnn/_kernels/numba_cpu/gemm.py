@@ -19,6 +19,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
+from .. import checks as _checks
 from .. import tiles as _tiles
 from . import _micro, _threads
 
@@ -312,16 +313,13 @@ def matmul(a, b, trans_a=False, trans_b=False):
     return _gemm_into(a, b, np.empty((m, n), dtype=a.dtype), trans_a, trans_b)
 
 
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-
-
 def _checked_matmul(a, b, trans_a=False, trans_b=False):
     """backend.matmul: checks.matmul, then matmul. Its usual case (two C-contiguous non-empty
     2-D arrays of one float dtype whose shapes fit) is checked inline, and a product too small
     for threads goes straight to _gemm_direct: four Python calls fewer (about 1 us, a sixth of
     a 64^3 product here)."""
     if (type(a) is np.ndarray and type(b) is np.ndarray and a.ndim == 2 and b.ndim == 2
-            and a.dtype == b.dtype and a.dtype in _FLOATS and a.size and b.size
+            and a.dtype == b.dtype and a.dtype in _checks._GEMM_FLOATS and a.size and b.size
             and a.flags.c_contiguous and b.flags.c_contiguous):
         ta, tb = bool(trans_a), bool(trans_b)
         k, m = a.shape if ta else a.shape[::-1]
@@ -333,8 +331,7 @@ def _checked_matmul(a, b, trans_a=False, trans_b=False):
                 _gemm_direct(a, b, c, ta, tb, False, BLOCKS[a.dtype][1])
                 return c
             return _gemm_into(a, b, c, ta, tb)
-    from ..checks import matmul as check
-    args, kwargs = check(a, b, trans_a, trans_b)
+    args, kwargs = _checks.matmul(a, b, trans_a, trans_b)
     return matmul(*args, **kwargs)
 
 
