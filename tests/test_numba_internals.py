@@ -164,3 +164,48 @@ def test_small_products_of_strided_views_take_the_packed_path():
     assert not a.flags.c_contiguous
     _close(nb.matmul(a, b), a @ b, np.float32)
     _close(nb.matmul(b, a, trans_a=True), b.T @ a, np.float32)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,k,n", [(10, 37, 128), (2, 20, 40), (1, 5, 10), (13, 9, 50),
+                                   (128, 10, 10), (6, 300, 23), (3, 17, 72)])
+def test_edge_kernels_have_the_bits_of_the_full_tile(dtype, m, k, n):
+    """The sliver, short, narrow and corner kernels and the in-place windows of a ragged strip
+    give every element the bits the full MR x NR tile gives it: the same product padded with
+    zeros to whole tiles (no edge at all), sliced, for every transpose, packed and unpacked."""
+    t = tiles.tile("numba", dtype)
+    mp, np_ = -(-m // t.mr) * t.mr, -(-n // t.nr) * t.nr
+    mc, kc, nc = gemm.BLOCKS[np.dtype(dtype)]
+    rng = np.random.default_rng(m * 31 + k * 7 + n)
+    for ta in (False, True):
+        for tb in (False, True):
+            a = rng.standard_normal((k, m) if ta else (m, k)).astype(dtype)
+            b = rng.standard_normal((n, k) if tb else (k, n)).astype(dtype)
+            ap = np.zeros((k, mp) if ta else (mp, k), dtype)
+            ap[(slice(None), slice(0, m)) if ta else (slice(0, m),)] = a
+            bp = np.zeros((np_, k) if tb else (k, np_), dtype)
+            bp[(slice(0, n),) if tb else (slice(None), slice(0, n))] = b
+            for acc in (False, True):
+                start = rng.standard_normal((m, n)).astype(dtype)
+                whole = np.zeros((mp, np_), dtype)
+                whole[:m, :n] = start
+                gemm._gemm_block(ap, bp, whole, ta, tb, 0, mp, 0, np_, acc, mc, kc, nc)
+                want = whole[:m, :n]
+                packed, direct = start.copy(), start.copy()
+                gemm._gemm_block(a, b, packed, ta, tb, 0, m, 0, n, acc, mc, kc, nc)
+                gemm._gemm_direct(a, b, direct, ta, tb, acc, kc)
+                assert np.array_equal(packed, want), ("packed", ta, tb, acc)
+                assert np.array_equal(direct, want), ("direct", ta, tb, acc)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_small_products_are_line_aligned(dtype):
+    """matmul's output starts on a 64-byte line (vector stores of a tile row then do not
+    straddle two lines), for the one-call small path and the threaded one."""
+    rng = np.random.default_rng(5)
+    for m, k, n in [(10, 128, 128), (3, 3, 3), (256, 256, 256)]:
+        a, b = rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype)
+        for _ in range(4):
+            c = nb.matmul(a, b)
+            assert c.ctypes.data % 64 == 0 and c.flags.c_contiguous and c.shape == (m, n)
+            _close(c, a @ b, dtype)

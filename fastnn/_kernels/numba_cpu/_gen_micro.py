@@ -5,29 +5,43 @@ LLVM's SLP vectorizer packs into vector registers (2 per tile row: 16 zmm for
 float32 8x32 and float64 8x16). Python has no way to write such a kernel
 without spelling out every accumulator, so this script spells them out.
 The tiles (MR x NR per dtype) are TILES["numba"] of fastnn/_kernels/tiles.py.
+Edge variants of the strided kernel (for gemm._gemm_direct) compute only part of a tile:
+"short" its top MR/2 rows, "sliver" its top MR/4, "narrow" its left NR/2 columns, "corner"
+MR/2 x NR/2. Small layers live on edges (M = 10 is 8 + 2 rows; N = 10 a third of a strip).
+Each element they compute is the same sum in the same order as in the full tile, so
+results do not change.
 Regenerate with:  python -m fastnn._kernels.generate
 """
 TAGS = {"float32": "f32", "float64": "f64"}
 
 
-def _kernel(tag, dtype, mr, nr, strided=False):
+# edge: (its rows as a fraction of MR, its columns as a fraction of NR)
+EDGES = {"short": (2, 1), "sliver": (4, 1), "narrow": (1, 2), "corner": (2, 2)}
+
+
+def _kernel(tag, dtype, mr, nr, strided=False, edge=None):
     """The packed microkernel, or with strided=True its twin that reads A and B where they
-    lie: A's row i, step k at ap[ao + i*ars + k*aks], B's step k at bp[bo + k*bks]."""
-    assert nr % 8 == 0, "the B loads and C stores are written 8 to a line"
-    acc = [[f"c{i}_{j}" for j in range(nr)] for i in range(mr)]
+    lie: A's row i, step k at ap[ao + i*ars + k*aks], B's step k at bp[bo + k*bks].
+    With edge (one of EDGES) only that part of the tile is computed (its rows times cols)."""
+    assert nr % 16 == 0, "the B loads and C stores are written 8 to a line, also at NR/2"
+    row_div, col_div = EDGES[edge] if edge else (1, 1)
+    rows, cols = mr // row_div, nr // col_div
+    name = f"micro_{tag}" + (f"_{edge}" if edge else "") + ("_strided" if strided else "")
+    part = f" (only its {rows} x {cols} corner)" if edge else ""
+    acc = [[f"c{i}_{j}" for j in range(cols)] for i in range(rows)]
     u = "U{}".format
     if strided:
         lines = [
-            f"def micro_{tag}_strided(kc, ap, ao, ars, aks, bp, bo, bks, c, co, ldc, accumulate):",
+            f"def {name}(kc, ap, ao, ars, aks, bp, bo, bks, c, co, ldc, accumulate):",
             f'    """C[co:] (+)= A ({mr} x kc: row i, step k at ap[ao + i*ars + k*aks]) @ B',
-            f"    (kc x {nr}: step k's {nr} values from bp[bo + k*bks]); no packing. The same",
+            f"    (kc x {nr}: step k's {nr} values from bp[bo + k*bks]){part}; no packing. The same",
             "    sums in the same order as the packed kernel (bit-identical results).",
             '    """',
         ]
     else:
         lines = [
-            f"def micro_{tag}(kc, ap, ao, bp, bo, c, co, ldc, accumulate):",
-            f'    """C[co:] (+)= A strip ({mr} x kc at ap[ao:]) @ B strip (kc x {nr} at bp[bo:]).',
+            f"def {name}(kc, ap, ao, bp, bo, c, co, ldc, accumulate):",
+            f'    """C[co:] (+)= A strip ({mr} x kc at ap[ao:]) @ B strip (kc x {nr} at bp[bo:]){part}.',
             "",
             "    ap holds the strip k-major (MR values per k), bp likewise (NR per k);",
             "    c is C flattened, co the tile's first element, ldc its row stride.",
@@ -35,23 +49,23 @@ def _kernel(tag, dtype, mr, nr, strided=False):
             '    """',
         ]
     for row in acc:
-        for j0 in range(0, nr, 8):
+        for j0 in range(0, cols, 8):
             lines.append("    " + " = ".join(row[j0:j0 + 8]) + f" = Z_{tag}")
     lines += ["    pa = ao", "    pb = bo"]
     if strided:
-        lines += [f"    r{i} = ars * {u(i)}" for i in range(1, mr)]
+        lines += [f"    r{i} = ars * {u(i)}" for i in range(1, rows)]
     lines.append("    for _ in range(kc):")
     if strided:
         lines.append("        " + "; ".join(
-            f"a{i} = ap[pa{' + r' + str(i) if i else ''}]" for i in range(mr)))
+            f"a{i} = ap[pa{' + r' + str(i) if i else ''}]" for i in range(rows)))
     else:
         lines.append("        " + "; ".join(
-            f"a{i} = ap[pa{' + ' + u(i) if i else ''}]" for i in range(mr)))
-    for j0 in range(0, nr, 8):
+            f"a{i} = ap[pa{' + ' + u(i) if i else ''}]" for i in range(rows)))
+    for j0 in range(0, cols, 8):
         lines.append("        " + "; ".join(
             f"b{j} = bp[pb{' + ' + u(j) if j else ''}]" for j in range(j0, j0 + 8)))
-    for i in range(mr):
-        for j0 in range(0, nr, 8):
+    for i in range(rows):
+        for j0 in range(0, cols, 8):
             lines.append("        " + "; ".join(
                 f"{acc[i][j]} += a{i} * b{j}" for j in range(j0, j0 + 8)))
     if strided:
@@ -60,12 +74,12 @@ def _kernel(tag, dtype, mr, nr, strided=False):
         lines += [f"        pa += U{mr}", f"        pb += U{nr}", "    o = co"]
     for op, cond in (("+=", "if accumulate:"), ("=", "else:")):
         lines.append("    " + cond)
-        for i in range(mr):
-            for j0 in range(0, nr, 8):
+        for i in range(rows):
+            for j0 in range(0, cols, 8):
                 lines.append("        " + "; ".join(
                     f"c[o{' + ' + u(j) if j else ''}] {op} {acc[i][j]}"
                     for j in range(j0, j0 + 8)))
-            if i < mr - 1:
+            if i < rows - 1:
                 lines.append("        o += ldc")
     return "\n".join(lines) + "\n"
 
@@ -93,4 +107,7 @@ def source(command, tiles):
         out += ["", _kernel(tag, dtype, mr, nr)]
     for tag, dtype, mr, nr in kernels:
         out += ["", _kernel(tag, dtype, mr, nr, strided=True)]
+    for edge in EDGES:    # for the unpacked path only (gemm._gemm_direct's ragged windows)
+        for tag, dtype, mr, nr in kernels:
+            out += ["", _kernel(tag, dtype, mr, nr, strided=True, edge=edge)]
     return "\n".join(out)

@@ -576,3 +576,521 @@ def micro_f64_strided(kc, ap, ao, ars, aks, bp, bo, bks, c, co, ldc, accumulate)
         o += ldc
         c[o] = c7_0; c[o + U1] = c7_1; c[o + U2] = c7_2; c[o + U3] = c7_3; c[o + U4] = c7_4; c[o + U5] = c7_5; c[o + U6] = c7_6; c[o + U7] = c7_7
         c[o + U8] = c7_8; c[o + U9] = c7_9; c[o + U10] = c7_10; c[o + U11] = c7_11; c[o + U12] = c7_12; c[o + U13] = c7_13; c[o + U14] = c7_14; c[o + U15] = c7_15
+
+
+def micro_f32_short_strided(kc, ap, ao, ars, aks, bp, bo, bks, c, co, ldc, accumulate):
+    """C[co:] (+)= A (8 x kc: row i, step k at ap[ao + i*ars + k*aks]) @ B
+    (kc x 32: step k's 32 values from bp[bo + k*bks]) (only its 4 x 32 corner); no packing. The same
+    sums in the same order as the packed kernel (bit-identical results).
+    """
+    c0_0 = c0_1 = c0_2 = c0_3 = c0_4 = c0_5 = c0_6 = c0_7 = Z_f32
+    c0_8 = c0_9 = c0_10 = c0_11 = c0_12 = c0_13 = c0_14 = c0_15 = Z_f32
+    c0_16 = c0_17 = c0_18 = c0_19 = c0_20 = c0_21 = c0_22 = c0_23 = Z_f32
+    c0_24 = c0_25 = c0_26 = c0_27 = c0_28 = c0_29 = c0_30 = c0_31 = Z_f32
+    c1_0 = c1_1 = c1_2 = c1_3 = c1_4 = c1_5 = c1_6 = c1_7 = Z_f32
+    c1_8 = c1_9 = c1_10 = c1_11 = c1_12 = c1_13 = c1_14 = c1_15 = Z_f32
+    c1_16 = c1_17 = c1_18 = c1_19 = c1_20 = c1_21 = c1_22 = c1_23 = Z_f32
+    c1_24 = c1_25 = c1_26 = c1_27 = c1_28 = c1_29 = c1_30 = c1_31 = Z_f32
+    c2_0 = c2_1 = c2_2 = c2_3 = c2_4 = c2_5 = c2_6 = c2_7 = Z_f32
+    c2_8 = c2_9 = c2_10 = c2_11 = c2_12 = c2_13 = c2_14 = c2_15 = Z_f32
+    c2_16 = c2_17 = c2_18 = c2_19 = c2_20 = c2_21 = c2_22 = c2_23 = Z_f32
+    c2_24 = c2_25 = c2_26 = c2_27 = c2_28 = c2_29 = c2_30 = c2_31 = Z_f32
+    c3_0 = c3_1 = c3_2 = c3_3 = c3_4 = c3_5 = c3_6 = c3_7 = Z_f32
+    c3_8 = c3_9 = c3_10 = c3_11 = c3_12 = c3_13 = c3_14 = c3_15 = Z_f32
+    c3_16 = c3_17 = c3_18 = c3_19 = c3_20 = c3_21 = c3_22 = c3_23 = Z_f32
+    c3_24 = c3_25 = c3_26 = c3_27 = c3_28 = c3_29 = c3_30 = c3_31 = Z_f32
+    pa = ao
+    pb = bo
+    r1 = ars * U1
+    r2 = ars * U2
+    r3 = ars * U3
+    for _ in range(kc):
+        a0 = ap[pa]; a1 = ap[pa + r1]; a2 = ap[pa + r2]; a3 = ap[pa + r3]
+        b0 = bp[pb]; b1 = bp[pb + U1]; b2 = bp[pb + U2]; b3 = bp[pb + U3]; b4 = bp[pb + U4]; b5 = bp[pb + U5]; b6 = bp[pb + U6]; b7 = bp[pb + U7]
+        b8 = bp[pb + U8]; b9 = bp[pb + U9]; b10 = bp[pb + U10]; b11 = bp[pb + U11]; b12 = bp[pb + U12]; b13 = bp[pb + U13]; b14 = bp[pb + U14]; b15 = bp[pb + U15]
+        b16 = bp[pb + U16]; b17 = bp[pb + U17]; b18 = bp[pb + U18]; b19 = bp[pb + U19]; b20 = bp[pb + U20]; b21 = bp[pb + U21]; b22 = bp[pb + U22]; b23 = bp[pb + U23]
+        b24 = bp[pb + U24]; b25 = bp[pb + U25]; b26 = bp[pb + U26]; b27 = bp[pb + U27]; b28 = bp[pb + U28]; b29 = bp[pb + U29]; b30 = bp[pb + U30]; b31 = bp[pb + U31]
+        c0_0 += a0 * b0; c0_1 += a0 * b1; c0_2 += a0 * b2; c0_3 += a0 * b3; c0_4 += a0 * b4; c0_5 += a0 * b5; c0_6 += a0 * b6; c0_7 += a0 * b7
+        c0_8 += a0 * b8; c0_9 += a0 * b9; c0_10 += a0 * b10; c0_11 += a0 * b11; c0_12 += a0 * b12; c0_13 += a0 * b13; c0_14 += a0 * b14; c0_15 += a0 * b15
+        c0_16 += a0 * b16; c0_17 += a0 * b17; c0_18 += a0 * b18; c0_19 += a0 * b19; c0_20 += a0 * b20; c0_21 += a0 * b21; c0_22 += a0 * b22; c0_23 += a0 * b23
+        c0_24 += a0 * b24; c0_25 += a0 * b25; c0_26 += a0 * b26; c0_27 += a0 * b27; c0_28 += a0 * b28; c0_29 += a0 * b29; c0_30 += a0 * b30; c0_31 += a0 * b31
+        c1_0 += a1 * b0; c1_1 += a1 * b1; c1_2 += a1 * b2; c1_3 += a1 * b3; c1_4 += a1 * b4; c1_5 += a1 * b5; c1_6 += a1 * b6; c1_7 += a1 * b7
+        c1_8 += a1 * b8; c1_9 += a1 * b9; c1_10 += a1 * b10; c1_11 += a1 * b11; c1_12 += a1 * b12; c1_13 += a1 * b13; c1_14 += a1 * b14; c1_15 += a1 * b15
+        c1_16 += a1 * b16; c1_17 += a1 * b17; c1_18 += a1 * b18; c1_19 += a1 * b19; c1_20 += a1 * b20; c1_21 += a1 * b21; c1_22 += a1 * b22; c1_23 += a1 * b23
+        c1_24 += a1 * b24; c1_25 += a1 * b25; c1_26 += a1 * b26; c1_27 += a1 * b27; c1_28 += a1 * b28; c1_29 += a1 * b29; c1_30 += a1 * b30; c1_31 += a1 * b31
+        c2_0 += a2 * b0; c2_1 += a2 * b1; c2_2 += a2 * b2; c2_3 += a2 * b3; c2_4 += a2 * b4; c2_5 += a2 * b5; c2_6 += a2 * b6; c2_7 += a2 * b7
+        c2_8 += a2 * b8; c2_9 += a2 * b9; c2_10 += a2 * b10; c2_11 += a2 * b11; c2_12 += a2 * b12; c2_13 += a2 * b13; c2_14 += a2 * b14; c2_15 += a2 * b15
+        c2_16 += a2 * b16; c2_17 += a2 * b17; c2_18 += a2 * b18; c2_19 += a2 * b19; c2_20 += a2 * b20; c2_21 += a2 * b21; c2_22 += a2 * b22; c2_23 += a2 * b23
+        c2_24 += a2 * b24; c2_25 += a2 * b25; c2_26 += a2 * b26; c2_27 += a2 * b27; c2_28 += a2 * b28; c2_29 += a2 * b29; c2_30 += a2 * b30; c2_31 += a2 * b31
+        c3_0 += a3 * b0; c3_1 += a3 * b1; c3_2 += a3 * b2; c3_3 += a3 * b3; c3_4 += a3 * b4; c3_5 += a3 * b5; c3_6 += a3 * b6; c3_7 += a3 * b7
+        c3_8 += a3 * b8; c3_9 += a3 * b9; c3_10 += a3 * b10; c3_11 += a3 * b11; c3_12 += a3 * b12; c3_13 += a3 * b13; c3_14 += a3 * b14; c3_15 += a3 * b15
+        c3_16 += a3 * b16; c3_17 += a3 * b17; c3_18 += a3 * b18; c3_19 += a3 * b19; c3_20 += a3 * b20; c3_21 += a3 * b21; c3_22 += a3 * b22; c3_23 += a3 * b23
+        c3_24 += a3 * b24; c3_25 += a3 * b25; c3_26 += a3 * b26; c3_27 += a3 * b27; c3_28 += a3 * b28; c3_29 += a3 * b29; c3_30 += a3 * b30; c3_31 += a3 * b31
+        pa += aks
+        pb += bks
+    o = co
+    if accumulate:
+        c[o] += c0_0; c[o + U1] += c0_1; c[o + U2] += c0_2; c[o + U3] += c0_3; c[o + U4] += c0_4; c[o + U5] += c0_5; c[o + U6] += c0_6; c[o + U7] += c0_7
+        c[o + U8] += c0_8; c[o + U9] += c0_9; c[o + U10] += c0_10; c[o + U11] += c0_11; c[o + U12] += c0_12; c[o + U13] += c0_13; c[o + U14] += c0_14; c[o + U15] += c0_15
+        c[o + U16] += c0_16; c[o + U17] += c0_17; c[o + U18] += c0_18; c[o + U19] += c0_19; c[o + U20] += c0_20; c[o + U21] += c0_21; c[o + U22] += c0_22; c[o + U23] += c0_23
+        c[o + U24] += c0_24; c[o + U25] += c0_25; c[o + U26] += c0_26; c[o + U27] += c0_27; c[o + U28] += c0_28; c[o + U29] += c0_29; c[o + U30] += c0_30; c[o + U31] += c0_31
+        o += ldc
+        c[o] += c1_0; c[o + U1] += c1_1; c[o + U2] += c1_2; c[o + U3] += c1_3; c[o + U4] += c1_4; c[o + U5] += c1_5; c[o + U6] += c1_6; c[o + U7] += c1_7
+        c[o + U8] += c1_8; c[o + U9] += c1_9; c[o + U10] += c1_10; c[o + U11] += c1_11; c[o + U12] += c1_12; c[o + U13] += c1_13; c[o + U14] += c1_14; c[o + U15] += c1_15
+        c[o + U16] += c1_16; c[o + U17] += c1_17; c[o + U18] += c1_18; c[o + U19] += c1_19; c[o + U20] += c1_20; c[o + U21] += c1_21; c[o + U22] += c1_22; c[o + U23] += c1_23
+        c[o + U24] += c1_24; c[o + U25] += c1_25; c[o + U26] += c1_26; c[o + U27] += c1_27; c[o + U28] += c1_28; c[o + U29] += c1_29; c[o + U30] += c1_30; c[o + U31] += c1_31
+        o += ldc
+        c[o] += c2_0; c[o + U1] += c2_1; c[o + U2] += c2_2; c[o + U3] += c2_3; c[o + U4] += c2_4; c[o + U5] += c2_5; c[o + U6] += c2_6; c[o + U7] += c2_7
+        c[o + U8] += c2_8; c[o + U9] += c2_9; c[o + U10] += c2_10; c[o + U11] += c2_11; c[o + U12] += c2_12; c[o + U13] += c2_13; c[o + U14] += c2_14; c[o + U15] += c2_15
+        c[o + U16] += c2_16; c[o + U17] += c2_17; c[o + U18] += c2_18; c[o + U19] += c2_19; c[o + U20] += c2_20; c[o + U21] += c2_21; c[o + U22] += c2_22; c[o + U23] += c2_23
+        c[o + U24] += c2_24; c[o + U25] += c2_25; c[o + U26] += c2_26; c[o + U27] += c2_27; c[o + U28] += c2_28; c[o + U29] += c2_29; c[o + U30] += c2_30; c[o + U31] += c2_31
+        o += ldc
+        c[o] += c3_0; c[o + U1] += c3_1; c[o + U2] += c3_2; c[o + U3] += c3_3; c[o + U4] += c3_4; c[o + U5] += c3_5; c[o + U6] += c3_6; c[o + U7] += c3_7
+        c[o + U8] += c3_8; c[o + U9] += c3_9; c[o + U10] += c3_10; c[o + U11] += c3_11; c[o + U12] += c3_12; c[o + U13] += c3_13; c[o + U14] += c3_14; c[o + U15] += c3_15
+        c[o + U16] += c3_16; c[o + U17] += c3_17; c[o + U18] += c3_18; c[o + U19] += c3_19; c[o + U20] += c3_20; c[o + U21] += c3_21; c[o + U22] += c3_22; c[o + U23] += c3_23
+        c[o + U24] += c3_24; c[o + U25] += c3_25; c[o + U26] += c3_26; c[o + U27] += c3_27; c[o + U28] += c3_28; c[o + U29] += c3_29; c[o + U30] += c3_30; c[o + U31] += c3_31
+    else:
+        c[o] = c0_0; c[o + U1] = c0_1; c[o + U2] = c0_2; c[o + U3] = c0_3; c[o + U4] = c0_4; c[o + U5] = c0_5; c[o + U6] = c0_6; c[o + U7] = c0_7
+        c[o + U8] = c0_8; c[o + U9] = c0_9; c[o + U10] = c0_10; c[o + U11] = c0_11; c[o + U12] = c0_12; c[o + U13] = c0_13; c[o + U14] = c0_14; c[o + U15] = c0_15
+        c[o + U16] = c0_16; c[o + U17] = c0_17; c[o + U18] = c0_18; c[o + U19] = c0_19; c[o + U20] = c0_20; c[o + U21] = c0_21; c[o + U22] = c0_22; c[o + U23] = c0_23
+        c[o + U24] = c0_24; c[o + U25] = c0_25; c[o + U26] = c0_26; c[o + U27] = c0_27; c[o + U28] = c0_28; c[o + U29] = c0_29; c[o + U30] = c0_30; c[o + U31] = c0_31
+        o += ldc
+        c[o] = c1_0; c[o + U1] = c1_1; c[o + U2] = c1_2; c[o + U3] = c1_3; c[o + U4] = c1_4; c[o + U5] = c1_5; c[o + U6] = c1_6; c[o + U7] = c1_7
+        c[o + U8] = c1_8; c[o + U9] = c1_9; c[o + U10] = c1_10; c[o + U11] = c1_11; c[o + U12] = c1_12; c[o + U13] = c1_13; c[o + U14] = c1_14; c[o + U15] = c1_15
+        c[o + U16] = c1_16; c[o + U17] = c1_17; c[o + U18] = c1_18; c[o + U19] = c1_19; c[o + U20] = c1_20; c[o + U21] = c1_21; c[o + U22] = c1_22; c[o + U23] = c1_23
+        c[o + U24] = c1_24; c[o + U25] = c1_25; c[o + U26] = c1_26; c[o + U27] = c1_27; c[o + U28] = c1_28; c[o + U29] = c1_29; c[o + U30] = c1_30; c[o + U31] = c1_31
+        o += ldc
+        c[o] = c2_0; c[o + U1] = c2_1; c[o + U2] = c2_2; c[o + U3] = c2_3; c[o + U4] = c2_4; c[o + U5] = c2_5; c[o + U6] = c2_6; c[o + U7] = c2_7
+        c[o + U8] = c2_8; c[o + U9] = c2_9; c[o + U10] = c2_10; c[o + U11] = c2_11; c[o + U12] = c2_12; c[o + U13] = c2_13; c[o + U14] = c2_14; c[o + U15] = c2_15
+        c[o + U16] = c2_16; c[o + U17] = c2_17; c[o + U18] = c2_18; c[o + U19] = c2_19; c[o + U20] = c2_20; c[o + U21] = c2_21; c[o + U22] = c2_22; c[o + U23] = c2_23
+        c[o + U24] = c2_24; c[o + U25] = c2_25; c[o + U26] = c2_26; c[o + U27] = c2_27; c[o + U28] = c2_28; c[o + U29] = c2_29; c[o + U30] = c2_30; c[o + U31] = c2_31
+        o += ldc
+        c[o] = c3_0; c[o + U1] = c3_1; c[o + U2] = c3_2; c[o + U3] = c3_3; c[o + U4] = c3_4; c[o + U5] = c3_5; c[o + U6] = c3_6; c[o + U7] = c3_7
+        c[o + U8] = c3_8; c[o + U9] = c3_9; c[o + U10] = c3_10; c[o + U11] = c3_11; c[o + U12] = c3_12; c[o + U13] = c3_13; c[o + U14] = c3_14; c[o + U15] = c3_15
+        c[o + U16] = c3_16; c[o + U17] = c3_17; c[o + U18] = c3_18; c[o + U19] = c3_19; c[o + U20] = c3_20; c[o + U21] = c3_21; c[o + U22] = c3_22; c[o + U23] = c3_23
+        c[o + U24] = c3_24; c[o + U25] = c3_25; c[o + U26] = c3_26; c[o + U27] = c3_27; c[o + U28] = c3_28; c[o + U29] = c3_29; c[o + U30] = c3_30; c[o + U31] = c3_31
+
+
+def micro_f64_short_strided(kc, ap, ao, ars, aks, bp, bo, bks, c, co, ldc, accumulate):
+    """C[co:] (+)= A (8 x kc: row i, step k at ap[ao + i*ars + k*aks]) @ B
+    (kc x 16: step k's 16 values from bp[bo + k*bks]) (only its 4 x 16 corner); no packing. The same
+    sums in the same order as the packed kernel (bit-identical results).
+    """
+    c0_0 = c0_1 = c0_2 = c0_3 = c0_4 = c0_5 = c0_6 = c0_7 = Z_f64
+    c0_8 = c0_9 = c0_10 = c0_11 = c0_12 = c0_13 = c0_14 = c0_15 = Z_f64
+    c1_0 = c1_1 = c1_2 = c1_3 = c1_4 = c1_5 = c1_6 = c1_7 = Z_f64
+    c1_8 = c1_9 = c1_10 = c1_11 = c1_12 = c1_13 = c1_14 = c1_15 = Z_f64
+    c2_0 = c2_1 = c2_2 = c2_3 = c2_4 = c2_5 = c2_6 = c2_7 = Z_f64
+    c2_8 = c2_9 = c2_10 = c2_11 = c2_12 = c2_13 = c2_14 = c2_15 = Z_f64
+    c3_0 = c3_1 = c3_2 = c3_3 = c3_4 = c3_5 = c3_6 = c3_7 = Z_f64
+    c3_8 = c3_9 = c3_10 = c3_11 = c3_12 = c3_13 = c3_14 = c3_15 = Z_f64
+    pa = ao
+    pb = bo
+    r1 = ars * U1
+    r2 = ars * U2
+    r3 = ars * U3
+    for _ in range(kc):
+        a0 = ap[pa]; a1 = ap[pa + r1]; a2 = ap[pa + r2]; a3 = ap[pa + r3]
+        b0 = bp[pb]; b1 = bp[pb + U1]; b2 = bp[pb + U2]; b3 = bp[pb + U3]; b4 = bp[pb + U4]; b5 = bp[pb + U5]; b6 = bp[pb + U6]; b7 = bp[pb + U7]
+        b8 = bp[pb + U8]; b9 = bp[pb + U9]; b10 = bp[pb + U10]; b11 = bp[pb + U11]; b12 = bp[pb + U12]; b13 = bp[pb + U13]; b14 = bp[pb + U14]; b15 = bp[pb + U15]
+        c0_0 += a0 * b0; c0_1 += a0 * b1; c0_2 += a0 * b2; c0_3 += a0 * b3; c0_4 += a0 * b4; c0_5 += a0 * b5; c0_6 += a0 * b6; c0_7 += a0 * b7
+        c0_8 += a0 * b8; c0_9 += a0 * b9; c0_10 += a0 * b10; c0_11 += a0 * b11; c0_12 += a0 * b12; c0_13 += a0 * b13; c0_14 += a0 * b14; c0_15 += a0 * b15
+        c1_0 += a1 * b0; c1_1 += a1 * b1; c1_2 += a1 * b2; c1_3 += a1 * b3; c1_4 += a1 * b4; c1_5 += a1 * b5; c1_6 += a1 * b6; c1_7 += a1 * b7
+        c1_8 += a1 * b8; c1_9 += a1 * b9; c1_10 += a1 * b10; c1_11 += a1 * b11; c1_12 += a1 * b12; c1_13 += a1 * b13; c1_14 += a1 * b14; c1_15 += a1 * b15
+        c2_0 += a2 * b0; c2_1 += a2 * b1; c2_2 += a2 * b2; c2_3 += a2 * b3; c2_4 += a2 * b4; c2_5 += a2 * b5; c2_6 += a2 * b6; c2_7 += a2 * b7
+        c2_8 += a2 * b8; c2_9 += a2 * b9; c2_10 += a2 * b10; c2_11 += a2 * b11; c2_12 += a2 * b12; c2_13 += a2 * b13; c2_14 += a2 * b14; c2_15 += a2 * b15
+        c3_0 += a3 * b0; c3_1 += a3 * b1; c3_2 += a3 * b2; c3_3 += a3 * b3; c3_4 += a3 * b4; c3_5 += a3 * b5; c3_6 += a3 * b6; c3_7 += a3 * b7
+        c3_8 += a3 * b8; c3_9 += a3 * b9; c3_10 += a3 * b10; c3_11 += a3 * b11; c3_12 += a3 * b12; c3_13 += a3 * b13; c3_14 += a3 * b14; c3_15 += a3 * b15
+        pa += aks
+        pb += bks
+    o = co
+    if accumulate:
+        c[o] += c0_0; c[o + U1] += c0_1; c[o + U2] += c0_2; c[o + U3] += c0_3; c[o + U4] += c0_4; c[o + U5] += c0_5; c[o + U6] += c0_6; c[o + U7] += c0_7
+        c[o + U8] += c0_8; c[o + U9] += c0_9; c[o + U10] += c0_10; c[o + U11] += c0_11; c[o + U12] += c0_12; c[o + U13] += c0_13; c[o + U14] += c0_14; c[o + U15] += c0_15
+        o += ldc
+        c[o] += c1_0; c[o + U1] += c1_1; c[o + U2] += c1_2; c[o + U3] += c1_3; c[o + U4] += c1_4; c[o + U5] += c1_5; c[o + U6] += c1_6; c[o + U7] += c1_7
+        c[o + U8] += c1_8; c[o + U9] += c1_9; c[o + U10] += c1_10; c[o + U11] += c1_11; c[o + U12] += c1_12; c[o + U13] += c1_13; c[o + U14] += c1_14; c[o + U15] += c1_15
+        o += ldc
+        c[o] += c2_0; c[o + U1] += c2_1; c[o + U2] += c2_2; c[o + U3] += c2_3; c[o + U4] += c2_4; c[o + U5] += c2_5; c[o + U6] += c2_6; c[o + U7] += c2_7
+        c[o + U8] += c2_8; c[o + U9] += c2_9; c[o + U10] += c2_10; c[o + U11] += c2_11; c[o + U12] += c2_12; c[o + U13] += c2_13; c[o + U14] += c2_14; c[o + U15] += c2_15
+        o += ldc
+        c[o] += c3_0; c[o + U1] += c3_1; c[o + U2] += c3_2; c[o + U3] += c3_3; c[o + U4] += c3_4; c[o + U5] += c3_5; c[o + U6] += c3_6; c[o + U7] += c3_7
+        c[o + U8] += c3_8; c[o + U9] += c3_9; c[o + U10] += c3_10; c[o + U11] += c3_11; c[o + U12] += c3_12; c[o + U13] += c3_13; c[o + U14] += c3_14; c[o + U15] += c3_15
+    else:
+        c[o] = c0_0; c[o + U1] = c0_1; c[o + U2] = c0_2; c[o + U3] = c0_3; c[o + U4] = c0_4; c[o + U5] = c0_5; c[o + U6] = c0_6; c[o + U7] = c0_7
+        c[o + U8] = c0_8; c[o + U9] = c0_9; c[o + U10] = c0_10; c[o + U11] = c0_11; c[o + U12] = c0_12; c[o + U13] = c0_13; c[o + U14] = c0_14; c[o + U15] = c0_15
+        o += ldc
+        c[o] = c1_0; c[o + U1] = c1_1; c[o + U2] = c1_2; c[o + U3] = c1_3; c[o + U4] = c1_4; c[o + U5] = c1_5; c[o + U6] = c1_6; c[o + U7] = c1_7
+        c[o + U8] = c1_8; c[o + U9] = c1_9; c[o + U10] = c1_10; c[o + U11] = c1_11; c[o + U12] = c1_12; c[o + U13] = c1_13; c[o + U14] = c1_14; c[o + U15] = c1_15
+        o += ldc
+        c[o] = c2_0; c[o + U1] = c2_1; c[o + U2] = c2_2; c[o + U3] = c2_3; c[o + U4] = c2_4; c[o + U5] = c2_5; c[o + U6] = c2_6; c[o + U7] = c2_7
+        c[o + U8] = c2_8; c[o + U9] = c2_9; c[o + U10] = c2_10; c[o + U11] = c2_11; c[o + U12] = c2_12; c[o + U13] = c2_13; c[o + U14] = c2_14; c[o + U15] = c2_15
+        o += ldc
+        c[o] = c3_0; c[o + U1] = c3_1; c[o + U2] = c3_2; c[o + U3] = c3_3; c[o + U4] = c3_4; c[o + U5] = c3_5; c[o + U6] = c3_6; c[o + U7] = c3_7
+        c[o + U8] = c3_8; c[o + U9] = c3_9; c[o + U10] = c3_10; c[o + U11] = c3_11; c[o + U12] = c3_12; c[o + U13] = c3_13; c[o + U14] = c3_14; c[o + U15] = c3_15
+
+
+def micro_f32_sliver_strided(kc, ap, ao, ars, aks, bp, bo, bks, c, co, ldc, accumulate):
+    """C[co:] (+)= A (8 x kc: row i, step k at ap[ao + i*ars + k*aks]) @ B
+    (kc x 32: step k's 32 values from bp[bo + k*bks]) (only its 2 x 32 corner); no packing. The same
+    sums in the same order as the packed kernel (bit-identical results).
+    """
+    c0_0 = c0_1 = c0_2 = c0_3 = c0_4 = c0_5 = c0_6 = c0_7 = Z_f32
+    c0_8 = c0_9 = c0_10 = c0_11 = c0_12 = c0_13 = c0_14 = c0_15 = Z_f32
+    c0_16 = c0_17 = c0_18 = c0_19 = c0_20 = c0_21 = c0_22 = c0_23 = Z_f32
+    c0_24 = c0_25 = c0_26 = c0_27 = c0_28 = c0_29 = c0_30 = c0_31 = Z_f32
+    c1_0 = c1_1 = c1_2 = c1_3 = c1_4 = c1_5 = c1_6 = c1_7 = Z_f32
+    c1_8 = c1_9 = c1_10 = c1_11 = c1_12 = c1_13 = c1_14 = c1_15 = Z_f32
+    c1_16 = c1_17 = c1_18 = c1_19 = c1_20 = c1_21 = c1_22 = c1_23 = Z_f32
+    c1_24 = c1_25 = c1_26 = c1_27 = c1_28 = c1_29 = c1_30 = c1_31 = Z_f32
+    pa = ao
+    pb = bo
+    r1 = ars * U1
+    for _ in range(kc):
+        a0 = ap[pa]; a1 = ap[pa + r1]
+        b0 = bp[pb]; b1 = bp[pb + U1]; b2 = bp[pb + U2]; b3 = bp[pb + U3]; b4 = bp[pb + U4]; b5 = bp[pb + U5]; b6 = bp[pb + U6]; b7 = bp[pb + U7]
+        b8 = bp[pb + U8]; b9 = bp[pb + U9]; b10 = bp[pb + U10]; b11 = bp[pb + U11]; b12 = bp[pb + U12]; b13 = bp[pb + U13]; b14 = bp[pb + U14]; b15 = bp[pb + U15]
+        b16 = bp[pb + U16]; b17 = bp[pb + U17]; b18 = bp[pb + U18]; b19 = bp[pb + U19]; b20 = bp[pb + U20]; b21 = bp[pb + U21]; b22 = bp[pb + U22]; b23 = bp[pb + U23]
+        b24 = bp[pb + U24]; b25 = bp[pb + U25]; b26 = bp[pb + U26]; b27 = bp[pb + U27]; b28 = bp[pb + U28]; b29 = bp[pb + U29]; b30 = bp[pb + U30]; b31 = bp[pb + U31]
+        c0_0 += a0 * b0; c0_1 += a0 * b1; c0_2 += a0 * b2; c0_3 += a0 * b3; c0_4 += a0 * b4; c0_5 += a0 * b5; c0_6 += a0 * b6; c0_7 += a0 * b7
+        c0_8 += a0 * b8; c0_9 += a0 * b9; c0_10 += a0 * b10; c0_11 += a0 * b11; c0_12 += a0 * b12; c0_13 += a0 * b13; c0_14 += a0 * b14; c0_15 += a0 * b15
+        c0_16 += a0 * b16; c0_17 += a0 * b17; c0_18 += a0 * b18; c0_19 += a0 * b19; c0_20 += a0 * b20; c0_21 += a0 * b21; c0_22 += a0 * b22; c0_23 += a0 * b23
+        c0_24 += a0 * b24; c0_25 += a0 * b25; c0_26 += a0 * b26; c0_27 += a0 * b27; c0_28 += a0 * b28; c0_29 += a0 * b29; c0_30 += a0 * b30; c0_31 += a0 * b31
+        c1_0 += a1 * b0; c1_1 += a1 * b1; c1_2 += a1 * b2; c1_3 += a1 * b3; c1_4 += a1 * b4; c1_5 += a1 * b5; c1_6 += a1 * b6; c1_7 += a1 * b7
+        c1_8 += a1 * b8; c1_9 += a1 * b9; c1_10 += a1 * b10; c1_11 += a1 * b11; c1_12 += a1 * b12; c1_13 += a1 * b13; c1_14 += a1 * b14; c1_15 += a1 * b15
+        c1_16 += a1 * b16; c1_17 += a1 * b17; c1_18 += a1 * b18; c1_19 += a1 * b19; c1_20 += a1 * b20; c1_21 += a1 * b21; c1_22 += a1 * b22; c1_23 += a1 * b23
+        c1_24 += a1 * b24; c1_25 += a1 * b25; c1_26 += a1 * b26; c1_27 += a1 * b27; c1_28 += a1 * b28; c1_29 += a1 * b29; c1_30 += a1 * b30; c1_31 += a1 * b31
+        pa += aks
+        pb += bks
+    o = co
+    if accumulate:
+        c[o] += c0_0; c[o + U1] += c0_1; c[o + U2] += c0_2; c[o + U3] += c0_3; c[o + U4] += c0_4; c[o + U5] += c0_5; c[o + U6] += c0_6; c[o + U7] += c0_7
+        c[o + U8] += c0_8; c[o + U9] += c0_9; c[o + U10] += c0_10; c[o + U11] += c0_11; c[o + U12] += c0_12; c[o + U13] += c0_13; c[o + U14] += c0_14; c[o + U15] += c0_15
+        c[o + U16] += c0_16; c[o + U17] += c0_17; c[o + U18] += c0_18; c[o + U19] += c0_19; c[o + U20] += c0_20; c[o + U21] += c0_21; c[o + U22] += c0_22; c[o + U23] += c0_23
+        c[o + U24] += c0_24; c[o + U25] += c0_25; c[o + U26] += c0_26; c[o + U27] += c0_27; c[o + U28] += c0_28; c[o + U29] += c0_29; c[o + U30] += c0_30; c[o + U31] += c0_31
+        o += ldc
+        c[o] += c1_0; c[o + U1] += c1_1; c[o + U2] += c1_2; c[o + U3] += c1_3; c[o + U4] += c1_4; c[o + U5] += c1_5; c[o + U6] += c1_6; c[o + U7] += c1_7
+        c[o + U8] += c1_8; c[o + U9] += c1_9; c[o + U10] += c1_10; c[o + U11] += c1_11; c[o + U12] += c1_12; c[o + U13] += c1_13; c[o + U14] += c1_14; c[o + U15] += c1_15
+        c[o + U16] += c1_16; c[o + U17] += c1_17; c[o + U18] += c1_18; c[o + U19] += c1_19; c[o + U20] += c1_20; c[o + U21] += c1_21; c[o + U22] += c1_22; c[o + U23] += c1_23
+        c[o + U24] += c1_24; c[o + U25] += c1_25; c[o + U26] += c1_26; c[o + U27] += c1_27; c[o + U28] += c1_28; c[o + U29] += c1_29; c[o + U30] += c1_30; c[o + U31] += c1_31
+    else:
+        c[o] = c0_0; c[o + U1] = c0_1; c[o + U2] = c0_2; c[o + U3] = c0_3; c[o + U4] = c0_4; c[o + U5] = c0_5; c[o + U6] = c0_6; c[o + U7] = c0_7
+        c[o + U8] = c0_8; c[o + U9] = c0_9; c[o + U10] = c0_10; c[o + U11] = c0_11; c[o + U12] = c0_12; c[o + U13] = c0_13; c[o + U14] = c0_14; c[o + U15] = c0_15
+        c[o + U16] = c0_16; c[o + U17] = c0_17; c[o + U18] = c0_18; c[o + U19] = c0_19; c[o + U20] = c0_20; c[o + U21] = c0_21; c[o + U22] = c0_22; c[o + U23] = c0_23
+        c[o + U24] = c0_24; c[o + U25] = c0_25; c[o + U26] = c0_26; c[o + U27] = c0_27; c[o + U28] = c0_28; c[o + U29] = c0_29; c[o + U30] = c0_30; c[o + U31] = c0_31
+        o += ldc
+        c[o] = c1_0; c[o + U1] = c1_1; c[o + U2] = c1_2; c[o + U3] = c1_3; c[o + U4] = c1_4; c[o + U5] = c1_5; c[o + U6] = c1_6; c[o + U7] = c1_7
+        c[o + U8] = c1_8; c[o + U9] = c1_9; c[o + U10] = c1_10; c[o + U11] = c1_11; c[o + U12] = c1_12; c[o + U13] = c1_13; c[o + U14] = c1_14; c[o + U15] = c1_15
+        c[o + U16] = c1_16; c[o + U17] = c1_17; c[o + U18] = c1_18; c[o + U19] = c1_19; c[o + U20] = c1_20; c[o + U21] = c1_21; c[o + U22] = c1_22; c[o + U23] = c1_23
+        c[o + U24] = c1_24; c[o + U25] = c1_25; c[o + U26] = c1_26; c[o + U27] = c1_27; c[o + U28] = c1_28; c[o + U29] = c1_29; c[o + U30] = c1_30; c[o + U31] = c1_31
+
+
+def micro_f64_sliver_strided(kc, ap, ao, ars, aks, bp, bo, bks, c, co, ldc, accumulate):
+    """C[co:] (+)= A (8 x kc: row i, step k at ap[ao + i*ars + k*aks]) @ B
+    (kc x 16: step k's 16 values from bp[bo + k*bks]) (only its 2 x 16 corner); no packing. The same
+    sums in the same order as the packed kernel (bit-identical results).
+    """
+    c0_0 = c0_1 = c0_2 = c0_3 = c0_4 = c0_5 = c0_6 = c0_7 = Z_f64
+    c0_8 = c0_9 = c0_10 = c0_11 = c0_12 = c0_13 = c0_14 = c0_15 = Z_f64
+    c1_0 = c1_1 = c1_2 = c1_3 = c1_4 = c1_5 = c1_6 = c1_7 = Z_f64
+    c1_8 = c1_9 = c1_10 = c1_11 = c1_12 = c1_13 = c1_14 = c1_15 = Z_f64
+    pa = ao
+    pb = bo
+    r1 = ars * U1
+    for _ in range(kc):
+        a0 = ap[pa]; a1 = ap[pa + r1]
+        b0 = bp[pb]; b1 = bp[pb + U1]; b2 = bp[pb + U2]; b3 = bp[pb + U3]; b4 = bp[pb + U4]; b5 = bp[pb + U5]; b6 = bp[pb + U6]; b7 = bp[pb + U7]
+        b8 = bp[pb + U8]; b9 = bp[pb + U9]; b10 = bp[pb + U10]; b11 = bp[pb + U11]; b12 = bp[pb + U12]; b13 = bp[pb + U13]; b14 = bp[pb + U14]; b15 = bp[pb + U15]
+        c0_0 += a0 * b0; c0_1 += a0 * b1; c0_2 += a0 * b2; c0_3 += a0 * b3; c0_4 += a0 * b4; c0_5 += a0 * b5; c0_6 += a0 * b6; c0_7 += a0 * b7
+        c0_8 += a0 * b8; c0_9 += a0 * b9; c0_10 += a0 * b10; c0_11 += a0 * b11; c0_12 += a0 * b12; c0_13 += a0 * b13; c0_14 += a0 * b14; c0_15 += a0 * b15
+        c1_0 += a1 * b0; c1_1 += a1 * b1; c1_2 += a1 * b2; c1_3 += a1 * b3; c1_4 += a1 * b4; c1_5 += a1 * b5; c1_6 += a1 * b6; c1_7 += a1 * b7
+        c1_8 += a1 * b8; c1_9 += a1 * b9; c1_10 += a1 * b10; c1_11 += a1 * b11; c1_12 += a1 * b12; c1_13 += a1 * b13; c1_14 += a1 * b14; c1_15 += a1 * b15
+        pa += aks
+        pb += bks
+    o = co
+    if accumulate:
+        c[o] += c0_0; c[o + U1] += c0_1; c[o + U2] += c0_2; c[o + U3] += c0_3; c[o + U4] += c0_4; c[o + U5] += c0_5; c[o + U6] += c0_6; c[o + U7] += c0_7
+        c[o + U8] += c0_8; c[o + U9] += c0_9; c[o + U10] += c0_10; c[o + U11] += c0_11; c[o + U12] += c0_12; c[o + U13] += c0_13; c[o + U14] += c0_14; c[o + U15] += c0_15
+        o += ldc
+        c[o] += c1_0; c[o + U1] += c1_1; c[o + U2] += c1_2; c[o + U3] += c1_3; c[o + U4] += c1_4; c[o + U5] += c1_5; c[o + U6] += c1_6; c[o + U7] += c1_7
+        c[o + U8] += c1_8; c[o + U9] += c1_9; c[o + U10] += c1_10; c[o + U11] += c1_11; c[o + U12] += c1_12; c[o + U13] += c1_13; c[o + U14] += c1_14; c[o + U15] += c1_15
+    else:
+        c[o] = c0_0; c[o + U1] = c0_1; c[o + U2] = c0_2; c[o + U3] = c0_3; c[o + U4] = c0_4; c[o + U5] = c0_5; c[o + U6] = c0_6; c[o + U7] = c0_7
+        c[o + U8] = c0_8; c[o + U9] = c0_9; c[o + U10] = c0_10; c[o + U11] = c0_11; c[o + U12] = c0_12; c[o + U13] = c0_13; c[o + U14] = c0_14; c[o + U15] = c0_15
+        o += ldc
+        c[o] = c1_0; c[o + U1] = c1_1; c[o + U2] = c1_2; c[o + U3] = c1_3; c[o + U4] = c1_4; c[o + U5] = c1_5; c[o + U6] = c1_6; c[o + U7] = c1_7
+        c[o + U8] = c1_8; c[o + U9] = c1_9; c[o + U10] = c1_10; c[o + U11] = c1_11; c[o + U12] = c1_12; c[o + U13] = c1_13; c[o + U14] = c1_14; c[o + U15] = c1_15
+
+
+def micro_f32_narrow_strided(kc, ap, ao, ars, aks, bp, bo, bks, c, co, ldc, accumulate):
+    """C[co:] (+)= A (8 x kc: row i, step k at ap[ao + i*ars + k*aks]) @ B
+    (kc x 32: step k's 32 values from bp[bo + k*bks]) (only its 8 x 16 corner); no packing. The same
+    sums in the same order as the packed kernel (bit-identical results).
+    """
+    c0_0 = c0_1 = c0_2 = c0_3 = c0_4 = c0_5 = c0_6 = c0_7 = Z_f32
+    c0_8 = c0_9 = c0_10 = c0_11 = c0_12 = c0_13 = c0_14 = c0_15 = Z_f32
+    c1_0 = c1_1 = c1_2 = c1_3 = c1_4 = c1_5 = c1_6 = c1_7 = Z_f32
+    c1_8 = c1_9 = c1_10 = c1_11 = c1_12 = c1_13 = c1_14 = c1_15 = Z_f32
+    c2_0 = c2_1 = c2_2 = c2_3 = c2_4 = c2_5 = c2_6 = c2_7 = Z_f32
+    c2_8 = c2_9 = c2_10 = c2_11 = c2_12 = c2_13 = c2_14 = c2_15 = Z_f32
+    c3_0 = c3_1 = c3_2 = c3_3 = c3_4 = c3_5 = c3_6 = c3_7 = Z_f32
+    c3_8 = c3_9 = c3_10 = c3_11 = c3_12 = c3_13 = c3_14 = c3_15 = Z_f32
+    c4_0 = c4_1 = c4_2 = c4_3 = c4_4 = c4_5 = c4_6 = c4_7 = Z_f32
+    c4_8 = c4_9 = c4_10 = c4_11 = c4_12 = c4_13 = c4_14 = c4_15 = Z_f32
+    c5_0 = c5_1 = c5_2 = c5_3 = c5_4 = c5_5 = c5_6 = c5_7 = Z_f32
+    c5_8 = c5_9 = c5_10 = c5_11 = c5_12 = c5_13 = c5_14 = c5_15 = Z_f32
+    c6_0 = c6_1 = c6_2 = c6_3 = c6_4 = c6_5 = c6_6 = c6_7 = Z_f32
+    c6_8 = c6_9 = c6_10 = c6_11 = c6_12 = c6_13 = c6_14 = c6_15 = Z_f32
+    c7_0 = c7_1 = c7_2 = c7_3 = c7_4 = c7_5 = c7_6 = c7_7 = Z_f32
+    c7_8 = c7_9 = c7_10 = c7_11 = c7_12 = c7_13 = c7_14 = c7_15 = Z_f32
+    pa = ao
+    pb = bo
+    r1 = ars * U1
+    r2 = ars * U2
+    r3 = ars * U3
+    r4 = ars * U4
+    r5 = ars * U5
+    r6 = ars * U6
+    r7 = ars * U7
+    for _ in range(kc):
+        a0 = ap[pa]; a1 = ap[pa + r1]; a2 = ap[pa + r2]; a3 = ap[pa + r3]; a4 = ap[pa + r4]; a5 = ap[pa + r5]; a6 = ap[pa + r6]; a7 = ap[pa + r7]
+        b0 = bp[pb]; b1 = bp[pb + U1]; b2 = bp[pb + U2]; b3 = bp[pb + U3]; b4 = bp[pb + U4]; b5 = bp[pb + U5]; b6 = bp[pb + U6]; b7 = bp[pb + U7]
+        b8 = bp[pb + U8]; b9 = bp[pb + U9]; b10 = bp[pb + U10]; b11 = bp[pb + U11]; b12 = bp[pb + U12]; b13 = bp[pb + U13]; b14 = bp[pb + U14]; b15 = bp[pb + U15]
+        c0_0 += a0 * b0; c0_1 += a0 * b1; c0_2 += a0 * b2; c0_3 += a0 * b3; c0_4 += a0 * b4; c0_5 += a0 * b5; c0_6 += a0 * b6; c0_7 += a0 * b7
+        c0_8 += a0 * b8; c0_9 += a0 * b9; c0_10 += a0 * b10; c0_11 += a0 * b11; c0_12 += a0 * b12; c0_13 += a0 * b13; c0_14 += a0 * b14; c0_15 += a0 * b15
+        c1_0 += a1 * b0; c1_1 += a1 * b1; c1_2 += a1 * b2; c1_3 += a1 * b3; c1_4 += a1 * b4; c1_5 += a1 * b5; c1_6 += a1 * b6; c1_7 += a1 * b7
+        c1_8 += a1 * b8; c1_9 += a1 * b9; c1_10 += a1 * b10; c1_11 += a1 * b11; c1_12 += a1 * b12; c1_13 += a1 * b13; c1_14 += a1 * b14; c1_15 += a1 * b15
+        c2_0 += a2 * b0; c2_1 += a2 * b1; c2_2 += a2 * b2; c2_3 += a2 * b3; c2_4 += a2 * b4; c2_5 += a2 * b5; c2_6 += a2 * b6; c2_7 += a2 * b7
+        c2_8 += a2 * b8; c2_9 += a2 * b9; c2_10 += a2 * b10; c2_11 += a2 * b11; c2_12 += a2 * b12; c2_13 += a2 * b13; c2_14 += a2 * b14; c2_15 += a2 * b15
+        c3_0 += a3 * b0; c3_1 += a3 * b1; c3_2 += a3 * b2; c3_3 += a3 * b3; c3_4 += a3 * b4; c3_5 += a3 * b5; c3_6 += a3 * b6; c3_7 += a3 * b7
+        c3_8 += a3 * b8; c3_9 += a3 * b9; c3_10 += a3 * b10; c3_11 += a3 * b11; c3_12 += a3 * b12; c3_13 += a3 * b13; c3_14 += a3 * b14; c3_15 += a3 * b15
+        c4_0 += a4 * b0; c4_1 += a4 * b1; c4_2 += a4 * b2; c4_3 += a4 * b3; c4_4 += a4 * b4; c4_5 += a4 * b5; c4_6 += a4 * b6; c4_7 += a4 * b7
+        c4_8 += a4 * b8; c4_9 += a4 * b9; c4_10 += a4 * b10; c4_11 += a4 * b11; c4_12 += a4 * b12; c4_13 += a4 * b13; c4_14 += a4 * b14; c4_15 += a4 * b15
+        c5_0 += a5 * b0; c5_1 += a5 * b1; c5_2 += a5 * b2; c5_3 += a5 * b3; c5_4 += a5 * b4; c5_5 += a5 * b5; c5_6 += a5 * b6; c5_7 += a5 * b7
+        c5_8 += a5 * b8; c5_9 += a5 * b9; c5_10 += a5 * b10; c5_11 += a5 * b11; c5_12 += a5 * b12; c5_13 += a5 * b13; c5_14 += a5 * b14; c5_15 += a5 * b15
+        c6_0 += a6 * b0; c6_1 += a6 * b1; c6_2 += a6 * b2; c6_3 += a6 * b3; c6_4 += a6 * b4; c6_5 += a6 * b5; c6_6 += a6 * b6; c6_7 += a6 * b7
+        c6_8 += a6 * b8; c6_9 += a6 * b9; c6_10 += a6 * b10; c6_11 += a6 * b11; c6_12 += a6 * b12; c6_13 += a6 * b13; c6_14 += a6 * b14; c6_15 += a6 * b15
+        c7_0 += a7 * b0; c7_1 += a7 * b1; c7_2 += a7 * b2; c7_3 += a7 * b3; c7_4 += a7 * b4; c7_5 += a7 * b5; c7_6 += a7 * b6; c7_7 += a7 * b7
+        c7_8 += a7 * b8; c7_9 += a7 * b9; c7_10 += a7 * b10; c7_11 += a7 * b11; c7_12 += a7 * b12; c7_13 += a7 * b13; c7_14 += a7 * b14; c7_15 += a7 * b15
+        pa += aks
+        pb += bks
+    o = co
+    if accumulate:
+        c[o] += c0_0; c[o + U1] += c0_1; c[o + U2] += c0_2; c[o + U3] += c0_3; c[o + U4] += c0_4; c[o + U5] += c0_5; c[o + U6] += c0_6; c[o + U7] += c0_7
+        c[o + U8] += c0_8; c[o + U9] += c0_9; c[o + U10] += c0_10; c[o + U11] += c0_11; c[o + U12] += c0_12; c[o + U13] += c0_13; c[o + U14] += c0_14; c[o + U15] += c0_15
+        o += ldc
+        c[o] += c1_0; c[o + U1] += c1_1; c[o + U2] += c1_2; c[o + U3] += c1_3; c[o + U4] += c1_4; c[o + U5] += c1_5; c[o + U6] += c1_6; c[o + U7] += c1_7
+        c[o + U8] += c1_8; c[o + U9] += c1_9; c[o + U10] += c1_10; c[o + U11] += c1_11; c[o + U12] += c1_12; c[o + U13] += c1_13; c[o + U14] += c1_14; c[o + U15] += c1_15
+        o += ldc
+        c[o] += c2_0; c[o + U1] += c2_1; c[o + U2] += c2_2; c[o + U3] += c2_3; c[o + U4] += c2_4; c[o + U5] += c2_5; c[o + U6] += c2_6; c[o + U7] += c2_7
+        c[o + U8] += c2_8; c[o + U9] += c2_9; c[o + U10] += c2_10; c[o + U11] += c2_11; c[o + U12] += c2_12; c[o + U13] += c2_13; c[o + U14] += c2_14; c[o + U15] += c2_15
+        o += ldc
+        c[o] += c3_0; c[o + U1] += c3_1; c[o + U2] += c3_2; c[o + U3] += c3_3; c[o + U4] += c3_4; c[o + U5] += c3_5; c[o + U6] += c3_6; c[o + U7] += c3_7
+        c[o + U8] += c3_8; c[o + U9] += c3_9; c[o + U10] += c3_10; c[o + U11] += c3_11; c[o + U12] += c3_12; c[o + U13] += c3_13; c[o + U14] += c3_14; c[o + U15] += c3_15
+        o += ldc
+        c[o] += c4_0; c[o + U1] += c4_1; c[o + U2] += c4_2; c[o + U3] += c4_3; c[o + U4] += c4_4; c[o + U5] += c4_5; c[o + U6] += c4_6; c[o + U7] += c4_7
+        c[o + U8] += c4_8; c[o + U9] += c4_9; c[o + U10] += c4_10; c[o + U11] += c4_11; c[o + U12] += c4_12; c[o + U13] += c4_13; c[o + U14] += c4_14; c[o + U15] += c4_15
+        o += ldc
+        c[o] += c5_0; c[o + U1] += c5_1; c[o + U2] += c5_2; c[o + U3] += c5_3; c[o + U4] += c5_4; c[o + U5] += c5_5; c[o + U6] += c5_6; c[o + U7] += c5_7
+        c[o + U8] += c5_8; c[o + U9] += c5_9; c[o + U10] += c5_10; c[o + U11] += c5_11; c[o + U12] += c5_12; c[o + U13] += c5_13; c[o + U14] += c5_14; c[o + U15] += c5_15
+        o += ldc
+        c[o] += c6_0; c[o + U1] += c6_1; c[o + U2] += c6_2; c[o + U3] += c6_3; c[o + U4] += c6_4; c[o + U5] += c6_5; c[o + U6] += c6_6; c[o + U7] += c6_7
+        c[o + U8] += c6_8; c[o + U9] += c6_9; c[o + U10] += c6_10; c[o + U11] += c6_11; c[o + U12] += c6_12; c[o + U13] += c6_13; c[o + U14] += c6_14; c[o + U15] += c6_15
+        o += ldc
+        c[o] += c7_0; c[o + U1] += c7_1; c[o + U2] += c7_2; c[o + U3] += c7_3; c[o + U4] += c7_4; c[o + U5] += c7_5; c[o + U6] += c7_6; c[o + U7] += c7_7
+        c[o + U8] += c7_8; c[o + U9] += c7_9; c[o + U10] += c7_10; c[o + U11] += c7_11; c[o + U12] += c7_12; c[o + U13] += c7_13; c[o + U14] += c7_14; c[o + U15] += c7_15
+    else:
+        c[o] = c0_0; c[o + U1] = c0_1; c[o + U2] = c0_2; c[o + U3] = c0_3; c[o + U4] = c0_4; c[o + U5] = c0_5; c[o + U6] = c0_6; c[o + U7] = c0_7
+        c[o + U8] = c0_8; c[o + U9] = c0_9; c[o + U10] = c0_10; c[o + U11] = c0_11; c[o + U12] = c0_12; c[o + U13] = c0_13; c[o + U14] = c0_14; c[o + U15] = c0_15
+        o += ldc
+        c[o] = c1_0; c[o + U1] = c1_1; c[o + U2] = c1_2; c[o + U3] = c1_3; c[o + U4] = c1_4; c[o + U5] = c1_5; c[o + U6] = c1_6; c[o + U7] = c1_7
+        c[o + U8] = c1_8; c[o + U9] = c1_9; c[o + U10] = c1_10; c[o + U11] = c1_11; c[o + U12] = c1_12; c[o + U13] = c1_13; c[o + U14] = c1_14; c[o + U15] = c1_15
+        o += ldc
+        c[o] = c2_0; c[o + U1] = c2_1; c[o + U2] = c2_2; c[o + U3] = c2_3; c[o + U4] = c2_4; c[o + U5] = c2_5; c[o + U6] = c2_6; c[o + U7] = c2_7
+        c[o + U8] = c2_8; c[o + U9] = c2_9; c[o + U10] = c2_10; c[o + U11] = c2_11; c[o + U12] = c2_12; c[o + U13] = c2_13; c[o + U14] = c2_14; c[o + U15] = c2_15
+        o += ldc
+        c[o] = c3_0; c[o + U1] = c3_1; c[o + U2] = c3_2; c[o + U3] = c3_3; c[o + U4] = c3_4; c[o + U5] = c3_5; c[o + U6] = c3_6; c[o + U7] = c3_7
+        c[o + U8] = c3_8; c[o + U9] = c3_9; c[o + U10] = c3_10; c[o + U11] = c3_11; c[o + U12] = c3_12; c[o + U13] = c3_13; c[o + U14] = c3_14; c[o + U15] = c3_15
+        o += ldc
+        c[o] = c4_0; c[o + U1] = c4_1; c[o + U2] = c4_2; c[o + U3] = c4_3; c[o + U4] = c4_4; c[o + U5] = c4_5; c[o + U6] = c4_6; c[o + U7] = c4_7
+        c[o + U8] = c4_8; c[o + U9] = c4_9; c[o + U10] = c4_10; c[o + U11] = c4_11; c[o + U12] = c4_12; c[o + U13] = c4_13; c[o + U14] = c4_14; c[o + U15] = c4_15
+        o += ldc
+        c[o] = c5_0; c[o + U1] = c5_1; c[o + U2] = c5_2; c[o + U3] = c5_3; c[o + U4] = c5_4; c[o + U5] = c5_5; c[o + U6] = c5_6; c[o + U7] = c5_7
+        c[o + U8] = c5_8; c[o + U9] = c5_9; c[o + U10] = c5_10; c[o + U11] = c5_11; c[o + U12] = c5_12; c[o + U13] = c5_13; c[o + U14] = c5_14; c[o + U15] = c5_15
+        o += ldc
+        c[o] = c6_0; c[o + U1] = c6_1; c[o + U2] = c6_2; c[o + U3] = c6_3; c[o + U4] = c6_4; c[o + U5] = c6_5; c[o + U6] = c6_6; c[o + U7] = c6_7
+        c[o + U8] = c6_8; c[o + U9] = c6_9; c[o + U10] = c6_10; c[o + U11] = c6_11; c[o + U12] = c6_12; c[o + U13] = c6_13; c[o + U14] = c6_14; c[o + U15] = c6_15
+        o += ldc
+        c[o] = c7_0; c[o + U1] = c7_1; c[o + U2] = c7_2; c[o + U3] = c7_3; c[o + U4] = c7_4; c[o + U5] = c7_5; c[o + U6] = c7_6; c[o + U7] = c7_7
+        c[o + U8] = c7_8; c[o + U9] = c7_9; c[o + U10] = c7_10; c[o + U11] = c7_11; c[o + U12] = c7_12; c[o + U13] = c7_13; c[o + U14] = c7_14; c[o + U15] = c7_15
+
+
+def micro_f64_narrow_strided(kc, ap, ao, ars, aks, bp, bo, bks, c, co, ldc, accumulate):
+    """C[co:] (+)= A (8 x kc: row i, step k at ap[ao + i*ars + k*aks]) @ B
+    (kc x 16: step k's 16 values from bp[bo + k*bks]) (only its 8 x 8 corner); no packing. The same
+    sums in the same order as the packed kernel (bit-identical results).
+    """
+    c0_0 = c0_1 = c0_2 = c0_3 = c0_4 = c0_5 = c0_6 = c0_7 = Z_f64
+    c1_0 = c1_1 = c1_2 = c1_3 = c1_4 = c1_5 = c1_6 = c1_7 = Z_f64
+    c2_0 = c2_1 = c2_2 = c2_3 = c2_4 = c2_5 = c2_6 = c2_7 = Z_f64
+    c3_0 = c3_1 = c3_2 = c3_3 = c3_4 = c3_5 = c3_6 = c3_7 = Z_f64
+    c4_0 = c4_1 = c4_2 = c4_3 = c4_4 = c4_5 = c4_6 = c4_7 = Z_f64
+    c5_0 = c5_1 = c5_2 = c5_3 = c5_4 = c5_5 = c5_6 = c5_7 = Z_f64
+    c6_0 = c6_1 = c6_2 = c6_3 = c6_4 = c6_5 = c6_6 = c6_7 = Z_f64
+    c7_0 = c7_1 = c7_2 = c7_3 = c7_4 = c7_5 = c7_6 = c7_7 = Z_f64
+    pa = ao
+    pb = bo
+    r1 = ars * U1
+    r2 = ars * U2
+    r3 = ars * U3
+    r4 = ars * U4
+    r5 = ars * U5
+    r6 = ars * U6
+    r7 = ars * U7
+    for _ in range(kc):
+        a0 = ap[pa]; a1 = ap[pa + r1]; a2 = ap[pa + r2]; a3 = ap[pa + r3]; a4 = ap[pa + r4]; a5 = ap[pa + r5]; a6 = ap[pa + r6]; a7 = ap[pa + r7]
+        b0 = bp[pb]; b1 = bp[pb + U1]; b2 = bp[pb + U2]; b3 = bp[pb + U3]; b4 = bp[pb + U4]; b5 = bp[pb + U5]; b6 = bp[pb + U6]; b7 = bp[pb + U7]
+        c0_0 += a0 * b0; c0_1 += a0 * b1; c0_2 += a0 * b2; c0_3 += a0 * b3; c0_4 += a0 * b4; c0_5 += a0 * b5; c0_6 += a0 * b6; c0_7 += a0 * b7
+        c1_0 += a1 * b0; c1_1 += a1 * b1; c1_2 += a1 * b2; c1_3 += a1 * b3; c1_4 += a1 * b4; c1_5 += a1 * b5; c1_6 += a1 * b6; c1_7 += a1 * b7
+        c2_0 += a2 * b0; c2_1 += a2 * b1; c2_2 += a2 * b2; c2_3 += a2 * b3; c2_4 += a2 * b4; c2_5 += a2 * b5; c2_6 += a2 * b6; c2_7 += a2 * b7
+        c3_0 += a3 * b0; c3_1 += a3 * b1; c3_2 += a3 * b2; c3_3 += a3 * b3; c3_4 += a3 * b4; c3_5 += a3 * b5; c3_6 += a3 * b6; c3_7 += a3 * b7
+        c4_0 += a4 * b0; c4_1 += a4 * b1; c4_2 += a4 * b2; c4_3 += a4 * b3; c4_4 += a4 * b4; c4_5 += a4 * b5; c4_6 += a4 * b6; c4_7 += a4 * b7
+        c5_0 += a5 * b0; c5_1 += a5 * b1; c5_2 += a5 * b2; c5_3 += a5 * b3; c5_4 += a5 * b4; c5_5 += a5 * b5; c5_6 += a5 * b6; c5_7 += a5 * b7
+        c6_0 += a6 * b0; c6_1 += a6 * b1; c6_2 += a6 * b2; c6_3 += a6 * b3; c6_4 += a6 * b4; c6_5 += a6 * b5; c6_6 += a6 * b6; c6_7 += a6 * b7
+        c7_0 += a7 * b0; c7_1 += a7 * b1; c7_2 += a7 * b2; c7_3 += a7 * b3; c7_4 += a7 * b4; c7_5 += a7 * b5; c7_6 += a7 * b6; c7_7 += a7 * b7
+        pa += aks
+        pb += bks
+    o = co
+    if accumulate:
+        c[o] += c0_0; c[o + U1] += c0_1; c[o + U2] += c0_2; c[o + U3] += c0_3; c[o + U4] += c0_4; c[o + U5] += c0_5; c[o + U6] += c0_6; c[o + U7] += c0_7
+        o += ldc
+        c[o] += c1_0; c[o + U1] += c1_1; c[o + U2] += c1_2; c[o + U3] += c1_3; c[o + U4] += c1_4; c[o + U5] += c1_5; c[o + U6] += c1_6; c[o + U7] += c1_7
+        o += ldc
+        c[o] += c2_0; c[o + U1] += c2_1; c[o + U2] += c2_2; c[o + U3] += c2_3; c[o + U4] += c2_4; c[o + U5] += c2_5; c[o + U6] += c2_6; c[o + U7] += c2_7
+        o += ldc
+        c[o] += c3_0; c[o + U1] += c3_1; c[o + U2] += c3_2; c[o + U3] += c3_3; c[o + U4] += c3_4; c[o + U5] += c3_5; c[o + U6] += c3_6; c[o + U7] += c3_7
+        o += ldc
+        c[o] += c4_0; c[o + U1] += c4_1; c[o + U2] += c4_2; c[o + U3] += c4_3; c[o + U4] += c4_4; c[o + U5] += c4_5; c[o + U6] += c4_6; c[o + U7] += c4_7
+        o += ldc
+        c[o] += c5_0; c[o + U1] += c5_1; c[o + U2] += c5_2; c[o + U3] += c5_3; c[o + U4] += c5_4; c[o + U5] += c5_5; c[o + U6] += c5_6; c[o + U7] += c5_7
+        o += ldc
+        c[o] += c6_0; c[o + U1] += c6_1; c[o + U2] += c6_2; c[o + U3] += c6_3; c[o + U4] += c6_4; c[o + U5] += c6_5; c[o + U6] += c6_6; c[o + U7] += c6_7
+        o += ldc
+        c[o] += c7_0; c[o + U1] += c7_1; c[o + U2] += c7_2; c[o + U3] += c7_3; c[o + U4] += c7_4; c[o + U5] += c7_5; c[o + U6] += c7_6; c[o + U7] += c7_7
+    else:
+        c[o] = c0_0; c[o + U1] = c0_1; c[o + U2] = c0_2; c[o + U3] = c0_3; c[o + U4] = c0_4; c[o + U5] = c0_5; c[o + U6] = c0_6; c[o + U7] = c0_7
+        o += ldc
+        c[o] = c1_0; c[o + U1] = c1_1; c[o + U2] = c1_2; c[o + U3] = c1_3; c[o + U4] = c1_4; c[o + U5] = c1_5; c[o + U6] = c1_6; c[o + U7] = c1_7
+        o += ldc
+        c[o] = c2_0; c[o + U1] = c2_1; c[o + U2] = c2_2; c[o + U3] = c2_3; c[o + U4] = c2_4; c[o + U5] = c2_5; c[o + U6] = c2_6; c[o + U7] = c2_7
+        o += ldc
+        c[o] = c3_0; c[o + U1] = c3_1; c[o + U2] = c3_2; c[o + U3] = c3_3; c[o + U4] = c3_4; c[o + U5] = c3_5; c[o + U6] = c3_6; c[o + U7] = c3_7
+        o += ldc
+        c[o] = c4_0; c[o + U1] = c4_1; c[o + U2] = c4_2; c[o + U3] = c4_3; c[o + U4] = c4_4; c[o + U5] = c4_5; c[o + U6] = c4_6; c[o + U7] = c4_7
+        o += ldc
+        c[o] = c5_0; c[o + U1] = c5_1; c[o + U2] = c5_2; c[o + U3] = c5_3; c[o + U4] = c5_4; c[o + U5] = c5_5; c[o + U6] = c5_6; c[o + U7] = c5_7
+        o += ldc
+        c[o] = c6_0; c[o + U1] = c6_1; c[o + U2] = c6_2; c[o + U3] = c6_3; c[o + U4] = c6_4; c[o + U5] = c6_5; c[o + U6] = c6_6; c[o + U7] = c6_7
+        o += ldc
+        c[o] = c7_0; c[o + U1] = c7_1; c[o + U2] = c7_2; c[o + U3] = c7_3; c[o + U4] = c7_4; c[o + U5] = c7_5; c[o + U6] = c7_6; c[o + U7] = c7_7
+
+
+def micro_f32_corner_strided(kc, ap, ao, ars, aks, bp, bo, bks, c, co, ldc, accumulate):
+    """C[co:] (+)= A (8 x kc: row i, step k at ap[ao + i*ars + k*aks]) @ B
+    (kc x 32: step k's 32 values from bp[bo + k*bks]) (only its 4 x 16 corner); no packing. The same
+    sums in the same order as the packed kernel (bit-identical results).
+    """
+    c0_0 = c0_1 = c0_2 = c0_3 = c0_4 = c0_5 = c0_6 = c0_7 = Z_f32
+    c0_8 = c0_9 = c0_10 = c0_11 = c0_12 = c0_13 = c0_14 = c0_15 = Z_f32
+    c1_0 = c1_1 = c1_2 = c1_3 = c1_4 = c1_5 = c1_6 = c1_7 = Z_f32
+    c1_8 = c1_9 = c1_10 = c1_11 = c1_12 = c1_13 = c1_14 = c1_15 = Z_f32
+    c2_0 = c2_1 = c2_2 = c2_3 = c2_4 = c2_5 = c2_6 = c2_7 = Z_f32
+    c2_8 = c2_9 = c2_10 = c2_11 = c2_12 = c2_13 = c2_14 = c2_15 = Z_f32
+    c3_0 = c3_1 = c3_2 = c3_3 = c3_4 = c3_5 = c3_6 = c3_7 = Z_f32
+    c3_8 = c3_9 = c3_10 = c3_11 = c3_12 = c3_13 = c3_14 = c3_15 = Z_f32
+    pa = ao
+    pb = bo
+    r1 = ars * U1
+    r2 = ars * U2
+    r3 = ars * U3
+    for _ in range(kc):
+        a0 = ap[pa]; a1 = ap[pa + r1]; a2 = ap[pa + r2]; a3 = ap[pa + r3]
+        b0 = bp[pb]; b1 = bp[pb + U1]; b2 = bp[pb + U2]; b3 = bp[pb + U3]; b4 = bp[pb + U4]; b5 = bp[pb + U5]; b6 = bp[pb + U6]; b7 = bp[pb + U7]
+        b8 = bp[pb + U8]; b9 = bp[pb + U9]; b10 = bp[pb + U10]; b11 = bp[pb + U11]; b12 = bp[pb + U12]; b13 = bp[pb + U13]; b14 = bp[pb + U14]; b15 = bp[pb + U15]
+        c0_0 += a0 * b0; c0_1 += a0 * b1; c0_2 += a0 * b2; c0_3 += a0 * b3; c0_4 += a0 * b4; c0_5 += a0 * b5; c0_6 += a0 * b6; c0_7 += a0 * b7
+        c0_8 += a0 * b8; c0_9 += a0 * b9; c0_10 += a0 * b10; c0_11 += a0 * b11; c0_12 += a0 * b12; c0_13 += a0 * b13; c0_14 += a0 * b14; c0_15 += a0 * b15
+        c1_0 += a1 * b0; c1_1 += a1 * b1; c1_2 += a1 * b2; c1_3 += a1 * b3; c1_4 += a1 * b4; c1_5 += a1 * b5; c1_6 += a1 * b6; c1_7 += a1 * b7
+        c1_8 += a1 * b8; c1_9 += a1 * b9; c1_10 += a1 * b10; c1_11 += a1 * b11; c1_12 += a1 * b12; c1_13 += a1 * b13; c1_14 += a1 * b14; c1_15 += a1 * b15
+        c2_0 += a2 * b0; c2_1 += a2 * b1; c2_2 += a2 * b2; c2_3 += a2 * b3; c2_4 += a2 * b4; c2_5 += a2 * b5; c2_6 += a2 * b6; c2_7 += a2 * b7
+        c2_8 += a2 * b8; c2_9 += a2 * b9; c2_10 += a2 * b10; c2_11 += a2 * b11; c2_12 += a2 * b12; c2_13 += a2 * b13; c2_14 += a2 * b14; c2_15 += a2 * b15
+        c3_0 += a3 * b0; c3_1 += a3 * b1; c3_2 += a3 * b2; c3_3 += a3 * b3; c3_4 += a3 * b4; c3_5 += a3 * b5; c3_6 += a3 * b6; c3_7 += a3 * b7
+        c3_8 += a3 * b8; c3_9 += a3 * b9; c3_10 += a3 * b10; c3_11 += a3 * b11; c3_12 += a3 * b12; c3_13 += a3 * b13; c3_14 += a3 * b14; c3_15 += a3 * b15
+        pa += aks
+        pb += bks
+    o = co
+    if accumulate:
+        c[o] += c0_0; c[o + U1] += c0_1; c[o + U2] += c0_2; c[o + U3] += c0_3; c[o + U4] += c0_4; c[o + U5] += c0_5; c[o + U6] += c0_6; c[o + U7] += c0_7
+        c[o + U8] += c0_8; c[o + U9] += c0_9; c[o + U10] += c0_10; c[o + U11] += c0_11; c[o + U12] += c0_12; c[o + U13] += c0_13; c[o + U14] += c0_14; c[o + U15] += c0_15
+        o += ldc
+        c[o] += c1_0; c[o + U1] += c1_1; c[o + U2] += c1_2; c[o + U3] += c1_3; c[o + U4] += c1_4; c[o + U5] += c1_5; c[o + U6] += c1_6; c[o + U7] += c1_7
+        c[o + U8] += c1_8; c[o + U9] += c1_9; c[o + U10] += c1_10; c[o + U11] += c1_11; c[o + U12] += c1_12; c[o + U13] += c1_13; c[o + U14] += c1_14; c[o + U15] += c1_15
+        o += ldc
+        c[o] += c2_0; c[o + U1] += c2_1; c[o + U2] += c2_2; c[o + U3] += c2_3; c[o + U4] += c2_4; c[o + U5] += c2_5; c[o + U6] += c2_6; c[o + U7] += c2_7
+        c[o + U8] += c2_8; c[o + U9] += c2_9; c[o + U10] += c2_10; c[o + U11] += c2_11; c[o + U12] += c2_12; c[o + U13] += c2_13; c[o + U14] += c2_14; c[o + U15] += c2_15
+        o += ldc
+        c[o] += c3_0; c[o + U1] += c3_1; c[o + U2] += c3_2; c[o + U3] += c3_3; c[o + U4] += c3_4; c[o + U5] += c3_5; c[o + U6] += c3_6; c[o + U7] += c3_7
+        c[o + U8] += c3_8; c[o + U9] += c3_9; c[o + U10] += c3_10; c[o + U11] += c3_11; c[o + U12] += c3_12; c[o + U13] += c3_13; c[o + U14] += c3_14; c[o + U15] += c3_15
+    else:
+        c[o] = c0_0; c[o + U1] = c0_1; c[o + U2] = c0_2; c[o + U3] = c0_3; c[o + U4] = c0_4; c[o + U5] = c0_5; c[o + U6] = c0_6; c[o + U7] = c0_7
+        c[o + U8] = c0_8; c[o + U9] = c0_9; c[o + U10] = c0_10; c[o + U11] = c0_11; c[o + U12] = c0_12; c[o + U13] = c0_13; c[o + U14] = c0_14; c[o + U15] = c0_15
+        o += ldc
+        c[o] = c1_0; c[o + U1] = c1_1; c[o + U2] = c1_2; c[o + U3] = c1_3; c[o + U4] = c1_4; c[o + U5] = c1_5; c[o + U6] = c1_6; c[o + U7] = c1_7
+        c[o + U8] = c1_8; c[o + U9] = c1_9; c[o + U10] = c1_10; c[o + U11] = c1_11; c[o + U12] = c1_12; c[o + U13] = c1_13; c[o + U14] = c1_14; c[o + U15] = c1_15
+        o += ldc
+        c[o] = c2_0; c[o + U1] = c2_1; c[o + U2] = c2_2; c[o + U3] = c2_3; c[o + U4] = c2_4; c[o + U5] = c2_5; c[o + U6] = c2_6; c[o + U7] = c2_7
+        c[o + U8] = c2_8; c[o + U9] = c2_9; c[o + U10] = c2_10; c[o + U11] = c2_11; c[o + U12] = c2_12; c[o + U13] = c2_13; c[o + U14] = c2_14; c[o + U15] = c2_15
+        o += ldc
+        c[o] = c3_0; c[o + U1] = c3_1; c[o + U2] = c3_2; c[o + U3] = c3_3; c[o + U4] = c3_4; c[o + U5] = c3_5; c[o + U6] = c3_6; c[o + U7] = c3_7
+        c[o + U8] = c3_8; c[o + U9] = c3_9; c[o + U10] = c3_10; c[o + U11] = c3_11; c[o + U12] = c3_12; c[o + U13] = c3_13; c[o + U14] = c3_14; c[o + U15] = c3_15
+
+
+def micro_f64_corner_strided(kc, ap, ao, ars, aks, bp, bo, bks, c, co, ldc, accumulate):
+    """C[co:] (+)= A (8 x kc: row i, step k at ap[ao + i*ars + k*aks]) @ B
+    (kc x 16: step k's 16 values from bp[bo + k*bks]) (only its 4 x 8 corner); no packing. The same
+    sums in the same order as the packed kernel (bit-identical results).
+    """
+    c0_0 = c0_1 = c0_2 = c0_3 = c0_4 = c0_5 = c0_6 = c0_7 = Z_f64
+    c1_0 = c1_1 = c1_2 = c1_3 = c1_4 = c1_5 = c1_6 = c1_7 = Z_f64
+    c2_0 = c2_1 = c2_2 = c2_3 = c2_4 = c2_5 = c2_6 = c2_7 = Z_f64
+    c3_0 = c3_1 = c3_2 = c3_3 = c3_4 = c3_5 = c3_6 = c3_7 = Z_f64
+    pa = ao
+    pb = bo
+    r1 = ars * U1
+    r2 = ars * U2
+    r3 = ars * U3
+    for _ in range(kc):
+        a0 = ap[pa]; a1 = ap[pa + r1]; a2 = ap[pa + r2]; a3 = ap[pa + r3]
+        b0 = bp[pb]; b1 = bp[pb + U1]; b2 = bp[pb + U2]; b3 = bp[pb + U3]; b4 = bp[pb + U4]; b5 = bp[pb + U5]; b6 = bp[pb + U6]; b7 = bp[pb + U7]
+        c0_0 += a0 * b0; c0_1 += a0 * b1; c0_2 += a0 * b2; c0_3 += a0 * b3; c0_4 += a0 * b4; c0_5 += a0 * b5; c0_6 += a0 * b6; c0_7 += a0 * b7
+        c1_0 += a1 * b0; c1_1 += a1 * b1; c1_2 += a1 * b2; c1_3 += a1 * b3; c1_4 += a1 * b4; c1_5 += a1 * b5; c1_6 += a1 * b6; c1_7 += a1 * b7
+        c2_0 += a2 * b0; c2_1 += a2 * b1; c2_2 += a2 * b2; c2_3 += a2 * b3; c2_4 += a2 * b4; c2_5 += a2 * b5; c2_6 += a2 * b6; c2_7 += a2 * b7
+        c3_0 += a3 * b0; c3_1 += a3 * b1; c3_2 += a3 * b2; c3_3 += a3 * b3; c3_4 += a3 * b4; c3_5 += a3 * b5; c3_6 += a3 * b6; c3_7 += a3 * b7
+        pa += aks
+        pb += bks
+    o = co
+    if accumulate:
+        c[o] += c0_0; c[o + U1] += c0_1; c[o + U2] += c0_2; c[o + U3] += c0_3; c[o + U4] += c0_4; c[o + U5] += c0_5; c[o + U6] += c0_6; c[o + U7] += c0_7
+        o += ldc
+        c[o] += c1_0; c[o + U1] += c1_1; c[o + U2] += c1_2; c[o + U3] += c1_3; c[o + U4] += c1_4; c[o + U5] += c1_5; c[o + U6] += c1_6; c[o + U7] += c1_7
+        o += ldc
+        c[o] += c2_0; c[o + U1] += c2_1; c[o + U2] += c2_2; c[o + U3] += c2_3; c[o + U4] += c2_4; c[o + U5] += c2_5; c[o + U6] += c2_6; c[o + U7] += c2_7
+        o += ldc
+        c[o] += c3_0; c[o + U1] += c3_1; c[o + U2] += c3_2; c[o + U3] += c3_3; c[o + U4] += c3_4; c[o + U5] += c3_5; c[o + U6] += c3_6; c[o + U7] += c3_7
+    else:
+        c[o] = c0_0; c[o + U1] = c0_1; c[o + U2] = c0_2; c[o + U3] = c0_3; c[o + U4] = c0_4; c[o + U5] = c0_5; c[o + U6] = c0_6; c[o + U7] = c0_7
+        o += ldc
+        c[o] = c1_0; c[o + U1] = c1_1; c[o + U2] = c1_2; c[o + U3] = c1_3; c[o + U4] = c1_4; c[o + U5] = c1_5; c[o + U6] = c1_6; c[o + U7] = c1_7
+        o += ldc
+        c[o] = c2_0; c[o + U1] = c2_1; c[o + U2] = c2_2; c[o + U3] = c2_3; c[o + U4] = c2_4; c[o + U5] = c2_5; c[o + U6] = c2_6; c[o + U7] = c2_7
+        o += ldc
+        c[o] = c3_0; c[o + U1] = c3_1; c[o + U2] = c3_2; c[o + U3] = c3_3; c[o + U4] = c3_4; c[o + U5] = c3_5; c[o + U6] = c3_6; c[o + U7] = c3_7

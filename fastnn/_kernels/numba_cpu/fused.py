@@ -6,7 +6,7 @@ from numba import njit
 
 from . import activations
 from ._math import FM
-from .gemm import _fill_rows, _gemm_into, matmul
+from .gemm import _aligned_empty, _fill_rows, _gemm_into, matmul
 
 
 @njit(cache=True, fastmath=FM, error_model="numpy")
@@ -29,7 +29,7 @@ def _column_sums_into(dy, db, accumulate):
 def linear_act(x, w, b, activation, alpha=0.01):
     """activation(x @ w.T + b): the bias seeds C, the GEMM adds into it, and the
     activation runs over C while it is still in cache."""
-    c = np.empty((x.shape[0], w.shape[0]), dtype=x.dtype)
+    c = _aligned_empty(x.shape[0], w.shape[0], x)
     if b is None:
         _gemm_into(x, w, c, False, True)
     else:

@@ -8,7 +8,10 @@ microkernel of _micro.py. Packing reads op(A) and op(B) through the transpose
 flags, so x.T @ g and g @ W.T run without copies. Edge tiles are zero-padded in
 the packed buffers and computed into a scratch tile, of which only the valid
 part reaches C. Two threads or more split C's rows (or columns, when that
-duplicates less packing) between them when the product is big enough.
+duplicates less packing) between them when the product is big enough. Small
+products run unpacked (_gemm_direct), their ragged edges by smaller kernels
+(sliver, short, narrow, corner); backend.matmul's small calls are one compiled
+call (_matmul_small) into a C aligned to a 64-byte line.
 
 Tile (MR x NR) and block (KC, MC, NC) sizes are TILES["numba"] of
 fastnn/_kernels/tiles.py, the table _micro.py is generated from.
@@ -54,13 +57,47 @@ def _micro_kernel_impl(kc, ap, ao, bp, bo, c, co, ldc, accumulate):
 
 
 def _micro_strided(kc, ap, ao, ars, aks, bp, bo, bks, c, co, ldc, accumulate):
-    """Placeholder resolved at compile time to _micro.micro_f32_strided / micro_f64_strided."""
+    """Placeholder resolved at compile time to _micro.micro_f32_strided / micro_f64_strided
+    (a full tile: called straight, not through _micro_window's choice, one call a tile)."""
     raise NotImplementedError
 
 
 @overload(_micro_strided, jit_options={"fastmath": FM})
 def _micro_strided_impl(kc, ap, ao, ars, aks, bp, bo, bks, c, co, ldc, accumulate):
     return _micro.micro_f32_strided if ap.dtype == types.float32 else _micro.micro_f64_strided
+
+
+def _micro_window(kc, ap, ao, ars, aks, bp, bo, bks, c, co, ldc, accumulate, rows, narrow):
+    """Placeholder: the strided kernel of a tile window: its top `rows` rows (MR, MR/2 or
+    MR/4), and only its left NR/2 columns when narrow."""
+    raise NotImplementedError
+
+
+# The compiled strided kernels per dtype tag: sliver, corner, short, narrow, full.
+_WINDOW_KERNELS = {
+    tag: [njit(cache=True, fastmath=FM, error_model="numpy")(
+        getattr(_micro, f"micro_{tag}{edge}_strided"))
+          for edge in ("_sliver", "_corner", "_short", "_narrow", "")]
+    for tag in ("f32", "f64")}
+
+
+@overload(_micro_window, jit_options={"fastmath": FM})
+def _micro_window_impl(kc, ap, ao, ars, aks, bp, bo, bks, c, co, ldc, accumulate, rows, narrow):
+    tag = "f32" if ap.dtype == types.float32 else "f64"
+    (sliver, corner, short, narrow_k, full), mr = _WINDOW_KERNELS[tag], getattr(_micro, "MR_" + tag)
+
+    def impl(kc, ap, ao, ars, aks, bp, bo, bks, c, co, ldc, accumulate, rows, narrow):
+        if 4 * rows <= mr and not narrow:
+            sliver(kc, ap, ao, ars, aks, bp, bo, bks, c, co, ldc, accumulate)
+        elif 2 * rows <= mr and narrow:
+            corner(kc, ap, ao, ars, aks, bp, bo, bks, c, co, ldc, accumulate)
+        elif 2 * rows <= mr:
+            short(kc, ap, ao, ars, aks, bp, bo, bks, c, co, ldc, accumulate)
+        elif narrow:
+            narrow_k(kc, ap, ao, ars, aks, bp, bo, bks, c, co, ldc, accumulate)
+        else:
+            full(kc, ap, ao, ars, aks, bp, bo, bks, c, co, ldc, accumulate)
+    return impl
 
 
 def _tile(x):
@@ -139,14 +176,15 @@ def _pack_b(b, tb, p0, kc, j0, nc, nr, bp):
 
 
 @njit(cache=True, fastmath=FM, error_model="numpy", inline="always")   # (a call a tile cost 12%)
-def _store_edge(c, tile, nr, row, col, nrow, ncol, acc):
-    """An edge tile's valid nrow x ncol corner (of the MR x NR scratch tile) into C at (row, col)."""
+def _store_edge(c, tile, nr, row, col, nrow, ncol, acc, t0=0):
+    """An edge tile's valid nrow x ncol block (of the MR x NR scratch tile, from its element
+    t0 on) into C at (row, col)."""
     for i in range(nrow):
         for j in range(ncol):
             if acc:
-                c[row + i, col + j] += tile[i * nr + j]
+                c[row + i, col + j] += tile[t0 + i * nr + j]
             else:
-                c[row + i, col + j] = tile[i * nr + j]
+                c[row + i, col + j] = tile[t0 + i * nr + j]
 
 
 @njit(cache=True, fastmath=FM, error_model="numpy")
@@ -192,9 +230,12 @@ def _gemm_block(a, b, c, ta, tb, i0, i1, j0, j1, accumulate, mc_max, kc_max, nc_
 @njit(cache=True, fastmath=FM, error_model="numpy")
 def _gemm_direct(a, b, c, ta, tb, accumulate, kc_max):
     """c (+)= op(a) @ op(b) on C-contiguous arrays without packing: the strided microkernel
-    reads op(a) where it lies, and op(b) too unless b is transposed. Packed only: a ragged
-    last strip of rows (copied under zero rows) and transposed or ragged strips of op(b).
-    The KC slices and the edge-tile scratch are _gemm_block's: bit-identical results."""
+    reads op(a) where it lies, and op(b) too unless b is transposed (then it is packed).
+    A ragged last strip of rows (or of columns) is computed as a window that ends at C's
+    last row (column): MR/2 or MR rows tall (NR/2 or NR wide), overlapping the strip before
+    it, so it too is read in place; only the new rows (columns) of it are kept. Only a C
+    smaller than the window is copied under zeros. The KC slices and the per-element sums
+    are _gemm_block's: bit-identical results."""
     mr, nr = _tile(a)
     m, n = c.shape
     k_total = a.shape[0] if ta else a.shape[1]
@@ -202,11 +243,21 @@ def _gemm_direct(a, b, c, ta, tb, accumulate, kc_max):
     u = np.uint64
     af, bf, cf = a.reshape(-1), b.reshape(-1), c.reshape(-1)
     ars, aks = (u(1), u(m)) if ta else (u(k_total), u(1))
-    full_rows = m // mr * mr
+    full_rows, full_cols = m // mr * mr, n // nr * nr
+    rag_m, rag_n = m - full_rows, n - full_cols
+    narrow = 0 < rag_n <= nr // 2
+    # the ragged rows' window: MR/4 (there is no narrow kernel that short), MR/2 or MR tall
+    win_m = mr // 4 if rag_m <= mr // 4 and not narrow else (mr // 2 if rag_m <= mr // 2 else mr)
+    win_n = nr // 2 if narrow else nr
+    pad_rows = rag_m > 0 and m < win_m           # C is shorter than the window: pad it
+    pack_cols = rag_n > 0 and (tb or n < win_n)  # ... or narrower (or op(b) is packed)
     n_strips = (n + nr - 1) // nr
-    bp = np.empty(kc_max * nr * (n_strips if tb else 1), dtype=a.dtype)
-    pad = np.zeros(mr * kc_max, dtype=a.dtype)
-    tile = np.empty(mr * nr, dtype=a.dtype)
+    # one allocation for the packed op(b), the padded rows and the edge tile
+    nbp = kc_max * nr * (n_strips if tb else (1 if pack_cols else 0))
+    npad = mr * kc_max if pad_rows else 0
+    work = np.empty(nbp + npad + mr * nr, dtype=a.dtype)
+    bp, pad, tile = work[:nbp], work[nbp:nbp + npad], work[nbp + npad:]
+    pad[:] = 0
     uldc, unr = u(n), u(nr)
     for pc in range(0, k_total, kc_max):
         kc = min(kc_max, k_total - pc)
@@ -214,34 +265,106 @@ def _gemm_direct(a, b, c, ta, tb, accumulate, kc_max):
         acc = accumulate or pc > 0
         if tb:
             _pack_b(b, tb, pc, kc, 0, n, nr, bp)
-        if full_rows < m:   # the ragged last rows, as rows of kc values, zeros below
-            for i in range(mr):
+        if pad_rows:   # the ragged rows as rows of kc values, zeros below
+            for i in range(m):
                 for p in range(kc):
-                    pad[i * kc + p] = 0
-            for i in range(m - full_rows):
-                for p in range(kc):
-                    pad[i * kc + p] = a[pc + p, full_rows + i] if ta else a[full_rows + i, pc + p]
+                    pad[i * kc + p] = a[pc + p, i] if ta else a[i, pc + p]
         for s in range(n_strips):
             jc = s * nr
             ncol = min(nr, n - jc)
+            edge_n = ncol < nr
+            col0 = jc        # the window's first column in C
             if tb:
                 bsrc, bo, bks = bp, u(s * nr * kc), unr
-            elif ncol < nr:
+            elif edge_n and pack_cols:
                 _pack_b(b, tb, pc, kc, jc, ncol, nr, bp)
                 bsrc, bo, bks = bp, u(0), unr
             else:
-                bsrc, bo, bks = bf, u(pc * n + jc), u(n)
-            for ir in range(0, m, mr):
-                nrow = min(mr, m - ir)
-                if nrow == mr:
-                    src, ao, rs, ks = af, u(ir) * ars + u(pc) * aks, ars, aks
+                if edge_n:
+                    col0 = n - win_n
+                bsrc, bo, bks = bf, u(pc * n + col0), u(n)
+            # full strips of rows: op(a) is read in place (no array is assigned in this
+            # loop: each such assignment costs numba a reference-count call, per tile)
+            in_c = not edge_n or not (tb or pack_cols)      # the column window lies in C
+            nw = edge_n and narrow
+            for ir in range(0, full_rows, mr):
+                ao = u(ir) * ars + u(pc) * aks
+                if not edge_n:
+                    _micro_strided(ukc, af, ao, ars, aks, bsrc, bo, bks, cf, u(ir * n + jc), uldc,
+                                   acc)
+                elif in_c and not acc:
+                    # rewriting the window's overlap with the same values is harmless when
+                    # nothing is added to C
+                    _micro_window(ukc, af, ao, ars, aks, bsrc, bo, bks, cf, u(ir * n + col0), uldc,
+                                  False, mr, nw)
                 else:
-                    src, ao, rs, ks = pad, u(0), ukc, u(1)
-                if nrow == mr and ncol == nr:
-                    _micro_strided(ukc, src, ao, rs, ks, bsrc, bo, bks, cf, u(ir * n + jc), uldc, acc)
-                else:
-                    _micro_strided(ukc, src, ao, rs, ks, bsrc, bo, bks, tile, u(0), unr, False)
-                    _store_edge(c, tile, nr, ir, jc, nrow, ncol, acc)
+                    _micro_window(ukc, af, ao, ars, aks, bsrc, bo, bks, tile, u(0), unr, False,
+                                  mr, nw)
+                    _store_edge(c, tile, nr, ir, jc, mr, ncol, acc, jc - col0)
+            if rag_m == 0:
+                continue
+            ir = full_rows   # the ragged rows: a window in place, or the padded copy
+            t0 = jc - col0
+            if pad_rows:
+                _micro_window(ukc, pad, u(0), ukc, u(1), bsrc, bo, bks, tile, u(0), unr, False,
+                              win_m, nw)
+            else:
+                row0 = m - win_m
+                ao = u(row0) * ars + u(pc) * aks
+                if in_c and not acc:
+                    _micro_window(ukc, af, ao, ars, aks, bsrc, bo, bks, cf, u(row0 * n + col0),
+                                  uldc, False, win_m, nw)
+                    continue
+                _micro_window(ukc, af, ao, ars, aks, bsrc, bo, bks, tile, u(0), unr, False,
+                              win_m, nw)
+                t0 += (ir - row0) * nr
+            _store_edge(c, tile, nr, ir, jc, rag_m, ncol, acc, t0)
+
+
+@njit(cache=True, error_model="numpy")
+def _aligned_empty(m, n, like):
+    """An uninitialized (m, n) C-contiguous array of like's dtype whose data starts on a
+    64-byte line, so a tile row's vector stores do not straddle lines (NumPy's and Numba's
+    own allocations are 16- or 32-byte aligned: an unaligned C made 128x10x128 1.4x slower)."""
+    pad = 64 // like.itemsize
+    buf = np.empty(m * n + pad, like.dtype)
+    o = (pad - buf.ctypes.data // like.itemsize % pad) % pad
+    return buf[o:o + m * n].reshape((m, n))
+
+
+def _matmul_usual(a, b, ta, tb, kc_max, max_work):
+    """Placeholder for the compiled fast path of _checked_matmul (see _matmul_usual_impl)."""
+    raise NotImplementedError
+
+
+@overload(_matmul_usual, jit_options={"fastmath": FM, "error_model": "numpy"})
+def _matmul_usual_impl(a, b, ta, tb, kc_max, max_work):
+    """op(a) @ op(b) into a new aligned C by _gemm_direct when the call is the usual one: two
+    aligned C-contiguous 2-D arrays of one float dtype, bool flags, fitting non-empty shapes,
+    under max_work multiply-adds. Anything else gives None (the caller's general path, which
+    checks and threads). The types are tested here, at compile time: numba's dispatcher has
+    already read them, so the usual call costs no Python check beyond the dtype."""
+    usual = (isinstance(a, types.Array) and isinstance(b, types.Array) and a.ndim == 2
+             and b.ndim == 2 and a.layout == "C" and b.layout == "C" and a.aligned and b.aligned
+             and a.dtype == b.dtype and a.dtype in (types.float32, types.float64)
+             and isinstance(ta, types.Boolean) and isinstance(tb, types.Boolean))
+    if not usual:
+        return lambda a, b, ta, tb, kc_max, max_work: None
+
+    def impl(a, b, ta, tb, kc_max, max_work):
+        k, m = (a.shape[0], a.shape[1]) if ta else (a.shape[1], a.shape[0])
+        n, kb = (b.shape[0], b.shape[1]) if tb else (b.shape[1], b.shape[0])
+        if k != kb or m == 0 or n == 0 or k == 0 or m * n * k >= max_work:
+            return None
+        c = _aligned_empty(m, n, a)
+        _gemm_direct(a, b, c, ta, tb, False, kc_max)
+        return c
+    return impl
+
+
+@njit(cache=True, fastmath=FM, error_model="numpy")
+def _matmul_small(a, b, ta, tb, kc_max, parallel_min_work, direct_max_work):
+    return _matmul_usual(a, b, ta, tb, kc_max, min(parallel_min_work, direct_max_work))
 
 
 @njit(cache=True, parallel=True)
@@ -308,29 +431,34 @@ def _gemm_into(a, b, c, trans_a, trans_b, accumulate=False):
 
 def matmul(a, b, trans_a=False, trans_b=False):
     """op(a) @ op(b), where op transposes when the flag is set."""
+    c = _matmul_small(a, b, trans_a, trans_b, BLOCKS[a.dtype][1], PARALLEL_MIN_WORK, DIRECT_MAX_WORK)
+    if c is not None:
+        return c
     m = a.shape[1] if trans_a else a.shape[0]
     n = b.shape[0] if trans_b else b.shape[1]
-    return _gemm_into(a, b, np.empty((m, n), dtype=a.dtype), trans_a, trans_b)
+    return _gemm_into(a, b, _aligned_empty(m, n, a), trans_a, trans_b)
+
+
+_F32, _F64, _ndarray = np.dtype(np.float32), np.dtype(np.float64), np.ndarray
 
 
 def _checked_matmul(a, b, trans_a=False, trans_b=False):
-    """backend.matmul: checks.matmul, then matmul. Its usual case (two C-contiguous non-empty
-    2-D arrays of one float dtype whose shapes fit) is checked inline, and a product too small
-    for threads goes straight to _gemm_direct: four Python calls fewer (about 1 us, a sixth of
-    a 64^3 product here)."""
-    if (type(a) is np.ndarray and type(b) is np.ndarray and a.ndim == 2 and b.ndim == 2
-            and a.dtype == b.dtype and a.dtype in _checks._GEMM_FLOATS and a.size and b.size
-            and a.flags.c_contiguous and b.flags.c_contiguous):
-        ta, tb = bool(trans_a), bool(trans_b)
-        k, m = a.shape if ta else a.shape[::-1]
-        n, kb = b.shape if tb else b.shape[::-1]
-        if k == kb:
-            c = np.empty((m, n), dtype=a.dtype)
-            work = m * n * k
-            if work < PARALLEL_MIN_WORK and work < DIRECT_MAX_WORK:
-                _gemm_direct(a, b, c, ta, tb, False, BLOCKS[a.dtype][1])
-                return c
-            return _gemm_into(a, b, c, ta, tb)
+    """backend.matmul: checks.matmul, then matmul. A product too small for threads, in the
+    usual call (see _matmul_usual_impl), is checked and computed by one compiled call; the
+    Python here only keeps from numba's dispatcher what it cannot type (a swapped byte order,
+    a subclass). Bigger usual products skip checks.matmul's own calls."""
+    dt = a.dtype if type(a) is _ndarray and type(b) is _ndarray else None
+    if (dt is _F32 or dt is _F64) and b.dtype is dt:
+        c = _matmul_small(a, b, trans_a, trans_b, BLOCKS[dt][1], PARALLEL_MIN_WORK, DIRECT_MAX_WORK)
+        if c is not None:
+            return c
+        if a.ndim == 2 and b.ndim == 2 and a.size and b.size and a.flags.c_contiguous \
+                and b.flags.c_contiguous:
+            ta, tb = bool(trans_a), bool(trans_b)
+            k, m = a.shape if ta else a.shape[::-1]
+            n, kb = b.shape if tb else b.shape[::-1]
+            if k == kb:
+                return _gemm_into(a, b, _aligned_empty(m, n, a), ta, tb)
     args, kwargs = _checks.matmul(a, b, trans_a, trans_b)
     return matmul(*args, **kwargs)
 
@@ -374,7 +502,7 @@ def linear(x, w, b):
 
     The bias is written into the output first and the GEMM accumulates onto it.
     """
-    c = np.empty((x.shape[0], w.shape[0]), dtype=x.dtype)
+    c = _aligned_empty(x.shape[0], w.shape[0], x)
     if b is None:
         return _gemm_into(x, w, c, False, True)
     _fill_rows(c, b)
