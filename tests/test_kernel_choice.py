@@ -506,11 +506,23 @@ def test_every_family_on_auto_matches_the_reference_on_the_registry_examples(tmp
 
 
 def test_a_near_tie_keeps_the_base_backend():
-    """Numba replaces cython only under MARGIN (0.9) of its time."""
-    assert choice.pick({"cython": [50.0, 50.0], "numba": [46.0, 46.0]}) == "cython"
-    assert choice.pick({"cython": [50.0, 50.0], "numba": [40.0, 40.0]}) == "numba"
-    assert choice.pick({"cython": [50.0, 50.0], "numba": [60.0, 31.0]}) == "cython"   # the sum decides
+    """Numba replaces cython only under MARGIN (0.9) of its time, after SWITCH_US a call."""
+    assert (choice.MARGIN, choice.SWITCH_US) == (0.9, 15.0)
+    assert choice.pick({"cython": [500.0, 500.0], "numba": [460.0, 460.0]}) == "cython"
+    assert choice.pick({"cython": [500.0, 500.0], "numba": [430.0, 430.0]}) == "numba"
+    assert choice.pick({"cython": [500.0, 500.0], "numba": [600.0, 310.0]}) == "cython"   # the sum decides
     assert choice.pick({"numba": [5.0, 5.0]}) == "numba"          # cython failed while measuring
+
+
+def test_a_small_kernel_pays_the_switch():
+    """Tens of microseconds: numba's measured lead must cover SWITCH_US for each call it makes
+    (the BatchNorm CNN's 8-step batch_norm, 17% faster alone, made the step slower)."""
+    assert choice.pick({"cython": [21.5, 23.0], "numba": [17.1, 19.6]}) == "cython"
+    assert choice.pick({"cython": [50.0, 50.0], "numba": [20.0, 20.0]}) == "numba"      # 70 < 90
+    assert choice.pick({"cython": [50.0, 50.0], "numba": [32.0, 32.0]}) == "cython"     # 94 >= 90
+    # a backward timed alone (no forward: 0) is one call: 20 + 15 < 36, 22 + 15 >= 36
+    assert choice.pick({"cython": [0.0, 40.0], "numba": [0.0, 20.0]}) == "numba"
+    assert choice.pick({"cython": [0.0, 40.0], "numba": [0.0, 22.0]}) == "cython"
 
 
 def test_a_switch_must_win_a_second_measurement(tmp_path, monkeypatch):
@@ -541,3 +553,37 @@ def test_a_rebuilt_kernel_module_is_another_machine(tmp_path):
     assert choice._build_id(module) != first
     assert choice._build_id(type("M", (), {})) == "unknown"
     assert "| build " in choice.machine()
+
+
+def test_the_remembered_kernel_follows_a_new_choice(tmp_path, monkeypatch):
+    """Repeated calls of one signature go straight to the kernel chosen for it; when the choice
+    is dropped and measured again (as `fastnn tune` does), the next call uses the new winner,
+    and a call of another signature or with keywords still finds its own choice."""
+    turns = iter([{"cython": [50.0, 50.0], "numba": [90.0, 90.0]},
+                  {"cython": [50.0, 50.0], "numba": [20.0, 20.0]},
+                  {"cython": [51.0, 49.0], "numba": [21.0, 19.0]}])
+    monkeypatch.setattr(choice, "_timed_turns", lambda runs, outs: next(turns))
+    be = fresh(tmp_path / "k.json")
+    args = recurrent_args("lstm", np.float64)
+    want = be.base.raw.lstm(*args)
+    for _ in range(3):
+        got = be.raw.lstm(*args)
+        assert all(np.array_equal(g, w) for g, w in zip(got, want))
+    (key,) = be._chosen
+    assert be._chosen[key][2] == "cython"
+    called = []
+    numba_lstm = be._load("numba").raw.lstm
+    monkeypatch.setattr(be._load("numba").raw, "lstm", lambda *a, **k: called.append(1) or numba_lstm(*a, **k))
+    be._chosen.pop(key)
+    be._forget_fast()
+    be.raw.lstm(*args)                       # measured again: numba wins twice
+    assert be._chosen[key][2] == "numba"
+    n = len(called)
+    be.raw.lstm(*args)
+    be.raw.lstm(*args)
+    assert len(called) == n + 2              # the remembered kernel is numba's now
+    kw = be.raw.lstm(args[0], args[1], w_hh=args[2], b_ih=args[3], b_hh=args[4])
+    assert len(called) == n + 3 and all(np.allclose(g, w) for g, w in zip(kw, want))
+    other = recurrent_args("lstm", np.float64, n=40, h=20)
+    with pytest.raises(StopIteration):       # a new size key: measured (no turns left)
+        be.raw.lstm(*other)

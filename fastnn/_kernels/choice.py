@@ -46,17 +46,24 @@ SCHEMA = "fastnn.kernel_choice/1"
 # has used BUDGET_S, or after any round past CAP_S (a slow size: one turn, no more).
 MIN_ROUNDS, MAX_ROUNDS, BUDGET_S, CAP_S = 3, 8, 0.01, 0.1
 # Another candidate replaces the base (cython) only when it takes under MARGIN of the base's
-# time: a near tie is noise, and a step that mixes backends pays a little for the switch.
+# time (a near tie is noise) after SWITCH_US more for each of its calls: inside a cython step a
+# numba call costs more than timed alone (the BatchNorm CNN 1-D: numba's batch_norm and global
+# pool at its 8-step size, 17-25% faster alone, made the whole step 0.89-0.91x: 12-19 us a
+# call), which only matters for kernels of tens of microseconds.
 MARGIN = 0.9
+SWITCH_US = 15.0
 
 
 def pick(times):
     """The winner of {backend: [forward us, backward us]}: the fastest by the sum, except that
-    the base (cython) stays unless the fastest takes under MARGIN of its time."""
+    the base (cython) stays unless the fastest, plus SWITCH_US a timed call (a forward not
+    timed is 0), takes under MARGIN of its time."""
     winner = min(times, key=lambda n: sum(times[n]))
     base = CANDIDATES[0]
-    if base in times and sum(times[winner]) >= MARGIN * sum(times[base]):
-        return base
+    if base in times and winner != base:
+        calls = sum(1 for t in times[winner] if t > 0)
+        if sum(times[winner]) + SWITCH_US * calls >= MARGIN * sum(times[base]):
+            return base
     return winner
 
 
@@ -393,7 +400,7 @@ class AutoBackend(Backend):
         self.overridden = ()
         for helper in reference.HELPERS:
             setattr(self, helper, getattr(self.base, helper))
-        self._dispatchers = {}
+        self._dispatchers, self._fast = {}, []
         for fam in FAMILIES.values():
             self._dispatchers[fam.forward] = self._dispatcher(fam, 0)
             self._dispatchers[fam.backward] = self._dispatcher(fam, 1)
@@ -471,33 +478,54 @@ class AutoBackend(Backend):
     def _dispatcher(self, fam, which):
         chosen, keyfn = self._chosen, (fam.key, fam.backward_key)[which]
         name = (fam.forward, fam.backward)[which]
-        # (shapes of the first 3 arguments, dtypes of 2) -> size key: every key function
-        # reads only those, and computing the log2 key took 1-2.5 us a call, this 0.5-1
-        keys = {}
+        # A positional call's signature (shapes of its first 3 arguments, dtypes of 2: every key
+        # function reads only those) -> its size key (computing the log2 key took 1-2.5 us a
+        # call), and -> the chosen kernel itself (one lookup, 0.3 us a call in all; emptied
+        # whenever a choice changes: _forget_fast)
+        keys, fast = {}, {}
+        self._fast.append(fast)
 
         def run(*args, **kwargs):
-            if kwargs or len(args) < 2:
-                key = keyfn(*args, **kwargs)
-            else:
-                a0, a1, a2 = args[0], args[1], args[2] if len(args) > 2 else None
+            sig = None
+            if not kwargs and args:
+                a0 = args[0]
+                a1 = args[1] if len(args) > 1 else None
+                a2 = args[2] if len(args) > 2 else None
                 sig = (getattr(a0, "shape", a0), getattr(a1, "shape", a1), getattr(a2, "shape", a2),
                        getattr(a0, "dtype", None), getattr(a1, "dtype", None))
                 try:
-                    key = keys.get(sig)
+                    fn = fast.get(sig)
                 except TypeError:          # an unhashable argument (a list for a size)
-                    key = sig = None
-                if key is None:
-                    key = keyfn(*args)
-                    if sig is not None:
-                        if len(keys) > 512:    # a model with ever-changing shapes: start over
-                            keys.clear()
-                        keys[sig] = key
-            fns = chosen.get((fam.name, key))
-            if fns is None:
+                    fn = sig = None
+                if fn is not None:
+                    return fn(*args)
+            fn = chosen_kernel(args, kwargs, sig)
+            if fn is None:
                 return self._first_use(fam, which, args, kwargs)
-            return fns[which](*args, **kwargs)
+            if sig is not None:
+                if len(fast) > 512:        # a model with ever-changing shapes: start over
+                    fast.clear()
+                fast[sig] = fn
+            return fn(*args, **kwargs)
+
+        def chosen_kernel(args, kwargs, sig):
+            """The kernel chosen for these arguments' size key (sig: their signature, or None
+            where it is not hashable or kwargs are given); None before it is chosen."""
+            key = None if sig is None else keys.get(sig)
+            if key is None:
+                key = keyfn(*args, **kwargs)
+                if sig is not None:
+                    if len(keys) > 512:
+                        keys.clear()
+                    keys[sig] = key
+            fns = chosen.get((fam.name, key))
+            return None if fns is None else fns[which]
         run.__name__ = run.__qualname__ = name
         return run
+
+    def _forget_fast(self):
+        for fast in self._fast:
+            fast.clear()
 
     def concurrent_pair(self, kernel, x, w_ih, w_hh):
         """Backend.concurrent_pair: the base's (cython's) entry where auto runs cython's
@@ -535,6 +563,7 @@ class AutoBackend(Backend):
         return self._chosen[(fam.name, key)][which](*args, **kwargs)
 
     def _keep(self, fam, key, backend, source, us):
+        self._forget_fast()
         self._chosen[(fam.name, key)] = (getattr(backend.raw, fam.forward), getattr(backend.raw, fam.backward),
                                          backend.name)
         self._info[(fam.name, key)] = {"family": fam.name, "backend": backend.name, "source": source,
@@ -651,6 +680,7 @@ def tune(batches=TUNE_BATCHES, dtypes=("float32",), out=None):
                             continue
                         seen.append(key)
                         auto._chosen.pop(key, None)
+                        auto._forget_fast()
                         auto._dispatchers[FAMILIES[family].forward](*args)
         finally:
             auto._remeasure = False
