@@ -46,6 +46,24 @@ PARALLEL_MIN_WORK = 1 << 21
 DIRECT_MAX_WORK = 1 << 21
 
 
+# The microkernels, compiled once each and cached on disk on their own: the callers below
+# (overloads) call them, so compiling a caller for another signature does not compile them
+# again (returning the Python function from an overload compiled a kernel into every caller:
+# the first small float32 product took 25 s to compile, 8 s before the edge kernels).
+_PACKED_KERNELS = {tag: njit(cache=True, fastmath=FM, error_model="numpy")(getattr(_micro, f"micro_{tag}"))
+                   for tag in ("f32", "f64")}
+# The strided kernels per dtype tag: sliver, corner, short, narrow, full.
+_WINDOW_KERNELS = {
+    tag: [njit(cache=True, fastmath=FM, error_model="numpy")(
+        getattr(_micro, f"micro_{tag}{edge}_strided"))
+          for edge in ("_sliver", "_corner", "_short", "_narrow", "")]
+    for tag in ("f32", "f64")}
+
+
+def _tag(dtype):
+    return "f32" if dtype == types.float32 else "f64"
+
+
 def _micro_kernel(kc, ap, ao, bp, bo, c, co, ldc, accumulate):
     """Placeholder resolved at compile time to _micro.micro_f32 / micro_f64."""
     raise NotImplementedError
@@ -53,7 +71,11 @@ def _micro_kernel(kc, ap, ao, bp, bo, c, co, ldc, accumulate):
 
 @overload(_micro_kernel, jit_options={"fastmath": FM})
 def _micro_kernel_impl(kc, ap, ao, bp, bo, c, co, ldc, accumulate):
-    return _micro.micro_f32 if ap.dtype == types.float32 else _micro.micro_f64
+    kernel = _PACKED_KERNELS[_tag(ap.dtype)]
+
+    def impl(kc, ap, ao, bp, bo, c, co, ldc, accumulate):
+        kernel(kc, ap, ao, bp, bo, c, co, ldc, accumulate)
+    return impl
 
 
 def _micro_strided(kc, ap, ao, ars, aks, bp, bo, bks, c, co, ldc, accumulate):
@@ -64,7 +86,11 @@ def _micro_strided(kc, ap, ao, ars, aks, bp, bo, bks, c, co, ldc, accumulate):
 
 @overload(_micro_strided, jit_options={"fastmath": FM})
 def _micro_strided_impl(kc, ap, ao, ars, aks, bp, bo, bks, c, co, ldc, accumulate):
-    return _micro.micro_f32_strided if ap.dtype == types.float32 else _micro.micro_f64_strided
+    kernel = _WINDOW_KERNELS[_tag(ap.dtype)][-1]
+
+    def impl(kc, ap, ao, ars, aks, bp, bo, bks, c, co, ldc, accumulate):
+        kernel(kc, ap, ao, ars, aks, bp, bo, bks, c, co, ldc, accumulate)
+    return impl
 
 
 def _micro_window(kc, ap, ao, ars, aks, bp, bo, bks, c, co, ldc, accumulate, rows, narrow):
@@ -73,17 +99,9 @@ def _micro_window(kc, ap, ao, ars, aks, bp, bo, bks, c, co, ldc, accumulate, row
     raise NotImplementedError
 
 
-# The compiled strided kernels per dtype tag: sliver, corner, short, narrow, full.
-_WINDOW_KERNELS = {
-    tag: [njit(cache=True, fastmath=FM, error_model="numpy")(
-        getattr(_micro, f"micro_{tag}{edge}_strided"))
-          for edge in ("_sliver", "_corner", "_short", "_narrow", "")]
-    for tag in ("f32", "f64")}
-
-
 @overload(_micro_window, jit_options={"fastmath": FM})
 def _micro_window_impl(kc, ap, ao, ars, aks, bp, bo, bks, c, co, ldc, accumulate, rows, narrow):
-    tag = "f32" if ap.dtype == types.float32 else "f64"
+    tag = _tag(ap.dtype)
     (sliver, corner, short, narrow_k, full), mr = _WINDOW_KERNELS[tag], getattr(_micro, "MR_" + tag)
 
     def impl(kc, ap, ao, ars, aks, bp, bo, bks, c, co, ldc, accumulate, rows, narrow):
