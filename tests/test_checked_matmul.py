@@ -68,3 +68,16 @@ def test_matmul_checks_like_the_registry(backend, case):
 def test_the_self_checked_matmul_is_the_one_in_use(backend):
     """The fast check is wired in (a misspelled CHECKED entry would leave the slow path)."""
     assert backend.matmul is backend.module.CHECKED["matmul"]
+
+
+@pytest.mark.parametrize("name", ["numpy", "cython", "numba"])
+def test_float32_of_either_byte_order_stays_float32(name):
+    """A big-endian float32 operand (a file written on another machine) is float32, as in NumPy:
+    it was promoted to float64 while the check compared dtypes with their byte order."""
+    if name not in fnn.backends():
+        pytest.skip(f"{name} backend not available")
+    a = rng.standard_normal((5, 7)).astype(">f4")
+    b = rng.standard_normal((7, 3)).astype(np.float32)
+    got = fnn.get_backend(name).matmul(a, b)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, a.astype(np.float64) @ b, rtol=1e-5, atol=1e-5)

@@ -32,9 +32,10 @@ def _array(x, name, allow_empty=False):
 
 
 def common_dtype(*arrays):
-    """float32 if every float array is float32 (ints follow the floats), else float64."""
+    """float32 if every float array is float32 of either byte order (ints follow the floats),
+    else float64."""
     kinds = [a.dtype for a in arrays if a.dtype.kind == "f"]
-    if kinds and all(k == np.float32 for k in kinds):
+    if kinds and all(k.type is np.float32 for k in kinds):
         return np.dtype(np.float32)
     return np.dtype(np.float64)
 
