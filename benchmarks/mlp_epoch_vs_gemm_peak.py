@@ -6,6 +6,8 @@ The epoch's FLOPs are its matrix products only: per step of B rows, forward 2B(7
 128*10), the weight gradients as many again, and the input gradients of the 2nd and 3rd layers
 2B(256*128 + 128*10) (the first layer's is not needed). Everything else in the step (bias, ReLU,
 softmax, the optimizer, Python) is time spent at no FLOPs, so the ratio says how much it costs.
+Beside both, the cores' own limit: float32 multiply-adds alone in the widest vectors on as many
+threads (cython's fma_peak), which no kernel can pass; turbo clocks move it by a few percent.
 
     python benchmarks/mlp_epoch_vs_gemm_peak.py [--backends cython numba] [--square 1024] [--optimizer sgd adam]
 """
@@ -68,28 +70,36 @@ def main():
     X = rng.standard_normal((args.samples, 784)).astype(np.float32)
     y = rng.integers(0, 10, args.samples)
     from fastnn.threads import backend_threads
+    cython = fnn.get_backend("cython").module if "cython" in fnn.backends() else None
     print(f"{args.samples} rows, batch {args.batch}; GFLOP/s, median of {args.repeats} alternating rounds\n")
-    print(f"| backend | threads | {args.square}^3 GEMM | " + " | ".join(f"epoch ({o})" for o in args.optimizer)
-          + " | " + " | ".join(f"epoch/GEMM ({o})" for o in args.optimizer) + " |")
-    print("|---" * (3 + 2 * len(args.optimizer)) + "|")
+    print(f"| backend | threads | FMA limit | {args.square}^3 GEMM | GEMM/limit | "
+          + " | ".join(f"epoch ({o})" for o in args.optimizer)
+          + " | " + " | ".join(f"epoch/GEMM ({o})" for o in args.optimizer)
+          + " | " + " | ".join(f"epoch/limit ({o})" for o in args.optimizer) + " |")
+    print("|---" * (5 + 3 * len(args.optimizer)) + "|")
     for b in args.backends:
         backend = fnn.get_backend(b)
         with backend_threads(backend):
             runs = {o: epoch_rate(b, o, X, y, args.batch) for o in args.optimizer}
-            gemm, epochs, ratios = [], {o: [] for o in runs}, {o: [] for o in runs}
+            threads = getattr(backend.module, "get_num_threads", lambda: 1)()
+            gemm, limits, epochs, ratios = [], [], {o: [] for o in runs}, {o: [] for o in runs}
             for _ in range(args.repeats):
+                if cython is not None:
+                    limits.append(cython.fma_peak(0.3, threads) * 1e9)
                 g = square_gemm_rate(b, args.square)
                 gemm.append(g)
                 for o, run in runs.items():
                     e = run()
                     epochs[o].append(e)
                     ratios[o].append(e / g)
-        threads = getattr(backend.module, "get_num_threads", lambda: "n/a")()
         med = statistics.median
-        print(f"| {b} | {threads} | {med(gemm) / 1e9:.0f} | "
+        limit = med(limits) if limits else None
+        of_limit = (lambda v: f"{v / limit:.0%}") if limit else (lambda v: "n/a")
+        print(f"| {b} | {threads} | {limit / 1e9:.0f} | " if limit else f"| {b} | {threads} | n/a | ", end="")
+        print(f"{med(gemm) / 1e9:.0f} | {of_limit(med(gemm))} | "
               + " | ".join(f"{med(epochs[o]) / 1e9:.0f}" for o in runs) + " | "
               + " | ".join(f"{med(ratios[o]):.0%} ({min(ratios[o]):.0%}-{max(ratios[o]):.0%})" for o in runs)
-              + " |", flush=True)
+              + " | " + " | ".join(of_limit(med(epochs[o])) for o in runs) + " |", flush=True)
 
 
 if __name__ == "__main__":

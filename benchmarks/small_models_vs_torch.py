@@ -205,8 +205,8 @@ def main():
                 vs.append(f"{rates['auto'] / max(rates[b] for b in best_of):.2f}x")
             print(f"| {label} | {' | '.join(cells)} | {' | '.join(vs)} |", flush=True)
     if args.flops:
-        from step_flops import gemm_rate, print_roofline
-        print_roofline(all_rates, gemm_rate(default))
+        from step_flops import fma_rate, gemm_rate, print_roofline
+        print_roofline(all_rates, gemm_rate(default), fma=fma_rate(default))
     if "auto" in args.backends:
         print("\nauto's choices (fnn.backend.kernel_choices()):")
         for name, entry in sorted(fnn.backend.kernel_choices().items()):

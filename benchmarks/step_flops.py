@@ -75,10 +75,24 @@ def gemm_rate(backend="cython", n=1024, seconds=1.0):
     return 2 * n ** 3 / best / 1e9
 
 
-def print_roofline(rates, peak, out=sys.stdout):
+def fma_rate(backend="cython"):
+    """GFLOP/s of float32 multiply-adds alone on the backend's threads (cython's fma_peak): the
+    cores' limit, which no float32 kernel passes. None without the cython backend."""
+    import fastnn as fnn
+    if "cython" not in fnn.backends():
+        return None
+    cy = fnn.get_backend("cython").module
+    threads = getattr(fnn.get_backend(backend).module, "get_num_threads", cy.get_num_threads)()
+    return cy.fma_peak(0.5, threads)
+
+
+def print_roofline(rates, peak, out=sys.stdout, fma=None):
     """rates: {(kind, hidden): {engine: steps/s}}. One row per model: its GFLOP per step, each
-    engine's GFLOP/s, and what each bar needs (as GFLOP/s and as a share of `peak`)."""
-    print(f"\nFLOP rates (GEMM-like layers only; our float32 GEMM at 1024^3 here: {peak:.0f} GFLOP/s)\n", file=out)
+    engine's GFLOP/s, and what each bar needs (as GFLOP/s and as a share of `peak`, and of the
+    cores' multiply-add limit `fma` where given)."""
+    limit = "" if fma is None else f"; the cores' float32 multiply-add limit: {fma:.0f} GFLOP/s"
+    print(f"\nFLOP rates (GEMM-like layers only; our float32 GEMM at 1024^3 here: {peak:.0f} GFLOP/s{limit})\n",
+          file=out)
     seen = [e for r in rates.values() for e in r]
     engines = [e for e in ("torch", "jax") if e in seen] + [e for e in dict.fromkeys(seen) if e not in ("torch", "jax")]
     print(f"| model | MFLOP/step | {' | '.join(e + ' GF/s' for e in engines)} | 3x torch needs | 1.5x jax needs |",
@@ -91,7 +105,8 @@ def print_roofline(rates, peak, out=sys.stdout):
         for peer, factor in (("torch", 3.0), ("jax", 1.5)):
             if peer in r:
                 g = factor * r[peer] * flops / 1e9
-                need.append(f"{g:.1f} ({100 * g / peak:.0f}% of GEMM)")
+                share = "" if fma is None else f", {100 * g / fma:.0f}% of the limit"
+                need.append(f"{g:.1f} ({100 * g / peak:.0f}% of GEMM{share})")
             else:
                 need.append("n/a")
         label = kind if hidden is None else f"{kind} H={hidden}"

@@ -258,3 +258,18 @@ def test_straggler_guard_keeps_results_right():
         assert mod._straggler_state()["late_s"] == 1e-12
     finally:
         mod._set_straggler_guard(0.0005)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_fma_limit_is_a_plausible_rate(mod, threads):
+    """_fma_peak (fnn_peak.h) is a positive rate no CPU core passes: 64 float32 FLOPs a cycle
+    at 8 GHz is 512 GFLOP/s a thread. A loop gcc folded (the first version, timed at 3e6 GFLOP/s)
+    breaks the bound; load on the machine only lowers the rate, so this cannot flake."""
+    limit = mod._fma_peak(0.02, threads)
+    assert np.isfinite(limit) and 0 < limit < 512 * threads, limit
+
+
+@pytest.mark.parametrize("threads", [0, -1, 1000])
+def test_the_fma_limit_rejects_a_bad_thread_count(mod, threads):
+    with pytest.raises(ValueError, match="nthreads"):
+        mod._fma_peak(0.01, threads)

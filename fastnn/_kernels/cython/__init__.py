@@ -142,6 +142,14 @@ def matmul_isa(a, b, trans_a=False, trans_b=False, isa=None, num_threads=None):
     return mod._matmul_threads(a, b, trans_a, trans_b, int(num_threads))
 
 
+def fma_peak(seconds=0.2, num_threads=None):
+    """GFLOP/s of float32 multiply-adds alone, with this ISA's vectors, on num_threads threads at
+    once (default: get_num_threads()): the machine's limit that GEMM-bound benchmarks compare
+    against (fnn_peak.h). Turbo clocks make it vary by several percent between calls."""
+    n = get_num_threads() if num_threads is None else int(num_threads)
+    return _mod._fma_peak(float(seconds), n)
+
+
 def available():
     return True, ""
 

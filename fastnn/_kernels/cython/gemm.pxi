@@ -504,6 +504,42 @@ def _checked_matmul(a, b, trans_a=False, trans_b=False):
     return matmul(*args, **kwargs)
 
 
+cdef extern from "fnn_peak.h" nogil:
+    float fnn_fma_loop(long iters)
+    enum:
+        FNN_PEAK_CHAINS
+        FNN_PEAK_LANES
+
+
+def _fma_peak(double seconds=0.2, int nthreads=1):
+    """GFLOP/s of float32 multiply-adds alone (fnn_peak.h) on nthreads threads at once, best of
+    rounds of about 2 ms over `seconds`: the rate no float32 kernel of this ISA can pass here."""
+    cdef long iters = 1 << 19
+    cdef double best = 0.0, start, took, until
+    cdef float sink[_MAX_TEAM]
+    cdef int t
+    if nthreads < 1 or nthreads > _MAX_TEAM:
+        raise ValueError(f"_fma_peak: nthreads must be 1..{_MAX_TEAM}, got {nthreads}")
+    until = fnn_now() + seconds
+    while True:
+        start = fnn_now()
+        if nthreads > 1:
+            with nogil, parallel(num_threads=nthreads):
+                t = fnn_team_rank()
+                sink[t] = fnn_fma_loop(iters)
+        else:
+            with nogil:
+                sink[0] = fnn_fma_loop(iters)
+        took = fnn_now() - start
+        if took > 0:
+            best = max(best, 2.0 * iters * FNN_PEAK_CHAINS * FNN_PEAK_LANES * nthreads / took)
+        if fnn_now() >= until:
+            break
+    if sink[0] != sink[0]:   # never: keeps the loops' results live
+        raise ArithmeticError("_fma_peak: NaN")
+    return best / 1e9
+
+
 def _matmul_threads(a, b, trans_a=False, trans_b=False, int nthreads=1):
     """matmul on exactly nthreads threads (or fewer when too small): for tests and benchmarks."""
     cdef cnp.ndarray A = a, B = b
