@@ -513,8 +513,9 @@ cdef extern from "fnn_peak.h" nogil:
 
 def _fma_peak(double seconds=0.2, int nthreads=1):
     """GFLOP/s of float32 multiply-adds alone (fnn_peak.h) on nthreads threads at once, best of
-    rounds of about 2 ms over `seconds`: the rate no float32 kernel of this ISA can pass here."""
-    cdef long iters = 1 << 19
+    rounds of about 8 ms (a 1024^3 GEMM's time) over `seconds`: the rate no float32 kernel of
+    this ISA can pass here."""
+    cdef long iters = 1 << 21
     cdef double best = 0.0, start, took, until
     cdef float sink[_MAX_TEAM]
     cdef int t
