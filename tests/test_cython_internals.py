@@ -265,8 +265,21 @@ def test_the_fma_limit_is_a_plausible_rate(mod, threads):
     """_fma_peak (fnn_peak.h) is a positive rate no CPU core passes: 64 float32 FLOPs a cycle
     at 8 GHz is 512 GFLOP/s a thread. A loop gcc folded (the first version, timed at 3e6 GFLOP/s)
     breaks the bound; load on the machine only lowers the rate, so this cannot flake."""
-    limit = mod._fma_peak(0.02, threads)
-    assert np.isfinite(limit) and 0 < limit < 512 * threads, limit
+    limit, team = mod._fma_peak(0.02, threads)
+    assert team == (threads if mod.has_openmp() else 1)
+    assert np.isfinite(limit) and 0 < limit < 512 * team, limit
+
+
+def test_the_fma_limit_counts_the_threads_that_ran():
+    """Under an OpenMP thread limit (or a build without OpenMP) fewer threads run than asked:
+    the rate counts those, not the request (it read twice one thread's rate before)."""
+    import subprocess
+    import sys
+    code = ("from fastnn._kernels import cython as cy\n"
+            "print(*(cy.kernels_for(i)._fma_peak(0.01, 2)[1] for i in cy.built_isas()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**__import__("os").environ, "OMP_THREAD_LIMIT": "1"}).stdout.split()
+    assert out and set(out) == {"1"}, out
 
 
 @pytest.mark.parametrize("threads", [0, -1, 1000])

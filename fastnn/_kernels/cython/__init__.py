@@ -147,7 +147,7 @@ def fma_peak(seconds=0.2, num_threads=None):
     once (default: get_num_threads()): the machine's limit that GEMM-bound benchmarks compare
     against (fnn_peak.h). Turbo clocks make it vary by several percent between calls."""
     n = get_num_threads() if num_threads is None else int(num_threads)
-    return _mod._fma_peak(float(seconds), n)
+    return _mod._fma_peak(float(seconds), n)[0]
 
 
 def available():

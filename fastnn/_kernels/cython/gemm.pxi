@@ -512,33 +512,42 @@ cdef extern from "fnn_peak.h" nogil:
 
 
 def _fma_peak(double seconds=0.2, int nthreads=1):
-    """GFLOP/s of float32 multiply-adds alone (fnn_peak.h) on nthreads threads at once, best of
-    rounds of about 8 ms (a 1024^3 GEMM's time) over `seconds`: the rate no float32 kernel of
-    this ISA can pass here."""
+    """(GFLOP/s, threads that ran) of float32 multiply-adds alone (fnn_peak.h) on nthreads
+    threads at once, best of rounds of about 8 ms (a 1024^3 GEMM's time) over `seconds`: the
+    rate no float32 kernel of this ISA can pass here."""
     cdef long iters = 1 << 21
     cdef double best = 0.0, start, took, until
     cdef float sink[_MAX_TEAM]
-    cdef int t
+    cdef int ran[_MAX_TEAM]
+    cdef int t, team = 0
     if nthreads < 1 or nthreads > _MAX_TEAM:
         raise ValueError(f"_fma_peak: nthreads must be 1..{_MAX_TEAM}, got {nthreads}")
     until = fnn_now() + seconds
     while True:
+        for t in range(nthreads):
+            ran[t] = 0
         start = fnn_now()
         if nthreads > 1:
             with nogil, parallel(num_threads=nthreads):
                 t = fnn_team_rank()
                 sink[t] = fnn_fma_loop(iters)
+                ran[t] = 1
         else:
             with nogil:
                 sink[0] = fnn_fma_loop(iters)
+                ran[0] = 1
         took = fnn_now() - start
+        # count the threads that ran: without OpenMP, or under a thread limit, fewer do
+        team = 0
+        for t in range(nthreads):
+            team += ran[t]
         if took > 0:
-            best = max(best, 2.0 * iters * FNN_PEAK_CHAINS * FNN_PEAK_LANES * nthreads / took)
+            best = max(best, 2.0 * iters * FNN_PEAK_CHAINS * FNN_PEAK_LANES * team / took)
         if fnn_now() >= until:
             break
     if sink[0] != sink[0]:   # never: keeps the loops' results live
         raise ArithmeticError("_fma_peak: NaN")
-    return best / 1e9
+    return best / 1e9, team
 
 
 def _matmul_threads(a, b, trans_a=False, trans_b=False, int nthreads=1):
