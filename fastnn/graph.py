@@ -109,21 +109,21 @@ class Graph:
         input_ids = {id(n) for n in self.inputs}
         # A node needs its dx only when one of its inputs came from a layer.
         self.need_dx = {id(n): any(id(i) not in input_ids for i in n.inputs) for n in self.nodes}
-        # Fuse: Dense -> its only consumer, a fusable activation, not a model output.
+        # Fuse: a layer with forward_fused (Dense, BatchNorm) -> its only consumer, an
+        # activation the layer can apply in its own kernel, not a model output.
         self.fused = {}
-        from .layers.dense import Dense
         for n in self.nodes:
             after = consumers[id(n)]
-            if (isinstance(n.layer, Dense) and len(after) == 1 and id(n) not in output_ids
+            if (hasattr(n.layer, "forward_fused") and len(after) == 1 and id(n) not in output_ids
                     and after[0].layer is not None and hasattr(after[0].layer, "fusable")):
                 fusion = after[0].layer.fusable()
-                if fusion is not None:
+                if fusion is not None and n.layer.fuses(*fusion):
                     self.fused[id(n)] = (after[0], fusion)
         self.fuse = True
 
     @property
     def fuse(self):
-        """Whether the plan fuses Dense + activation (linear_act)."""
+        """Whether the plan fuses Dense + activation (linear_act) and BatchNorm + ReLU."""
         return self._fuse
 
     @fuse.setter
@@ -188,15 +188,19 @@ class Graph:
             values[i] = x
         for layer, ins, out, need_dx, fusion, frees in steps:
             ctx = Context(training=training, need_dx=need_dx)
-            if fusion is not None and values[ins[0]].ndim == 2:
+            if fusion is not None and layer.can_fuse(values[ins[0]]):
                 act, act_slot, kernel, alpha = fusion
                 y = layer.forward_fused(ctx, values[ins[0]], kernel, alpha)
-                act_ctx = Context(training=training, need_dx=True)
-                act.record_fused(act_ctx, y)
                 values[act_slot] = y
-                if record:
-                    tape.records.append((layer, ctx, ins, out))
-                    tape.records.append((act, act_ctx, (out,), act_slot))
+                if layer.fused_backward:   # its backward applies the activation's derivative
+                    if record:
+                        tape.records.append((layer, ctx, ins, act_slot))
+                else:
+                    act_ctx = Context(training=training, need_dx=True)
+                    act.record_fused(act_ctx, y)
+                    if record:
+                        tape.records.append((layer, ctx, ins, out))
+                        tape.records.append((act, act_ctx, (out,), act_slot))
             else:
                 arg = values[ins[0]] if layer.n_inputs == 1 else [values[i] for i in ins]
                 values[out] = layer._forward_impl(ctx, arg)
@@ -216,9 +220,13 @@ class Graph:
         tape = Tape() if record else None
         for layer, need_dx, fusion in self.chain:
             ctx = Context(training=training, need_dx=need_dx)
-            if fusion is not None and h.ndim == 2:
+            if fusion is not None and layer.can_fuse(h):
                 act, kernel, alpha = fusion
                 h = layer.forward_fused(ctx, h, kernel, alpha)
+                if layer.fused_backward:   # its backward applies the activation's derivative
+                    if record:
+                        tape.records.append((layer, ctx))
+                    continue
                 act_ctx = Context(training=training, need_dx=True)
                 act.record_fused(act_ctx, h)
                 if record:

@@ -391,7 +391,8 @@ class Model:
 
     @property
     def fuse(self):
-        """Whether the execution plan fuses Dense + activation (True by default)."""
+        """Whether the execution plan fuses Dense + activation (linear_act) and BatchNorm + ReLU
+        (batch_norm_relu, forward and backward) (True by default)."""
         return self._graph.fuse
 
     @fuse.setter

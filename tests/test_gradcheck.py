@@ -81,6 +81,68 @@ def test_fused_dense_activation_matches_unfused(backend, layer):
     np.testing.assert_allclose(grads[1], grads[3], rtol=1e-12, atol=1e-12)
 
 
+BN_RELU_CASES = {   # name: (layers, input shape)
+    "1d-rows": (lambda: [fnn.layers.BatchNorm1D(4), ReLU(), Dense(4, 3)], (6, 4)),
+    "1d-seq": (lambda: [fnn.layers.BatchNorm1D(4), ReLU(), fnn.layers.Flatten(), Dense(20, 3)], (6, 4, 5)),
+    "2d": (lambda: [fnn.layers.Conv2D(2, 3, 3, padding=1), fnn.layers.BatchNorm2D(3), ReLU(),
+                    fnn.layers.GlobalAvgPool2D(), Dense(3, 3)], (5, 2, 4, 4)),
+}
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("case", list(BN_RELU_CASES))
+def test_fused_batchnorm_relu_matches_unfused(backend, case, training):
+    """The plan runs BatchNorm -> ReLU as batch_norm_relu and its backward (the ReLU layer is not
+    called): outputs, every gradient, the input gradient and the running statistics equal the
+    two layers run one after the other, in training and in eval mode."""
+    layers, shape = BN_RELU_CASES[case]
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal(shape) + 0.3
+    fused = fnn.Sequential(*layers(), backend=backend.name, dtype="float64", seed=4)
+    plain = fnn.Sequential(*layers(), backend=backend.name, dtype="float64", seed=4)
+    plain.fuse = False
+    bn = next(i for i, layer in enumerate(fused.layers) if "BatchNorm" in type(layer).__name__)
+    assert id(fused._graph.nodes[bn + 1]) in fused._graph.fused, "BatchNorm + ReLU not fused"
+    probe = rng.standard_normal(plain.forward(x).shape)
+    fused.forward(x)   # the same calls on both: a training-mode forward moves the running statistics
+    outs, grads = [], []
+    for model in (fused, plain):
+        model.train() if training else model.eval()
+        out, tape = model._train_forward([x]) if training else (model.forward(x), None)
+        outs.append(out[0] if training else out)
+        model.zero_grad()
+        if training:
+            grads.append(model._backprop(tape, [probe], input_grads=True)[0])
+            grads.append(model.parameters().flat_grad.copy())
+        grads.append(np.concatenate([b.ravel() for b in model.state_dict().values()]))
+    if training:   # the fused tape has one record fewer: the ReLU's
+        assert len(fused._train_forward([x])[1].records) == len(plain._train_forward([x])[1].records) - 1
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-12, atol=1e-12)
+    half = len(grads) // 2
+    for a, b in zip(grads[:half], grads[half:]):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_fused_batchnorm_relu_gradients_are_numeric(backend):
+    """Central differences through the fused pair (training statistics included)."""
+    rng = np.random.default_rng(10)
+    model = fnn.Sequential(fnn.layers.BatchNorm1D(3), ReLU(), Dense(3, 2), backend=backend.name,
+                           dtype="float64", seed=3)
+    assert model._graph.fused
+    x, probe = rng.standard_normal((7, 3)) + 0.2, rng.standard_normal((7, 2))
+
+    def loss():
+        out, _ = model._train_forward([x])
+        return float((out[0] * probe).sum())
+    out, tape = model._train_forward([x])
+    model.zero_grad()
+    dx = model._backprop(tape, [probe], input_grads=True)[0]
+    analytic = {p.name: p.grad.copy() for p in model.parameters()}
+    for p in model.parameters():
+        check(analytic[p.name], numeric_grad(loss, p.data))
+    check(dx, numeric_grad(loss, x))
+
+
 def test_first_layer_input_gradient(backend):
     """model.backward returns d loss / d x when the first layer is asked for it."""
     rng = np.random.default_rng(5)

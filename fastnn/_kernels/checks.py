@@ -790,6 +790,19 @@ def batch_norm_backward(dy, x, mean, rstd, weight, training=True, need_dx=True):
     return (dy, x, mean, rstd, weight, bool(training), bool(need_dx)), {}
 
 
+def batch_norm_relu(x, weight, bias, running_mean, running_var, momentum=0.1, eps=1e-5, training=True):
+    return batch_norm(x, weight, bias, running_mean, running_var, momentum, eps, training)
+
+
+def batch_norm_relu_backward(dy, x, y, mean, rstd, weight, training=True, need_dx=True):
+    (dy, x, mean, rstd, weight, training, need_dx), _ = batch_norm_backward(
+        dy, x, mean, rstd, weight, training, need_dx)
+    y = _array(y, "batch_norm_relu_backward y")
+    if y.shape != x.shape:
+        raise ValueError(f"batch_norm_relu_backward: y has shape {y.shape}, x has {x.shape}")
+    return (dy, x, _cast(y, x.dtype), mean, rstd, weight, training, need_dx), {}
+
+
 def global_avgpool(x):
     (x,) = floats("global_avgpool", 3, x)
     return (x,), {}

@@ -574,6 +574,25 @@ def batch_norm(backward=False):
     return Cases(tuple(tests), tuple(example(s[0], _batch_norm, s, backward, depth=s[1] * s[3]) for s in bench))
 
 
+def _batch_norm_relu(rng, dtype, spec, backward=False, need_dx=True):
+    args, kw = _batch_norm(rng, dtype, spec, backward, need_dx)
+    if not backward:
+        return args, kw
+    dy, x, mean, rstd, w, training, need_dx = args
+    y = np.maximum(rand(rng, dtype, *x.shape), 0)   # only y > 0 matters: a mask cutting half
+    return (dy, x, y, mean, rstd, w, training, need_dx), kw
+
+
+def batch_norm_relu(backward=False):
+    """batch_norm's cases, fused with relu (for backward, y has zeros where the mask cuts)."""
+    tests = [example(s[0], _batch_norm_relu, s, backward, depth=s[1] * s[3]) for s in BATCH_NORM_CASES]
+    if backward:
+        s = BATCH_NORM_CASES[2]
+        tests.append(example(s[0] + "-no-dx", _batch_norm_relu, s, True, False, depth=s[1] * s[3]))
+    bench = (("100x16x64-train", 100, 16, 64, True, True, 0.0),)
+    return Cases(tuple(tests), tuple(example(s[0], _batch_norm_relu, s, backward, depth=s[1] * s[3]) for s in bench))
+
+
 def _global_avgpool(rng, dtype, n, c, s, backward=False):
     x = rand(rng, dtype, n, c, s)
     return ((rand(rng, dtype, n, c), x) if backward else (x,)), {}

@@ -905,8 +905,26 @@ def compose_linear_backward_into(k):
     return linear_backward_into
 
 
+def compose_batch_norm_relu(k):
+    def batch_norm_relu(x, weight, bias, running_mean, running_var, momentum=0.1, eps=1e-5, training=True):
+        """relu(batch_norm(...)): (y, mean, rstd), the running buffers moved as batch_norm does."""
+        y, mean, rstd = k.batch_norm(x, weight, bias, running_mean, running_var, momentum, eps, training)
+        return k.relu(y), mean, rstd
+    return batch_norm_relu
+
+
+def compose_batch_norm_relu_backward(k):
+    def batch_norm_relu_backward(dy, x, y, mean, rstd, weight, training=True, need_dx=True):
+        """batch_norm_backward of dy where y (batch_norm_relu's output) > 0, else 0: y > 0 exactly
+        where the normalised value was."""
+        return k.batch_norm_backward(k.relu_backward(dy, y, y), x, mean, rstd, weight, training, need_dx)
+    return batch_norm_relu_backward
+
+
 linear_act = compose_linear_act(sys.modules[__name__])
 linear_backward_into = compose_linear_backward_into(sys.modules[__name__])
+batch_norm_relu = compose_batch_norm_relu(sys.modules[__name__])
+batch_norm_relu_backward = compose_batch_norm_relu_backward(sys.modules[__name__])
 
 # ------------------------------------------------------ where arrays live
 # Not kernels (never checked, not in KERNELS): a backend whose arrays live in

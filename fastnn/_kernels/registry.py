@@ -131,6 +131,11 @@ def _declare_all():
         declare(name, "normalization", getattr(checks, name), getattr(ex, name)(), tol=summed)
         declare(name + "_backward", "normalization", getattr(checks, name + "_backward"),
                 getattr(ex, name)(backward=True), tol=summed)
+    # BatchNorm -> ReLU in one kernel each way (the model's plan fuses them, graph.py)
+    declare("batch_norm_relu", "normalization", checks.batch_norm_relu, ex.batch_norm_relu(),
+            compose=reference.compose_batch_norm_relu, tol=summed)
+    declare("batch_norm_relu_backward", "normalization", checks.batch_norm_relu_backward,
+            ex.batch_norm_relu(backward=True), compose=reference.compose_batch_norm_relu_backward, tol=summed)
 
 _declare_all()
 

@@ -42,6 +42,15 @@ class Dense(Layer):
         y = self.kernels.linear(x2, self.params["weight"], self.params.get("bias"))
         return y if x.ndim == 2 else y.reshape(x.shape[:-1] + (self.out_features,))
 
+    fused_backward = False   # the activation's backward stays its own step
+
+    def fuses(self, activation, alpha):
+        """Whether forward_fused applies this activation (every fusable one: linear_act)."""
+        return True
+
+    def can_fuse(self, x):
+        return x.ndim == 2   # linear_act takes (rows, features); other ranks run unfused
+
     def forward_fused(self, ctx, x, activation, alpha):
         """activation(forward(x)) in one kernel: the model's execution plan calls
         this when the next node is that activation (see graph.Plan). Any rank, as forward."""

@@ -174,27 +174,60 @@ class _BatchNorm(Layer):
         return self.momentum if self.momentum is not None else 1.0 / float(np.asarray(count))
 
     def forward(self, ctx, x):
+        return self._forward(ctx, x, False)
+
+    # The model's plan runs BatchNorm -> ReLU as one kernel each way (batch_norm_relu and its
+    # backward): the ReLU layer is then not called, and this layer's backward takes the
+    # gradient of the ReLU's output.
+    fused_backward = True
+
+    def fuses(self, activation, alpha):
+        return activation == "relu"
+
+    def can_fuse(self, x):
+        return True
+
+    def forward_fused(self, ctx, x, activation, alpha):
+        return self._forward(ctx, x, True)
+
+    def _forward(self, ctx, x, relu):
         x3 = self._as3d(x)
         training = bool(ctx.training)
         ctx.sync = self._sync if training else None
+        ctx.relu_y = None
         if ctx.sync is not None:
-            return self._sync_forward(ctx, x, x3)
+            y = self._sync_forward(ctx, x, x3)
+            if relu:   # the activation kernels take (rows, features), as the ReLU layer passes them
+                ctx.relu_y = self.kernels.relu(y.reshape(-1, y.shape[-1]))
+                y = ctx.relu_y.reshape(x.shape)
+            return y
         factor = 0.0
         if training:
             if x3.shape[0] * x3.shape[2] < 2:
                 raise self._too_few(x)
             factor = self._count_batch()
-        y, ctx.mean, ctx.rstd = self.kernels.batch_norm(
+        kernel = self.kernels.batch_norm_relu if relu else self.kernels.batch_norm
+        y, ctx.mean, ctx.rstd = kernel(
             x3, self.params["weight"], self.params["bias"], self.buffers["running_mean"],
             self.buffers["running_var"], factor, self.eps, training)
         ctx.x, ctx.batch_stats = x3, training
+        if relu:
+            ctx.relu_y = y
         return y.reshape(x.shape)
 
     def backward(self, ctx, dy):
+        y = getattr(ctx, "relu_y", None)   # set by forward_fused: dy is the ReLU output's gradient
         if ctx.sync is not None:
+            if y is not None:
+                dy = self.kernels.relu_backward(dy.reshape(y.shape), y, y).reshape(dy.shape)
             return self._sync_backward(ctx, dy)
-        dx, dw, db = self.kernels.batch_norm_backward(
-            self._as3d(dy), ctx.x, ctx.mean, ctx.rstd, self.params["weight"], ctx.batch_stats, ctx.need_dx)
+        if y is not None:
+            dx, dw, db = self.kernels.batch_norm_relu_backward(
+                self._as3d(dy), ctx.x, y, ctx.mean, ctx.rstd, self.params["weight"], ctx.batch_stats,
+                ctx.need_dx)
+        else:
+            dx, dw, db = self.kernels.batch_norm_backward(
+                self._as3d(dy), ctx.x, ctx.mean, ctx.rstd, self.params["weight"], ctx.batch_stats, ctx.need_dx)
         self.grads["weight"] += dw
         self.grads["bias"] += db
         return None if dx is None else dx.reshape(dy.shape)

@@ -308,11 +308,12 @@ cdef void _bn_dots(const floating *dy, const floating *x, Py_ssize_t n, Py_ssize
 cdef void _bn_fwd(const floating *x, const floating *w, const floating *b, floating *rm,
                   floating *rv, floating momentum, floating eps, bint training, Py_ssize_t n,
                   Py_ssize_t c, Py_ssize_t sl, floating *y, floating *mean, floating *rstd,
-                  floating *scale, floating *offset, floating *acc) noexcept nogil:
-    """mean, rstd (and the running buffers in training), then y = x * scale[c] + offset[c].
-    scale and offset are (C,) scratch, acc (C * 32); mean and rstd double as the sums while reducing."""
+                  floating *scale, floating *offset, floating *acc, bint relu) noexcept nogil:
+    """mean, rstd (and the running buffers in training), then y = x * scale[c] + offset[c]
+    (relu: clipped at 0 in the same sweep, NaN kept as np.maximum keeps it). scale and offset
+    are (C,) scratch, acc (C * 32); mean and rstd double as the sums while reducing."""
     cdef Py_ssize_t i, ch, p, base
-    cdef floating d, md, var, a, o, m = n * sl, one = 1
+    cdef floating d, md, var, a, o, v, m = n * sl, one = 1
     if training:
         for ch in range(c):
             offset[ch] = x[ch * sl]       # the shift k, per channel
@@ -353,8 +354,18 @@ cdef void _bn_fwd(const floating *x, const floating *w, const floating *b, float
             for ch in range(c):
                 base = (i * c + ch) * sl
                 a, o = scale[ch], offset[ch]     # locals: y might alias scale for all gcc knows
-                for p in range(sl):
-                    y[base + p] = x[base + p] * a + o
+                if relu:
+                    for p in range(sl):
+                        v = x[base + p] * a + o
+                        y[base + p] = 0 if v < 0 else v
+                else:
+                    for p in range(sl):
+                        y[base + p] = x[base + p] * a + o
+        return
+    if relu:
+        for p in range(n * c):
+            v = y[p]
+            y[p] = 0 if v < 0 else v
 
 
 cdef void _bn_bwd(const floating *dy, const floating *x, const floating *mean,
@@ -398,6 +409,15 @@ cdef void _bn_bwd(const floating *dy, const floating *x, const floating *mean,
 
 def batch_norm(x, weight, bias, running_mean, running_var, momentum=0.1, eps=1e-5, training=True):
     """x (N, C, S) normalised per channel: (y, mean, rstd); training moves the running buffers."""
+    return _batch_norm(x, weight, bias, running_mean, running_var, momentum, eps, training, False)
+
+
+def batch_norm_relu(x, weight, bias, running_mean, running_var, momentum=0.1, eps=1e-5, training=True):
+    """relu(batch_norm(...)) in batch_norm's output sweep (reference.batch_norm_relu)."""
+    return _batch_norm(x, weight, bias, running_mean, running_var, momentum, eps, training, True)
+
+
+cdef tuple _batch_norm(x, weight, bias, running_mean, running_var, momentum, eps, training, bint relu):
     cdef cnp.ndarray X = x, RM = running_mean, RV = running_var
     cdef Py_ssize_t n = X.shape[0], c = X.shape[1], sl = X.shape[2]
     cdef int typ = cnp.PyArray_TYPE(X)
@@ -413,7 +433,7 @@ def batch_norm(x, weight, bias, running_mean, running_var, momentum=0.1, eps=1e-
                     <float *> cnp.PyArray_DATA(RM), <float *> cnp.PyArray_DATA(RV), <float> mom,
                     <float> e, tr, n, c, sl, <float *> cnp.PyArray_DATA(Y), <float *> cnp.PyArray_DATA(M),
                     <float *> cnp.PyArray_DATA(R), <float *> cnp.PyArray_DATA(S), <float *> cnp.PyArray_DATA(O),
-                    <float *> cnp.PyArray_DATA(A))
+                    <float *> cnp.PyArray_DATA(A), relu)
     else:
         with nogil:
             _bn_fwd(<const double *> cnp.PyArray_DATA(X), <const double *> w, <const double *> b,
@@ -421,22 +441,49 @@ def batch_norm(x, weight, bias, running_mean, running_var, momentum=0.1, eps=1e-
                     <double> e, tr, n, c, sl, <double *> cnp.PyArray_DATA(Y),
                     <double *> cnp.PyArray_DATA(M), <double *> cnp.PyArray_DATA(R),
                     <double *> cnp.PyArray_DATA(S), <double *> cnp.PyArray_DATA(O),
-                    <double *> cnp.PyArray_DATA(A))
+                    <double *> cnp.PyArray_DATA(A), relu)
     return Y, M, R
 
 
 def batch_norm_backward(dy, x, mean, rstd, weight, training=True, need_dx=True):
     """(dx or None, dweight, dbias) of batch_norm: one reduction sweep, one elementwise sweep."""
-    cdef cnp.ndarray X = x, DY = dy, M = mean, R = rstd
+    return _batch_norm_backward(dy, x, None, mean, rstd, weight, training, need_dx)
+
+
+def batch_norm_relu_backward(dy, x, y, mean, rstd, weight, training=True, need_dx=True):
+    """batch_norm_backward of dy cut where y <= 0 (reference.batch_norm_relu_backward): the cut
+    dy is written into dx's buffer, which the two sweeps then read (dx is computed in place)."""
+    return _batch_norm_backward(dy, x, y, mean, rstd, weight, training, need_dx)
+
+
+cdef void _relu_cut(const floating *dy, const floating *y, floating *g, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        g[i] = dy[i] if y[i] > 0 else 0
+
+
+cdef tuple _batch_norm_backward(dy, x, y, mean, rstd, weight, training, need_dx):
+    cdef cnp.ndarray X = x, DY = dy, M = mean, R = rstd, Yr
     cdef Py_ssize_t n = X.shape[0], c = X.shape[1], sl = X.shape[2]
     cdef int typ = cnp.PyArray_TYPE(X)
     cdef cnp.ndarray DW = _empty1(c, typ), DB = _empty1(c, typ)
     cdef cnp.ndarray S = _empty1(c, typ), Q = _empty1(c, typ), K2 = _empty1(c, typ)
     cdef cnp.ndarray A = _empty1(c * _ACC, typ)
-    cdef cnp.ndarray DX = _empty_like(X) if need_dx else None
+    cdef cnp.ndarray DX = _empty_like(X) if need_dx or y is not None else None
     cdef void *dxp = NULL if DX is None else cnp.PyArray_DATA(DX)
     cdef const void *w = _ptr_or_null(weight)
     cdef bint tr = bool(training)
+    if y is not None:   # dy cut by the relu mask, into DX: both sweeps then read it from there
+        Yr = y
+        if _is_f32(X):
+            _relu_cut(<const float *> cnp.PyArray_DATA(DY), <const float *> cnp.PyArray_DATA(Yr),
+                      <float *> dxp, cnp.PyArray_SIZE(X))
+        else:
+            _relu_cut(<const double *> cnp.PyArray_DATA(DY), <const double *> cnp.PyArray_DATA(Yr),
+                      <double *> dxp, cnp.PyArray_SIZE(X))
+        DY = DX
+        if not need_dx:
+            dxp = NULL
     if _is_f32(X):
         with nogil:
             _bn_bwd(<const float *> cnp.PyArray_DATA(DY), <const float *> cnp.PyArray_DATA(X),
@@ -452,7 +499,7 @@ def batch_norm_backward(dy, x, mean, rstd, weight, training=True, need_dx=True):
                     <double *> cnp.PyArray_DATA(DB), <double *> cnp.PyArray_DATA(S),
                     <double *> cnp.PyArray_DATA(Q), <double *> cnp.PyArray_DATA(K2),
                     <double *> cnp.PyArray_DATA(A))
-    return DX, DW, DB
+    return (DX if need_dx else None), DW, DB
 
 
 # -------------------------------------------------------- global avg pooling
