@@ -114,7 +114,7 @@ class Graph:
         self.fused = {}
         for n in self.nodes:
             after = consumers[id(n)]
-            if (hasattr(n.layer, "forward_fused") and len(after) == 1 and id(n) not in output_ids
+            if (_fuses_itself(n.layer) and len(after) == 1 and id(n) not in output_ids
                     and after[0].layer is not None and hasattr(after[0].layer, "fusable")):
                 fusion = after[0].layer.fusable()
                 if fusion is not None and n.layer.fuses(*fusion):
@@ -296,6 +296,17 @@ class Graph:
                     flowing[i] = d if flowing[i] is None else flowing[i] + d
         if input_grads:
             return [flowing[i] for i in in_slots]
+
+
+def _fuses_itself(layer):
+    """Whether layer has forward_fused, defined by the class that defines its forward (and its
+    backward, where that backward applies the activation too): a subclass that overrides them
+    (a user's Dense or BatchNorm) runs unfused, its own code called."""
+    if layer is None or not hasattr(layer, "forward_fused"):
+        return False
+    names = ("forward", "forward_fused") + (("backward",) if layer.fused_backward else ())
+    owners = {next((c for c in type(layer).__mro__ if name in vars(c)), None) for name in names}
+    return len(owners) == 1
 
 
 def _topological(inputs, outputs):

@@ -123,6 +123,34 @@ def test_fused_batchnorm_relu_matches_unfused(backend, case, training):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
+def test_a_subclass_with_its_own_forward_or_backward_runs_its_own_code(backend):
+    """The plan fuses only a layer whose forward (and, for BatchNorm, backward) is the class's
+    own that has forward_fused: a user's Dense that doubles its output was bypassed before."""
+    class Doubled(Dense):
+        def forward(self, ctx, x):   # (forward is the checked entry point: call the implementation)
+            return Dense._forward_impl(self, ctx, x) * 2.0
+
+    class CountingBN(fnn.layers.BatchNorm1D):
+        calls = 0
+
+        def backward(self, ctx, dy):
+            CountingBN.calls += 1
+            return fnn.layers.BatchNorm1D._backward_impl(self, ctx, dy)
+
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((5, 3))
+    model = fnn.Sequential(Doubled(3, 4), ReLU(), CountingBN(4), ReLU(), Dense(4, 2),
+                           backend=backend.name, dtype="float64", seed=5)
+    assert not model._graph.fused
+    plain = fnn.Sequential(Dense(3, 4), ReLU(), backend=backend.name, dtype="float64", seed=5)
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if k.startswith("0.")})
+    h = model.layers[0](x)
+    np.testing.assert_allclose(h, 2 * (x @ plain.layers[0].params["weight"].T + plain.layers[0].params["bias"]))
+    out, tape = model._train_forward([x])
+    model._backprop(tape, [np.ones_like(out[0])])
+    assert CountingBN.calls == 1
+
+
 def test_fused_batchnorm_relu_gradients_are_numeric(backend):
     """Central differences through the fused pair (training statistics included)."""
     rng = np.random.default_rng(10)
