@@ -790,10 +790,6 @@ def batch_norm_backward(dy, x, mean, rstd, weight, training=True, need_dx=True):
     return (dy, x, mean, rstd, weight, bool(training), bool(need_dx)), {}
 
 
-def batch_norm_relu(x, weight, bias, running_mean, running_var, momentum=0.1, eps=1e-5, training=True):
-    return batch_norm(x, weight, bias, running_mean, running_var, momentum, eps, training)
-
-
 def batch_norm_relu_backward(dy, x, y, mean, rstd, weight, training=True, need_dx=True):
     (dy, x, mean, rstd, weight, training, need_dx), _ = batch_norm_backward(
         dy, x, mean, rstd, weight, training, need_dx)
@@ -801,6 +797,9 @@ def batch_norm_relu_backward(dy, x, y, mean, rstd, weight, training=True, need_d
     if y.shape != x.shape:
         raise ValueError(f"batch_norm_relu_backward: y has shape {y.shape}, x has {x.shape}")
     return (dy, x, _cast(y, x.dtype), mean, rstd, weight, training, need_dx), {}
+
+
+batch_norm_relu = batch_norm   # the same arguments
 
 
 def global_avgpool(x):

@@ -216,18 +216,15 @@ class _BatchNorm(Layer):
         return y.reshape(x.shape)
 
     def backward(self, ctx, dy):
-        y = getattr(ctx, "relu_y", None)   # set by forward_fused: dy is the ReLU output's gradient
+        y = ctx.relu_y   # set by forward_fused: dy is then the ReLU output's gradient
         if ctx.sync is not None:
             if y is not None:
                 dy = self.kernels.relu_backward(dy.reshape(y.shape), y, y).reshape(dy.shape)
             return self._sync_backward(ctx, dy)
-        if y is not None:
-            dx, dw, db = self.kernels.batch_norm_relu_backward(
-                self._as3d(dy), ctx.x, y, ctx.mean, ctx.rstd, self.params["weight"], ctx.batch_stats,
-                ctx.need_dx)
-        else:
-            dx, dw, db = self.kernels.batch_norm_backward(
-                self._as3d(dy), ctx.x, ctx.mean, ctx.rstd, self.params["weight"], ctx.batch_stats, ctx.need_dx)
+        kernel, mask = ((self.kernels.batch_norm_backward, ()) if y is None
+                        else (self.kernels.batch_norm_relu_backward, (y,)))
+        dx, dw, db = kernel(self._as3d(dy), ctx.x, *mask, ctx.mean, ctx.rstd, self.params["weight"],
+                            ctx.batch_stats, ctx.need_dx)
         self.grads["weight"] += dw
         self.grads["bias"] += db
         return None if dx is None else dx.reshape(dy.shape)

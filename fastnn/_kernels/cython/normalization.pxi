@@ -348,7 +348,8 @@ cdef void _bn_fwd(const floating *x, const floating *w, const floating *b, float
         for i in range(n):
             base = i * c
             for ch in range(c):
-                y[base + ch] = x[base + ch] * scale[ch] + offset[ch]
+                v = x[base + ch] * scale[ch] + offset[ch]
+                y[base + ch] = 0 if relu and v < 0 else v
     else:
         for i in range(n):
             for ch in range(c):
@@ -361,11 +362,6 @@ cdef void _bn_fwd(const floating *x, const floating *w, const floating *b, float
                 else:
                     for p in range(sl):
                         y[base + p] = x[base + p] * a + o
-        return
-    if relu:
-        for p in range(n * c):
-            v = y[p]
-            y[p] = 0 if v < 0 else v
 
 
 cdef void _bn_bwd(const floating *dy, const floating *x, const floating *mean,
@@ -456,12 +452,6 @@ def batch_norm_relu_backward(dy, x, y, mean, rstd, weight, training=True, need_d
     return _batch_norm_backward(dy, x, y, mean, rstd, weight, training, need_dx)
 
 
-cdef void _relu_cut(const floating *dy, const floating *y, floating *g, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(n):
-        g[i] = dy[i] if y[i] > 0 else 0
-
-
 cdef tuple _batch_norm_backward(dy, x, y, mean, rstd, weight, training, need_dx):
     cdef cnp.ndarray X = x, DY = dy, M = mean, R = rstd, Yr
     cdef Py_ssize_t n = X.shape[0], c = X.shape[1], sl = X.shape[2]
@@ -473,14 +463,14 @@ cdef tuple _batch_norm_backward(dy, x, y, mean, rstd, weight, training, need_dx)
     cdef void *dxp = NULL if DX is None else cnp.PyArray_DATA(DX)
     cdef const void *w = _ptr_or_null(weight)
     cdef bint tr = bool(training)
-    if y is not None:   # dy cut by the relu mask, into DX: both sweeps then read it from there
+    if y is not None:   # dy cut by the relu mask (relu_backward's loop), into DX: both sweeps then read it
         Yr = y
         if _is_f32(X):
-            _relu_cut(<const float *> cnp.PyArray_DATA(DY), <const float *> cnp.PyArray_DATA(Yr),
-                      <float *> dxp, cnp.PyArray_SIZE(X))
+            _relu_b(<const float *> cnp.PyArray_DATA(DY), <const float *> cnp.PyArray_DATA(Yr),
+                    <const float *> cnp.PyArray_DATA(Yr), <float *> dxp, cnp.PyArray_SIZE(X))
         else:
-            _relu_cut(<const double *> cnp.PyArray_DATA(DY), <const double *> cnp.PyArray_DATA(Yr),
-                      <double *> dxp, cnp.PyArray_SIZE(X))
+            _relu_b(<const double *> cnp.PyArray_DATA(DY), <const double *> cnp.PyArray_DATA(Yr),
+                    <const double *> cnp.PyArray_DATA(Yr), <double *> dxp, cnp.PyArray_SIZE(X))
         DY = DX
         if not need_dx:
             dxp = NULL
